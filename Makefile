@@ -1,0 +1,36 @@
+# idm-facade: `make demo` serves a synthetic municipality, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DB ?= sqlite:///var/idm.db
+SIZE ?= S
+
+.PHONY: demo test bench lint os-packages venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# OS tools the tests use as real clients (ldapsearch) and build against (libldap for python-ldap).
+os-packages:
+	bash scripts/os-packages.sh
+
+demo: os-packages venv
+	$(BIN)/idm-facade demo --db $(DB) --size $(SIZE)
+
+test: os-packages venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: os-packages venv
+	$(BIN)/python -m bench.run
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

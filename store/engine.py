@@ -1,0 +1,73 @@
+"""Engine and session set-up for SQLite (embedded default) and PostgreSQL.
+
+The same models and code run on both; only the URL differs. ``IDM_FACADE_DB`` or ``--db``
+choose the URL. SQLite gets WAL mode and foreign keys on, so readers never block the writer
+and the file enforces the same integrity PostgreSQL does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import changelog
+from store.models import Base
+
+DEFAULT_URL = "sqlite:///var/idm.db"
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: the explicit one, else ``IDM_FACADE_DB``, else the SQLite default."""
+    return url or os.environ.get("IDM_FACADE_DB") or DEFAULT_URL
+
+
+def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """Create an engine for ``url`` and, unless ``create`` is false, the schema in it."""
+    url = database_url(url)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict = {}
+    if url.startswith("postgresql"):
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        Base.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory whose sessions append to the change log on every flush."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    changelog.install(factory)
+    return factory
+
+
+@contextmanager
+def write_session(engine: Engine, actor: str = "system") -> Iterator[Session]:
+    """A transaction that commits on success, rolls back on error, and logs its changes."""
+    session = session_factory(engine)()
+    session.info["actor"] = actor
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
