@@ -1,0 +1,105 @@
+"""The directory: the current snapshot, and keeping it current.
+
+:class:`Directory` owns one :class:`Snapshot` at a time. Readers take ``directory.snapshot``
+once per request and use only that object, so they always see one whole snapshot. A refresh
+builds a new snapshot off to the side and swaps the reference (an atomic assignment).
+
+It refreshes when the store's change log moves past the snapshot's sequence number (polled,
+cheaply: one ``max(seq)`` query) and when the clock passes the next validity boundary, so a
+change dated next Monday takes effect on Monday with no write. The clock is injectable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from idm_facade.directory.entries import DEFAULT_DIRECTORY_SYSTEM, build_entries
+from idm_facade.directory.load import load
+from idm_facade.directory.snapshot import Snapshot
+from store.changelog import last_seq
+from store.validity import utcnow
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def build_snapshot(engine: Engine, at: datetime,
+                   directory_system: str = DEFAULT_DIRECTORY_SYSTEM) -> Snapshot:
+    """Load the store as of ``at`` and build a fully indexed snapshot."""
+    data = load(engine, at)
+    entries, builder = build_entries(data, directory_system)
+    return Snapshot(entries, at=at, seq=data.seq, next_boundary=data.next_boundary,
+                    extra={"data": data, "grants": builder.grants})
+
+
+class Directory:
+    """Holds the current snapshot and refreshes it from the store."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow,
+                 directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
+                 poll_interval: float = 0.2) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.directory_system = directory_system
+        self.poll_interval = poll_interval
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_build_seconds = 0.0
+        self.snapshot: Snapshot = self._build()
+
+    def _build(self) -> Snapshot:
+        started = time.perf_counter()
+        snapshot = build_snapshot(self.engine, self.clock(), self.directory_system)
+        self.last_build_seconds = time.perf_counter() - started
+        log.info("directory built: %d entries, seq %d, %.2fs", len(snapshot), snapshot.seq,
+                 self.last_build_seconds)
+        return snapshot
+
+    def stale(self) -> bool:
+        """Has the store changed, or a validity boundary passed, since the snapshot?"""
+        current = self.snapshot
+        boundary = current.next_boundary
+        if boundary is not None and self.clock() >= boundary:
+            return True
+        with Session(self.engine) as session:
+            return last_seq(session) != current.seq
+
+    def refresh(self, force: bool = False) -> bool:
+        """Rebuild and swap in a new snapshot if anything changed; True when it did."""
+        with self._refresh_lock:
+            if not force and not self.stale():
+                return False
+            self.snapshot = self._build()
+            return True
+
+    def start(self) -> None:
+        """Poll for changes in a background thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="directory-refresh",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background refresh."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.refresh()
+            except Exception:  # keep serving the last good snapshot
+                log.exception("directory refresh failed; serving the previous snapshot")

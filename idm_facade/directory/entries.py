@@ -1,0 +1,353 @@
+"""Build directory entries (accounts, units, roles, role groups) from loaded store rows.
+
+An :class:`Entry` holds simple attributes under their *physical* directory names (address
+values once per visibility bucket, sensitive titles apart) and complex attributes as element
+dicts. Front ends never look at the store: they read entries through the attribute map and the
+client's policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from idm_facade import roles as role_calc
+from idm_facade.directory.load import OrgData
+from idm_facade.directory.policy import SENSITIVE_TITLE
+from schemas.attributes import ACCOUNT, ROLE, ROLEGROUP, UNIT
+
+#: The IT system whose accounts are the directory's people (SCIM Users / LDAP persons).
+DEFAULT_DIRECTORY_SYSTEM = "AD"
+
+_EMAIL, _PHONE = "EMAIL", "PHONE"
+
+
+@dataclass(slots=True)
+class Entry:
+    """One directory entry. Immutable by convention: a refresh replaces, never edits."""
+
+    id: str
+    kind: str
+    attrs: dict[str, tuple]
+    complex: dict[str, tuple[dict, ...]] = field(default_factory=dict)
+    version: str = ""
+
+    def first(self, name: str, default: Any = None) -> Any:
+        """The first value of a simple attribute, or ``default``."""
+        values = self.attrs.get(name)
+        return values[0] if values else default
+
+
+def _version(entry: Entry) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(repr(sorted(entry.attrs.items())).encode())
+    digest.update(repr(sorted(entry.complex.items())).encode())
+    return digest.hexdigest()
+
+
+def _t(*values: Any) -> tuple:
+    return tuple(v for v in values if v is not None and v != "")
+
+
+class EntryBuilder:
+    """Builds entries from one :class:`OrgData`; look-ups are derived once and shared."""
+
+    def __init__(self, data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM) -> None:
+        self.data = data
+        self.role_index = role_calc.build_index(data)
+        self.chains = data.derived["chains"]
+        system = next((s for s in data.it_systems.values() if s.user_key == directory_system),
+                      None)
+        self.system_id = system.id if system else None
+        self.system_key = directory_system
+        self.org_name = data.organisation.name if data.organisation else ""
+        self.directory_accounts = [a for a in data.accounts.values()
+                                   if a.it_system_id == self.system_id]
+        self.accounts_by_person: dict[str, list[str]] = defaultdict(list)
+        for acc in sorted(self.directory_accounts, key=lambda a: (not a.is_primary, a.id)):
+            if acc.person_id:
+                self.accounts_by_person[acc.person_id].append(acc.id)
+        self.addresses_by: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for addr in data.addresses.values():
+            for key in ("person_id", "org_unit_id", "engagement_id", "account_id"):
+                owner = getattr(addr, key)
+                if owner:
+                    self.addresses_by[(key, owner)].append(addr)
+        self.kle_by_unit: dict[str, list[str]] = defaultdict(list)
+        for kle in data.kles.values():
+            number = data.class_name(kle.kle_number_id)
+            cls = data.classes.get(kle.kle_number_id)
+            self.kle_by_unit[kle.org_unit_id].append(cls.user_key if cls else number)
+        self.managers_by_unit: dict[str, list[Any]] = defaultdict(list)
+        for mgr in data.managers.values():
+            self.managers_by_unit[mgr.org_unit_id].append(mgr)
+        self.paths = {u: "\\".join(data.units[x].name for x in reversed(chain))
+                      for u, chain in self.chains.items()}
+        self.grants: dict[str, list[role_calc.Grant]] = {}
+        self.unit_members: dict[str, set[str]] = defaultdict(set)
+        self.role_members: dict[str, set[str]] = defaultdict(set)
+        self.group_members: dict[str, set[str]] = defaultdict(set)
+
+    # ------------------------------------------------------------------ helpers
+
+    def unit_manager_account(self, unit_id: str, exclude_person: str | None = None) -> str | None:
+        """Account of the unit's manager, walking up while the post is vacant (or is the
+        person asking: one's manager is never oneself)."""
+        for unit in self.chains.get(unit_id, ()):
+            for mgr in self.managers_by_unit.get(unit, ()):
+                if mgr.person_id and mgr.person_id != exclude_person:
+                    accounts = self.accounts_by_person.get(mgr.person_id)
+                    if accounts:
+                        return accounts[0]
+        return None
+
+    def _addresses(self, owners: list[tuple[str, str]]
+                   ) -> tuple[dict, list[dict], list[dict], list[dict]]:
+        """Addresses of the owners: flattened attributes per visibility bucket, and the
+        e-mail, phone and postal elements."""
+        attrs: dict[str, list] = defaultdict(list)
+        emails: list[dict] = []
+        phones: list[dict] = []
+        other: list[dict] = []
+        seen: set[str] = set()
+        for owner in owners:
+            for addr in self.addresses_by.get(owner, ()):
+                if addr.id in seen:
+                    continue
+                seen.add(addr.id)
+                cls = self.data.classes.get(addr.address_type_id)
+                scope = cls.scope if cls else None
+                vis_cls = self.data.classes.get(addr.visibility_id) if addr.visibility_id else None
+                visibility = (vis_cls.scope if vis_cls else None) or "INTERNAL"
+                if visibility == "SECRET":
+                    continue  # never served, so never held
+                kind = "work"  # OS2mo's employee and unit addresses are all work addresses
+                element = {"value": addr.value, "type": kind, "primary": False,
+                           "display": cls.name if cls else None, "visibility": visibility}
+                if scope == _EMAIL:
+                    emails.append(element)
+                    attrs[f"emails.value@{visibility}"].append(addr.value)
+                    attrs[f"emails.type@{visibility}"].append(kind)
+                elif scope == _PHONE:
+                    phones.append(element)
+                    attrs[f"phoneNumbers.value@{visibility}"].append(addr.value)
+                    attrs[f"phoneNumbers.type@{visibility}"].append(kind)
+                elif scope in ("DAR", "TEXT"):
+                    other.append({"type": "work", "formatted": addr.value, "primary": False,
+                                  "visibility": visibility})
+        for elements in (emails, phones):
+            if elements:
+                elements[0]["primary"] = True
+        return attrs, emails, phones, other
+
+    # ------------------------------------------------------------------ accounts
+
+    def account(self, account: Any) -> Entry:
+        """The entry of one directory account."""
+        data = self.data
+        person = data.persons.get(account.person_id) if account.person_id else None
+        engagements = role_calc.account_engagements(data, self.role_index, account)
+        primary = engagements[0] if engagements else None
+        grants = role_calc.effective_roles(data, account.id)
+        self.grants[account.id] = grants
+        given = person.given_name if person else ""
+        family = person.surname if person else ""
+        nick = " ".join(_t(person.nickname_given_name, person.nickname_surname)) if person else ""
+        formatted = f"{given} {family}".strip()
+        units = []
+        for eng in engagements:
+            if eng.org_unit_id not in units:
+                units.append(eng.org_unit_id)
+        ancestors: list[str] = []
+        for unit in units:
+            for anc in self.chains.get(unit, ()):
+                if anc not in ancestors:
+                    ancestors.append(anc)
+        kle = sorted({k for u in units for k in self.kle_by_unit.get(u, ())})
+        title_attr = "title"
+        title = None
+        if primary is not None:
+            title = data.class_name(primary.job_function_id)
+            cls = data.classes.get(primary.job_function_id)
+            if cls is not None and cls.sensitive:
+                title_attr = SENSITIVE_TITLE
+        primary_unit = primary.org_unit_id if primary else None
+        chain = self.chains.get(primary_unit, ()) if primary_unit else ()
+        division = data.units[chain[-2]].name if len(chain) >= 2 else (
+            data.units[chain[-1]].name if chain else None)
+        unit_row = data.units.get(primary_unit) if primary_unit else None
+        manager = self.unit_manager_account(primary_unit, account.person_id) \
+            if primary_unit else None
+        owners = [("account_id", account.id)]
+        owners += [("engagement_id", e.id) for e in engagements]
+        if account.person_id:
+            owners.append(("person_id", account.person_id))
+        addr_attrs, emails, phones, others = self._addresses(owners)
+        role_ids = list(dict.fromkeys(g.role_id for g in grants))
+        rolegroup_ids = list(dict.fromkeys(g.role_group_id for g in grants if g.role_group_id))
+        member_units = list(units)
+        if account.person_id:
+            for assoc in self._associations_by_person().get(account.person_id, ()):
+                if assoc not in member_units:
+                    member_units.append(assoc)
+        for unit in member_units:
+            self.unit_members[unit].add(account.id)
+        for role in role_ids:
+            self.role_members[role].add(account.id)
+        for group in rolegroup_ids:
+            self.group_members[group].add(account.id)
+        attrs: dict[str, tuple] = {
+            "id": (account.id,),
+            "kind": (ACCOUNT,),
+            "externalId": _t(account.external_id),
+            "userName": (account.username,),
+            "displayName": _t(nick or formatted),
+            "givenName": _t(given),
+            "familyName": _t(family),
+            "formattedName": _t(formatted),
+            "nickName": _t(nick),
+            title_attr: _t(title),
+            "active": (bool(engagements),),
+            "cpr": _t(person.cpr if person else None),
+            "personId": _t(account.person_id),
+            "employeeNumber": _t(primary.user_key if primary else None),
+            "organization": _t(self.org_name),
+            "division": _t(division),
+            "department": _t(unit_row.name if unit_row else None),
+            "costCenter": _t(unit_row.user_key if unit_row else None),
+            "manager": _t(manager),
+            "unit": tuple(units),
+            "ancestor": tuple(ancestors),
+            "orgUnitPath": tuple(self.paths[u] for u in units if u in self.paths),
+            "kle": tuple(kle),
+            "itSystem": (self.system_key,),
+            "memberOf": tuple(member_units + role_ids + rolegroup_ids),
+            "role": tuple(role_ids),
+            "created": (account.valid_from,),
+            "modified": (max([account.valid_from, *(e.valid_from for e in engagements)]),),
+        }
+        for key, values in addr_attrs.items():
+            attrs[key] = tuple(values)
+        complex_: dict[str, tuple[dict, ...]] = {
+            "emails": tuple(emails),
+            "phoneNumbers": tuple(phones),
+            "addresses": tuple(others),
+            "engagements": tuple(self._engagement_element(e) for e in engagements),
+            "roles": tuple(self._grant_element(g) for g in grants),
+        }
+        entry = Entry(account.id, ACCOUNT, {k: v for k, v in attrs.items() if v}, complex_)
+        entry.version = _version(entry)
+        return entry
+
+    def _associations_by_person(self) -> dict[str, list[str]]:
+        cached = self.data.derived.get("assoc_by_person")
+        if cached is None:
+            cached = defaultdict(list)
+            for assoc in self.data.associations.values():
+                if assoc.person_id:
+                    cached[assoc.person_id].append(assoc.org_unit_id)
+            self.data.derived["assoc_by_person"] = cached
+        return cached
+
+    def _engagement_element(self, eng: Any) -> dict:
+        unit = self.data.units.get(eng.org_unit_id)
+        cls = self.data.classes.get(eng.job_function_id)
+        return {"unit": eng.org_unit_id, "unitName": unit.name if unit else None,
+                "title": cls.name if cls else None,
+                "titleSensitive": bool(cls and cls.sensitive),
+                "employeeNumber": eng.user_key, "primary": bool(eng.is_primary),
+                "validFrom": eng.valid_from, "validTo": eng.valid_to}
+
+    def _grant_element(self, grant: role_calc.Grant) -> dict:
+        role = self.data.job_roles[grant.role_id]
+        system = self.data.it_systems.get(role.it_system_id)
+        return {"value": grant.role_id, "display": role.name, "type": "jobRole",
+                "identifier": role.identifier,
+                "itSystem": system.user_key if system else None, "via": grant.via,
+                "viaUnit": grant.unit_id, "viaRoleGroup": grant.role_group_id,
+                "assignment": grant.assignment_id,
+                "validFrom": grant.valid_from, "validTo": grant.valid_to}
+
+    # ------------------------------------------------------------------ groups
+
+    def unit(self, unit: Any) -> Entry:
+        """The entry of one org unit (call after all accounts, for members)."""
+        data = self.data
+        chain = self.chains.get(unit.id, (unit.id,))
+        root = data.units[chain[-1]]
+        addr_attrs, emails, phones, others = self._addresses([("org_unit_id", unit.id)])
+        attrs: dict[str, tuple] = {
+            "id": (unit.id,),
+            "kind": (UNIT,),
+            "displayName": (unit.name,),
+            "userKey": _t(unit.user_key),
+            "parent": _t(unit.parent_id if unit.parent_id in data.units else None),
+            "ancestor": chain,
+            "orgUnitPath": _t(self.paths.get(unit.id)),
+            "unitType": _t(data.class_name(unit.unit_type_id)),
+            "hierarchy": (root.name,),
+            "managerId": _t(self.unit_manager_account(unit.id)),
+            "kle": tuple(sorted(self.kle_by_unit.get(unit.id, ()))),
+            "member": tuple(sorted(self.unit_members.get(unit.id, ()))),
+            "created": (unit.valid_from,),
+            "modified": (unit.valid_from,),
+        }
+        for key, values in addr_attrs.items():
+            attrs[key] = tuple(values)
+        entry = Entry(unit.id, UNIT, {k: v for k, v in attrs.items() if v},
+                      {"emails": tuple(emails), "phoneNumbers": tuple(phones),
+                       "addresses": tuple(others)})
+        entry.version = _version(entry)
+        return entry
+
+    def role(self, role: Any) -> Entry:
+        """The entry of one job-function role."""
+        system = self.data.it_systems.get(role.it_system_id)
+        attrs = {
+            "id": (role.id,),
+            "kind": (ROLE,),
+            "displayName": (role.name,),
+            "userKey": (role.identifier,),
+            "roleId": (role.identifier,),
+            "itSystem": _t(system.user_key if system else None),
+            "member": tuple(sorted(self.role_members.get(role.id, ()))),
+            "created": (role.valid_from,),
+            "modified": (role.valid_from,),
+        }
+        entry = Entry(role.id, ROLE, {k: v for k, v in attrs.items() if v}, {})
+        entry.version = _version(entry)
+        return entry
+
+    def role_group(self, group: Any) -> Entry:
+        """The entry of one role group."""
+        attrs = {
+            "id": (group.id,),
+            "kind": (ROLEGROUP,),
+            "displayName": (group.name,),
+            "userKey": (group.identifier,),
+            "roleId": (group.identifier,),
+            "member": tuple(sorted(self.group_members.get(group.id, ()))),
+            "created": (group.valid_from,),
+            "modified": (group.valid_from,),
+        }
+        entry = Entry(group.id, ROLEGROUP, {k: v for k, v in attrs.items() if v}, {})
+        entry.version = _version(entry)
+        return entry
+
+    def build_all(self) -> list[Entry]:
+        """Every entry: accounts first (they fill the member lists), then groups."""
+        entries = [self.account(a) for a in self.directory_accounts]
+        entries += [self.unit(u) for u in self.data.units.values()]
+        entries += [self.role(r) for r in self.data.job_roles.values()]
+        entries += [self.role_group(g) for g in self.data.role_groups.values()]
+        return entries
+
+
+def build_entries(data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM
+                  ) -> tuple[list[Entry], EntryBuilder]:
+    """All entries for ``data``; also returns the builder (grants, members) for reuse."""
+    builder = EntryBuilder(data, directory_system)
+    return builder.build_all(), builder
+

@@ -1,0 +1,354 @@
+"""One consistent, indexed snapshot of the directory, and the planner that queries it.
+
+Entries get a small integer handle; indexes map normalised values to sets of handles:
+- equality: ``{attr: {key: {handle, ...}}}`` for attributes marked ``indexed``;
+- ordered: ``{attr: sorted [(key, handle), ...]}`` for attributes marked ``ordered``, used for
+  prefix substrings and ranges by bisection.
+
+The planner (:meth:`Snapshot.select`) answers a filter with set algebra on those indexes:
+indexed equality is a hash look-up, ``and`` intersects starting from the smallest operand,
+``or`` unions, and ``not`` plus anything no index answers are checked entry by entry on the
+candidate set only. Results come back ordered by (sort key, id), a stable order for paging.
+
+A snapshot is never modified after it is built; a refresh builds a new one and swaps it in.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+from threading import Lock
+from typing import Any
+
+from idm_facade.directory import filters as f
+from idm_facade.directory.entries import Entry
+from idm_facade.directory.policy import Policy
+from schemas.attributes import ATTRIBUTES, normalise
+
+_MAX = "\U0010ffff"
+_CACHE_SIZE = 256
+
+
+def _spec_rules(attr: str) -> tuple[str, bool, bool, bool]:
+    spec = ATTRIBUTES.get(attr.split("@", 1)[0])
+    if spec is None:
+        return "string", False, False, False
+    return spec.type, spec.case_exact, spec.indexed, spec.ordered
+
+
+class Snapshot:
+    """Entries, their indexes and the planner. Thread-safe to read; never mutated."""
+
+    def __init__(self, entries: Iterable[Entry], *, at: datetime, seq: int,
+                 next_boundary: datetime | None, extra: dict[str, Any] | None = None) -> None:
+        self.at = at
+        self.seq = seq
+        self.next_boundary = next_boundary
+        #: Whatever the build wants to keep beside the entries (grants, org data).
+        self.extra = extra or {}
+        self.entries: list[Entry] = sorted(entries, key=lambda e: e.id)
+        self.by_id: dict[str, int] = {e.id: h for h, e in enumerate(self.entries)}
+        self.equality: dict[str, dict[Any, set[int]]] = defaultdict(dict)
+        self.ordered: dict[str, list[tuple[Any, int]]] = {}
+        self.by_kind: dict[str, set[int]] = defaultdict(set)
+        self._visible_cache: OrderedDict = OrderedDict()
+        self._result_cache: OrderedDict = OrderedDict()
+        self._lock = Lock()
+        self._index()
+
+    # ------------------------------------------------------------------ build
+
+    def _index(self) -> None:
+        ordered: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+        for handle, entry in enumerate(self.entries):
+            self.by_kind[entry.kind].add(handle)
+            for attr, values in entry.attrs.items():
+                type_, exact, indexed, is_ordered = _spec_rules(attr)
+                if not (indexed or is_ordered):
+                    continue
+                bucket = self.equality[attr] if indexed else None
+                for value in values:
+                    key = normalise(type_, exact, value)
+                    if bucket is not None:
+                        found = bucket.get(key)
+                        if found is None:
+                            bucket[key] = {handle}
+                        else:
+                            found.add(handle)
+                    if is_ordered:
+                        ordered[attr].append((key, handle))
+        for attr, pairs in ordered.items():
+            pairs.sort()
+            self.ordered[attr] = pairs
+
+    # ------------------------------------------------------------------ access
+
+    def get(self, entry_id: str) -> Entry | None:
+        """The entry with this id (no policy applied)."""
+        handle = self.by_id.get(entry_id) or self.by_id.get(str(entry_id).lower())
+        return self.entries[handle] if handle is not None else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def visible_handles(self, policy: Policy, kinds: frozenset[str]) -> frozenset[int]:
+        """Handles of the entries of ``kinds`` the policy admits (cached per policy)."""
+        key = (policy, kinds)
+        with self._lock:
+            found = self._visible_cache.get(key)
+            if found is not None:
+                self._visible_cache.move_to_end(key)
+                return found
+        admitted: set[int] = set()
+        for kind in kinds & policy.kinds:
+            admitted |= self.by_kind.get(kind, set())
+        if policy.subtrees is not None:
+            under: set[int] = set()
+            index = self.equality.get("ancestor", {})
+            for unit in policy.subtrees:
+                under |= index.get(unit.lower(), set())
+            from schemas.attributes import ROLE, ROLEGROUP
+
+            keep_always = self.by_kind.get(ROLE, set()) | self.by_kind.get(ROLEGROUP, set())
+            admitted &= under | keep_always
+        result = frozenset(admitted)
+        with self._lock:
+            self._visible_cache[key] = result
+            if len(self._visible_cache) > _CACHE_SIZE:
+                self._visible_cache.popitem(last=False)
+        return result
+
+    def is_visible(self, entry: Entry, policy: Policy) -> bool:
+        """May the policy see this entry at all?"""
+        handle = self.by_id.get(entry.id)
+        return handle is not None and handle in self.visible_handles(policy, frozenset({
+            entry.kind}))
+
+    # ------------------------------------------------------------------ queries
+
+    def search(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy,
+               sort_by: str | None = None, descending: bool = False) -> list[Entry]:
+        """All entries of ``kinds`` visible to ``policy`` that match ``flt``, in a stable
+        order: by ``sort_by`` (a directory attribute; missing values last) then id.
+
+        Results are cached per (filter, kinds, policy, sort) for the life of the snapshot,
+        so paging through a large result costs one evaluation.
+        """
+        key = (flt, kinds, policy, sort_by, descending)
+        with self._lock:
+            cached = self._result_cache.get(key)
+            if cached is not None:
+                self._result_cache.move_to_end(key)
+                return cached
+        universe = self.visible_handles(policy, kinds)
+        rewritten = rewrite(flt, policy)
+        handles = self.select(rewritten, universe)
+        result = self._order(handles, sort_by, descending, policy)
+        with self._lock:
+            self._result_cache[key] = result
+            if len(self._result_cache) > _CACHE_SIZE:
+                self._result_cache.popitem(last=False)
+        return result
+
+    def count(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy) -> int:
+        """How many entries :meth:`search` would return."""
+        return len(self.search(flt, kinds=kinds, policy=policy))
+
+    def _order(self, handles: set[int] | frozenset[int], sort_by: str | None,
+               descending: bool, policy: Policy) -> list[Entry]:
+        ordered = sorted(handles)  # handles are in id order
+        entries = [self.entries[h] for h in ordered]
+        if sort_by and sort_by != "id":
+            names = policy.physical(sort_by)
+            spec = ATTRIBUTES.get(sort_by)
+            type_, exact = (spec.type, spec.case_exact) if spec else ("string", False)
+
+            def key(entry: Entry) -> tuple:
+                for name in names:
+                    values = entry.attrs.get(name)
+                    if values:
+                        return (0, normalise(type_, exact, values[0]))
+                return (1, "")
+
+            present = [e for e in entries if key(e)[0] == 0]
+            missing = [e for e in entries if key(e)[0] == 1]
+            present.sort(key=key, reverse=descending)
+            entries = present + missing
+        elif descending:
+            entries.reverse()
+        return entries
+
+    # ------------------------------------------------------------------ planner
+
+    def select(self, node: f.Filter, universe: frozenset[int] | set[int]) -> set[int]:
+        """Handles in ``universe`` matching ``node`` (physical names), using indexes."""
+        exact = self._indexed(node)
+        if exact is not None:
+            return exact & universe if len(exact) < len(universe) else universe & exact
+        if isinstance(node, f.And):
+            indexed, rest = [], []
+            for part in node.parts:
+                found = self._indexed(part)
+                (indexed.append(found) if found is not None else rest.append(part))
+            if indexed:
+                indexed.sort(key=len)
+                candidates = set(indexed[0])
+                for other in indexed[1:]:
+                    candidates &= other
+                    if not candidates:
+                        break
+                candidates &= universe
+            else:
+                # No operand is indexed: narrow with the first operand, then check the rest.
+                candidates = self.select(rest[0], universe)
+                rest = rest[1:]
+            for part in rest:
+                if not candidates:
+                    break
+                candidates = self.select(part, candidates)
+            return candidates
+        if isinstance(node, f.Or):
+            found: set[int] = set()
+            for part in node.parts:
+                found |= self.select(part, universe)
+            return found
+        if isinstance(node, f.Not):
+            return set(universe) - self.select(node.part, universe)
+        if isinstance(node, f.Const):
+            return set(universe) if node.value else set()
+        return {h for h in universe if f.matches(self.entries[h], node)}
+
+    def _indexed(self, node: f.Filter) -> set[int] | None:
+        """The exact answer of ``node`` from indexes alone, or None when they cannot give it."""
+        if isinstance(node, f.Eq):
+            type_, exact, indexed, _ = _spec_rules(node.attr)
+            if indexed:
+                try:
+                    key = normalise(type_, exact, node.value)
+                except (TypeError, ValueError):
+                    return set()
+                return self.equality.get(node.attr, {}).get(key, set())
+            return None
+        if isinstance(node, f.Substring) and not node.any and not node.final and node.initial:
+            type_, exact, _, is_ordered = _spec_rules(node.attr)
+            if is_ordered and type_ == "string":
+                prefix = node.initial if exact else node.initial.casefold()
+                return self._range(node.attr, prefix, True, prefix + _MAX, False)
+            return None
+        if isinstance(node, (f.Ge, f.Le, f.Gt, f.Lt)):
+            type_, exact, _, is_ordered = _spec_rules(node.attr)
+            if not is_ordered:
+                return None
+            try:
+                key = normalise(type_, exact, node.value)
+            except (TypeError, ValueError):
+                return set()
+            if isinstance(node, f.Ge):
+                return self._range(node.attr, key, True, None, False)
+            if isinstance(node, f.Gt):
+                return self._range(node.attr, key, False, None, False)
+            if isinstance(node, f.Le):
+                return self._range(node.attr, None, False, key, True)
+            return self._range(node.attr, None, False, key, False)
+        if isinstance(node, f.Or):
+            parts = [self._indexed(p) for p in node.parts]
+            if all(p is not None for p in parts):
+                found: set[int] = set()
+                for p in parts:
+                    found |= p  # type: ignore[operator]
+                return found
+        return None
+
+    def _range(self, attr: str, low: Any, low_incl: bool, high: Any, high_incl: bool
+               ) -> set[int]:
+        pairs = self.ordered.get(attr)
+        if not pairs:
+            return set()
+        try:
+            if low is None:
+                start = 0
+            elif low_incl:
+                start = bisect.bisect_left(pairs, (low, -1))
+            else:
+                start = bisect.bisect_right(pairs, (low, len(self.entries)))
+            if high is None:
+                stop = len(pairs)
+            elif high_incl:
+                stop = bisect.bisect_right(pairs, (high, len(self.entries)))
+            else:
+                stop = bisect.bisect_left(pairs, (high, -1))
+        except TypeError:
+            return set()
+        return {h for _, h in pairs[start:stop]}
+
+    def brute_force(self, node: f.Filter, universe: Iterable[int]) -> set[int]:
+        """The oracle: check every entry of ``universe`` one by one."""
+        return {h for h in universe if f.matches(self.entries[h], node)}
+
+    def with_extra(self, **extra: Any) -> Snapshot:
+        """The same snapshot object with more build data attached (no copy of entries)."""
+        self.extra.update(extra)
+        return self
+
+
+def _flatten_any(node: f.Any_) -> f.Filter | None:
+    """A superset filter of a value path over the flattened ``complex.sub`` attributes.
+
+    Only positive parts carry over (``not`` inside a value path is not monotone), so a
+    ``Not`` becomes "anything". Returns None when nothing narrows.
+    """
+
+    def walk(part: f.Filter) -> f.Filter | None:
+        if isinstance(part, f.And):
+            kept = [w for w in (walk(p) for p in part.parts) if w is not None]
+            return f.And(tuple(kept)) if kept else None
+        if isinstance(part, f.Or):
+            kept = [walk(p) for p in part.parts]
+            return None if any(k is None for k in kept) else f.Or(tuple(kept))  # type: ignore
+        if isinstance(part, f.LEAVES) and f"{node.complex}.{part.attr}" in ATTRIBUTES:
+            return replace(part, attr=f"{node.complex}.{part.attr}")
+        return None
+
+    return walk(node.part)
+
+
+def rewrite(node: f.Filter, policy: Policy) -> f.Filter:
+    """Translate logical attribute names to the physical names this policy may read.
+
+    Attributes the client may not read become absent (``Present`` false, comparisons false,
+    so ``not`` of them true): a filter cannot reveal what the client cannot read.
+    Value paths keep logical sub-names; visibility is enforced on their elements.
+    """
+    if isinstance(node, f.And):
+        return f.And(tuple(rewrite(p, policy) for p in node.parts))
+    if isinstance(node, f.Or):
+        return f.Or(tuple(rewrite(p, policy) for p in node.parts))
+    if isinstance(node, f.Not):
+        return f.Not(rewrite(node.part, policy))
+    if isinstance(node, f.Any_):
+        if not policy.may_read_complex(node.complex):
+            return f.FALSE
+        inner = f.Any_(node.complex, _restrict_elements(node.part, node.complex, policy))
+        # The flattened sub-attributes give an indexed superset; elements are checked on it.
+        superset = _flatten_any(node)
+        return f.And((rewrite(superset, policy), inner)) if superset is not None else inner
+    if isinstance(node, f.LEAVES):
+        names = policy.physical(node.attr)
+        if not names:
+            return f.FALSE
+        if len(names) == 1:
+            return replace(node, attr=names[0])
+        return f.Or(tuple(replace(node, attr=n) for n in names))
+    return node
+
+
+def _restrict_elements(part: f.Filter, complex_name: str, policy: Policy) -> f.Filter:
+    """Inside a value path over an address list, admit only elements the policy may see."""
+    if complex_name in ("emails", "phoneNumbers", "addresses"):
+        allowed = f.Or(tuple(f.Eq("visibility", v) for v in policy.visibilities))
+        return f.And((allowed, part))
+    return part
+

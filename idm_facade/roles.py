@@ -1,0 +1,211 @@
+"""Effective roles with provenance, following OS2rollekatalog's assignment calculator.
+
+For one account (an IT user; OS2rollekatalog's "user"):
+
+1. direct assignments of job-function roles and role groups to the account;
+2. for each engagement the account is scoped to (all of its person's when it is scoped to
+   none) that is not marked do-not-inherit: the assignments on the engagement's unit, and on
+   each ancestor when the assignment is marked ``inherit``; narrowed by the title list
+   (POSITIVE: only those titles, NEGATIVE: all but those), excepted accounts, and excepted
+   units (the engagement's unit is, or lies below, an excepted unit);
+3. manager-only assignments on units the account's person manages (and on their ancestors,
+   when marked ``inherit``);
+4. role groups expanded into their job-function roles.
+
+Each grant keeps where it came from, so "why does she have this role" has an answer. The
+computation runs on :class:`~idm_facade.directory.load.OrgData` loaded as of one instant, so
+future-dated and ended assignments are simply absent or present at that instant.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+DIRECT, UNIT, MANAGER = "direct", "unit", "manager"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One reason an account holds a job-function role."""
+
+    role_id: str
+    via: str  # direct / unit / manager
+    assignment_id: str
+    unit_id: str | None = None  # the unit carrying the assignment (unit / manager grants)
+    role_group_id: str | None = None  # set when the role came through a role group
+    engagement_id: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+    def explain(self, data: Any) -> str:
+        """A one-line human explanation."""
+        parts = []
+        if self.via == DIRECT:
+            parts.append("assigned directly")
+        elif self.via == UNIT:
+            parts.append(f"via unit {_unit_name(data, self.unit_id)}")
+        else:
+            parts.append(f"as manager of {_unit_name(data, self.unit_id)}")
+        if self.role_group_id:
+            group = data.role_groups.get(self.role_group_id)
+            parts.append(f"through role group {group.name if group else self.role_group_id}")
+        if self.valid_to:
+            parts.append(f"until {self.valid_to.isoformat()}")
+        return ", ".join(parts)
+
+
+def _unit_name(data: Any, unit_id: str | None) -> str:
+    unit = data.units.get(unit_id) if unit_id else None
+    return unit.name if unit else str(unit_id)
+
+
+@dataclass
+class RoleIndex:
+    """Per-unit look-ups derived once per load, shared by every account's calculation."""
+
+    chains: dict[str, tuple[str, ...]]
+    unit_assignments: dict[str, list[Any]]
+    account_assignments: dict[str, list[Any]]
+    managed_units: dict[str, list[str]]
+    person_engagements: dict[str, list[str]]
+
+
+def unit_chains(units: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """For every unit: itself and its ancestors, nearest first (cycles are cut)."""
+    chains: dict[str, tuple[str, ...]] = {}
+
+    def chain(unit_id: str) -> tuple[str, ...]:
+        known = chains.get(unit_id)
+        if known is not None:
+            return known
+        path = [unit_id]
+        seen = {unit_id}
+        parent = units[unit_id].parent_id
+        while parent and parent in units and parent not in seen:
+            if parent in chains:
+                path.extend(chains[parent])
+                break
+            path.append(parent)
+            seen.add(parent)
+            parent = units[parent].parent_id
+        result = tuple(path)
+        chains[unit_id] = result
+        return result
+
+    for unit_id in units:
+        chain(unit_id)
+    return chains
+
+
+def build_index(data: Any) -> RoleIndex:
+    """Derive the look-ups (cached on ``data.derived``)."""
+    cached = data.derived.get("roles")
+    if cached is not None:
+        return cached
+    chains = data.derived.get("chains") or unit_chains(data.units)
+    data.derived["chains"] = chains
+    by_unit: dict[str, list[Any]] = defaultdict(list)
+    for a in data.unit_assignments.values():
+        by_unit[a.org_unit_id].append(a)
+    by_account: dict[str, list[Any]] = defaultdict(list)
+    for a in data.account_assignments.values():
+        by_account[a.account_id].append(a)
+    managed: dict[str, list[str]] = defaultdict(list)
+    for mgr in data.managers.values():
+        if mgr.person_id:
+            managed[mgr.person_id].append(mgr.org_unit_id)
+    person_engagements: dict[str, list[str]] = defaultdict(list)
+    for eng in data.engagements.values():
+        person_engagements[eng.person_id].append(eng.id)
+    index = RoleIndex(chains, by_unit, by_account, managed, person_engagements)
+    data.derived["roles"] = index
+    return index
+
+
+def account_engagements(data: Any, index: RoleIndex, account: Any) -> list[Any]:
+    """Engagements in effect the account is scoped to; all its person's when none are named."""
+    scoped = data.account_engagements.get(account.id)
+    if scoped:
+        found = [data.engagements[e] for e in scoped if e in data.engagements]
+    elif account.person_id:
+        found = [data.engagements[e] for e in index.person_engagements.get(account.person_id, ())]
+    else:
+        found = []
+    return sorted(found, key=lambda e: (not e.is_primary, e.user_key or "", e.id))
+
+
+def _expand(data: Any, assignment: Any, via: str, unit_id: str | None,
+            engagement_id: str | None) -> list[Grant]:
+    if assignment.job_role_id:
+        if assignment.job_role_id not in data.job_roles:
+            return []
+        return [Grant(assignment.job_role_id, via, assignment.id, unit_id, None, engagement_id,
+                      assignment.valid_from, assignment.valid_to)]
+    group_id = assignment.role_group_id
+    if group_id not in data.role_groups:
+        return []
+    return [Grant(role_id, via, assignment.id, unit_id, group_id, engagement_id,
+                  assignment.valid_from, assignment.valid_to)
+            for role_id in data.role_group_members.get(group_id, ())
+            if role_id in data.job_roles]
+
+
+def _unit_assignment_applies(data: Any, assignment: Any, account_id: str, engagement: Any,
+                             at_unit: str, chain: tuple[str, ...]) -> bool:
+    if not assignment.inherit and at_unit != engagement.org_unit_id:
+        return False
+    titles = data.unit_assignment_titles.get(assignment.id, ())
+    if assignment.title_mode == "POSITIVE" and engagement.job_function_id not in titles:
+        return False
+    if assignment.title_mode == "NEGATIVE" and engagement.job_function_id in titles:
+        return False
+    if account_id in data.unit_assignment_excepted_accounts.get(assignment.id, ()):
+        return False
+    excepted_units = data.unit_assignment_excepted_units.get(assignment.id)
+    return not (excepted_units and any(u in excepted_units for u in chain))
+
+
+def effective_roles(data: Any, account_id: str) -> list[Grant]:
+    """Every grant of every job-function role the account holds at ``data.at``."""
+    account = data.accounts.get(account_id)
+    if account is None:
+        return []
+    index = build_index(data)
+    grants: list[Grant] = []
+    for assignment in index.account_assignments.get(account_id, ()):
+        grants.extend(_expand(data, assignment, DIRECT, None, None))
+    for engagement in account_engagements(data, index, account):
+        if engagement.do_not_inherit:
+            continue
+        chain = index.chains.get(engagement.org_unit_id, ())
+        for unit_id in chain:
+            for assignment in index.unit_assignments.get(unit_id, ()):
+                if assignment.manager_only:
+                    continue
+                if _unit_assignment_applies(data, assignment, account_id, engagement, unit_id,
+                                            chain):
+                    grants.extend(_expand(data, assignment, UNIT, unit_id, engagement.id))
+    if account.person_id:
+        for managed in index.managed_units.get(account.person_id, ()):
+            for unit_id in index.chains.get(managed, ()):
+                for assignment in index.unit_assignments.get(unit_id, ()):
+                    if not assignment.manager_only:
+                        continue
+                    if unit_id != managed and not assignment.inherit:
+                        continue
+                    if account_id in data.unit_assignment_excepted_accounts.get(
+                            assignment.id, ()):
+                        continue
+                    grants.extend(_expand(data, assignment, MANAGER, unit_id, None))
+    return grants
+
+
+def roles_by_id(grants: list[Grant]) -> dict[str, list[Grant]]:
+    """Group grants by role, keeping first-seen order."""
+    found: dict[str, list[Grant]] = {}
+    for grant in grants:
+        found.setdefault(grant.role_id, []).append(grant)
+    return found
