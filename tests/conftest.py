@@ -43,3 +43,20 @@ def db_url(request) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory) -> str:
+    """A SQLite store holding the S demo municipality (seed 1), built once per run.
+
+    Tests must not write to it; copy it (or build your own) for tests that write.
+    """
+    from store.demo import generate
+    from store.engine import make_engine
+    from store.exchange import import_document
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'idm.db'}"
+    engine = make_engine(url)
+    import_document(engine, generate("S", seed=1), actor="demo")
+    engine.dispose()
+    return url

@@ -1,0 +1,114 @@
+"""Directory benchmark: snapshot build, indexed queries, effective roles, change -> visible.
+
+Run: ``.venv/bin/python -m bench.directory_bench [SIZES...]`` (default M L XL). Each size runs
+in its own process so peak memory is that size's alone. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SIZES = ("M", "L", "XL")
+
+
+def _time(fn, repeat: int) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def measure(size: str) -> dict:
+    """All figures for one size (runs inside a fresh process)."""
+    from bench.datasets import demo_store
+    from idm_facade import roles
+    from idm_facade.directory import Directory, Policy
+    from idm_facade.directory import filters as f
+    from schemas.attributes import ACCOUNT
+    from store import models as m
+    from store.engine import make_engine, write_session
+
+    url = demo_store(size)
+    engine = make_engine(url, create=False)
+    started = time.perf_counter()
+    directory = Directory(engine)
+    build = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    snap = directory.snapshot
+    accounts = [e for e in snap.entries if e.kind == ACCOUNT]
+    policy = Policy()
+    kinds = frozenset({ACCOUNT})
+    names = [e.first("userName") for e in accounts[:: max(1, len(accounts) // 200)]]
+
+    def eq_queries() -> None:
+        for name in names:
+            snap.select(f.Eq("userName", name), snap.visible_handles(policy, kinds))
+
+    eq_us = _time(eq_queries, 5) / len(names) * 1e6
+    unit = accounts[0].attrs["unit"][0]
+    mixed = f.And((f.Eq("unit", unit), f.Substring("familyName", any=("e",))))
+
+    def and_query() -> None:
+        snap.select(mixed, snap.visible_handles(policy, kinds))
+
+    and_us = _time(and_query, 50) * 1e6
+    matched = len(snap.select(f.Eq("unit", unit), snap.visible_handles(policy, kinds)))
+    data = snap.extra["data"]
+    sample = [e.id for e in accounts[:: max(1, len(accounts) // 500)]]
+
+    def role_calc() -> None:
+        for account_id in sample:
+            roles.effective_roles(data, account_id)
+
+    roles_us = _time(role_calc, 3) / len(sample) * 1e6
+    target = accounts[len(accounts) // 2]
+    started = time.perf_counter()
+    with write_session(engine, actor="bench") as session:
+        person = session.get(m.Person, target.first("personId"))
+        person.nickname_given_name = "Benchmark"
+    committed = time.perf_counter()
+    directory.refresh()
+    visible = time.perf_counter() - committed
+    assert directory.snapshot.get(target.id).first("nickName", "").startswith("Benchmark")
+    return {
+        "size": size, "accounts": len(accounts), "entries": len(snap),
+        "build_s": round(build, 2), "peak_rss_mb": round(rss_mb),
+        "eq_us": round(eq_us, 1), "and_us": round(and_us, 1), "and_matched": matched,
+        "roles_us": round(roles_us, 1), "change_visible_s": round(visible, 2),
+        "write_s": round(committed - started, 3),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        print(json.dumps(measure(sys.argv[2])))
+        return
+    from bench.datasets import machine
+
+    sizes = sys.argv[1:] or list(SIZES)
+    rows = []
+    for size in sizes:
+        out = subprocess.run([sys.executable, "-m", "bench.directory_bench", "--one", size],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"Machine: {machine()}\n")
+    print("| size | accounts | entries | build (s) | peak RSS (MB) | userName eq (µs) "
+          "| unit eq AND familyName co (µs, matched) | effective roles / account (µs) "
+          "| change -> visible (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['accounts']} | {r['entries']} | {r['build_s']} "
+              f"| {r['peak_rss_mb']} | {r['eq_us']} | {r['and_us']} ({r['and_matched']}) "
+              f"| {r['roles_us']} | {r['change_visible_s']} |")
+
+
+if __name__ == "__main__":
+    main()
