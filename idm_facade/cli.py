@@ -129,3 +129,8 @@ def demo_data(db: str | None, size: str, seed: int, reference, replace: bool) ->
     counts = _import_with_progress(db, doc, replace, "demo-data")
     click.echo(f"demo municipality {size} (seed {seed}) imported into {database_url(db)}:")
     _print_counts(counts)
+
+
+from idm_facade.roleapi import roles_command  # noqa: E402  (the role-lookup command)
+
+main.add_command(roles_command)

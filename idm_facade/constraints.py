@@ -1,0 +1,227 @@
+"""Data-constraint values (dataafgrænsninger) of an account's system roles.
+
+A job-function role bundles system roles, some with a data constraint: an org-unit or KLE
+constraint whose value is not stored but computed per account at login, exactly as
+OS2rollekatalog does when it emits the OIOBPP privilege list:
+
+Org-unit constraint (``.../constraints/orgenhed/1`` and the internal ``.../orgunit/1``):
+
+- ``INHERITED``: the units of the account's engagements;
+- ``EXTENDED_INHERITED``: those units and all their descendants;
+- ``LEVEL_1`` .. ``LEVEL_6``: per engagement unit, the nearest unit on its path to the root
+  (itself first) whose ``role_level`` is at most N, plus that unit's whole subtree; when no
+  unit on the path qualifies, the engagement unit alone.
+
+KLE constraint (``.../constraints/KLE/1``):
+
+- ``INHERITED``: the *performing* KLE numbers (aspect Udførende) of the engagement units, plus
+  those of their ancestors marked ``inherit_kle``;
+- ``EXTENDED_INHERITED``: the same for the *interest* aspect (Indsigt);
+- ``READ_AND_WRITE``: both, compressed (a code covered by a shorter code is dropped; the
+  shorter codes get a ``.*`` suffix). Like OS2rollekatalog, unit KLE is not inherited when
+  any of the account's engagements is marked do-not-inherit.
+- an empty KLE result becomes ``99.99.99``, so login still succeeds, with no data.
+
+``VALUE`` is the stored literal for any constraint type. Values are comma-joined. Everything
+here reads :class:`~idm_facade.directory.load.OrgData` and per-load look-ups cached on
+``data.derived``, so one account's values cost a few dictionary walks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from idm_facade import roles as role_calc
+
+ORG_UNIT_TYPES = frozenset({
+    "http://sts.kombit.dk/constraints/orgenhed/1",
+    "https://sts.kombit.dk/constraints/orgenhed/1",
+    "http://digital-identity.dk/constraints/orgunit/1",
+})
+KLE_TYPES = frozenset({
+    "http://sts.kombit.dk/constraints/KLE/1",
+    "https://sts.kombit.dk/constraints/KLE/1",
+})
+#: Emitted when a KLE constraint resolves to nothing, so the login succeeds with no data.
+EMPTY_KLE = "99.99.99"
+
+PERFORMING, INTEREST = "performing", "interest"
+_ASPECTS = {"udfoerende": PERFORMING, "udførende": PERFORMING, "performing": PERFORMING,
+            "indsigt": INTEREST, "interest": INTEREST}
+
+
+@dataclass
+class ConstraintIndex:
+    """Per-load look-ups shared by every account's computation."""
+
+    chains: dict[str, tuple[str, ...]]
+    children: dict[str, list[str]]
+    kle: dict[str, dict[str, list[str]]]  # unit -> aspect -> KLE numbers
+    subtrees: dict[str, tuple[str, ...]]  # filled lazily
+
+
+def _aspect(data: Any, class_id: str) -> str | None:
+    cls = data.classes.get(class_id)
+    if cls is None:
+        return None
+    for text in (cls.user_key, cls.name):
+        found = _ASPECTS.get(str(text or "").casefold())
+        if found:
+            return found
+    return None
+
+
+def build_index(data: Any) -> ConstraintIndex:
+    """Derive the look-ups once per load (cached on ``data.derived``)."""
+    cached = data.derived.get("constraints")
+    if cached is not None:
+        return cached
+    role_calc.build_index(data)  # fills data.derived["chains"]
+    chains = data.derived["chains"]
+    children: dict[str, list[str]] = defaultdict(list)
+    for unit in data.units.values():
+        if unit.parent_id and unit.parent_id in data.units:
+            children[unit.parent_id].append(unit.id)
+    for kids in children.values():
+        kids.sort(key=lambda u: (data.units[u].name, u))
+    kle: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in sorted(data.kles.values(), key=lambda k: k.id):
+        number_cls = data.classes.get(row.kle_number_id)
+        if number_cls is None:
+            continue
+        number = number_cls.user_key
+        for class_id in data.kle_aspects.get(row.id, ()):
+            aspect = _aspect(data, class_id)
+            if aspect and number not in kle[row.org_unit_id][aspect]:
+                kle[row.org_unit_id][aspect].append(number)
+    index = ConstraintIndex(chains, dict(children), kle, {})
+    data.derived["constraints"] = index
+    return index
+
+
+def subtree(index: ConstraintIndex, unit_id: str) -> tuple[str, ...]:
+    """The unit and all its descendants, pre-order (cycles cut)."""
+    known = index.subtrees.get(unit_id)
+    if known is not None:
+        return known
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [unit_id]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        found.append(current)
+        stack.extend(reversed(index.children.get(current, ())))
+    result = tuple(found)
+    index.subtrees[unit_id] = result
+    return result
+
+
+def engagement_units(data: Any, account_id: str) -> tuple[list[str], bool]:
+    """Units of the account's engagements in effect (first seen order), and whether any of
+    those engagements is marked do-not-inherit."""
+    account = data.accounts.get(account_id)
+    if account is None:
+        return [], False
+    engagements = role_calc.account_engagements(data, role_calc.build_index(data), account)
+    units = list(dict.fromkeys(e.org_unit_id for e in engagements if e.org_unit_id in data.units))
+    return units, any(e.do_not_inherit for e in engagements)
+
+
+def org_unit_values(data: Any, account_id: str, value_type: str) -> list[str]:
+    """Unit ids an org-unit constraint of ``value_type`` resolves to for the account."""
+    index = build_index(data)
+    units, _ = engagement_units(data, account_id)
+    found: dict[str, None] = {}
+    if value_type == "INHERITED":
+        found.update(dict.fromkeys(units))
+    elif value_type == "EXTENDED_INHERITED":
+        for unit in units:
+            found.update(dict.fromkeys(subtree(index, unit)))
+    elif value_type.startswith("LEVEL_") and value_type[6:].isdigit():
+        limit = int(value_type[6:])
+        for unit in units:
+            anchor = next((u for u in index.chains.get(unit, (unit,))
+                           if data.units[u].role_level is not None
+                           and data.units[u].role_level <= limit), None)
+            if anchor is None:
+                found[unit] = None
+            else:
+                found.update(dict.fromkeys(subtree(index, anchor)))
+    return list(found)
+
+
+def kle_values(data: Any, account_id: str, aspect: str) -> list[str]:
+    """KLE numbers of ``aspect`` (performing/interest) the account has through its units."""
+    index = build_index(data)
+    units, blocked = engagement_units(data, account_id)
+    if blocked:
+        return []
+    found: dict[str, None] = {}
+    for unit in units:
+        for position, current in enumerate(index.chains.get(unit, (unit,))):
+            if position > 0 and not data.units[current].inherit_kle:
+                continue
+            found.update(dict.fromkeys(index.kle.get(current, {}).get(aspect, ())))
+    return sorted(found)
+
+
+def compress_kle(codes: list[str]) -> list[str]:
+    """Drop codes covered by a shorter code in the list; shorter (group/area) codes get
+    ``.*`` so a receiving system reads them as prefixes."""
+    unique = sorted(set(codes), key=lambda c: (len(c), c))
+    kept: list[str] = []
+    for code in unique:
+        if any(code.startswith(k + ".") for k in kept):
+            continue
+        kept.append(code)
+    return sorted(c + ".*" if c.count(".") < 2 else c for c in kept)
+
+
+def constraint_value(data: Any, account_id: str, constraint_type: str | None,
+                     value_type: str | None, literal: str | None) -> str | None:
+    """The comma-joined value of one constraint for the account; None when the row carries
+    no constraint (or one of a kind computed elsewhere that resolves to nothing)."""
+    if not constraint_type or not value_type:
+        return None
+    if value_type == "VALUE":
+        return literal or ""
+    if constraint_type in KLE_TYPES:
+        if value_type == "INHERITED":
+            codes = kle_values(data, account_id, PERFORMING)
+        elif value_type == "EXTENDED_INHERITED":
+            codes = kle_values(data, account_id, INTEREST)
+        elif value_type == "READ_AND_WRITE":
+            codes = compress_kle(kle_values(data, account_id, PERFORMING)
+                                 + kle_values(data, account_id, INTEREST))
+        else:
+            codes = [literal] if literal else []
+        return ",".join(codes) if codes else EMPTY_KLE
+    if constraint_type in ORG_UNIT_TYPES:
+        values = org_unit_values(data, account_id, value_type)
+        if not values and literal:
+            return literal
+        return ",".join(values)
+    return literal
+
+
+def system_role_constraints(data: Any, account_id: str, job_role_id: str
+                            ) -> list[tuple[Any, list[tuple[str, str]]]]:
+    """The system roles of a job role, each with its (constraint type, value) pairs for the
+    account."""
+    result = []
+    for link in data.job_role_system_roles.get(job_role_id, ()):
+        system_role = data.system_roles.get(link.system_role_id)
+        if system_role is None:
+            continue
+        pairs: list[tuple[str, str]] = []
+        value = constraint_value(data, account_id, link.constraint_type,
+                                 link.constraint_value_type, link.constraint_value)
+        if value is not None:
+            pairs.append((link.constraint_type, value))
+        result.append((link, pairs))
+    return result

@@ -1,0 +1,446 @@
+"""Role lookup over HTTP: "which roles does this account hold, and why".
+
+Identity providers and IT systems ask this at login. Everything is answered from the current
+directory snapshot (one snapshot per request), in our own JSON shape and in the shapes
+OS2rollekatalog integrations already consume:
+
+- ``GET /api/roles/{username}[?system=ID]``: the account, its job-function roles and system
+  roles grouped per IT system, each role with its provenance and validity;
+- ``GET /api/user/{userId}/roles?system=``: ``{nameID, oioBPP}``, the base64 OIOBPP
+  privilege list with org-unit and KLE constraint values computed for the account;
+- ``GET /api/user/{userId}/rolesAsList?system=``: ``{userRoles, systemRoles, dataRoles,
+  functionRoles, roleMap, nameID, disabled}``;
+- ``GET /api/user/{userId}/hasUserRole/{roleId}``: ``true`` / ``false``;
+- ``GET /api/itsystem/{identifier}/users?startIndex=&count=``: who holds a role in a system.
+
+``system`` matches an IT system's key or its type (``system=KOMBIT`` selects every KOMBIT
+system) case-insensitively and may repeat; a filter that matches nothing gives empty lists.
+Clients authenticate with a bearer token (``Authorization: Bearer ...``, or OS2rollekatalog's
+``ApiKey`` header); the account must be visible under the client's policy, otherwise it is
+reported unknown (404), like an account that does not exist. Every request writes exactly one
+access-log record before the response leaves; if the log cannot be written the request fails
+with 500 and discloses nothing.
+
+Per-snapshot look-ups (role and system catalogues, per-account views, holders per system)
+are cached on the snapshot object, so a lookup is a few dictionary reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+from flask import Blueprint, Response, jsonify, request
+
+from idm_facade import oiobpp
+from idm_facade import roles as role_calc
+from idm_facade.directory import filters as f
+from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
+from idm_facade.directory.view import visible_complex, visible_values
+
+_CACHE_KEY = "roleapi"
+_ACCOUNT_CACHE = 100_000
+MAX_COUNT = 1000
+DEFAULT_COUNT = 100
+
+
+class ApiError(Exception):
+    """A request that ends in a JSON error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+# --------------------------------------------------------------------------- per snapshot
+
+
+class RoleView:
+    """Catalogue look-ups and per-account answers derived from one snapshot."""
+
+    def __init__(self, snapshot: Any) -> None:
+        self.snapshot = snapshot
+        self.data = snapshot.extra["data"]
+        data = self.data
+        self.systems_by_key = {s.user_key: s for s in data.it_systems.values()}
+        self.system_roles_of: dict[str, list[Any]] = {}
+        for role_id in data.job_roles:
+            rows = []
+            for link in data.job_role_system_roles.get(role_id, ()):
+                system_role = data.system_roles.get(link.system_role_id)
+                if system_role is not None and system_role not in rows:
+                    rows.append(system_role)
+            self.system_roles_of[role_id] = rows
+        self.organisation = data.organisation
+        self._lock = threading.Lock()
+        self._accounts: OrderedDict = OrderedDict()
+        self._holders: dict[str, list[int]] = {}
+
+    def systems_matching(self, wanted: list[str]) -> set[str] | None:
+        """Keys of the IT systems a ``system=`` filter selects (None = no filter)."""
+        if not wanted:
+            return None
+        folded = {w.casefold() for w in wanted}
+        return {s.user_key for s in self.data.it_systems.values()
+                if s.user_key.casefold() in folded
+                or (s.system_type or "").casefold() in folded}
+
+    def role_ids(self, entry: Any, policy: Policy) -> list[str]:
+        """Distinct job-role ids the account holds, in grant order, as the policy shows."""
+        key = (entry.id, entry.version, policy)
+        with self._lock:
+            cached = self._accounts.get(key)
+        if cached is not None:
+            return cached
+        elements = visible_complex(entry, "roles", policy, self.snapshot)
+        result = list(dict.fromkeys(e["value"] for e in elements))
+        with self._lock:
+            self._accounts[key] = result
+            if len(self._accounts) > _ACCOUNT_CACHE:
+                self._accounts.popitem(last=False)
+        return result
+
+    def holders(self, system_key: str) -> list[int]:
+        """Handles (id order) of accounts holding any role in the system."""
+        with self._lock:
+            cached = self._holders.get(system_key)
+        if cached is not None:
+            return cached
+        roles = {r.id for r in self.data.job_roles.values()
+                 if self.data.it_systems.get(r.it_system_id) is not None
+                 and self.data.it_systems[r.it_system_id].user_key == system_key}
+        index = self.snapshot.equality.get("role", {})
+        handles: set[int] = set()
+        for role_id in roles:
+            handles |= index.get(str(role_id).lower(), set()) | index.get(role_id, set())
+        result = sorted(handles)
+        with self._lock:
+            self._holders[system_key] = result
+        return result
+
+
+_VIEW_LOCK = threading.Lock()
+
+
+def role_view(snapshot: Any) -> RoleView:
+    """The :class:`RoleView` of a snapshot, built once per snapshot."""
+    view = snapshot.extra.get(_CACHE_KEY)
+    if view is None:
+        with _VIEW_LOCK:
+            view = snapshot.extra.get(_CACHE_KEY)
+            if view is None:
+                view = RoleView(snapshot)
+                snapshot.extra[_CACHE_KEY] = view
+    return view
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def find_account(snapshot: Any, username: str, policy: Policy) -> Any:
+    """The account with this userName (case-insensitive) visible to the policy."""
+    found = snapshot.search(f.Eq("userName", username), kinds=ACCOUNTS_ONLY, policy=policy)
+    if not found:
+        raise ApiError(404, f"unknown user: {username}")
+    return found[0]
+
+
+def _first(entry: Any, attr: str, policy: Policy, snapshot: Any) -> Any:
+    values = visible_values(entry, attr, policy, snapshot)
+    return values[0] if values else None
+
+
+def account_json(entry: Any, policy: Policy, snapshot: Any) -> dict:
+    """The account summary every response starts with."""
+    return {"id": entry.id, "userName": entry.first("userName"),
+            "displayName": _first(entry, "displayName", policy, snapshot),
+            "personId": _first(entry, "personId", policy, snapshot)}
+
+
+def roles_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | None) -> dict:
+    """``/api/roles/{username}``: roles grouped per IT system with provenance."""
+    data = view.data
+    snapshot = view.snapshot
+    by_system: dict[str, dict] = {}
+    per_role: dict[str, dict] = {}
+    for element in visible_complex(entry, "roles", policy, snapshot):
+        role = data.job_roles.get(element["value"])
+        if role is None:
+            continue
+        system = data.it_systems.get(role.it_system_id)
+        key = system.user_key if system else element.get("itSystem")
+        if systems is not None and key not in systems:
+            continue
+        block = by_system.get(key)
+        if block is None:
+            block = by_system[key] = {"identifier": key, "name": system.name if system else key,
+                                      "jobRoles": [], "systemRoles": []}
+        item = per_role.get(role.id)
+        if item is None:
+            item = per_role[role.id] = {"id": role.id, "identifier": role.identifier,
+                                        "name": role.name, "provenance": []}
+            block["jobRoles"].append(item)
+            for system_role in view.system_roles_of.get(role.id, ()):
+                shown = {"identifier": system_role.identifier, "name": system_role.name}
+                if shown not in block["systemRoles"]:
+                    block["systemRoles"].append(shown)
+        unit_id = element.get("viaUnit")
+        unit = data.units.get(unit_id) if unit_id else None
+        group_id = element.get("viaRoleGroup")
+        group = data.role_groups.get(group_id) if group_id else None
+        item["provenance"].append({
+            "via": element.get("via"),
+            "unit": {"id": unit.id, "name": unit.name} if unit else None,
+            "roleGroup": {"id": group.id, "name": group.name} if group else None,
+            "validFrom": _iso(element.get("validFrom")),
+            "validTo": _iso(element.get("validTo")),
+        })
+    return {"account": account_json(entry, policy, snapshot),
+            "itSystems": list(by_system.values())}
+
+
+def _filtered_roles(view: RoleView, entry: Any, policy: Policy,
+                    systems: set[str] | None) -> list[str]:
+    ids = view.role_ids(entry, policy)
+    if systems is None:
+        return ids
+    data = view.data
+    return [r for r in ids if r in data.job_roles
+            and data.it_systems.get(data.job_roles[r].it_system_id) is not None
+            and data.it_systems[data.job_roles[r].it_system_id].user_key in systems]
+
+
+def _name_id(view: RoleView, entry: Any) -> str:
+    data = view.data
+    account = data.accounts.get(entry.id)
+    serial = (account.external_id if account is not None and account.external_id
+              else entry.id)
+    name = entry.first("formattedName") or entry.first("displayName") or entry.first("userName")
+    return oiobpp.name_id(getattr(view.organisation, "cvr", None), name, serial)
+
+
+def oiobpp_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | None) -> dict:
+    """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list."""
+    role_ids = _filtered_roles(view, entry, policy, systems)
+    groups = oiobpp.privilege_groups(view.data, entry.id, role_ids)
+    return {"nameID": _name_id(view, entry), "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
+
+
+def roles_as_list_json(view: RoleView, entry: Any, policy: Policy,
+                       systems: set[str] | None) -> dict:
+    """``/api/user/{userId}/rolesAsList``, in OS2rollekatalog's shape."""
+    data = view.data
+    user_roles: list[str] = []
+    role_map: dict[str, str] = {}
+    system_roles: list[str] = []
+    data_roles: list[str] = []
+    function_roles: list[str] = []
+    for role_id in _filtered_roles(view, entry, policy, systems):
+        role = data.job_roles[role_id]
+        user_roles.append(role.identifier)
+        role_map[role.identifier] = role.name
+        for system_role in view.system_roles_of.get(role_id, ()):
+            if system_role.identifier in system_roles:
+                continue
+            system_roles.append(system_role.identifier)
+            if system_role.role_type in ("DATA_ROLE", "BOTH"):
+                data_roles.append(system_role.identifier)
+            if system_role.role_type in ("FUNCTION_ROLE", "BOTH"):
+                function_roles.append(system_role.identifier)
+    active = entry.first("active")
+    return {"userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,
+            "functionRoles": function_roles, "roleMap": role_map,
+            "nameID": _name_id(view, entry), "disabled": active is False}
+
+
+def _int_arg(name: str, default: int, low: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+    return max(value, low)
+
+
+# --------------------------------------------------------------------------- blueprint
+
+
+def _token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = request.headers.get("ApiKey")
+    return api_key.strip() if api_key else None
+
+
+def blueprint(facade: Any) -> Blueprint:
+    """The role API, to be registered at ``/api``."""
+    from idm_facade.audit import AccessRecord, AuditUnavailable
+
+    bp = Blueprint("roleapi", __name__)
+
+    def run(operation: str, handler: Callable[[Any, Any, Policy], tuple[Any, list[str]]]
+            ) -> Response:
+        client = None
+        status, body, subjects = 200, None, []
+        try:
+            token = _token()
+            client = facade.clients.authenticate_token(token) if token else None
+            if client is None:
+                raise ApiError(401, "a valid bearer token is required")
+            snapshot = facade.directory.snapshot
+            body, subjects = handler(snapshot, role_view(snapshot), client.policy)
+        except ApiError as exc:
+            status, body, subjects = exc.status, {"error": exc.message,
+                                                  "status": exc.status}, []
+        query = request.full_path.rstrip("?")
+        try:
+            facade.audit.record(AccessRecord(
+                client=client.name if client else "-", source=request.remote_addr or "",
+                operation=operation, query=query, status=str(status),
+                subjects=subjects, sensitive=[]))
+        except AuditUnavailable:
+            status, body = 500, {"error": "access log unavailable; nothing disclosed",
+                                 "status": 500}
+        response = jsonify(body)
+        response.status_code = status
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="idm-facade"'
+        return response
+
+    def subjects_of(entry: Any) -> list[str]:
+        return [str(p) for p in entry.attrs.get("personId", ())]
+
+    @bp.get("/roles/<username>")
+    def roles(username: str) -> Response:
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            entry = find_account(snapshot, username, policy)
+            systems = view.systems_matching(request.args.getlist("system"))
+            return roles_json(view, entry, policy, systems), subjects_of(entry)
+        return run("roles.lookup", handle)
+
+    @bp.get("/user/<user_id>/roles")
+    def user_roles(user_id: str) -> Response:
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            entry = find_account(snapshot, user_id, policy)
+            systems = view.systems_matching(request.args.getlist("system"))
+            return oiobpp_json(view, entry, policy, systems), subjects_of(entry)
+        return run("roles.oiobpp", handle)
+
+    @bp.get("/user/<user_id>/rolesAsList")
+    def roles_as_list(user_id: str) -> Response:
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            entry = find_account(snapshot, user_id, policy)
+            systems = view.systems_matching(request.args.getlist("system"))
+            return roles_as_list_json(view, entry, policy, systems), subjects_of(entry)
+        return run("roles.list", handle)
+
+    @bp.get("/user/<user_id>/hasUserRole/<role_id>")
+    def has_user_role(user_id: str, role_id: str) -> Response:
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            entry = find_account(snapshot, user_id, policy)
+            data = view.data
+            held = False
+            for rid in view.role_ids(entry, policy):
+                role = data.job_roles.get(rid)
+                if role is not None and role_id in (role.id, role.identifier):
+                    held = True
+                    break
+            return held, subjects_of(entry)
+        return run("roles.has", handle)
+
+    @bp.get("/itsystem/<identifier>/users")
+    def system_users(identifier: str) -> Response:
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            matches = [s for s in view.data.it_systems.values()
+                       if s.user_key.casefold() == identifier.casefold()]
+            if not matches:
+                raise ApiError(404, f"unknown IT system: {identifier}")
+            system = matches[0]
+            start = _int_arg("startIndex", 1, 1)
+            count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
+            visible = snapshot.visible_handles(policy, ACCOUNTS_ONLY)
+            handles = [h for h in view.holders(system.user_key) if h in visible]
+            page = [snapshot.entries[h] for h in handles[start - 1:start - 1 + count]]
+            users = []
+            for entry in page:
+                item = account_json(entry, policy, snapshot)
+                item["roles"] = [view.data.job_roles[r].identifier
+                                 for r in _filtered_roles(view, entry, policy,
+                                                          {system.user_key})]
+                users.append(item)
+            body = {"itSystem": {"identifier": system.user_key, "name": system.name},
+                    "totalResults": len(handles), "startIndex": start,
+                    "itemsPerPage": len(users), "users": users}
+            return body, sorted({p for e in page for p in subjects_of(e)})
+        return run("roles.itsystem", handle)
+
+    return bp
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def describe_roles(data: Any, account_id: str, explain: bool) -> list[str]:
+    """Human-readable lines: the account's roles per IT system, with provenance."""
+    grants = role_calc.effective_roles(data, account_id)
+    lines: list[str] = []
+    by_role = role_calc.roles_by_id(grants)
+    rows = []
+    for role_id, role_grants in by_role.items():
+        role = data.job_roles[role_id]
+        system = data.it_systems.get(role.it_system_id)
+        rows.append((system.user_key if system else "?", role.name, role, role_grants))
+    for system_key, _name, role, role_grants in sorted(rows, key=lambda r: (r[0], r[1])):
+        lines.append(f"{system_key}\t{role.identifier}\t{role.name}")
+        if explain:
+            for grant in role_grants:
+                lines.append(f"\t- {grant.explain(data)}")
+    return lines
+
+
+@click.command("roles")
+@click.argument("username")
+@click.option("--explain", is_flag=True, help="Show why the account holds each role.")
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="Compute the roles as of this date (default: now, UTC).")
+@click.option("--db", "db", envvar="IDM_FACADE_DB", default=None, help="Database URL.")
+@click.option("--system", "directory_system", default="AD", show_default=True,
+              help="IT system whose accounts are the directory's users.")
+def roles_command(username: str, explain: bool, at: datetime | None, db: str | None,
+                  directory_system: str) -> None:
+    """Print USERNAME's effective job-function roles (tab-separated: system, identifier,
+    name)."""
+    from idm_facade.directory.load import load
+    from store.engine import make_engine
+    from store.validity import utcnow
+
+    engine = make_engine(db, create=False)
+    try:
+        data = load(engine, at or utcnow())
+    finally:
+        engine.dispose()
+    systems = {s.id for s in data.it_systems.values() if s.user_key == directory_system}
+    wanted = username.casefold()
+    account = next((a for a in data.accounts.values()
+                    if a.it_system_id in systems and a.username.casefold() == wanted), None)
+    if account is None:
+        raise click.ClickException(f"unknown user: {username} (in {directory_system} at "
+                                   f"{data.at.isoformat()})")
+    lines = describe_roles(data, account.id, explain)
+    if not lines:
+        click.echo(f"{account.username} holds no roles at {data.at.isoformat()}", err=True)
+    for line in lines:
+        click.echo(line)
