@@ -1,0 +1,557 @@
+"""Clients, their hashed credentials, and the policies that say what each may read.
+
+A *client* is a system that reads the directory: over SCIM (and the role-lookup API) with a
+bearer token, or over LDAP with a simple bind as ``cn=<name>,ou=clients,<base dn>``. Each
+client has a named *policy* (:class:`~idm_facade.directory.policy.Policy`) from the facade
+configuration (``[policies.<name>]``) or one of the built-ins below.
+
+Clients are facade state, not organisation data: they live in their own table
+(``facade_client``) with their own SQLAlchemy metadata, by default in the store's database,
+created on first use. The store never imports this module.
+
+Secrets are stored only as Argon2id hashes (memory-hard). A bearer token looks like
+``idmf_<id>_<secret>``: the non-secret ``<id>`` finds the row without scanning, the hash is
+verified once, and the successful verification is cached in memory under the SHA-256 of the
+token, so repeated requests cost a dictionary look-up instead of an Argon2 run. The cache is
+dropped on revoke/rotate in this process, and each cached entry re-checks the row's
+generation counter at most every :data:`RECHECK_SECONDS`, so a revocation made by another
+process (the ``idm-facade clients revoke`` command against a running server) takes effect
+within about a second. LDAP binds use the same scheme keyed by DN and password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import DateTime, Engine, Integer, String, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from idm_facade.config import Config
+from idm_facade.directory.policy import Policy
+from schemas.attributes import ALL_KINDS, ATTRIBUTES, COMPLEX, VISIBILITIES
+from store.validity import utcnow
+
+log = logging.getLogger(__name__)
+
+SCIM, LDAP = "scim", "ldap"
+KINDS = (SCIM, LDAP)
+TOKEN_PREFIX = "idmf"
+#: How long a cached successful verification is trusted before the row is looked at again.
+RECHECK_SECONDS = 1.0
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CACHE_LIMIT = 10_000
+
+# --------------------------------------------------------------------------- policies
+
+
+class PolicyError(ValueError):
+    """A policy in the configuration is malformed (message names the policy and the key)."""
+
+
+class ClientError(ValueError):
+    """A client operation cannot be done (unknown name, duplicate, unknown policy, ...)."""
+
+
+#: Built-in policies; a ``[policies.<name>]`` table with the same name replaces one.
+BUILTIN_POLICIES: dict[str, Policy] = {
+    # Everything an external system may read: all kinds, PUBLIC addresses, no CPR, sensitive
+    # titles masked.
+    "default": Policy(name="default"),
+    # An internal system (the demo): INTERNAL addresses too; still no CPR.
+    "demo-internal": Policy(name="demo-internal", max_visibility="INTERNAL", internal=True),
+    # The demo's example of an explicit CPR grant.
+    "demo-cpr": Policy(name="demo-cpr", max_visibility="INTERNAL", internal=True, cpr=True),
+}
+
+_POLICY_KEYS = {"kinds", "subtrees", "attributes", "cpr", "max_visibility",
+                "sensitive_titles", "internal", "description"}
+
+
+def _bool(name: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"policy {name!r}: {key} must be true or false, not {value!r}")
+    return value
+
+
+def _str_list(name: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"policy {name!r}: {key} must be a list of non-empty strings")
+    return value
+
+
+def parse_policy(name: str, table: Any) -> Policy:
+    """One ``[policies.<name>]`` table as a :class:`Policy`; :class:`PolicyError` when bad.
+
+    Subtrees are kept as written (unit ids or unit user_keys); :class:`ClientRegistry`
+    resolves user_keys to ids against the store.
+    """
+    if not isinstance(table, dict):
+        raise PolicyError(f"policy {name!r} must be a table")
+    unknown = sorted(set(table) - _POLICY_KEYS)
+    if unknown:
+        raise PolicyError(f"policy {name!r}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(_POLICY_KEYS))}")
+    kinds = ALL_KINDS
+    if "kinds" in table:
+        listed = _str_list(name, "kinds", table["kinds"])
+        bad = sorted(set(listed) - ALL_KINDS)
+        if bad:
+            raise PolicyError(f"policy {name!r}: unknown kind(s) {', '.join(bad)}; "
+                              f"kinds are {', '.join(sorted(ALL_KINDS))}")
+        kinds = frozenset(listed)
+    subtrees = None
+    if "subtrees" in table:
+        subtrees = tuple(_str_list(name, "subtrees", table["subtrees"]))
+    attributes = None
+    if "attributes" in table:
+        listed = _str_list(name, "attributes", table["attributes"])
+        bad = sorted(a for a in listed if a not in ATTRIBUTES and a not in COMPLEX)
+        if bad:
+            raise PolicyError(f"policy {name!r}: unknown attribute(s) {', '.join(bad)}")
+        attributes = frozenset(listed)
+    visibility = table.get("max_visibility", "PUBLIC")
+    if visibility == "SECRET":
+        raise PolicyError(f"policy {name!r}: SECRET addresses are never served; "
+                          f"max_visibility must be PUBLIC or INTERNAL")
+    if visibility not in VISIBILITIES:
+        raise PolicyError(f"policy {name!r}: max_visibility must be PUBLIC or INTERNAL, "
+                          f"not {visibility!r}")
+    internal = _bool(name, "internal", table.get("internal", False))
+    if visibility == "INTERNAL" and not internal:
+        raise PolicyError(f"policy {name!r}: max_visibility INTERNAL needs internal = true "
+                          f"(only internal clients may read INTERNAL addresses)")
+    return Policy(
+        name=name,
+        kinds=kinds,
+        subtrees=subtrees,
+        attributes=attributes,
+        cpr=_bool(name, "cpr", table.get("cpr", False)),
+        max_visibility=visibility,
+        sensitive_titles=_bool(name, "sensitive_titles", table.get("sensitive_titles", False)),
+        internal=internal,
+    )
+
+
+def load_policies(config: Config) -> dict[str, Policy]:
+    """The built-in policies overlaid with every ``[policies.<name>]`` table of ``config``."""
+    policies = dict(BUILTIN_POLICIES)
+    for name, table in config.section("policies").items():
+        policies[name] = parse_policy(name, table)
+    return policies
+
+
+# --------------------------------------------------------------------------- base DN
+
+
+def base_dn(config: Config, snapshot: Any = None) -> str:
+    """The LDAP base DN: ``[ldap] base_dn``, else ``dc=<municipality user_key>,dc=dk``.
+
+    ``snapshot`` is a directory snapshot (its ``extra['data'].organisation`` names the
+    municipality); without one or without an organisation the default is ``dc=kommune,dc=dk``.
+    """
+    configured = config.get("ldap", "base_dn")
+    if configured:
+        return str(configured)
+    org = None
+    if snapshot is not None:
+        data = getattr(snapshot, "extra", {}).get("data")
+        org = getattr(data, "organisation", None)
+    return _dn_from_org_key(org.user_key if org is not None else None)
+
+
+def _dn_from_org_key(user_key: str | None) -> str:
+    key = re.sub(r"[^a-z0-9-]", "", (user_key or "").lower()) or "kommune"
+    return f"dc={key},dc=dk"
+
+
+def normalise_dn(dn: str) -> str:
+    """A DN in comparison form: attribute names and values case-folded, spaces around ``=``
+    and ``,`` removed, escapes kept. ``CN = X , ou=Clients,DC=a`` == ``cn=x,ou=clients,dc=a``.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in dn:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char in ",;":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    out = []
+    for rdn in parts:
+        attr, sep, value = rdn.partition("=")
+        if not sep:
+            return dn.strip().casefold()
+        out.append(f"{attr.strip().casefold()}={value.strip().casefold()}")
+    return ",".join(out)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class AuthBase(DeclarativeBase):
+    """Metadata of the facade's own client table (not organisation data)."""
+
+
+class ClientRow(AuthBase):
+    """One registered client. ``generation`` increases on every rotate and revoke, so cached
+    verifications can tell they are stale."""
+
+    __tablename__ = "facade_client"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    policy: Mapped[str] = mapped_column(String(100))
+    token_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    rotated: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked: Mapped[datetime | None] = mapped_column(DateTime)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+
+
+@dataclass(frozen=True)
+class Client:
+    """An authenticated client and the policy its reads go through."""
+
+    name: str
+    kind: str
+    policy: Policy
+    bind_dn: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What ``clients list`` shows (never a secret)."""
+
+    name: str
+    kind: str
+    policy: str
+    bind_dn: str | None
+    created: datetime
+    rotated: datetime | None
+    revoked: datetime | None
+
+
+@dataclass
+class _Cached:
+    name: str
+    generation: int
+    checked: float
+
+
+#: Credentials of the demo clients (``idm-facade demo`` only; never made otherwise).
+DEMO_SCIM_TOKEN = "idmf_demoscim_demo-scim-token-change-me"
+DEMO_CPR_TOKEN = "idmf_democpr_demo-cpr-token-change-me"
+DEMO_LDAP_PASSWORD = "demo-ldap-password"
+
+
+class ClientRegistry:
+    """Registered clients: add, revoke, rotate, list; authenticate tokens and binds."""
+
+    def __init__(self, engine: Engine, config: Config | None = None, *,
+                 hasher: PasswordHasher | None = None) -> None:
+        self.engine = engine
+        self.config = config or Config()
+        self.policies = load_policies(self.config)
+        self.hasher = hasher or PasswordHasher()
+        self._cache: dict[bytes, _Cached] = {}
+        self._lock = threading.Lock()
+        self._resolved: dict[str, Policy] = {}
+        self._base: str | None = None
+        #: name -> (kind, policy name) of clients with cached verifications.
+        self._meta: dict[str, tuple[str, str]] = {}
+        AuthBase.metadata.create_all(engine)
+
+    # ------------------------------------------------------------------ policies
+
+    def policy(self, name: str) -> Policy:
+        """The named policy with subtree user_keys resolved to unit ids (ClientError if
+        unknown)."""
+        with self._lock:
+            found = self._resolved.get(name)
+        if found is not None:
+            return found
+        raw = self.policies.get(name)
+        if raw is None:
+            raise ClientError(f"unknown policy {name!r}; known: "
+                              f"{', '.join(sorted(self.policies))}")
+        resolved = self._resolve_subtrees(raw)
+        with self._lock:
+            self._resolved[name] = resolved
+        return resolved
+
+    def _resolve_subtrees(self, policy: Policy) -> Policy:
+        if not policy.subtrees:
+            return policy
+        from dataclasses import replace
+
+        from store.models import OrgUnit
+
+        ids: list[str] = []
+        with Session(self.engine) as session:
+            for ref in policy.subtrees:
+                rows = session.scalars(select(OrgUnit.id).where(
+                    (OrgUnit.id == ref) | (OrgUnit.user_key == ref))).all()
+                if not rows:
+                    # Fail closed: an unknown unit admits nothing.
+                    log.warning("policy %s: subtree %r is no known unit", policy.name, ref)
+                    ids.append(ref)
+                ids.extend(r for r in rows if r not in ids)
+        return replace(policy, subtrees=tuple(ids))
+
+    def anonymous_policy(self) -> Policy | None:
+        """The policy of anonymous LDAP binds, or None (the default: anonymous is off)."""
+        if self.config.get("ldap", "anonymous", False) is not True:
+            return None
+        return self.policy(str(self.config.get("ldap", "anonymous_policy", "default")))
+
+    # ------------------------------------------------------------------ base DN
+
+    @property
+    def base(self) -> str:
+        """The LDAP base DN client bind DNs hang under (config, else the organisation)."""
+        if self._base is None:
+            configured = self.config.get("ldap", "base_dn")
+            if configured:
+                self._base = str(configured)
+            else:
+                from store.models import Organisation
+
+                try:
+                    with Session(self.engine) as session:
+                        key = session.scalar(select(Organisation.user_key).limit(1))
+                except Exception:  # noqa: BLE001 - no store tables yet
+                    key = None
+                if key is None:
+                    return _dn_from_org_key(None)  # not cached: the store may fill later
+                self._base = _dn_from_org_key(key)
+        return self._base
+
+    def bind_dn_of(self, name: str) -> str:
+        """The bind DN of LDAP client ``name``."""
+        return f"cn={name},ou=clients,{self.base}"
+
+    # ------------------------------------------------------------------ management
+
+    def _new_secret(self, kind: str) -> tuple[str | None, str, str]:
+        """(token id, secret as given to the client, what is hashed)."""
+        if kind == SCIM:
+            token_id = secrets.token_hex(6)
+            token = f"{TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(32)}"
+            return token_id, token, token
+        password = secrets.token_urlsafe(24)
+        return None, password, password
+
+    def add(self, name: str, kind: str, policy_name: str = "default") -> str:
+        """Register a client; returns its secret (token or password), shown only once."""
+        if not _NAME.match(name or ""):
+            raise ClientError(f"invalid client name {name!r}: use letters, digits, '.', '_' "
+                              f"and '-' (at most 64, starting with a letter or digit)")
+        if kind not in KINDS:
+            raise ClientError(f"client kind must be scim or ldap, not {kind!r}")
+        self.policy(policy_name)
+        token_id, secret, hashed = self._new_secret(kind)
+        return self._store(name, kind, policy_name, token_id, secret, hashed, create=True)
+
+    def _store(self, name: str, kind: str, policy_name: str, token_id: str | None,
+               secret: str, hashed: str, *, create: bool) -> str:
+        digest = self.hasher.hash(hashed)
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ClientRow, name)
+            if create and row is not None:
+                state = " (revoked)" if row.revoked else ""
+                raise ClientError(f"client {name!r} already exists{state}")
+            if row is None:
+                row = ClientRow(name=name, kind=kind, policy=policy_name, created=utcnow(),
+                                generation=1)
+                session.add(row)
+            else:
+                row.kind, row.policy = kind, policy_name
+                row.revoked = None
+                row.rotated = utcnow()
+                row.generation = (row.generation or 0) + 1
+            row.token_id = token_id
+            row.secret_hash = digest
+        self._forget(name)
+        return secret
+
+    def revoke(self, name: str) -> None:
+        """Revoke a client: its credentials stop working (in this process at once, in other
+        processes within :data:`RECHECK_SECONDS`)."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ClientRow, name)
+            if row is None:
+                raise ClientError(f"no client named {name!r}")
+            if row.revoked is None:
+                row.revoked = utcnow()
+            row.generation = (row.generation or 0) + 1
+            row.token_id = None
+        self._forget(name)
+
+    def rotate(self, name: str) -> str:
+        """Give a client a new secret; the old one stops working. Returns the new secret."""
+        with Session(self.engine) as session:
+            row = session.get(ClientRow, name)
+            if row is None:
+                raise ClientError(f"no client named {name!r}")
+            if row.revoked is not None:
+                raise ClientError(f"client {name!r} is revoked; add a new client instead")
+            kind, policy_name = row.kind, row.policy
+        token_id, secret, hashed = self._new_secret(kind)
+        return self._store(name, kind, policy_name, token_id, secret, hashed, create=False)
+
+    def list(self) -> list[ClientInfo]:
+        """Every client, revoked ones included, by name."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(ClientRow).order_by(ClientRow.name)).all()
+            return [ClientInfo(r.name, r.kind, r.policy,
+                               self.bind_dn_of(r.name) if r.kind == LDAP else None,
+                               r.created, r.rotated, r.revoked) for r in rows]
+
+    def ensure_demo_clients(self) -> dict[str, dict[str, str]]:
+        """Create (or reset) the demo clients with their known credentials; returns them.
+
+        Only ``idm-facade demo`` calls this: outside the demo there are no default
+        credentials. ``demo-scim`` and ``demo-ldap`` use policy ``demo-internal``;
+        ``demo-cpr`` (SCIM) shows the explicit CPR grant.
+        """
+        wanted = [("demo-scim", SCIM, "demo-internal", DEMO_SCIM_TOKEN),
+                  ("demo-ldap", LDAP, "demo-internal", DEMO_LDAP_PASSWORD),
+                  ("demo-cpr", SCIM, "demo-cpr", DEMO_CPR_TOKEN)]
+        out: dict[str, dict[str, str]] = {}
+        for name, kind, policy_name, secret in wanted:
+            self.policy(policy_name)
+            token_id = secret.split("_", 2)[1] if kind == SCIM else None
+            with Session(self.engine) as session:
+                row = session.get(ClientRow, name)
+                current = (row is not None and row.revoked is None and row.kind == kind
+                           and row.policy == policy_name and row.token_id == token_id
+                           and self._verify(row.secret_hash, secret))
+            if not current:
+                self._store(name, kind, policy_name, token_id, secret, secret, create=False)
+            info = {"kind": kind, "policy": policy_name}
+            if kind == SCIM:
+                info["token"] = secret
+            else:
+                info["bind_dn"] = self.bind_dn_of(name)
+                info["password"] = secret
+            out[name] = info
+        return out
+
+    # ------------------------------------------------------------------ authentication
+
+    def _verify(self, digest: str | None, secret: str) -> bool:
+        if not digest:
+            return False
+        try:
+            return self.hasher.verify(digest, secret)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            for key in [k for k, v in self._cache.items() if v.name == name]:
+                del self._cache[key]
+            self._resolved.clear()
+
+    def _cached(self, key: bytes) -> Client | None:
+        """A cached verification still valid (re-checking the row's generation when due)."""
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            return None
+        now = time.monotonic()
+        if now - hit.checked > RECHECK_SECONDS:
+            with Session(self.engine) as session:
+                row = session.get(ClientRow, hit.name)
+                fresh = row is not None and row.revoked is None and \
+                    row.generation == hit.generation
+                meta = (row.kind, row.policy) if row is not None else None
+            with self._lock:
+                if not fresh or meta is None:
+                    self._cache.pop(key, None)
+                    return None
+                hit.checked = now
+                self._meta[hit.name] = meta
+        return self._client(hit.name)
+
+    def _client(self, name: str) -> Client | None:
+        with self._lock:
+            meta = self._meta.get(name)
+        if meta is None:
+            return None
+        kind, policy_name = meta
+        try:
+            policy = self.policy(policy_name)
+        except ClientError:
+            log.error("client %s has unknown policy %r: refused", name, policy_name)
+            return None
+        return Client(name, kind, policy, self.bind_dn_of(name) if kind == LDAP else None)
+
+    def _remember(self, key: bytes, row: ClientRow) -> Client | None:
+        with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = _Cached(row.name, row.generation, time.monotonic())
+            self._meta[row.name] = (row.kind, row.policy)
+        return self._client(row.name)
+
+    def authenticate_token(self, token: str) -> Client | None:
+        """The SCIM client holding bearer ``token``, or None (unknown, wrong, revoked)."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX + "_"):
+            return None
+        key = hashlib.sha256(b"T\0" + token.encode()).digest()
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        parts = token.split("_", 2)
+        if len(parts) != 3 or not parts[1]:
+            return None
+        with Session(self.engine) as session:
+            row = session.scalar(select(ClientRow).where(ClientRow.token_id == parts[1]))
+            if row is None or row.revoked is not None or row.kind != SCIM:
+                return None
+            session.expunge(row)
+        if not self._verify(row.secret_hash, token):
+            return None
+        return self._remember(key, row)
+
+    def authenticate_bind(self, dn: str, password: str) -> Client | None:
+        """The LDAP client binding as ``dn`` with ``password``, or None."""
+        if not dn or not password:
+            return None
+        norm = normalise_dn(dn)
+        key = hashlib.sha256(b"B\0" + norm.encode() + b"\0" + password.encode()).digest()
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        suffix = "," + normalise_dn(f"ou=clients,{self.base}")
+        if not norm.startswith("cn=") or not norm.endswith(suffix):
+            return None
+        name = norm[3:-len(suffix)]
+        with Session(self.engine) as session:
+            row = session.scalar(select(ClientRow).where(
+                ClientRow.kind == LDAP, func.lower(ClientRow.name) == name))
+            if row is None or row.revoked is not None:
+                return None
+            session.expunge(row)
+        if not self._verify(row.secret_hash, password):
+            return None
+        return self._remember(key, row)
