@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import Change
+from store.models import Change, new_id
 from store.validity import utcnow
 
 
@@ -33,6 +33,8 @@ def _log_flush(session: Session, _context, _instances) -> None:  # noqa: ANN001
                 continue
             if operation == "update" and not session.is_modified(obj):
                 continue
+            if operation == "create" and hasattr(obj, "id") and obj.id is None:
+                obj.id = new_id()  # defaults apply only at flush; the log needs the id now
             session.add(
                 Change(
                     at=at,

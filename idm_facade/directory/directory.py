@@ -20,6 +20,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from idm_facade.directory import incremental
 from idm_facade.directory.entries import DEFAULT_DIRECTORY_SYSTEM, build_entries
 from idm_facade.directory.load import load
 from idm_facade.directory.snapshot import Snapshot
@@ -54,6 +55,7 @@ class Directory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_build_seconds = 0.0
+        self.last_refresh_seconds = 0.0
         self.snapshot: Snapshot = self._build()
 
     def _build(self) -> Snapshot:
@@ -78,7 +80,20 @@ class Directory:
         with self._refresh_lock:
             if not force and not self.stale():
                 return False
+            if not force:
+                started = time.perf_counter()
+                try:
+                    patched = incremental.refresh(self.engine, self.snapshot, self.clock(),
+                                                  self.directory_system)
+                except Exception:  # never serve a wrong patch: fall back to a full build
+                    log.exception("incremental refresh failed; rebuilding fully")
+                    patched = None
+                if patched is not None:
+                    self.last_refresh_seconds = time.perf_counter() - started
+                    self.snapshot = patched
+                    return True
             self.snapshot = self._build()
+            self.last_refresh_seconds = self.last_build_seconds
             return True
 
     def start(self) -> None:

@@ -84,6 +84,75 @@ class Snapshot:
             pairs.sort()
             self.ordered[attr] = pairs
 
+    def _index_entry(self, handle: int, entry: Entry, sign: int,
+                     copied: set, ordered_changes: dict[str, list]) -> None:
+        """Add (sign 1) or remove (sign -1) one entry's values, copying what it touches so
+        the snapshot this one was patched from is never modified."""
+        for attr, values in entry.attrs.items():
+            type_, exact, indexed, is_ordered = _spec_rules(attr)
+            if not (indexed or is_ordered):
+                continue
+            for value in values:
+                key = normalise(type_, exact, value)
+                if indexed:
+                    if attr not in copied:
+                        self.equality[attr] = dict(self.equality.get(attr, {}))
+                        copied.add(attr)
+                    bucket = self.equality[attr]
+                    if (attr, key) not in copied:
+                        bucket[key] = set(bucket.get(key, ()))
+                        copied.add((attr, key))
+                    if sign > 0:
+                        bucket[key].add(handle)
+                    else:
+                        bucket[key].discard(handle)
+                        if not bucket[key]:
+                            del bucket[key]
+                            copied.discard((attr, key))
+                if is_ordered:
+                    ordered_changes[attr].append((sign, (key, handle)))
+
+    def patched(self, changed: list[Entry], removed: set[str], *, at: datetime, seq: int,
+                next_boundary: datetime | None, extra: dict[str, Any]) -> Snapshot:
+        """A new snapshot with ``changed`` entries replaced or added and ``removed`` ones
+        dropped. When the set of ids is unchanged the indexes are patched copy-on-write
+        (cost proportional to the change); otherwise they are rebuilt from the entries in
+        memory (no store access either way). This snapshot is left untouched."""
+        new_ids = [e.id for e in changed if e.id not in self.by_id]
+        if new_ids or removed:
+            keep = {e.id: e for e in self.entries if e.id not in removed}
+            keep.update({e.id: e for e in changed})
+            return Snapshot(keep.values(), at=at, seq=seq, next_boundary=next_boundary,
+                            extra=extra)
+        snap = object.__new__(Snapshot)
+        snap.at, snap.seq, snap.next_boundary, snap.extra = at, seq, next_boundary, extra
+        snap.entries = list(self.entries)
+        snap.by_id = self.by_id
+        snap.by_kind = self.by_kind
+        snap.equality = dict(self.equality)
+        snap.ordered = dict(self.ordered)
+        snap._visible_cache = OrderedDict()
+        snap._result_cache = OrderedDict()
+        snap._lock = Lock()
+        copied: set = set()
+        ordered_changes: dict[str, list] = defaultdict(list)
+        for entry in changed:
+            handle = self.by_id[entry.id]
+            snap._index_entry(handle, self.entries[handle], -1, copied, ordered_changes)
+            snap.entries[handle] = entry
+            snap._index_entry(handle, entry, 1, copied, ordered_changes)
+        for attr, ops in ordered_changes.items():
+            pairs = list(snap.ordered.get(attr, ()))
+            for sign, pair in ops:
+                if sign < 0:
+                    at_index = bisect.bisect_left(pairs, pair)
+                    if at_index < len(pairs) and pairs[at_index] == pair:
+                        del pairs[at_index]
+                else:
+                    bisect.insort(pairs, pair)
+            snap.ordered[attr] = pairs
+        return snap
+
     # ------------------------------------------------------------------ access
 
     def get(self, entry_id: str) -> Entry | None:
