@@ -1,0 +1,275 @@
+"""The role API over real HTTP on loopback, against the S demo municipality.
+
+The blueprint is served the way production serves it when the SCIM application exists
+(``idm_facade.scim.app.create_app``), else in a minimal Flask app, by werkzeug's threaded
+server on an OS-chosen port; requests go through httpx.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from idm_facade.auth import ClientRegistry
+from idm_facade.config import Config
+from idm_facade.context import Facade
+from idm_facade.directory import Directory
+from idm_facade.directory.filters import Eq
+from idm_facade.directory.policy import ACCOUNTS_ONLY, TRUSTED
+from idm_facade.roleapi import blueprint
+from schemas.attributes import ACCOUNT
+from store import demo, exchange
+from store.engine import make_engine
+
+audit_module = pytest.importorskip("idm_facade.audit")
+
+NS = "{http://itst.dk/oiosaml/basic_privilege_profile}"
+
+
+def make_app(facade: Facade) -> Flask:
+    """The production app when it exists, else the blueprint alone."""
+    try:
+        from idm_facade.scim.app import create_app
+    except ImportError:
+        app = Flask("roleapi-test")
+        app.register_blueprint(blueprint(facade), url_prefix="/api")
+        return app
+    return create_app(facade)
+
+
+class Served:
+    """A running server and what the tests need to check its answers."""
+
+    def __init__(self, facade: Facade, base: str, tokens: dict[str, str]) -> None:
+        self.facade = facade
+        self.base = base
+        self.tokens = tokens
+
+    def get(self, path: str, client: str | None = "all", **params) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[client]}"} if client else {}
+        return httpx.get(self.base + path, headers=headers, params=params, timeout=30)
+
+    @property
+    def snapshot(self):
+        return self.facade.directory.snapshot
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    path = tmp_path_factory.mktemp("roleapi") / "idm.db"
+    engine = make_engine(f"sqlite:///{path}")
+    exchange.import_document(engine, demo.generate("S", 1), actor="test")
+    directory = Directory(engine)
+    data = directory.snapshot.extra["data"]
+    top = next(u for u in sorted(data.units.values(), key=lambda u: u.id)
+               if u.parent_id and data.units[u.parent_id].parent_id is None)
+    config = Config({"policies": {"one-directorate": {"subtrees": [top.id]}}})
+    clients = ClientRegistry(engine, config)
+    tokens = {"all": clients.add("roles-all", "scim", "default"),
+              "sub": clients.add("roles-sub", "scim", "one-directorate")}
+    audit = audit_module.AuditLog(engine, config)
+    facade = Facade(directory=directory, clients=clients, audit=audit, config=config)
+    server = make_server("127.0.0.1", 0, make_app(facade), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = Served(facade, f"http://127.0.0.1:{server.server_port}/api", tokens)
+        result.top_unit = top.id  # type: ignore[attr-defined]
+        yield result
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+        engine.dispose()
+
+
+def accounts(served: Served):
+    return [e for e in served.snapshot.entries if e.kind == ACCOUNT]
+
+
+def with_roles(served: Served):
+    return [e for e in accounts(served) if e.attrs.get("role")]
+
+
+def test_requires_a_valid_token(served):
+    name = accounts(served)[0].first("userName")
+    for response in (served.get(f"/roles/{name}", client=None),
+                     httpx.get(f"{served.base}/roles/{name}",
+                               headers={"Authorization": "Bearer idmf_nope_nope"})):
+        assert response.status_code == 401
+        assert "token" in response.json()["error"]
+
+
+def test_roles_json_shape_and_provenance(served):
+    entry = max(with_roles(served), key=lambda e: len(e.complex["roles"]))
+    response = served.get(f"/roles/{entry.first('userName').upper()}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["account"]["id"] == entry.id
+    assert body["account"]["userName"] == entry.first("userName")
+    assert body["account"]["personId"] == entry.first("personId")
+    data = served.snapshot.extra["data"]
+    seen = set()
+    for system in body["itSystems"]:
+        assert set(system) == {"identifier", "name", "jobRoles", "systemRoles"}
+        for role in system["jobRoles"]:
+            seen.add(role["id"])
+            row = data.job_roles[role["id"]]
+            assert data.it_systems[row.it_system_id].user_key == system["identifier"]
+            assert role["identifier"] == row.identifier and role["provenance"]
+            for p in role["provenance"]:
+                assert p["via"] in ("direct", "unit", "manager")
+                assert (p["unit"] is None) == (p["via"] == "direct")
+    assert seen == set(entry.attrs["role"])
+
+
+def test_system_filter(served):
+    entry = with_roles(served)[0]
+    name = entry.first("userName")
+    empty = served.get(f"/roles/{name}", system="no-such-system")
+    assert empty.status_code == 200 and empty.json()["itSystems"] == []
+    first = served.get(f"/roles/{name}").json()["itSystems"][0]["identifier"]
+    only = served.get(f"/roles/{name}", system=first.lower()).json()["itSystems"]
+    assert [s["identifier"] for s in only] == [first]
+    listed = served.get(f"/user/{name}/rolesAsList", system="no-such-system").json()
+    assert listed["userRoles"] == [] and listed["systemRoles"] == []
+
+
+def test_unknown_user_is_404(served):
+    for path in ("/roles/nobody-here", "/user/nobody-here/roles",
+                 "/user/nobody-here/rolesAsList", "/user/nobody-here/hasUserRole/x"):
+        response = served.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"] == "unknown user: nobody-here"
+
+
+def test_oiobpp_endpoint(served):
+    data = served.snapshot.extra["data"]
+    kombit = [e for e in with_roles(served)
+              if any(data.it_systems[data.job_roles[r].it_system_id].system_type == "KOMBIT"
+                     for r in e.attrs["role"])]
+    entry = kombit[0]
+    body = served.get(f"/user/{entry.first('userName')}/roles", system="KOMBIT").json()
+    assert body["nameID"].startswith(f"C=DK,O={data.organisation.cvr},CN=")
+    root = ET.fromstring(base64.b64decode(body["oioBPP"]))
+    assert root.tag == f"{NS}PrivilegeList"
+    privileges = {p.text for g in root.findall("PrivilegeGroup") for p in g.findall("Privilege")}
+    expected = {f"http://{data.organisation.kombit_domain}/roles/jobrole/"
+                f"{data.job_roles[r].identifier}/1" for r in entry.attrs["role"]
+                if data.it_systems[data.job_roles[r].it_system_id].system_type == "KOMBIT"}
+    assert privileges == expected
+    for group in root.findall("PrivilegeGroup"):
+        assert group.get("Scope") == f"urn:dk:gov:saml:cvrNumberIdentifier:{data.organisation.cvr}"
+        for constraint in group.findall("Constraint"):
+            assert constraint.get("Name") and constraint.text
+
+
+def test_roles_as_list_and_has_user_role(served):
+    data = served.snapshot.extra["data"]
+    entry = with_roles(served)[0]
+    name = entry.first("userName")
+    body = served.get(f"/user/{name}/rolesAsList").json()
+    assert set(body) == {"userRoles", "systemRoles", "dataRoles", "functionRoles", "roleMap",
+                         "nameID", "disabled"}
+    assert set(body["userRoles"]) == {data.job_roles[r].identifier for r in entry.attrs["role"]}
+    assert set(body["dataRoles"]) | set(body["functionRoles"]) == set(body["systemRoles"])
+    held = entry.attrs["role"][0]
+    not_held = next(r for r in data.job_roles if r not in entry.attrs["role"])
+    assert served.get(f"/user/{name}/hasUserRole/{held}").json() is True
+    assert served.get(f"/user/{name}/hasUserRole/{data.job_roles[held].identifier}").json() is True
+    assert served.get(f"/user/{name}/hasUserRole/{not_held}").json() is False
+
+
+def test_itsystem_users_paged(served):
+    data = served.snapshot.extra["data"]
+    held = {data.job_roles[r].it_system_id for e in with_roles(served) for r in e.attrs["role"]}
+    system = data.it_systems[sorted(held)[0]]
+    roles = {r.id for r in data.job_roles.values() if r.it_system_id == system.id}
+    expected = sorted(e.id for e in with_roles(served) if roles & set(e.attrs["role"]))
+    assert expected
+    got, start = [], 1
+    while True:
+        page = served.get(f"/itsystem/{system.user_key}/users", startIndex=start, count=7).json()
+        assert page["totalResults"] == len(expected)
+        got += [u["id"] for u in page["users"]]
+        if not page["users"]:
+            break
+        assert all(u["roles"] for u in page["users"])
+        start += page["itemsPerPage"]
+    assert got == expected
+    assert served.get("/itsystem/no-such-system/users").status_code == 404
+    bad = served.get(f"/itsystem/{system.user_key}/users", count="many")
+    assert bad.status_code == 400 and "count" in bad.json()["error"]
+
+
+def test_policy_hides_accounts_outside_subtree(served):
+    snap = served.snapshot
+    under = {e.id for e in snap.search(Eq("ancestor", served.top_unit), kinds=ACCOUNTS_ONLY,
+                                       policy=TRUSTED)}
+    outside = next(e for e in accounts(served) if e.id not in under)
+    inside_entry = next(e for e in accounts(served) if e.id in under)
+    assert served.get(f"/roles/{outside.first('userName')}", client="sub").status_code == 404
+    assert served.get(f"/roles/{outside.first('userName')}", client="all").status_code == 200
+    assert served.get(f"/roles/{inside_entry.first('userName')}", client="sub").status_code == 200
+
+
+def test_json_agrees_with_directory_for_every_account(served):
+    """Every account of the S demo: the role ids served equal the directory's."""
+    checked = 0
+    with httpx.Client(base_url=served.base,
+                      headers={"Authorization": f"Bearer {served.tokens['all']}"}) as http:
+        for entry in accounts(served):
+            body = http.get(f"/roles/{entry.first('userName')}").json()
+            served_ids = {r["id"] for s in body["itSystems"] for r in s["jobRoles"]}
+            assert served_ids == set(entry.attrs.get("role", ())), entry.first("userName")
+            checked += 1
+    assert checked == len(accounts(served)) > 100
+
+
+def test_one_access_record_per_request(served):
+    audit = served.facade.audit
+    entry = with_roles(served)[0]
+    person = entry.first("personId")
+    before = audit.count()
+    assert served.get(f"/roles/{entry.first('userName')}").status_code == 200
+    assert audit.count() == before + 1
+    last = audit.query(client="roles-all")[-1]
+    assert (last.operation, last.status, last.subjects) == ("roles.lookup", "200", [person])
+    assert last.query.startswith(f"/api/roles/{entry.first('userName')}")
+    served.get("/roles/nobody-here")
+    assert audit.count() == before + 2
+    assert audit.query(client="roles-all")[-1].subjects == []
+    served.get(f"/roles/{entry.first('userName')}", client=None)
+    assert audit.count() == before + 3
+    assert audit.query(client="-")[-1].status == "401"
+    assert served.get(f"/user/{entry.first('userName')}/roles").status_code == 200
+    assert audit.query(subject=person)[-1].operation == "roles.oiobpp"
+
+
+def test_no_access_record_no_answer(served):
+    """With the access log closed (unwritable), requests fail with 500 and disclose nothing."""
+    engine = served.facade.directory.engine
+    closed = audit_module.AuditLog(engine, served.facade.config)
+    closed.close()
+    facade = Facade(directory=served.facade.directory, clients=served.facade.clients,
+                    audit=closed, config=served.facade.config)
+    server = make_server("127.0.0.1", 0, make_app(facade), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        entry = with_roles(served)[0]
+        response = httpx.get(
+            f"http://127.0.0.1:{server.server_port}/api/roles/{entry.first('userName')}",
+            headers={"Authorization": f"Bearer {served.tokens['all']}"})
+        assert response.status_code == 500
+        assert "access log" in response.json()["error"]
+        assert entry.attrs["role"][0] not in response.text
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
