@@ -628,9 +628,10 @@ def import_document(engine: Engine, doc: Any, *, actor: str = "import", replace:
     """Validate ``doc`` and load it in one transaction: all of it or none of it.
 
     Raises :class:`ExchangeError` (and leaves the store untouched) if the document is invalid
-    or the store is not empty and ``replace`` is false.
+    or the store is not empty and ``replace`` is false. ``doc`` may also be the result of
+    :func:`validate`, to validate once and load several stores.
     """
-    loaded = validate(doc)
+    loaded = doc if isinstance(doc, Loaded) else validate(doc)
     session = session_factory(engine)()
     session.info["actor"] = actor
     try:
