@@ -1,0 +1,283 @@
+"""The Flask application: SCIM 2.0 at ``/scim/v2`` and the role-lookup API at ``/api``.
+
+One catch-all route per prefix dispatches by hand, so every path under ``/scim/v2`` (known or
+not, any method) passes the same steps: authenticate the bearer token, answer from ONE
+snapshot, write exactly one access record, and only then let the response leave. If the access
+log cannot be written the answer is a 500 SCIM error that discloses nothing.
+
+Lists are answered by ``snapshot.search`` (filter, policy, sort, all inside the directory);
+this module only pages the ordered result and joins the cached JSON of each resource.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+
+from idm_facade.directory import filters as f
+from idm_facade.scim import schema as s
+from idm_facade.scim.discovery import Discovery
+from idm_facade.scim.errors import (
+    SCIM_JSON,
+    ScimError,
+    invalid_value,
+    not_found,
+    read_only,
+    unauthorized,
+)
+from idm_facade.scim.filters import sort_attribute, translate
+from idm_facade.scim.paging import Pager, PagingConfig, query_digest
+from idm_facade.scim.render import render, selection
+from schemas.attributes import ACCOUNT
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/scim/v2"
+SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+_LIST_HEAD = '{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"]'
+_RESOURCES = {"users": (s.USER,), "groups": (s.GROUP,)}
+_ALL = (s.USER, s.GROUP)
+_WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class Outcome:
+    """What one request produced, for the response and the access log."""
+
+    __slots__ = ("body", "status", "headers", "subjects", "cpr", "query")
+
+    def __init__(self, body: str | None, status: int = 200,
+                 headers: dict[str, str] | None = None) -> None:
+        self.body = body
+        self.status = status
+        self.headers = headers or {}
+        self.subjects: set[str] = set()
+        self.cpr = False
+        self.query = ""
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _weak_equal(header: str, tag: str) -> bool:
+    """RFC 9110 weak comparison against an If-None-Match list."""
+    bare = tag[2:] if tag.startswith("W/") else tag
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        if (candidate[2:] if candidate.startswith("W/") else candidate) == bare:
+            return True
+    return False
+
+
+class ScimService:
+    """The SCIM request handlers of one facade."""
+
+    def __init__(self, facade: Any) -> None:
+        self.facade = facade
+        self.paging = PagingConfig.from_config(facade.config.section("scim"))
+        self.pager = Pager(self.paging)
+        self.discovery = Discovery(self.paging)
+        from idm_facade.audit import AccessRecord, AuditUnavailable
+
+        self._record_type = AccessRecord
+        self._audit_error = AuditUnavailable
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, path: str) -> Response:
+        """Answer one request under /scim/v2 and record it."""
+        method = request.method
+        client = None
+        try:
+            token = _bearer()
+            client = self.facade.clients.authenticate_token(token) if token else None
+            if client is None:
+                raise unauthorized() if token is None else unauthorized(
+                    "the bearer token is not valid")
+            outcome = self.dispatch(client, method, path.strip("/"))
+        except ScimError as exc:
+            outcome = Outcome(json.dumps(exc.body()), exc.status, exc.headers)
+        except Exception:  # noqa: BLE001 - a bug must not take the answer's audit with it
+            log.exception("SCIM request failed: %s %s", method, request.full_path)
+            err = ScimError(500, "internal error")
+            outcome = Outcome(json.dumps(err.body()), 500)
+        query = outcome.query or request.query_string.decode("utf-8", "replace")
+        try:
+            self.facade.audit.record(self._record_type(
+                client=client.name if client is not None else "-",
+                source=request.remote_addr or "", operation=f"scim.{method} /{path.strip('/')}",
+                query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
+                sensitive=["cpr"] if outcome.cpr else []))
+        except self._audit_error:
+            err = ScimError(500, "the access log is unavailable: nothing is disclosed")
+            return err.response()
+        response = Response(outcome.body, status=outcome.status, mimetype=SCIM_JSON)
+        for key, value in outcome.headers.items():
+            response.headers[key] = value
+        return response
+
+    def base(self) -> str:
+        return request.host_url.rstrip("/") + PREFIX
+
+    # ------------------------------------------------------------------ routing
+
+    def dispatch(self, client: Any, method: str, path: str) -> Outcome:
+        parts = path.split("/") if path else []
+        head = parts[0].lower() if parts else ""
+        if method in ("GET", "HEAD"):
+            if not parts:
+                return self.list(client, _ALL, request.args)
+            if head == "serviceproviderconfig" and len(parts) == 1:
+                return Outcome(self.discovery.documents(self.base())["spc"])
+            if head in ("resourcetypes", "schemas") and len(parts) <= 2:
+                return self.discovery_doc(head, parts[1] if len(parts) == 2 else None)
+            if head in _RESOURCES and len(parts) == 1:
+                return self.list(client, _RESOURCES[head], request.args)
+            if head in _RESOURCES and len(parts) == 2:
+                return self.get(client, _RESOURCES[head][0], parts[1])
+            if head in ("me", "bulk"):
+                raise ScimError(501, f"/{parts[0]} is not supported by this service")
+            raise not_found(f"no such endpoint: {PREFIX}/{path}")
+        if method == "POST" and parts and parts[-1].lower() == ".search":
+            if len(parts) == 1:
+                return self.search(client, _ALL)
+            if len(parts) == 2 and head in _RESOURCES:
+                return self.search(client, _RESOURCES[head])
+        if method in _WRITE_METHODS or method == "OPTIONS":
+            if head in ("me", "bulk"):
+                raise ScimError(501, f"/{parts[0]} is not supported by this service")
+            known = (not parts or head in _RESOURCES or head in (
+                "serviceproviderconfig", "resourcetypes", "schemas"))
+            if not known:
+                raise not_found(f"no such endpoint: {PREFIX}/{path}")
+            raise read_only(method)
+        raise ScimError(405, f"{method} is not supported", headers={"Allow": "GET, HEAD"})
+
+    def discovery_doc(self, head: str, ident: str | None) -> Outcome:
+        docs = self.discovery.documents(self.base())
+        if head == "resourcetypes":
+            key = "rts" if ident is None else f"rt:{ident.lower()}"
+        else:
+            key = "schemas" if ident is None else f"schema:{ident.lower()}"
+        body = docs.get(key)
+        if body is None:
+            kind = "resource type" if head == "resourcetypes" else "schema"
+            raise not_found(f"no such {kind}: {ident}")
+        return Outcome(body)
+
+    # ------------------------------------------------------------------ resources
+
+    def get(self, client: Any, resource: str, ident: str) -> Outcome:
+        snap = self.facade.directory.snapshot
+        handle = snap.by_id.get(ident)
+        entry = snap.entries[handle] if handle is not None else None
+        policy = client.policy
+        if entry is None or (entry.kind == ACCOUNT) != (resource == s.USER) or \
+                not snap.is_visible(entry, policy):
+            raise not_found(f"{resource} {ident} not found")
+        args = request.args
+        sel = selection(args.get("attributes"), args.get("excludedAttributes"))
+        rendered = render(snap, entry, policy, self.base(), sel)
+        headers = {"ETag": rendered.version,
+                   "Location": f"{self.base()}/{s.ENDPOINTS[resource]}/{entry.id}"}
+        match = request.headers.get("If-None-Match")
+        if match and _weak_equal(match, rendered.version):
+            return Outcome(None, 304, headers)
+        outcome = Outcome(rendered.json, 200, headers)
+        outcome.subjects.update(rendered.subjects)
+        outcome.cpr = rendered.cpr
+        return outcome
+
+    def search(self, client: Any, resources: tuple[str, ...]) -> Outcome:
+        raw = request.get_data(cache=False)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise ScimError(400, "the request body is not JSON", "invalidSyntax") from None
+        if not isinstance(body, dict):
+            raise ScimError(400, "the request body must be a SearchRequest object",
+                            "invalidSyntax")
+        schemas = body.get("schemas")
+        if schemas is not None and SEARCH_SCHEMA not in (schemas or []):
+            raise ScimError(400, f"a SearchRequest needs schemas [{SEARCH_SCHEMA}]",
+                            "invalidSyntax")
+        params: dict[str, Any] = {}
+        for key in ("filter", "sortBy", "sortOrder", "startIndex", "count", "cursor"):
+            if body.get(key) is not None:
+                params[key] = body[key]
+        for key in ("attributes", "excludedAttributes"):
+            value = body.get(key)
+            if value:
+                params[key] = ",".join(value) if isinstance(value, list) else str(value)
+        outcome = self.list(client, resources, params)
+        outcome.query = json.dumps(params, sort_keys=True)
+        return outcome
+
+    def list(self, client: Any, resources: tuple[str, ...], params: Any) -> Outcome:
+        text = params.get("filter")
+        flt = translate(str(text), resources) if text not in (None, "") else f.TRUE
+        sort_path = params.get("sortBy")
+        sort_by = sort_attribute(str(sort_path), resources) if sort_path else None
+        order = str(params.get("sortOrder") or "ascending").lower()
+        if order not in ("ascending", "descending"):
+            raise invalid_value("sortOrder must be ascending or descending")
+        sel = selection(params.get("attributes"), params.get("excludedAttributes"))
+        policy = client.policy
+        kinds = frozenset().union(*(s.KINDS[r] for r in resources))
+        snap = self.facade.directory.snapshot
+        results = snap.search(flt, kinds=kinds, policy=policy, sort_by=sort_by,
+                              descending=order == "descending")
+        digest = query_digest(text, resources, sort_by, order, client.name, hash(policy))
+        page = self.pager.page(results, params, digest, f"{snap.seq}:{snap.at.isoformat()}")
+        base = self.base()
+        parts = [_LIST_HEAD, f',"totalResults":{page.total}']
+        if not page.cursor_mode:
+            parts.append(f',"startIndex":{page.start + 1}')
+        parts.append(f',"itemsPerPage":{len(page.items)}')
+        if page.next_cursor:
+            parts.append(f',"nextCursor":"{page.next_cursor}"')
+        if page.previous_cursor:
+            parts.append(f',"previousCursor":"{page.previous_cursor}"')
+        parts.append(',"Resources":[')
+        outcome = Outcome(None)
+        texts = []
+        for entry in page.items:
+            rendered = render(snap, entry, policy, base, sel)
+            texts.append(rendered.json)
+            outcome.subjects.update(rendered.subjects)
+            outcome.cpr = outcome.cpr or rendered.cpr
+        parts.append(",".join(texts))
+        parts.append("]}")
+        outcome.body = "".join(parts)
+        return outcome
+
+
+def create_app(facade: Any) -> Flask:
+    """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api."""
+    app = Flask("idm_facade")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    service = ScimService(facade)
+    app.extensions["scim"] = service
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    @app.route(PREFIX, methods=methods, defaults={"path": ""}, strict_slashes=False)
+    @app.route(f"{PREFIX}/<path:path>", methods=methods)
+    def scim(path: str) -> Response:
+        return service.handle(path)
+
+    try:
+        from idm_facade.roleapi import blueprint
+    except ImportError:  # pragma: no cover - the role API ships with the package
+        pass
+    else:
+        app.register_blueprint(blueprint(facade), url_prefix="/api")
+    return app

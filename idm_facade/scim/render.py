@@ -1,0 +1,333 @@
+"""Directory entries -> SCIM User / Group JSON, through the client's policy.
+
+Every value goes through ``idm_facade.directory.view`` (the one policy projection shared with
+LDAP and the role API), so CPR, address visibility, sensitive titles and references to hidden
+entries follow the same rules everywhere. Attribute selection (``attributes`` /
+``excludedAttributes`` with the ``returned`` characteristic) decides *before* building which
+attributes are produced: a group's member list is never built when ``members`` is not
+returned.
+
+Rendering is cached per snapshot, keyed by (entry id, entry version, policy, selection, base
+URL); the cache holds the JSON text, so a list response is assembled by joining strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any
+
+from idm_facade.directory.entries import Entry
+from idm_facade.directory.policy import Policy
+from idm_facade.directory.view import visible_complex, visible_values
+from idm_facade.scim import schema as s
+from idm_facade.scim.errors import invalid_value
+from schemas.attributes import ACCOUNT, BOOLEAN, DATETIME, MUNICIPAL_GROUP
+
+_CACHE_KEY = "scim.render"
+_CACHE_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered resource: its JSON text and what it disclosed (for the access log)."""
+
+    json: str
+    subjects: tuple[str, ...]
+    cpr: bool
+    version: str
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which attributes to return: ``attributes`` / ``excludedAttributes`` resolved.
+
+    ``named``/``excluded`` hold (urn lower or None, top lower, sub lower or None).
+    """
+
+    named: frozenset[tuple[str | None, str, str | None]] | None
+    excluded: frozenset[tuple[str | None, str, str | None]]
+
+    def _match(self, items: frozenset, urn: str, name: str) -> list[str | None] | None:
+        """Sub-attribute names mentioned for (urn, name); None when not mentioned."""
+        found: list[str | None] | None = None
+        for item_urn, top, sub in items:
+            if top != name or (item_urn is not None and item_urn != urn):
+                continue
+            found = found or []
+            found.append(sub)
+        return found
+
+    def wants(self, urn: str, attr: s.ScimAttr) -> tuple[bool, frozenset[str] | None,
+                                                          frozenset[str]]:
+        """(returned?, only these subs or None for all, subs to drop)."""
+        urn_l, key = urn.lower(), attr.key
+        if attr.returned == "always":
+            return True, None, frozenset()
+        if attr.returned == "never":
+            return False, None, frozenset()
+        dropped: frozenset[str] = frozenset()
+        if self.named is not None:
+            subs = self._match(self.named, urn_l, key)
+            if subs is None:
+                return False, None, frozenset()
+            only = None if None in subs else frozenset(x for x in subs if x)
+            return True, only, dropped
+        if attr.returned == "request":
+            return False, None, frozenset()
+        excluded = self._match(self.excluded, urn_l, key)
+        if excluded is not None:
+            if None in excluded:
+                return False, None, frozenset()
+            dropped = frozenset(x for x in excluded if x)
+        return True, None, dropped
+
+    def wants_meta(self) -> bool:
+        """meta is returned unless excluded, or unless ``attributes`` omits it."""
+        if self.named is not None:
+            return any(top == "meta" for _, top, _ in self.named)
+        return not any(top == "meta" and sub is None for _, top, sub in self.excluded)
+
+    @property
+    def key(self) -> tuple:
+        return (self.named, self.excluded)
+
+
+ALL = Selection(None, frozenset())
+
+
+def _parse_list(text: str | list | None) -> frozenset[tuple[str | None, str, str | None]]:
+    items: set[tuple[str | None, str, str | None]] = set()
+    if not text:
+        return frozenset()
+    parts = text if isinstance(text, list) else text.split(",")
+    urns = sorted(s.all_urns(), key=len, reverse=True)
+    for raw in parts:
+        path = str(raw).strip()
+        if not path:
+            continue
+        lowered = path.lower()
+        urn = None
+        for candidate in urns:
+            if lowered == candidate:
+                urn, lowered = candidate, ""
+                break
+            if lowered.startswith(candidate + ":"):
+                urn, lowered = candidate, lowered[len(candidate) + 1:]
+                break
+        if not lowered:  # a whole schema URN: every attribute of that extension
+            for resource in (s.USER, s.GROUP):
+                for schema_urn, table in s.SCHEMAS[resource].items():
+                    if schema_urn.lower() == urn:
+                        items.update((urn, key, None) for key in table)
+            continue
+        top, _, sub = lowered.partition(".")
+        items.add((urn, top, sub or None))
+    return frozenset(items)
+
+
+@lru_cache(maxsize=1024)
+def selection(attributes: str | None, excluded: str | None) -> Selection:
+    """Parse the query parameters (cached: the same strings come back again and again)."""
+    if attributes and excluded:
+        raise invalid_value("attributes and excludedAttributes are mutually exclusive")
+    if attributes:
+        return Selection(_parse_list(attributes), frozenset())
+    return Selection(None, _parse_list(excluded))
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _scalar(value: Any, type_: str) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if type_ == BOOLEAN:
+        return bool(value)
+    return value
+
+
+def _timestamp(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def _clean(element: dict, keys: tuple[str, ...] | None = None) -> dict:
+    out = {}
+    for key, value in element.items():
+        if value is None or (keys is not None and key not in keys):
+            continue
+        out[key] = _scalar(value, DATETIME if isinstance(value, datetime) else "")
+    return out
+
+
+class _Context:
+    """Per-request rendering inputs."""
+
+    __slots__ = ("snap", "policy", "base", "subjects", "cpr")
+
+    def __init__(self, snap: Any, policy: Policy, base: str) -> None:
+        self.snap = snap
+        self.policy = policy
+        self.base = base
+        self.subjects: set[str] = set()
+        self.cpr = False
+
+    def entry(self, entry_id: str) -> Entry | None:
+        handle = self.snap.by_id.get(entry_id)
+        return self.snap.entries[handle] if handle is not None else None
+
+    def location(self, entry: Entry) -> str:
+        endpoint = "Users" if entry.kind == ACCOUNT else "Groups"
+        return f"{self.base}/{endpoint}/{entry.id}"
+
+
+def _complex(ctx: _Context, entry: Entry, attr: s.ScimAttr, urn: str) -> Any:
+    """Build one complex attribute's value (None when empty)."""
+    name = attr.name
+    policy, snap = ctx.policy, ctx.snap
+    if name == "name":
+        parts = {"formatted": "formattedName", "familyName": "familyName",
+                 "givenName": "givenName"}
+        out = {}
+        for key, directory in parts.items():
+            values = visible_values(entry, directory, policy)
+            if values:
+                out[key] = values[0]
+        return out or None
+    if name == "manager":
+        values = visible_values(entry, "manager", policy, snap)
+        if not values:
+            return None
+        target = ctx.entry(str(values[0]))
+        out = {"value": values[0]}
+        if target is not None:
+            out["$ref"] = ctx.location(target)
+            shown = visible_values(target, "displayName", policy)
+            if shown:
+                out["displayName"] = shown[0]
+        return out
+    if name in ("groups", "members"):
+        directory = "memberOf" if name == "groups" else "member"
+        out_list = []
+        for ref in visible_values(entry, directory, policy, snap):
+            target = ctx.entry(str(ref))
+            if target is None:
+                continue
+            element: dict = {"value": target.id, "$ref": ctx.location(target)}
+            shown = visible_values(target, "displayName", policy)
+            if shown:
+                element["display"] = shown[0]
+            if name == "members":
+                element["type"] = "User"
+                for person in target.attrs.get("personId", ()):
+                    ctx.subjects.add(str(person))
+            else:
+                element["type"] = "direct"
+            out_list.append(element)
+        return out_list or None
+    if attr.complex:
+        elements = visible_complex(entry, attr.complex, policy, snap)
+        if not elements:
+            return None
+        if name == "roles" and urn != MUNICIPAL_GROUP and urn == s.CORE[s.USER]:
+            keys: tuple[str, ...] | None = ("value", "display", "type")
+        else:
+            keys = tuple(attr.subs[k].name for k in attr.subs)
+        return [_clean(e, keys) for e in elements] or None
+    return None
+
+
+def _attribute(ctx: _Context, entry: Entry, urn: str, attr: s.ScimAttr) -> Any:
+    if attr.type == s.COMPLEX_TYPE:
+        return _complex(ctx, entry, attr, urn)
+    values = visible_values(entry, attr.directory or "", ctx.policy, ctx.snap)
+    if not values:
+        return None
+    if attr.directory == "cpr":
+        ctx.cpr = True
+    if attr.multi:
+        return [_scalar(v, attr.type) for v in values]
+    return _scalar(values[0], attr.type)
+
+
+def _prune(value: Any, only: frozenset[str] | None, dropped: frozenset[str]) -> Any:
+    if not isinstance(value, (dict, list)) or (only is None and not dropped):
+        return value
+
+    def one(element: dict) -> dict:
+        return {k: v for k, v in element.items()
+                if (only is None or k.lower() in only) and k.lower() not in dropped}
+
+    if isinstance(value, list):
+        pruned = [one(e) for e in value if isinstance(e, dict)]
+        return [e for e in pruned if e] or None
+    return one(value) or None
+
+
+def build(ctx: _Context, entry: Entry, sel: Selection) -> dict:
+    """The SCIM resource for ``entry`` as a dict."""
+    resource = s.USER if entry.kind == ACCOUNT else s.GROUP
+    core = s.CORE[resource]
+    doc: dict[str, Any] = {"schemas": [core], "id": entry.id}
+    for urn, table in s.SCHEMAS[resource].items():
+        target = doc if urn == core else {}
+        for attr in table.values():
+            if attr.name == "id":
+                continue
+            wanted, only, dropped = sel.wants(urn, attr)
+            if not wanted:
+                continue
+            value = _attribute(ctx, entry, urn, attr)
+            value = _prune(value, only, dropped)
+            if value is None or value == []:
+                continue
+            target[attr.name] = value
+        if urn != core and target:
+            doc["schemas"].append(urn)
+            doc[urn] = target
+    if sel.wants_meta():
+        created = entry.attrs.get("created", (None,))[0]
+        modified = entry.attrs.get("modified", (created,))[0]
+        doc["meta"] = {"resourceType": resource, "created": _timestamp(created),
+                       "lastModified": _timestamp(modified), "location": ctx.location(entry),
+                       "version": etag(entry)}
+        doc["meta"] = {k: v for k, v in doc["meta"].items() if v is not None}
+    if entry.kind == ACCOUNT:
+        for person in entry.attrs.get("personId", ()):
+            ctx.subjects.add(str(person))
+    return doc
+
+
+def etag(entry: Entry) -> str:
+    """Weak entity tag from the entry's whole state (not from the projected JSON)."""
+    return f'W/"{entry.version}"'
+
+
+def render(snap: Any, entry: Entry, policy: Policy, base: str, sel: Selection) -> Rendered:
+    """Render (or fetch from the per-snapshot cache) one resource."""
+    cache = snap.extra.get(_CACHE_KEY)
+    if cache is None:
+        cache = snap.extra.setdefault(_CACHE_KEY, {})
+    key = (entry.id, entry.version, policy, sel.key, base)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    ctx = _Context(snap, policy, base)
+    doc = build(ctx, entry, sel)
+    rendered = Rendered(json.dumps(doc, separators=(",", ":"), ensure_ascii=False),
+                        tuple(sorted(ctx.subjects)), ctx.cpr, etag(entry))
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = rendered
+    return rendered
