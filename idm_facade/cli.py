@@ -134,3 +134,8 @@ def demo_data(db: str | None, size: str, seed: int, reference, replace: bool) ->
 from idm_facade.roleapi import roles_command  # noqa: E402  (the role-lookup command)
 
 main.add_command(roles_command)
+
+from idm_facade.access_cli import COMMANDS as _ACCESS_COMMANDS  # noqa: E402  (clients, audit)
+
+for _command in _ACCESS_COMMANDS:
+    main.add_command(_command)
