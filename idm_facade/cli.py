@@ -139,3 +139,8 @@ from idm_facade.access_cli import COMMANDS as _ACCESS_COMMANDS  # noqa: E402  (c
 
 for _command in _ACCESS_COMMANDS:
     main.add_command(_command)
+
+from idm_facade.serve import COMMANDS as _SERVE_COMMANDS  # noqa: E402  (serve, demo)
+
+for _command in _SERVE_COMMANDS:
+    main.add_command(_command)
