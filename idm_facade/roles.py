@@ -76,27 +76,22 @@ class RoleIndex:
 def unit_chains(units: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """For every unit: itself and its ancestors, nearest first (cycles are cut)."""
     chains: dict[str, tuple[str, ...]] = {}
-
-    def chain(unit_id: str) -> tuple[str, ...]:
-        known = chains.get(unit_id)
-        if known is not None:
-            return known
-        path = [unit_id]
-        seen = {unit_id}
-        parent = units[unit_id].parent_id
-        while parent and parent in units and parent not in seen:
-            if parent in chains:
-                path.extend(chains[parent])
+    for start in units:
+        if start in chains:
+            continue
+        path: list[str] = []
+        seen: set[str] = set()
+        current: str | None = start
+        while current is not None and current in units and current not in seen:
+            if current in chains:
                 break
-            path.append(parent)
-            seen.add(parent)
-            parent = units[parent].parent_id
-        result = tuple(path)
-        chains[unit_id] = result
-        return result
-
-    for unit_id in units:
-        chain(unit_id)
+            path.append(current)
+            seen.add(current)
+            current = units[current].parent_id
+        tail = chains.get(current, ()) if current is not None else ()
+        # Fill in every unit on the walked path, so each unit is walked once.
+        for i, unit_id in enumerate(path):
+            chains[unit_id] = tuple(path[i:]) + tail
     return chains
 
 

@@ -18,6 +18,21 @@ from idm_facade.directory.load import OrgData
 from idm_facade.directory.policy import SENSITIVE_TITLE
 from schemas.attributes import ACCOUNT, ROLE, ROLEGROUP, UNIT
 
+#: Derived look-ups cached on ``OrgData.derived``, with the OrgData tables each depends on;
+#: an incremental refresh keeps those whose tables did not change.
+DERIVED_DEPENDS: dict[str, frozenset[str]] = {
+    "chains": frozenset({"units"}),
+    "paths": frozenset({"units"}),
+    "roles": frozenset({"units", "unit_assignments", "account_assignments", "managers",
+                        "engagements"}),
+    "directory_accounts": frozenset({"accounts"}),
+    "accounts_by_person": frozenset({"accounts"}),
+    "addresses_by": frozenset({"addresses"}),
+    "kle_by_unit": frozenset({"kles"}),
+    "managers_by_unit": frozenset({"managers"}),
+    "associations_by_person": frozenset({"associations"}),
+}
+
 #: The IT system whose accounts are the directory's people (SCIM Users / LDAP persons).
 DEFAULT_DIRECTORY_SYSTEM = "AD"
 
@@ -63,28 +78,44 @@ class EntryBuilder:
         self.system_id = system.id if system else None
         self.system_key = directory_system
         self.org_name = data.organisation.name if data.organisation else ""
-        self.directory_accounts = [a for a in data.accounts.values()
-                                   if a.it_system_id == self.system_id]
-        self.accounts_by_person: dict[str, list[str]] = defaultdict(list)
-        for acc in sorted(self.directory_accounts, key=lambda a: (not a.is_primary, a.id)):
-            if acc.person_id:
-                self.accounts_by_person[acc.person_id].append(acc.id)
-        self.addresses_by: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        for addr in data.addresses.values():
-            for key in ("person_id", "org_unit_id", "engagement_id", "account_id"):
-                owner = getattr(addr, key)
-                if owner:
-                    self.addresses_by[(key, owner)].append(addr)
-        self.kle_by_unit: dict[str, list[str]] = defaultdict(list)
-        for kle in data.kles.values():
-            number = data.class_name(kle.kle_number_id)
-            cls = data.classes.get(kle.kle_number_id)
-            self.kle_by_unit[kle.org_unit_id].append(cls.user_key if cls else number)
-        self.managers_by_unit: dict[str, list[Any]] = defaultdict(list)
-        for mgr in data.managers.values():
-            self.managers_by_unit[mgr.org_unit_id].append(mgr)
-        self.paths = {u: "\\".join(data.units[x].name for x in reversed(chain))
-                      for u, chain in self.chains.items()}
+        derived = data.derived
+        if "directory_accounts" not in derived:
+            derived["directory_accounts"] = [a for a in data.accounts.values()
+                                             if a.it_system_id == self.system_id]
+            by_person: dict[str, list[str]] = defaultdict(list)
+            for acc in sorted(derived["directory_accounts"],
+                              key=lambda a: (not a.is_primary, a.id)):
+                if acc.person_id:
+                    by_person[acc.person_id].append(acc.id)
+            derived["accounts_by_person"] = by_person
+        self.directory_accounts = derived["directory_accounts"]
+        self.accounts_by_person: dict[str, list[str]] = derived["accounts_by_person"]
+        if "addresses_by" not in derived:
+            addresses_by: dict[tuple[str, str], list[Any]] = defaultdict(list)
+            for addr in data.addresses.values():
+                for key in ("person_id", "org_unit_id", "engagement_id", "account_id"):
+                    owner = getattr(addr, key)
+                    if owner:
+                        addresses_by[(key, owner)].append(addr)
+            derived["addresses_by"] = addresses_by
+        self.addresses_by: dict[tuple[str, str], list[Any]] = derived["addresses_by"]
+        if "kle_by_unit" not in derived:
+            kle_by_unit: dict[str, list[str]] = defaultdict(list)
+            for kle in data.kles.values():
+                cls = data.classes.get(kle.kle_number_id)
+                kle_by_unit[kle.org_unit_id].append(cls.user_key if cls else kle.kle_number_id)
+            derived["kle_by_unit"] = kle_by_unit
+        self.kle_by_unit: dict[str, list[str]] = derived["kle_by_unit"]
+        if "managers_by_unit" not in derived:
+            managers_by_unit: dict[str, list[Any]] = defaultdict(list)
+            for mgr in data.managers.values():
+                managers_by_unit[mgr.org_unit_id].append(mgr)
+            derived["managers_by_unit"] = managers_by_unit
+        self.managers_by_unit: dict[str, list[Any]] = derived["managers_by_unit"]
+        if "paths" not in derived:
+            derived["paths"] = {u: "\\".join(data.units[x].name for x in reversed(chain))
+                                for u, chain in self.chains.items()}
+        self.paths: dict[str, str] = derived["paths"]
         self.grants: dict[str, list[role_calc.Grant]] = {}
         self.unit_members: dict[str, set[str]] = defaultdict(set)
         self.role_members: dict[str, set[str]] = defaultdict(set)
@@ -242,13 +273,14 @@ class EntryBuilder:
         return entry
 
     def _associations_by_person(self) -> dict[str, list[str]]:
-        cached = self.data.derived.get("assoc_by_person")
+        """Units where each person holds an association (MED, TR, ...)."""
+        cached = self.data.derived.get("associations_by_person")
         if cached is None:
             cached = defaultdict(list)
             for assoc in self.data.associations.values():
                 if assoc.person_id:
                     cached[assoc.person_id].append(assoc.org_unit_id)
-            self.data.derived["assoc_by_person"] = cached
+            self.data.derived["associations_by_person"] = cached
         return cached
 
     def _engagement_element(self, eng: Any) -> dict:

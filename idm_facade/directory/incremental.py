@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from idm_facade.directory.entries import Entry, EntryBuilder, _version
+from idm_facade.directory.entries import DERIVED_DEPENDS, Entry, EntryBuilder, _version
 from idm_facade.directory.load import OrgData, next_boundary
 from idm_facade.directory.snapshot import Snapshot
 from idm_facade.roles import unit_chains
@@ -117,7 +117,12 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
             ) -> OrgData:
     new = copy.copy(data)
     new.at = at
-    new.derived = {}
+    changed_attrs = {_TABLES[t][0] for t in touched if t in _TABLES}
+    changed_attrs |= {attr for owner, attr, *_ in _LINKS if owner in touched}
+    # Link maps count as their owner's table for the derived look-ups.
+    changed_attrs |= {_TABLES[owner][0] for owner, *_ in _LINKS if owner in touched}
+    new.derived = {name: value for name, value in data.derived.items()
+                   if not (DERIVED_DEPENDS.get(name, frozenset({"*"})) & changed_attrs)}
     for table, ids in touched.items():
         if table not in _TABLES:
             continue
