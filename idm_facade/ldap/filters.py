@@ -1,0 +1,340 @@
+"""Translate ldaptor filter objects into the directory's filter tree, per view of the DIT.
+
+Values arrive as bytes. Attribute names match case-insensitively through the attribute map
+(``schemas.attributes.by_ldap_name``), plus the few names a view adds (``cn``, ``ou``,
+``uniqueMember``, ``memberUid``). ``objectClass`` is answered by the DIT layer: each view has a
+fixed set of classes, so ``(objectClass=inetOrgPerson)`` is TRUE in the people view and FALSE
+elsewhere. DN-valued assertions (member, uniqueMember, memberOf, manager, entryDN) are
+parsed, normalised and resolved to entry ids before the directory sees them, so spacing and
+case in a DN do not matter.
+
+An attribute the view does not know, a value that is not valid for the attribute's syntax,
+or an unknown matching rule make that part *Undefined* (RFC 4511 §4.5.1.7), which behaves
+as FALSE and stays Undefined under NOT. Policy (CPR and other hidden attributes) is applied
+afterwards by the directory's planner, so a hidden attribute also behaves as absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ldaptor.protocols import pureldap
+
+from idm_facade.directory import filters as f
+from idm_facade.ldap import dit
+from schemas.attributes import ATTRIBUTES, BOOLEAN, DATETIME, INTEGER
+
+#: LDAP_MATCHING_RULE_IN_CHAIN (Active Directory's transitive membership rule).
+IN_CHAIN = "1.2.840.113556.1.4.1941"
+#: Matching rules that are equality under another name.
+_EQUALITY_RULES = {
+    "caseignorematch", "2.5.13.2", "caseexactmatch", "2.5.13.5", "distinguishednamematch",
+    "2.5.13.1", "integermatch", "2.5.13.14", "booleanmatch", "2.5.13.13",
+    "caseignoreia5match", "1.3.6.1.4.1.1466.109.114.2", "caseexactia5match",
+    "1.3.6.1.4.1.1466.109.114.1", "octetstringmatch", "2.5.13.17", "uuidmatch",
+    "1.3.6.1.1.16.2", "generalizedtimematch", "2.5.13.27",
+}
+
+
+class _Undefined(f.Filter):
+    """Neither true nor false (unknown attribute, invalid value). FALSE at the top."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+
+UNDEFINED = _Undefined()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _name(node: Any) -> str:
+    value = getattr(node, "value", node)
+    return _text(value).strip().split(";", 1)[0]
+
+
+class Translator:
+    """Translates one search's filter for one view."""
+
+    def __init__(self, layout: dit.Layout, view: str, snapshot: Any) -> None:
+        self.layout = layout
+        self.view = view
+        self.snapshot = snapshot
+        self.classes = {c.lower() for c in dit._objectclasses(layout.options)[view]}
+
+    def __call__(self, node: Any) -> f.Filter:
+        result = self.node(node)
+        return f.FALSE if result is UNDEFINED else result
+
+    # -------------------------------------------------------------- structure
+
+    def node(self, node: Any) -> f.Filter:
+        if isinstance(node, pureldap.LDAPFilter_and):
+            parts = [self.node(p) for p in node.data]
+            if any(p is UNDEFINED or p == f.FALSE for p in parts):
+                return f.FALSE if any(p == f.FALSE for p in parts) else UNDEFINED
+            parts = [p for p in parts if p != f.TRUE]
+            return f.And(tuple(parts)) if len(parts) != 1 else parts[0] if parts else f.TRUE
+        if isinstance(node, pureldap.LDAPFilter_or):
+            parts = [self.node(p) for p in node.data]
+            if any(p == f.TRUE for p in parts):
+                return f.TRUE
+            kept = [p for p in parts if p is not UNDEFINED and p != f.FALSE]
+            if not kept:
+                return UNDEFINED if any(p is UNDEFINED for p in parts) else f.FALSE
+            return f.Or(tuple(kept)) if len(kept) > 1 else kept[0]
+        if isinstance(node, pureldap.LDAPFilter_not):
+            inner = self.node(node.value)
+            if inner is UNDEFINED:
+                return UNDEFINED
+            if isinstance(inner, f.Const):
+                return f.Const(not inner.value)
+            return f.Not(inner)
+        if isinstance(node, pureldap.LDAPFilter_present):
+            return self.present(_name(node))
+        if isinstance(node, pureldap.LDAPFilter_substrings):
+            return self.substrings(node)
+        if isinstance(node, pureldap.LDAPFilter_extensibleMatch):
+            return self.extensible(node)
+        if isinstance(node, (pureldap.LDAPFilter_equalityMatch,
+                             pureldap.LDAPFilter_approxMatch)):
+            return self.compare(f.Eq, _name(node.attributeDesc), node.assertionValue.value)
+        if isinstance(node, pureldap.LDAPFilter_greaterOrEqual):
+            return self.compare(f.Ge, _name(node.attributeDesc), node.assertionValue.value)
+        if isinstance(node, pureldap.LDAPFilter_lessOrEqual):
+            return self.compare(f.Le, _name(node.attributeDesc), node.assertionValue.value)
+        return UNDEFINED
+
+    # -------------------------------------------------------------- leaves
+
+    def present(self, name: str) -> f.Filter:
+        lower = name.lower()
+        if lower == "objectclass":
+            return f.TRUE
+        if lower in ("entryuuid", "entrydn", "hassubordinates", "subschemasubentry",
+                     "createtimestamp", "modifytimestamp", "structuralobjectclass"):
+            return f.TRUE
+        if lower == "memberuid" and self.view == dit.GROUPS:
+            return f.Present("member")
+        mapped = dit.directory_attrs(self.view, name)
+        if mapped is None:
+            return UNDEFINED
+        return self._any([f.Present(a) for a in mapped[1]])
+
+    def _any(self, parts: list[f.Filter]) -> f.Filter:
+        return parts[0] if len(parts) == 1 else f.Or(tuple(parts))
+
+    def _resolve_dn(self, raw: Any, view: str | None) -> str | None:
+        try:
+            norm = dit.parse_dn(_text(raw))
+        except dit.InvalidDN:
+            return None
+        found = self.layout.id_of_dn(norm)
+        if found is None or (view is not None and found[0] != view
+                             and not (view == dit.GROUPS and found[0] == dit.UNITS)):
+            return None
+        return found[1]
+
+    def compare(self, cls: type, name: str, raw: Any) -> f.Filter:
+        lower = name.lower()
+        text = _text(raw)
+        if lower == "objectclass":
+            if cls is not f.Eq:
+                return UNDEFINED
+            return f.TRUE if text.strip().lower() in self.classes else f.FALSE
+        if lower == "entrydn":
+            if cls is not f.Eq:
+                return UNDEFINED
+            found = self._resolve_dn(raw, None)
+            if found is None:
+                return f.FALSE
+            return f.Eq("id", found) if self.layout.dn_of(self.view, found) else f.FALSE
+        if lower == "memberuid":
+            if self.view != dit.GROUPS or cls is not f.Eq:
+                return UNDEFINED if self.view != dit.GROUPS else UNDEFINED
+            account = self.layout.account_by_uid.get(" ".join(text.split()).casefold())
+            return f.Eq("member", account) if account else f.FALSE
+        if lower == "hassubordinates":
+            return UNDEFINED
+        mapped = dit.directory_attrs(self.view, name)
+        if mapped is None:
+            return UNDEFINED
+        parts = []
+        for attr in mapped[1]:
+            if attr in dit.DN_ATTRS:
+                if cls is not f.Eq:
+                    return UNDEFINED
+                found = self._resolve_dn(raw, dit.DN_ATTRS[attr])
+                parts.append(f.Eq(attr, found) if found else f.FALSE)
+                continue
+            value = self._typed(attr, text)
+            if value is None:
+                parts.append(UNDEFINED)
+                continue
+            parts.append(cls(attr, value))
+        kept = [p for p in parts if p is not UNDEFINED and p != f.FALSE]
+        if not kept:
+            return UNDEFINED if any(p is UNDEFINED for p in parts) else f.FALSE
+        return self._any(kept)
+
+    def _typed(self, attr: str, text: str) -> Any:
+        spec = ATTRIBUTES.get(attr)
+        type_ = spec.type if spec else "string"
+        try:
+            if type_ == INTEGER:
+                return int(text.strip())
+            if type_ == BOOLEAN:
+                upper = text.strip().upper()
+                if upper not in ("TRUE", "FALSE"):
+                    return None
+                return upper == "TRUE"
+            if type_ == DATETIME:
+                return dit.parse_generalized_time(text)
+        except ValueError:
+            return None
+        return text
+
+    def substrings(self, node: Any) -> f.Filter:
+        name = _name(node.type)
+        initial, final, any_ = None, None, []
+        for part in node.substrings:
+            value = _text(part.value)
+            if isinstance(part, pureldap.LDAPFilter_substrings_initial):
+                initial = value
+            elif isinstance(part, pureldap.LDAPFilter_substrings_final):
+                final = value
+            else:
+                any_.append(value)
+        lower = name.lower()
+        if lower == "objectclass":
+            return self._local_substring(self.classes, initial, tuple(any_), final)
+        if lower == "memberuid" and self.view == dit.GROUPS:
+            ids = [aid for uid, aid in self.layout.account_by_uid.items()
+                   if f.substring_match(uid, _fold(initial), tuple(_fold(a) for a in any_),
+                                        _fold(final))]
+            if not ids:
+                return f.FALSE
+            return self._any([f.Eq("member", i) for i in ids])
+        mapped = dit.directory_attrs(self.view, name)
+        if mapped is None:
+            return UNDEFINED
+        parts = []
+        for attr in mapped[1]:
+            spec = ATTRIBUTES.get(attr)
+            if attr in dit.DN_ATTRS or (spec and spec.type != "string"):
+                continue  # substring matching is defined for strings only
+            parts.append(f.Substring(attr, initial, tuple(any_), final))
+        return self._any(parts) if parts else UNDEFINED
+
+    @staticmethod
+    def _local_substring(values: set[str], initial: str | None, any_: tuple[str, ...],
+                         final: str | None) -> f.Filter:
+        hit = any(f.substring_match(v, _fold(initial), tuple(_fold(a) for a in any_),
+                                    _fold(final)) for v in values)
+        return f.TRUE if hit else f.FALSE
+
+    def extensible(self, node: Any) -> f.Filter:
+        rule = _text(node.matchingRule.value).strip().lower() if node.matchingRule else None
+        name = _name(node.type) if node.type else None
+        value = node.matchValue.value
+        if name is None:
+            return UNDEFINED  # rule-only assertions over every attribute: not supported
+        if rule == IN_CHAIN:
+            return self.in_chain(name, value)
+        if rule is None or rule in _EQUALITY_RULES:
+            return self.compare(f.Eq, name, value)
+        return UNDEFINED
+
+    def in_chain(self, name: str, raw: Any) -> f.Filter:
+        """``memberOf:1.2.840.113556.1.4.1941:=G``: members of G or of any group nested in
+        G; ``member:1.2.840.113556.1.4.1941:=A``: groups reaching A through nesting.
+
+        Groups here hold accounts only (no group is a member of a group), so the closure is
+        computed honestly but is always the direct membership."""
+        lower = name.lower()
+        if lower == "memberof" and self.view == dit.PEOPLE:
+            start = self._resolve_dn(raw, dit.GROUPS)
+            if start is None:
+                return f.FALSE
+            groups = self._nested_groups(start)
+            return self._any([f.Eq("memberOf", g) for g in sorted(groups)])
+        if lower in ("member", "uniquemember") and self.view == dit.GROUPS:
+            target = self._resolve_dn(raw, None)
+            if target is None:
+                return f.FALSE
+            direct = [f.Eq("member", target)]
+            # Groups containing a group that contains the target: none can exist here, but
+            # follow group-valued members should the directory ever hold them.
+            return self._any(direct)
+        return UNDEFINED
+
+    def _nested_groups(self, start: str) -> set[str]:
+        seen = {start}
+        frontier = [start]
+        while frontier:
+            current = self.snapshot.get(frontier.pop())
+            if current is None:
+                continue
+            for member in current.attrs.get("member", ()):
+                child = self.snapshot.get(str(member))
+                if child is not None and child.kind != "account" and child.id not in seen:
+                    seen.add(child.id)
+                    frontier.append(child.id)
+        return seen
+
+
+def _fold(value: str | None) -> str | None:
+    return value.casefold() if value else value
+
+
+def matches_static(node: Any, attrs: list[tuple[str, list[str], bool]]) -> bool:
+    """Evaluate an LDAP filter against a static entry (base, containers, rootDSE): these are
+    not directory entries, hold no personal data and are a handful, so they are checked
+    here; everything else goes to the directory."""
+    values = {n.lower(): [v.casefold() for v in vals] for n, vals, _ in attrs}
+    return bool(_static(node, values))
+
+
+def _static(node: Any, values: dict[str, list[str]]) -> bool | None:
+    if isinstance(node, pureldap.LDAPFilter_and):
+        results = [_static(p, values) for p in node.data]
+        if any(r is False for r in results):
+            return False
+        return None if any(r is None for r in results) else True
+    if isinstance(node, pureldap.LDAPFilter_or):
+        results = [_static(p, values) for p in node.data]
+        if any(r is True for r in results):
+            return True
+        return None if any(r is None for r in results) else False
+    if isinstance(node, pureldap.LDAPFilter_not):
+        inner = _static(node.value, values)
+        return None if inner is None else not inner
+    if isinstance(node, pureldap.LDAPFilter_present):
+        name = _name(node).lower()
+        return name == "objectclass" or name in values
+    if isinstance(node, (pureldap.LDAPFilter_equalityMatch, pureldap.LDAPFilter_approxMatch)):
+        name = _name(node.attributeDesc).lower()
+        if name not in values:
+            return None
+        return _text(node.assertionValue.value).casefold() in values[name]
+    if isinstance(node, pureldap.LDAPFilter_substrings):
+        name = _name(node.type).lower()
+        if name not in values:
+            return None
+        initial, final, any_ = None, None, []
+        for part in node.substrings:
+            value = _text(part.value).casefold()
+            if isinstance(part, pureldap.LDAPFilter_substrings_initial):
+                initial = value
+            elif isinstance(part, pureldap.LDAPFilter_substrings_final):
+                final = value
+            else:
+                any_.append(value)
+        return any(f.substring_match(v, initial, tuple(any_), final) for v in values[name])
+    return None

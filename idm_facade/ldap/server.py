@@ -1,0 +1,789 @@
+"""The LDAP v3 front end: ldaptor decodes requests, the directory answers every search.
+
+ldaptor (``BaseLDAPServer``) is used as the request codec and op dispatcher only. Framing is
+our own (a maximum PDU size, no quadratic buffering, garbage or a TLS hello on the plain port
+closes the connection), and replies are encoded by :mod:`idm_facade.ldap.ber` so a search
+answer is mostly cached bytes.
+
+A search is planned against the DIT (:mod:`idm_facade.ldap.dit`): the base DN and scope become
+a region filter per view (people, units, groups), the LDAP filter is translated per view
+(:mod:`idm_facade.ldap.filters`), and ``snapshot.search`` answers with the client's policy
+applied before anything is counted, limited or paged. Results are sent in chunks, giving the
+reactor back between chunks, so one large search never stalls other clients.
+
+Access (RFC 4513): simple binds of service accounts; an anonymous bind succeeds (§5.1.1) but
+an anonymous search of anything but the rootDSE and the subschema entry is answered 50
+insufficientAccessRights unless anonymous access is configured, so a misconfigured client sees
+a clear error instead of an empty directory. Unauthenticated binds (DN without password) get
+53 (§5.1.2), SASL 7, LDAPv2 2. Every bind and every search is recorded in the access log before
+the result is sent; if the log cannot be written the operation fails with 80 and nothing is
+disclosed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
+from twisted.internet import defer, protocol, threads
+from twisted.internet.interfaces import IListeningPort
+from twisted.protocols.policies import TimeoutMixin
+
+from idm_facade.directory import filters as f
+from idm_facade.directory import view as dview
+from idm_facade.directory.policy import Policy
+from idm_facade.ldap import ber, controls, dit
+from idm_facade.ldap.filters import Translator, matches_static
+
+log = logging.getLogger(__name__)
+
+SUCCESS, OPERATIONS_ERROR, PROTOCOL_ERROR, TIME_LIMIT, SIZE_LIMIT = 0, 1, 2, 3, 4
+AUTH_METHOD_NOT_SUPPORTED, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT, INVALID_DN = 7, 16, 32, 34
+INAPPROPRIATE_AUTH, INVALID_CREDENTIALS, INSUFFICIENT_ACCESS = 48, 49, 50
+UNAVAILABLE, UNWILLING, OTHER = 52, 53, 80
+
+SCOPE_BASE, SCOPE_ONE, SCOPE_SUB = 0, 1, 2
+_SCOPES = {0: "base", 1: "one", 2: "sub", 3: "children"}
+
+#: Entries sent per reactor turn.
+CHUNK = 200
+
+_WRITE_RESPONSES = {
+    "LDAPAddRequest": ber.ADD_RESPONSE,
+    "LDAPModifyRequest": ber.MODIFY_RESPONSE,
+    "LDAPDelRequest": ber.DEL_RESPONSE,
+    "LDAPModifyDNRequest": ber.MODDN_RESPONSE,
+    "LDAPCompareRequest": ber.COMPARE_RESPONSE,
+}
+
+
+def _audit_types() -> tuple[Any, Any]:
+    from idm_facade.audit import AccessRecord, AuditUnavailable
+
+    return AccessRecord, AuditUnavailable
+
+
+@dataclass
+class Settings:
+    """The ``[ldap]`` limits."""
+
+    max_pdu: int = 1 << 20
+    idle_timeout: float = 900.0
+    size_limit: int = 0
+    time_limit: float = 60.0
+    page_ttl: float = 300.0
+    max_pages: int = 16
+
+    @classmethod
+    def from_config(cls, config: Any) -> Settings:
+        section = config.section("ldap") if config is not None else {}
+        return cls(
+            max_pdu=int(section.get("max_pdu", cls.max_pdu)),
+            idle_timeout=float(section.get("idle_timeout", cls.idle_timeout)),
+            size_limit=int(section.get("size_limit", cls.size_limit)),
+            time_limit=float(section.get("time_limit", cls.time_limit)),
+            page_ttl=float(section.get("page_ttl", cls.page_ttl)),
+            max_pages=int(section.get("max_paged_searches", cls.max_pages)),
+        )
+
+
+class LDAPFactory(protocol.ServerFactory):
+    """Builds one :class:`LDAPConnection` per client connection."""
+
+    def __init__(self, facade: Any, reactor: Any = None, tls: Any = None) -> None:
+        self.facade = facade
+        self.settings = Settings.from_config(facade.config)
+        self.tls = tls
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        from twisted.python.threadpool import ThreadPool
+
+        #: Blocking calls (the access log waits for durability, binds verify hashes) run
+        #: here; many waiting records share one commit.
+        self.pool = ThreadPool(minthreads=2, maxthreads=int(
+            facade.config.get("ldap", "threads", 32) if facade.config is not None else 32),
+            name="ldap")
+        self._pool_started = False
+
+    def in_thread(self, fn: Callable, *args: Any) -> defer.Deferred:
+        """Run a blocking call in the pool; a Deferred for its result."""
+        if not self._pool_started:
+            self._pool_started = True
+            self.pool.start()
+            self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def buildProtocol(self, addr: Any) -> LDAPConnection:
+        proto = LDAPConnection()
+        proto.factory = self
+        return proto
+
+    def layout(self, snapshot: Any) -> dit.Layout:
+        """The DIT of a snapshot (options read once per snapshot)."""
+        options = snapshot.extra.get("ldap_options")
+        if options is None:
+            options = dit.options_from(self.facade.config, snapshot)
+            snapshot.extra["ldap_options"] = options
+        return dit.layout_for(snapshot, options)
+
+
+@dataclass
+class _Query:
+    """One search request, decoded."""
+
+    msgid: int
+    base: str
+    scope: int
+    size_limit: int
+    time_limit: int
+    types_only: bool
+    filter: Any
+    attributes: list
+    selection: dit.Selection
+    text: str
+
+
+class _Abort(Exception):
+    def __init__(self, code: int, message: str, matched: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message, self.matched = code, message, matched
+
+
+class LDAPConnection(BaseLDAPServer, TimeoutMixin):
+    """One client connection."""
+
+    factory: LDAPFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = bytearray()
+        self.client: Any = None
+        self.tls_active = False
+        self.closing = False
+        self.active: dict[int, bool] = {}  # msgid -> still wanted (False once abandoned)
+        self.pages: controls.PagedSearches | None = None
+        self._held = False
+        self._queued: list = []
+
+    # ------------------------------------------------------------------ transport
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        settings = self.factory.settings
+        self.setTimeout(settings.idle_timeout or None)
+        self.pages = controls.PagedSearches(settings.page_ttl, settings.max_pages)
+        if getattr(self, "_ldaps", False):
+            self.tls_active = True
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self.setTimeout(None)
+        for msgid in list(self.active):
+            self.active[msgid] = False
+        if self.pages is not None:
+            self.pages.clear()
+
+    def timeoutConnection(self) -> None:
+        self._disconnect(UNAVAILABLE, "idle timeout")
+
+    def _disconnect(self, code: int, message: str) -> None:
+        """Send a notice of disconnection (RFC 4511 §4.4.1) and close."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.transport.write(ber.message(0, ber.extended_response(
+                code, message, name=ber.NOTICE_OF_DISCONNECTION)))
+        finally:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.resetTimeout()
+        self._buf += data
+        buf = self._buf
+        pos = 0
+        max_pdu = self.factory.settings.max_pdu
+        while not self.closing:
+            try:
+                header = ber.pdu_length(buf, pos)
+            except ber.BERError:
+                log.info("LDAP: closing connection from %s: not LDAP", self._peer())
+                self._disconnect(PROTOCOL_ERROR, "malformed LDAP message")
+                return
+            if header is None:
+                break
+            head, size = header
+            if size > max_pdu:
+                self._disconnect(PROTOCOL_ERROR, f"message larger than {max_pdu} bytes")
+                return
+            end = pos + head + size
+            if end > len(buf):
+                break
+            pdu = bytes(buf[pos:end])
+            pos = end
+            try:
+                msg, used = pureber.berDecodeObject(self.berdecoder, pdu)
+                if msg is None or used != len(pdu) or not isinstance(
+                        msg, pureldap.LDAPMessage) or not isinstance(
+                        msg.value, pureldap.LDAPProtocolRequest):
+                    raise ValueError("not an LDAP request")
+            except Exception as exc:  # ldaptor raises many kinds on bad input
+                log.info("LDAP: undecodable message from %s: %s", self._peer(), exc)
+                self._disconnect(PROTOCOL_ERROR, "undecodable LDAP message")
+                return
+            if self._held:
+                self._queued.append(msg)
+                continue
+            self._dispatch_safely(msg)
+        del buf[:pos]
+
+    def _dispatch_safely(self, msg: Any) -> None:
+        try:
+            self.dispatch(msg)
+        except Exception:
+            log.exception("LDAP: failed handling %r", type(msg.value).__name__)
+            self._disconnect(OTHER, "internal error")
+
+    def hold(self) -> None:
+        """Queue further requests until :meth:`release` (a bind is in progress: RFC 4511
+        §4.2.1 says nothing else may run meanwhile)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Run the requests that arrived during a bind."""
+        self._held = False
+        while self._queued and not self._held and not self.closing:
+            self._dispatch_safely(self._queued.pop(0))
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "unknown"
+
+    def send(self, msgid: int, op: bytes, ctrls: bytes = b"") -> None:
+        """Write one response message."""
+        if self.connected and not self.closing:
+            self.transport.write(ber.message(msgid, op, ctrls))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, msg: Any) -> None:
+        op = msg.value
+        name = type(op).__name__
+        if name == "LDAPSearchRequest":
+            self.search(msg.id, op, msg.controls)
+        elif name == "LDAPBindRequest":
+            self.bind(msg.id, op, msg.controls)
+        elif name == "LDAPUnbindRequest":
+            self.closing = True
+            self.transport.loseConnection()
+        elif name == "LDAPAbandonRequest":
+            target = op.value
+            if target in self.active:
+                self.active[target] = False  # no reply to an abandon (RFC 4511 §4.11)
+        elif isinstance(op, pureldap.LDAPExtendedRequest):
+            self.extended(msg.id, op, msg.controls)
+        elif name in _WRITE_RESPONSES:
+            verb = "compare" if name == "LDAPCompareRequest" else "write"
+            self.send(msg.id, ber.result(_WRITE_RESPONSES[name], UNWILLING,
+                                         f"this directory is read-only ({verb} refused)"
+                                         if verb == "write" else
+                                         "compare is not supported; use a search"))
+        else:
+            self.send(msg.id, ber.extended_response(PROTOCOL_ERROR,
+                                                    f"unsupported operation {name}"))
+
+    # ------------------------------------------------------------------ audit
+
+    def _audit(self, operation: str, query: str, status: str, subjects: list[str],
+               sensitive: list[str], client: Any = None) -> defer.Deferred:
+        """Record one access in the audit thread pool (the log blocks until the record is
+        durable, and concurrent records share one commit); fires True, or False when the log
+        is unavailable (the caller then answers 80 and discloses nothing)."""
+        audit = self.factory.facade.audit
+        if audit is None:
+            return defer.succeed(True)
+        record_cls, unavailable = _audit_types()
+        who = client if client is not None else self.client
+        name = who.name if who is not None else "anonymous"
+        rec = record_cls(client=name, source=f"ldap:{self._peer()}", operation=operation,
+                         query=query, status=status, subjects=subjects, sensitive=sensitive)
+
+        def failed(failure: Any) -> bool:
+            if failure.check(unavailable) is None:
+                log.error("LDAP: access log error: %s", failure.getErrorMessage())
+            else:
+                log.error("LDAP: access log unavailable; refusing %s", operation)
+            return False
+
+        d = self.factory.in_thread(audit.record, rec)
+        d.addCallbacks(lambda _: True, failed)
+        return d
+
+    # ------------------------------------------------------------------ bind
+
+    def bind(self, msgid: int, op: Any, ctrls: Any) -> None:
+        dn = op.dn.decode("utf-8", "replace") if isinstance(op.dn, bytes) else str(op.dn)
+        query = f"dn={dn}"
+        try:
+            controls.parse(ctrls, frozenset())
+        except controls.ControlError as exc:
+            self.send(msgid, ber.result(ber.BIND_RESPONSE, exc.code, exc.message))
+            return
+        self.client = None  # a bind, even a failed one, starts from anonymous
+        password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
+        if op.version != 3:
+            verdict = defer.succeed((PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
+                                     None))
+        elif op.sasl:
+            verdict = defer.succeed((AUTH_METHOD_NOT_SUPPORTED,
+                                     "SASL is not supported; use a simple bind", None))
+        elif not dn and not password:
+            verdict = defer.succeed((SUCCESS, "", None))  # anonymous (RFC 4513 §5.1.1)
+        elif not password:
+            verdict = defer.succeed((UNWILLING, "unauthenticated bind (DN without password) "
+                                     "is not allowed", None))
+        else:
+            def check(client: Any) -> tuple[int, str, Any]:
+                if client is None:
+                    return INVALID_CREDENTIALS, "invalid credentials", None
+                return SUCCESS, "", client
+
+            verdict = self.factory.in_thread(self.factory.facade.clients.authenticate_bind,
+                                             dn, password.decode("utf-8", "replace"))
+            verdict.addCallback(check)
+        self.hold()
+
+        def audited(ok: bool, code: int, message: str, client: Any) -> None:
+            if not ok:
+                self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
+            else:
+                if code == SUCCESS:
+                    self.client = client
+                self.send(msgid, ber.result(ber.BIND_RESPONSE, code, message))
+
+        def decided(result: tuple[int, str, Any]) -> defer.Deferred:
+            code, message, client = result
+            status = "success" if code == SUCCESS else f"{code}"
+            d = self._audit("bind", query, status, [], [], client=client)
+            d.addCallback(audited, code, message, client)
+            return d
+
+        verdict.addCallback(decided)
+        verdict.addErrback(self._internal_error, msgid, ber.BIND_RESPONSE)
+        verdict.addBoth(lambda _: self.release())
+
+    def _internal_error(self, failure: Any, msgid: int, tag: int) -> None:
+        log.error("LDAP: internal error: %s", failure.getTraceback())
+        self.send(msgid, ber.result(tag, OTHER, "internal error"))
+
+    # ------------------------------------------------------------------ extended
+
+    def extended(self, msgid: int, op: Any, ctrls: Any) -> None:
+        oid = op.requestName if isinstance(op.requestName, bytes) else \
+            str(op.requestName).encode()
+        try:
+            controls.parse(ctrls, frozenset())
+        except controls.ControlError as exc:
+            self.send(msgid, ber.extended_response(exc.code, exc.message))
+            return
+        if oid == dit.WHOAMI_OID:
+            who = self.client.bind_dn if self.client is not None and self.client.bind_dn \
+                else ""
+            authz = f"dn:{who}" if who else ""
+            self.send(msgid, ber.extended_response(SUCCESS, value=authz.encode()))
+        elif oid == dit.STARTTLS_OID:
+            if self.tls_active:
+                self.send(msgid, ber.extended_response(OPERATIONS_ERROR, "TLS already active",
+                                                       name=oid))
+                return
+            if self.factory.tls is None:
+                self.send(msgid, ber.extended_response(UNAVAILABLE, "TLS is not configured",
+                                                       name=oid))
+                return
+            self.send(msgid, ber.extended_response(SUCCESS, name=oid))
+            self.transport.startTLS(self.factory.tls)
+            self.tls_active = True
+        elif oid == b"1.3.6.1.4.1.4203.1.11.1":
+            self.send(msgid, ber.extended_response(UNWILLING,
+                                                   "this directory is read-only"))
+        else:
+            self.send(msgid, ber.extended_response(
+                PROTOCOL_ERROR, f"unsupported extended operation {oid.decode(errors='replace')}"))
+
+    # ------------------------------------------------------------------ search
+
+    def _done(self, msgid: int, code: int, message: str = "", matched: str = "",
+              ctrls: bytes = b"") -> None:
+        self.active.pop(msgid, None)
+        self.send(msgid, ber.result(ber.SEARCH_DONE, code, message, matched),
+                  ber.controls(ctrls) if ctrls else b"")
+
+    def search(self, msgid: int, op: Any, ctrls: Any) -> None:
+        try:
+            parsed = controls.parse(ctrls, controls.SEARCH_CONTROLS)
+        except controls.ControlError as exc:
+            self._done(msgid, exc.code, exc.message)
+            return
+        base = op.baseObject.decode("utf-8", "replace") if isinstance(op.baseObject, bytes) \
+            else str(op.baseObject)
+        selection = dit.Selection.parse(op.attributes, bool(op.typesOnly))
+        try:
+            text = op.filter.asText()
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        except Exception:
+            text = "(?)"
+        query = _Query(msgid, base, op.scope, op.sizeLimit, op.timeLimit, bool(op.typesOnly),
+                       op.filter, list(op.attributes), selection, text)
+        self.active[msgid] = True
+        try:
+            self._search(query, parsed)
+        except _Abort as exc:
+            self._done(msgid, exc.code, exc.message, exc.matched)
+
+    def _query_text(self, q: _Query) -> str:
+        attrs = ",".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+                         for a in q.attributes)
+        return f"base={q.base} scope={_SCOPES.get(q.scope, q.scope)} filter={q.text}" + (
+            f" attrs={attrs}" if attrs else "")
+
+    def _search(self, q: _Query, parsed: controls.SearchControls) -> None:
+        facade = self.factory.facade
+        snapshot = facade.directory.snapshot
+        layout = self.factory.layout(snapshot)
+        try:
+            norm = dit.parse_dn(q.base)
+        except dit.InvalidDN as exc:
+            raise _Abort(INVALID_DN, f"invalid base DN: {exc}") from exc
+        # The rootDSE and the subschema entry are readable by everyone.
+        if not norm or norm == (((("cn", "subschema"),)),):
+            if not norm and q.scope != SCOPE_BASE:
+                raise _Abort(NO_SUCH_OBJECT, "search the naming context "
+                             f"{layout.base} (the root DSE has base scope only)")
+            dn, attrs = ("", dit.root_dse(layout)) if not norm else dit.subschema(layout)
+            hit = q.scope != SCOPE_ONE and matches_static(q.filter, attrs)
+            sel = q.selection
+            if not norm and sel.user and not sel.names:
+                sel = dit.Selection(True, True, sel.names, sel.types_only)
+
+            def answer() -> None:
+                if hit:
+                    self.send(q.msgid, dit.encode_static(dn, attrs, sel))
+                self._done(q.msgid, SUCCESS)
+
+            self._after_audit(q, "success", [], [], answer)
+            return
+        policy = self._policy()
+        if policy is None:
+            message = ("anonymous access is disabled: bind as a service account "
+                       f"(cn=<name>,ou=clients,{layout.base})")
+            self._after_audit(q, f"{INSUFFICIENT_ACCESS}", [], [],
+                              lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
+            return
+        signature = (q.base, q.scope, q.text, tuple(q.attributes), q.types_only,
+                     (parsed.sort.attribute, parsed.sort.reverse) if parsed.sort else None,
+                     id(snapshot))
+        sort_ctrl = b""
+        paged = parsed.paged
+        state = None
+        if paged is not None and paged.cookie:
+            try:
+                state = self.pages.take(paged.cookie, signature)  # type: ignore[union-attr]
+            except controls.ControlError as exc:
+                raise _Abort(exc.code, exc.message) from exc
+            results = state.results
+            statics = state.extra["statics"]
+        else:
+            statics, results, sort_ctrl = self._plan(q, parsed, snapshot, layout, policy, norm)
+        total = len(statics) + len(results)
+        done_ctrls = sort_ctrl
+        code, message = SUCCESS, ""
+        if paged is not None:
+            offset = state.offset if state is not None else 0
+            if paged.size == 0:
+                page_statics, page = [], []
+                cookie = b""
+            else:
+                combined_start = offset
+                stop = offset + paged.size
+                page_statics = statics[combined_start:stop]
+                r_start = max(0, combined_start - len(statics))
+                r_stop = max(0, stop - len(statics))
+                page = results[r_start:r_stop]
+                if stop < total:
+                    state = state or controls.PageState(signature, results, 0, 0.0, total,
+                                                        {"statics": statics})
+                    state.offset = stop
+                    cookie = self.pages.keep(state)  # type: ignore[union-attr]
+                else:
+                    cookie = b""
+            done_ctrls += controls.paged_response(total, cookie)
+        else:
+            limit = q.size_limit
+            server_limit = self.factory.settings.size_limit
+            if server_limit and (not limit or limit > server_limit):
+                limit = server_limit
+            page_statics, page = statics, results
+            if limit and total > limit:
+                page_statics = statics[:limit]
+                page = results[:max(0, limit - len(statics))]
+                code, message = SIZE_LIMIT, f"size limit of {limit} entries exceeded"
+        # Record what is about to be disclosed, before anything is sent.
+        subjects, sensitive = self._disclosed(page, policy, snapshot, q.selection)
+        status = "success" if code == SUCCESS else f"{code}"
+        deadline = None
+        limit_s = q.time_limit or 0
+        server_t = self.factory.settings.time_limit
+        if server_t and (not limit_s or limit_s > server_t):
+            limit_s = server_t
+        if limit_s:
+            deadline = time.monotonic() + limit_s
+
+        def answer() -> None:
+            for dn, attrs in page_statics:
+                self.send(q.msgid, dit.encode_static(dn, attrs, q.selection))
+            self._send_entries(q, page, 0, layout, policy, snapshot, code, message,
+                               done_ctrls, deadline)
+
+        self._after_audit(q, status, subjects, sensitive, answer)
+
+    def _after_audit(self, q: _Query, status: str, subjects: list[str],
+                     sensitive: list[str], answer: Callable[[], None]) -> None:
+        """Record the search, then answer; 80 and nothing else when the log fails."""
+        def recorded(ok: bool) -> None:
+            if not self.active.get(q.msgid):
+                self.active.pop(q.msgid, None)  # abandoned meanwhile: no reply
+                return
+            if ok:
+                answer()
+            else:
+                self._done(q.msgid, OTHER, "access log unavailable")
+
+        d = self._audit("search", self._query_text(q), status, subjects, sensitive)
+        d.addCallback(recorded)
+        d.addErrback(self._internal_error, q.msgid, ber.SEARCH_DONE)
+
+    def _send_entries(self, q: _Query, page: list, start: int, layout: dit.Layout,
+                      policy: Policy, snapshot: Any, code: int, message: str,
+                      done_ctrls: bytes, deadline: float | None) -> None:
+        """Send ``page[start:]`` a chunk per reactor turn, then SearchResultDone."""
+        if not self.active.get(q.msgid) or not self.connected or self.closing:
+            self.active.pop(q.msgid, None)  # abandoned or gone: no reply at all
+            return
+        stop = min(len(page), start + CHUNK)
+        write = self.transport.write
+        msgid = q.msgid
+        selection = q.selection
+        envelope = ber.integer(msgid)
+        for i in range(start, stop):
+            view, entry = page[i]
+            op = dit.encode_entry(layout, view, entry, policy, snapshot, selection).op
+            write(ber.tlv(0x30, envelope + op))
+        if stop < len(page):
+            if deadline is not None and time.monotonic() > deadline:
+                self._done(msgid, TIME_LIMIT, "time limit exceeded", ctrls=done_ctrls)
+                return
+            self.resetTimeout()
+            self.factory.reactor.callLater(0, self._send_entries, q, page, stop, layout,
+                                           policy, snapshot, code, message, done_ctrls,
+                                           deadline)
+            return
+        self._done(msgid, code, message, ctrls=done_ctrls)
+
+    def _policy(self) -> Policy | None:
+        if self.client is not None:
+            return self.client.policy
+        return self.factory.facade.clients.anonymous_policy()
+
+    def _disclosed(self, page: list, policy: Policy, snapshot: Any,
+                   selection: dit.Selection) -> tuple[list[str], list[str]]:
+        if selection.types_only or not page:
+            return ([], [])
+        entries = [e for _, e in page]
+        members = any(selection.wants(n) for n in ("member", "uniqueMember", "memberUid"))
+        groups = [e for v, e in page if v == dit.GROUPS]
+        subjects = set(dview.disclosed_subjects([e for e in entries if e.kind == "account"],
+                                                policy))
+        if members and groups:
+            subjects.update(dview.disclosed_subjects(groups, policy, snapshot=snapshot,
+                                                     members=True))
+        sensitive = []
+        if policy.cpr and selection.wants("idmCprNumber") and any(
+                e.attrs.get("cpr") for e in entries if e.kind == "account"):
+            sensitive.append("cpr")
+        return sorted(subjects), sensitive
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, q: _Query, parsed: controls.SearchControls, snapshot: Any,
+              layout: dit.Layout, policy: Policy, norm: dit.NormDN
+              ) -> tuple[list, list, bytes]:
+        """(static entries, [(view, entry)], sort response control) for a search."""
+        n = len(layout.base_norm)
+        if len(norm) < n or norm[len(norm) - n:] != layout.base_norm:
+            raise _Abort(NO_SUCH_OBJECT, f"no such entry: {q.base} is outside {layout.base}")
+        rel = norm[:len(norm) - n]
+        scope = q.scope
+        statics: list[tuple[str, list]] = []
+        views: list[tuple[str, f.Filter]] = []
+        containers = {(("ou", v),): v for v in (dit.PEOPLE, dit.UNITS, dit.GROUPS, dit.CLIENTS)}
+        root_units = f.Eq("ancestor", layout.line_root) if layout.line_root else f.FALSE
+
+        def add_static(which: str) -> None:
+            dn, attrs = dit.static_entry(layout, which, self.client.name if self.client
+                                         else None)
+            if matches_static(q.filter, attrs):
+                statics.append((dn, attrs))
+
+        def client_entry() -> None:
+            if self.client is not None and self.client.bind_dn:
+                add_static(dit.CLIENTS + ":self")
+
+        if not rel:
+            if scope == SCOPE_BASE:
+                add_static("base")
+            else:
+                if scope == SCOPE_SUB:
+                    add_static("base")
+                for v in (dit.PEOPLE, dit.UNITS, dit.GROUPS, dit.CLIENTS):
+                    add_static(v)
+                if scope != SCOPE_ONE:
+                    views = [(dit.PEOPLE, f.TRUE), (dit.UNITS, root_units),
+                             (dit.GROUPS, f.TRUE)]
+                    client_entry()
+        elif len(rel) == 1 and rel[0] in containers:
+            which = containers[rel[0]]
+            if scope in (SCOPE_BASE, SCOPE_SUB):
+                add_static(which)
+            if scope != SCOPE_BASE:
+                if which == dit.CLIENTS:
+                    client_entry()
+                elif which == dit.UNITS:
+                    region = root_units if scope == SCOPE_SUB else (
+                        f.Eq("id", layout.line_root) if layout.line_root else f.FALSE)
+                    views = [(dit.UNITS, region)]
+                else:
+                    views = [(which, f.TRUE)]
+        else:
+            top = rel[-1]
+            found = layout.id_of_dn(norm)
+            if top == (("ou", dit.CLIENTS),) and len(rel) == 2:
+                own = self.client.bind_dn if self.client is not None else None
+                if own and dit.parse_dn(own) == norm:
+                    if scope != SCOPE_ONE:
+                        add_static(dit.CLIENTS + ":self")
+                else:
+                    raise _Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}",
+                                 matched=f"ou={dit.CLIENTS},{layout.base}")
+            elif found is None:
+                raise _Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}",
+                             matched=self._matched(layout, rel))
+            else:
+                view, entry_id = found
+                # The entry must be visible to this client, or it does not exist for it.
+                if not snapshot.search(f.Eq("id", entry_id), kinds=dit.VIEW_KINDS[view],
+                                       policy=policy):
+                    raise _Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}",
+                                 matched=self._matched(layout, rel))
+                if view == dit.UNITS:
+                    region = {SCOPE_BASE: f.Eq("id", entry_id),
+                              SCOPE_ONE: f.Eq("parent", entry_id),
+                              SCOPE_SUB: f.Eq("ancestor", entry_id)}.get(scope, f.And((
+                                  f.Eq("ancestor", entry_id), f.Not(f.Eq("id", entry_id)))))
+                    views = [(dit.UNITS, f.And((root_units, region)))]
+                elif scope != SCOPE_ONE:
+                    views = [(view, f.Eq("id", entry_id))]
+        results: list = []
+        sort_ctrl = b""
+        sort_attr: dict[str, str | None] = {}
+        descending = False
+        if parsed.sort is not None and views:
+            descending = parsed.sort.reverse
+            for view, _ in views:
+                mapped = dit.directory_attrs(view, parsed.sort.attribute)
+                sort_attr[view] = mapped[1][0] if mapped else None
+            if not any(sort_attr.values()):
+                if parsed.sort.critical:
+                    raise _Abort(controls.UNAVAILABLE_CRITICAL,
+                                 f"cannot sort by {parsed.sort.attribute}: unknown attribute")
+                sort_ctrl = controls.sort_response(NO_SUCH_ATTRIBUTE, parsed.sort.attribute)
+            else:
+                sort_ctrl = controls.sort_response(SUCCESS)
+        per_view = []
+        for view, region in views:
+            translated = Translator(layout, view, snapshot)(q.filter)
+            if translated == f.FALSE or region == f.FALSE:
+                continue
+            parts = [p for p in (region, translated) if p != f.TRUE]
+            flt = f.And(tuple(parts)) if len(parts) > 1 else parts[0] if parts else f.TRUE
+            found_entries = snapshot.search(flt, kinds=dit.VIEW_KINDS[view], policy=policy,
+                                            sort_by=sort_attr.get(view), descending=descending)
+            per_view.append((view, found_entries))
+        if len(per_view) == 1 or not sort_attr or not any(sort_attr.values()):
+            for view, found_entries in per_view:
+                results.extend((view, e) for e in found_entries)
+        else:
+            results = list(heapq.merge(
+                *[[(view, e) for e in found] for view, found in per_view],
+                key=_merge_key(sort_attr, policy), reverse=descending))
+        return statics, results, sort_ctrl
+
+    @staticmethod
+    def _matched(layout: dit.Layout, rel: dit.NormDN) -> str:
+        return layout.base
+
+
+def _merge_key(sort_attr: dict[str, str | None], policy: Policy) -> Callable:
+    from schemas.attributes import ATTRIBUTES, normalise
+
+    def key(item: tuple[str, Any]) -> tuple:
+        view, entry = item
+        attr = sort_attr.get(view)
+        if attr:
+            for name in policy.physical(attr):
+                values = entry.attrs.get(name)
+                if values:
+                    spec = ATTRIBUTES[attr]
+                    return (0, str(normalise(spec.type, spec.case_exact, values[0])), entry.id)
+        return (1, "", entry.id)
+
+    return key
+
+
+class _LDAPSFactory(LDAPFactory):
+    def buildProtocol(self, addr: Any) -> LDAPConnection:
+        proto = super().buildProtocol(addr)
+        proto._ldaps = True  # type: ignore[attr-defined]
+        return proto
+
+
+def listen(reactor: Any, facade: Any, host: str, port: int,
+           ldaps_port: int | None = None) -> list[IListeningPort]:
+    """Start the LDAP listener (and LDAPS when ``ldaps_port`` is given) on ``host``."""
+    from idm_facade.ldap import tls
+
+    context = tls.context_factory(facade.config)
+    ports = []
+    if port is not None:
+        ports.append(reactor.listenTCP(port, LDAPFactory(facade, reactor, context),
+                                       interface=host))
+    if ldaps_port is not None:
+        ports.append(reactor.listenSSL(ldaps_port, _LDAPSFactory(facade, reactor, context),
+                                       context, interface=host))
+    for p in ports:
+        address = p.getHost()
+        log.info("LDAP listening on %s:%s", address.host, address.port)
+    return ports
