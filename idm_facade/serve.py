@@ -125,7 +125,11 @@ def _announce(listening: Listening) -> None:
 
 import click  # noqa: E402
 
-from idm_facade.cli import db_option  # noqa: E402
+# The same option as idm_facade.cli.db_option, spelled here so that importing this module
+# (e.g. for http_site) does not import the CLI, which imports this module.
+db_option = click.option(
+    "--db", "db", envvar="IDM_FACADE_DB", default=None,
+    help="Database URL (sqlite:///var/idm.db, postgresql+psycopg://user@host/db).")
 
 
 def _serve_options(func: Callable) -> Callable:
