@@ -282,6 +282,7 @@ def test_erase_person(sqlite_url: str) -> None:
     (record,) = audit.query(subject=person)
     assert record.operation == "erase" and record.status == "ok"
     assert audit.verify().ok
+    audit.close()
     out = CliRunner().invoke(main, ["erase-person", "no-such-person", "--yes",
                                     "--db", sqlite_url])
     assert out.exit_code != 0 and "no person with id no-such-person" in out.output
