@@ -736,9 +736,68 @@ _STANDARD: dict[str, tuple[str, str, str, str | None, bool]] = {
                         True),
     "subschemaSubentry": ("2.5.18.10", "1.3.6.1.4.1.1466.115.121.1.12",
                           "distinguishedNameMatch", None, True),
+    "structuralObjectClass": ("2.5.21.9", "1.3.6.1.4.1.1466.115.121.1.38",
+                              "objectIdentifierMatch", None, True),
+    "dc": ("0.9.2342.19200300.100.1.25", "1.3.6.1.4.1.1466.115.121.1.26",
+           "caseIgnoreIA5Match", None, True),
+    "description": ("2.5.4.13", "1.3.6.1.4.1.1466.115.121.1.15", "caseIgnoreMatch", None,
+                    False),
+    "attributeTypes": ("2.5.21.5", "1.3.6.1.4.1.1466.115.121.1.3",
+                       "objectIdentifierFirstComponentMatch", None, False),
+    "objectClasses": ("2.5.21.6", "1.3.6.1.4.1.1466.115.121.1.37",
+                      "objectIdentifierFirstComponentMatch", None, False),
+    "matchingRules": ("2.5.21.4", "1.3.6.1.4.1.1466.115.121.1.30",
+                      "objectIdentifierFirstComponentMatch", None, False),
+    "matchingRuleUse": ("2.5.21.8", "1.3.6.1.4.1.1466.115.121.1.31",
+                        "objectIdentifierFirstComponentMatch", None, False),
+    "ldapSyntaxes": ("1.3.6.1.4.1.1466.101.120.16", "1.3.6.1.4.1.1466.115.121.1.54",
+                     "objectIdentifierFirstComponentMatch", None, False),
+    "dITContentRules": ("2.5.21.2", "1.3.6.1.4.1.1466.115.121.1.16",
+                        "objectIdentifierFirstComponentMatch", None, False),
+    "dITStructureRules": ("2.5.21.1", "1.3.6.1.4.1.1466.115.121.1.17",
+                          "integerFirstComponentMatch", None, False),
+    "nameForms": ("2.5.21.7", "1.3.6.1.4.1.1466.115.121.1.35",
+                  "objectIdentifierFirstComponentMatch", None, False),
+    "uidNumber": ("1.3.6.1.1.1.1.0", "1.3.6.1.4.1.1466.115.121.1.27", "integerMatch",
+                  "integerOrderingMatch", True),
+    "gidNumber": ("1.3.6.1.1.1.1.1", "1.3.6.1.4.1.1466.115.121.1.27", "integerMatch",
+                  "integerOrderingMatch", True),
+    "homeDirectory": ("1.3.6.1.1.1.1.3", "1.3.6.1.4.1.1466.115.121.1.26", "caseExactIA5Match",
+                      None, True),
+    "loginShell": ("1.3.6.1.1.1.1.4", "1.3.6.1.4.1.1466.115.121.1.26", "caseExactIA5Match",
+                   None, True),
 }
+
+#: The standard object classes the views use (RFC 4519, 2798, 2307, 4512).
+_STANDARD_CLASSES = (
+    "( 2.5.6.0 NAME 'top' ABSTRACT MUST objectClass )",
+    "( 1.3.6.1.4.1.1466.101.120.111 NAME 'extensibleObject' SUP top AUXILIARY )",
+    "( 2.5.20.1 NAME 'subschema' AUXILIARY MAY ( attributeTypes $ objectClasses ) )",
+    "( 2.5.17.0 NAME 'subentry' SUP top STRUCTURAL MUST cn )",
+    "( 2.5.6.4 NAME 'organization' SUP top STRUCTURAL MUST o MAY description )",
+    "( 1.3.6.1.4.1.1466.344 NAME 'dcObject' SUP top AUXILIARY MUST dc )",
+    "( 2.5.6.5 NAME 'organizationalUnit' SUP top STRUCTURAL MUST ou MAY description )",
+    "( 2.5.6.6 NAME 'person' SUP top STRUCTURAL MUST ( sn $ cn ) MAY ( telephoneNumber $ "
+    "description ) )",
+    "( 2.5.6.7 NAME 'organizationalPerson' SUP person STRUCTURAL MAY ( title $ ou $ "
+    "telephoneNumber ) )",
+    "( 2.16.840.1.113730.3.2.2 NAME 'inetOrgPerson' SUP organizationalPerson STRUCTURAL "
+    "MAY ( departmentNumber $ displayName $ employeeNumber $ givenName $ mail $ manager $ "
+    "o $ uid ) )",
+    "( 2.5.6.9 NAME 'groupOfNames' SUP top STRUCTURAL MUST cn MAY ( member $ "
+    "businessCategory $ o $ ou $ description ) )",
+    "( 2.5.6.17 NAME 'groupOfUniqueNames' SUP top STRUCTURAL MUST cn MAY ( uniqueMember $ "
+    "businessCategory $ o $ ou $ description ) )",
+    "( 2.5.6.11 NAME 'applicationProcess' SUP top STRUCTURAL MUST cn MAY description )",
+    "( 1.3.6.1.1.1.2.0 NAME 'posixAccount' SUP top AUXILIARY MUST ( cn $ uid $ uidNumber $ "
+    "gidNumber $ homeDirectory ) MAY ( loginShell $ description ) )",
+    "( 1.3.6.1.1.1.2.2 NAME 'posixGroup' SUP top AUXILIARY MUST ( cn $ gidNumber ) "
+    "MAY ( memberUid $ description ) )",
+)
 _OPERATIONAL_USAGE = {"entryUUID", "createTimestamp", "modifyTimestamp", "entryDN",
-                      "hasSubordinates", "subschemaSubentry"}
+                      "hasSubordinates", "subschemaSubentry", "structuralObjectClass",
+                      "attributeTypes", "objectClasses", "matchingRules", "matchingRuleUse",
+                      "ldapSyntaxes", "dITContentRules", "dITStructureRules", "nameForms"}
 
 _SYNTAX = {"string": ("1.3.6.1.4.1.1466.115.121.1.15", "caseIgnoreMatch",
                       "caseIgnoreOrderingMatch"),
@@ -802,7 +861,7 @@ def object_class_definitions() -> list[str]:
                           "telephoneNumber"])
     unit = " $ ".join([n for n in idm if ATTRIBUTES[_ldap_to_dir(n)].kinds & {UNIT}]
                       + ["displayName", "mail", "telephoneNumber"])
-    return [
+    return [*_STANDARD_CLASSES,
         f"( {private_oid('oc', 'idmPerson')} NAME 'idmPerson' SUP top AUXILIARY "
         f"MAY ( {person} $ memberOf ) )",
         f"( {private_oid('oc', 'idmGroup')} NAME 'idmGroup' SUP top AUXILIARY "

@@ -16,6 +16,7 @@ afterwards by the directory's planner, so a hidden attribute also behaves as abs
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from ldaptor.protocols import pureldap
@@ -195,7 +196,8 @@ class Translator:
                     return None
                 return upper == "TRUE"
             if type_ == DATETIME:
-                return dit.parse_generalized_time(text)
+                # The directory keeps instants as naive UTC.
+                return dit.parse_generalized_time(text).astimezone(UTC).replace(tzinfo=None)
         except ValueError:
             return None
         return text
@@ -338,3 +340,53 @@ def _static(node: Any, values: dict[str, list[str]]) -> bool | None:
                 any_.append(value)
         return any(f.substring_match(v, initial, tuple(any_), final) for v in values[name])
     return None
+
+
+def _esc(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    out = []
+    for byte in raw:
+        ch = chr(byte)
+        if ch in "*()\\" or byte == 0 or byte > 0x7E:
+            out.append(f"\\{byte:02x}")
+        else:
+            out.append(ch)
+    text = "".join(out)
+    try:  # keep readable UTF-8 in the log: unescape multi-byte sequences that decode
+        return raw.decode() if not any(c in raw.decode() for c in "*()\\\0") else text
+    except UnicodeDecodeError:
+        return text
+
+
+def to_text(node: Any) -> str:
+    """RFC 4515 string form of an ldaptor filter (for the access log)."""
+    if isinstance(node, pureldap.LDAPFilter_and):
+        return "(&" + "".join(to_text(p) for p in node.data) + ")"
+    if isinstance(node, pureldap.LDAPFilter_or):
+        return "(|" + "".join(to_text(p) for p in node.data) + ")"
+    if isinstance(node, pureldap.LDAPFilter_not):
+        return "(!" + to_text(node.value) + ")"
+    if isinstance(node, pureldap.LDAPFilter_present):
+        return f"({_name(node)}=*)"
+    if isinstance(node, pureldap.LDAPFilter_substrings):
+        initial, final, any_ = "", "", []
+        for part in node.substrings:
+            if isinstance(part, pureldap.LDAPFilter_substrings_initial):
+                initial = _esc(part.value)
+            elif isinstance(part, pureldap.LDAPFilter_substrings_final):
+                final = _esc(part.value)
+            else:
+                any_.append(_esc(part.value))
+        return f"({_name(node.type)}={initial}*" + "".join(a + "*" for a in any_) + \
+            f"{final})"
+    if isinstance(node, pureldap.LDAPFilter_extensibleMatch):
+        name = _name(node.type) if node.type else ""
+        dn = ":dn" if node.dnAttributes and node.dnAttributes.value else ""
+        rule = f":{_text(node.matchingRule.value)}" if node.matchingRule else ""
+        return f"({name}{dn}{rule}:={_esc(node.matchValue.value)})"
+    ops = {pureldap.LDAPFilter_equalityMatch: "=", pureldap.LDAPFilter_approxMatch: "~=",
+           pureldap.LDAPFilter_greaterOrEqual: ">=", pureldap.LDAPFilter_lessOrEqual: "<="}
+    for cls, op in ops.items():
+        if isinstance(node, cls):
+            return f"({_name(node.attributeDesc)}{op}{_esc(node.assertionValue.value)})"
+    return "(?)"

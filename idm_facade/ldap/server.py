@@ -39,7 +39,7 @@ from idm_facade.directory import filters as f
 from idm_facade.directory import view as dview
 from idm_facade.directory.policy import Policy
 from idm_facade.ldap import ber, controls, dit
-from idm_facade.ldap.filters import Translator, matches_static
+from idm_facade.ldap.filters import Translator, matches_static, to_text
 
 log = logging.getLogger(__name__)
 
@@ -441,11 +441,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         base = op.baseObject.decode("utf-8", "replace") if isinstance(op.baseObject, bytes) \
             else str(op.baseObject)
         selection = dit.Selection.parse(op.attributes, bool(op.typesOnly))
-        try:
-            text = op.filter.asText()
-            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        except Exception:
-            text = "(?)"
+        text = to_text(op.filter)
         query = _Query(msgid, base, op.scope, op.sizeLimit, op.timeLimit, bool(op.typesOnly),
                        op.filter, list(op.attributes), selection, text)
         self.active[msgid] = True
