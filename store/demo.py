@@ -1005,7 +1005,7 @@ class _Builder:
                 continue
             roll = rng.random()
             start, end = account["valid_from"], account["valid_to"]
-            if roll < 0.05 and end is None:
+            if roll < 0.05 and end is None and start <= self.at(0):
                 end = self.at(self.next_week_day)
             elif roll < 0.10 and start <= self.at(0) and end is None:
                 start = self.at(self.next_month_day)
