@@ -606,9 +606,11 @@ def load_into_session(session: Session, loaded: Loaded, *, actor: str, replace: 
             deferred_updates[key] = updates
             rows = [{**row, **dict.fromkeys(names)} for row in rows] if updates else rows
         if rows:
-            session.execute(insert(model), rows)
+            # Core insert on the Table: an executemany straight to the driver. The ORM-enabled
+            # insert(Model) does the same work with per-row bookkeeping, ~4x slower on psycopg.
+            session.execute(insert(model.__table__), rows)
         if key == "job_roles" and loaded.embedded:
-            session.execute(insert(JobRoleSystemRole), loaded.embedded)
+            session.execute(insert(JobRoleSystemRole.__table__), loaded.embedded)
         for link in LINKS.get(key, ()):
             pairs = loaded.links.get((key, link.key), [])
             if pairs:
