@@ -236,7 +236,8 @@ class ScimService:
         snap = self.facade.directory.snapshot
         results = snap.search(flt, kinds=kinds, policy=policy, sort_by=sort_by,
                               descending=order == "descending")
-        digest = query_digest(text, resources, sort_by, order, client.name, hash(policy))
+        digest = query_digest(text, resources, sort_by, order, client.name, hash(policy)) \
+            if params.get("cursor") is not None else ""
         page = self.pager.page(results, params, digest, f"{snap.seq}:{snap.at.isoformat()}")
         base = self.base()
         parts = [_LIST_HEAD, f',"totalResults":{page.total}']
