@@ -12,10 +12,11 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from store import demo, exchange
 from store.cpr import birth_date, is_male
@@ -57,7 +58,7 @@ def test_same_seed_same_bytes_different_seed_different() -> None:
     assert later != one
 
 
-def test_same_seed_gives_identical_exports(sqlite_url: str, tmp_path) -> None:  # noqa: ANN001
+def test_same_seed_gives_identical_exports(sqlite_url: str, tmp_path: Path) -> None:
     exports = []
     for url in (sqlite_url, f"sqlite:///{tmp_path / 'twin.db'}"):
         engine = make_engine(url)
@@ -281,7 +282,7 @@ def test_demo_in_the_store(db_url: str, small: dict[str, Any]) -> None:
     engine = make_engine(db_url)
     exchange.import_document(engine, small, actor="demo-data")
     with engine.connect() as conn:
-        def count(query) -> int:  # noqa: ANN001
+        def count(query: Select) -> int:
             return conn.scalar(select(func.count()).select_from(query.subquery()))
 
         assert count(select(Person.id)) == 300
@@ -300,7 +301,7 @@ def test_demo_in_the_store(db_url: str, small: dict[str, Any]) -> None:
     engine.dispose()
 
 
-def test_medium_counts_and_speed(tmp_path) -> None:  # noqa: ANN001
+def test_medium_counts_and_speed(tmp_path: Path) -> None:
     started = time.perf_counter()
     doc = demo.generate("M", seed=1, reference=REF)
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")

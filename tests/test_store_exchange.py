@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from store import demo, exchange
 from store.engine import make_engine
 from store.exchange import ExchangeError, StoreNotEmptyError
-from store.models import Change, OrgUnit, Person
+from store.models import Base, Change, OrgUnit, Person
 
 REF = datetime(2025, 3, 15)
 T0 = "2020-01-01T00:00:00Z"
@@ -123,7 +123,7 @@ def small_doc() -> dict[str, Any]:
     }
 
 
-def _count(engine, model) -> int:  # noqa: ANN001
+def _count(engine: Engine, model: type[Base]) -> int:
     with engine.connect() as conn:
         return conn.scalar(select(func.count()).select_from(model))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from store.engine import make_engine, write_session
@@ -28,7 +28,7 @@ from store.models import (
 NOW = datetime(2025, 3, 15)
 
 
-def _small_org(engine, actor: str = "tester") -> dict[str, str]:  # noqa: ANN001
+def _small_org(engine: Engine, actor: str = "tester") -> dict[str, str]:
     """A root with one child unit, a person with a past, a current and a future engagement."""
     with write_session(engine, actor) as session:
         facet = Facet(id="f-title", user_key="engagement_job_function")
