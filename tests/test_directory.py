@@ -231,3 +231,19 @@ def test_validity_boundary_refresh_without_write(tmp_path) -> None:
     assert directory.refresh() is True
     entry = directory.snapshot.get(account)
     assert entry.first("active") is True and entry.attrs["unit"] == (unit,)
+
+
+def test_sensitive_titles_cannot_be_probed_in_value_paths(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'idm.db'}")
+    org = OrgBuilder(engine)
+    unit = org.unit("Jobcenter")
+    person = org.person("Flex", "Ansat")
+    org.engagement(person, unit, title=org.title("Flexjob", sensitive=True))
+    account = org.account(person, "flex")
+    snap = Directory(engine).snapshot
+    probe = f.Any_("engagements", f.Eq("title", "Flexjob"))
+    granted = Policy(name="titles", sensitive_titles=True)
+    assert [e.id for e in snap.search(probe, kinds=ACCOUNTS, policy=granted)] == [account]
+    assert snap.search(probe, kinds=ACCOUNTS, policy=Policy()) == []
+    assert snap.search(f.Eq("title", "Flexjob"), kinds=ACCOUNTS, policy=Policy()) == []
+    assert snap.get(snap.entries[0].id) is snap.entries[0]  # handle 0 is a real handle

@@ -109,6 +109,9 @@ class Const(Filter):
 
 TRUE, FALSE = Const(True), Const(False)
 
+#: Element keys the directory keeps for policy checks inside value paths.
+_ELEMENT_KEYS = frozenset({"visibility", "titleSensitive"})
+
 LEAVES = (Eq, Substring, Ge, Le, Gt, Lt, Present)
 
 
@@ -222,11 +225,11 @@ def element_matches(element: dict, complex_name: str, node: Filter) -> bool:
         return node.value
     if isinstance(node, Any_):
         return False
-    if node.attr not in COMPLEX.get(complex_name, ()) and node.attr != "visibility":
+    if node.attr not in COMPLEX.get(complex_name, ()) and node.attr not in _ELEMENT_KEYS:
         return False
     value = element.get(node.attr)
     values = () if value is None else (value,)
     type_, exact = _rules(f"{complex_name}.{node.attr}")
-    if node.attr == "primary":
+    if node.attr in ("primary", "titleSensitive"):
         type_ = "boolean"
     return _leaf(node, values, type_, exact)

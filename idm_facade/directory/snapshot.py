@@ -157,7 +157,9 @@ class Snapshot:
 
     def get(self, entry_id: str) -> Entry | None:
         """The entry with this id (no policy applied)."""
-        handle = self.by_id.get(entry_id) or self.by_id.get(str(entry_id).lower())
+        handle = self.by_id.get(entry_id)
+        if handle is None:
+            handle = self.by_id.get(str(entry_id).lower())
         return self.entries[handle] if handle is not None else None
 
     def __len__(self) -> int:
@@ -419,5 +421,9 @@ def _restrict_elements(part: f.Filter, complex_name: str, policy: Policy) -> f.F
     if complex_name in ("emails", "phoneNumbers", "addresses"):
         allowed = f.Or(tuple(f.Eq("visibility", v) for v in policy.visibilities))
         return f.And((allowed, part))
+    if complex_name == "engagements" and not policy.sensitive_titles \
+            and "title" in f.attrs_of(part):
+        # A masked title must not be probed by filter either.
+        return f.And((f.Not(f.Eq("titleSensitive", True)), part))
     return part
 
