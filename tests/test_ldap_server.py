@@ -162,6 +162,15 @@ def test_root_dse_for_any_case_of_objectclass(server):
         assert _values(out.stdout, "subschemaSubentry") == ["cn=Subschema"]
 
 
+def test_root_dse_operational_attributes_with_plus(server):
+    """RFC 4512 makes the rootDSE's attributes operational: ``+`` must return them."""
+    out = server.ldapsearch("-b", "", "-s", "base", "(objectClass=*)", "+", client=None)
+    assert out.returncode == 0, out.stderr
+    assert _values(out.stdout, "namingContexts") == [server.base]
+    assert "1.2.840.113556.1.4.319" in _values(out.stdout, "supportedControl")
+    assert _values(out.stdout, "objectClass") == []  # a user attribute: not asked for
+
+
 def test_subschema_generated_from_the_attribute_map(server):
     out = server.ldapsearch("-b", "cn=Subschema", "-s", "base", "(objectClass=subschema)",
                             "+", client=None)

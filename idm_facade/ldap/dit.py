@@ -663,18 +663,19 @@ WHOAMI_OID = b"1.3.6.1.4.1.4203.1.11.3"
 
 
 def root_dse(layout: Layout) -> list[tuple[str, list[str], bool]]:
-    """The rootDSE attributes (RFC 4512 §5.1)."""
+    """The rootDSE attributes (RFC 4512 §5.1). All but objectClass are operational, so
+    ``+`` returns them; a request for no attributes (or ``*``) gets them as well."""
     return [
         ("objectClass", ["top", "extensibleObject"], False),
-        ("namingContexts", [layout.base], False),
-        ("subschemaSubentry", [SUBSCHEMA_DN], False),
-        ("supportedLDAPVersion", ["3"], False),
-        ("supportedControl", [PAGED_OID.decode(), SORT_OID.decode()], False),
-        ("supportedExtension", [STARTTLS_OID.decode(), WHOAMI_OID.decode()], False),
-        ("supportedFeatures", ["1.3.6.1.4.1.4203.1.5.1", "1.3.6.1.4.1.4203.1.5.3"], False),
-        ("supportedSASLMechanisms", [], False),
-        ("vendorName", [VENDOR], False),
-        ("vendorVersion", [_version()], False),
+        ("namingContexts", [layout.base], True),
+        ("subschemaSubentry", [SUBSCHEMA_DN], True),
+        ("supportedLDAPVersion", ["3"], True),
+        ("supportedControl", [PAGED_OID.decode(), SORT_OID.decode()], True),
+        ("supportedExtension", [STARTTLS_OID.decode(), WHOAMI_OID.decode()], True),
+        ("supportedFeatures", ["1.3.6.1.4.1.4203.1.5.1", "1.3.6.1.4.1.4203.1.5.3"], True),
+        ("supportedSASLMechanisms", [], True),
+        ("vendorName", [VENDOR], True),
+        ("vendorVersion", [_version()], True),
         ("entryDN", [""], True),
     ]
 
