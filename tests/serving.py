@@ -1,0 +1,103 @@
+"""Start ``idm-facade serve`` as a subprocess for tests, on ports chosen by the OS.
+
+The serve command prints one line per listener (``SCIM http://...``, ``LDAP host:port``); we
+read those to learn the ports. Afterwards a daemon thread keeps draining the process's output
+so a chatty server can never block on a full pipe, and keeps the last lines for failure
+messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Serving:
+    """A running ``idm-facade serve``."""
+
+    proc: subprocess.Popen
+    scim_base: str | None = None  # http://127.0.0.1:PORT (SCIM at /scim/v2, role API at /api)
+    ldap_ports: list[int] = field(default_factory=list)
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+
+    @property
+    def ldap_url(self) -> str:
+        return f"ldap://127.0.0.1:{self.ldap_ports[0]}"
+
+    def output(self) -> str:
+        """The server's last output lines (for assertion messages)."""
+        return "".join(self.tail)
+
+    def stop(self) -> None:
+        """Terminate the process (by its own PID) and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def copy_store(url: str, target: Path) -> str:
+    """Copy a SQLite store with SQLite's backup API (consistent even with WAL files), so a
+    test that writes never touches a shared fixture store."""
+    source = sqlite3.connect(url.removeprefix("sqlite:///"))
+    dest = sqlite3.connect(target)
+    try:
+        source.backup(dest)
+    finally:
+        dest.close()
+        source.close()
+    return f"sqlite:///{target}"
+
+
+def start_serve(db: str, config_path: Path, *, ldap: bool = True, ldaps: bool = False,
+                timeout: float = 120) -> Serving:
+    """Run ``idm-facade serve`` over ``db`` and return once its listeners are announced."""
+    exe = Path(sys.executable).with_name("idm-facade")
+    cmd = [str(exe), "serve", "--db", db, "--host", "127.0.0.1", "--scim-port", "0",
+           "--config", str(config_path)]
+    wanted_ldap = 0
+    if ldap:
+        cmd += ["--ldap-port", "0"]
+        wanted_ldap += 1
+    if ldaps:
+        cmd += ["--ldaps-port", "0"]
+        wanted_ldap += 1
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serving = Serving(proc)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        serving.tail.append(line)
+        scim = re.match(r"SCIM\s+(http://\S+)/scim/v2", line)
+        if scim:
+            serving.scim_base = scim.group(1)
+        found = re.match(r"LDAP\s+127\.0\.0\.1:(\d+)", line)
+        if found:
+            serving.ldap_ports.append(int(found.group(1)))
+        if serving.scim_base and len(serving.ldap_ports) >= wanted_ldap:
+            break
+    if not serving.scim_base or len(serving.ldap_ports) < wanted_ldap:
+        serving.stop()
+        raise RuntimeError("idm-facade serve did not announce its listeners:\n"
+                           + serving.output())
+
+    def drain() -> None:
+        for rest in proc.stdout:  # type: ignore[union-attr]
+            serving.tail.append(rest)
+
+    threading.Thread(target=drain, name="serve-output", daemon=True).start()
+    return serving
