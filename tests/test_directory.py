@@ -28,7 +28,7 @@ def directory(demo_db: str) -> Directory:
 def _samples(directory: Directory) -> dict[str, list]:
     """Real values per logical attribute, so random filters actually match things."""
     found: dict[str, list] = {}
-    for entry in directory.snapshot.entries[::7]:
+    for entry in directory.snapshot.live()[::7]:
         for name, values in entry.attrs.items():
             logical = name.split("@", 1)[0]
             if logical == "title@SENSITIVE":

@@ -29,6 +29,8 @@ from idm_facade.directory.policy import Policy
 from schemas.attributes import ATTRIBUTES, normalise
 
 _MAX = "\U0010ffff"
+#: Kind of the tombstone left at a removed entry's handle by :meth:`Snapshot.patched`.
+REMOVED = "removed"
 _CACHE_SIZE = 256
 
 
@@ -57,6 +59,8 @@ class Snapshot:
         self._visible_cache: OrderedDict = OrderedDict()
         self._result_cache: OrderedDict = OrderedDict()
         self._lock = Lock()
+        #: Entries added or removed since the last full index (0: handles are in id order).
+        self.drift = 0
         self._index()
 
     # ------------------------------------------------------------------ build
@@ -115,17 +119,25 @@ class Snapshot:
     def patched(self, changed: list[Entry], removed: set[str], *, at: datetime, seq: int,
                 next_boundary: datetime | None, extra: dict[str, Any]) -> Snapshot:
         """A new snapshot with ``changed`` entries replaced or added and ``removed`` ones
-        dropped. When the set of ids is unchanged the indexes are patched copy-on-write
-        (cost proportional to the change); otherwise they are rebuilt from the entries in
-        memory (no store access either way). This snapshot is left untouched."""
+        dropped, its indexes patched copy-on-write (cost proportional to the change, no store
+        access). This snapshot is left untouched.
+
+        Handles stay stable: a new entry gets the next free handle and a removed one leaves a
+        :data:`REMOVED` tombstone, so no other entry's handle (and index membership) moves.
+        When tombstones and out-of-order handles pass a tenth of the entries, the indexes are
+        rebuilt from the entries in memory instead, which restores id order.
+        """
         new_ids = [e.id for e in changed if e.id not in self.by_id]
-        if new_ids or removed:
-            keep = {e.id: e for e in self.entries if e.id not in removed}
+        removed = {r for r in removed if r in self.by_id}
+        drift = self.drift + len(new_ids) + len(removed)
+        if drift > max(100, len(self.entries) // 10):
+            keep = {e.id: e for e in self.entries if e.kind != REMOVED and e.id not in removed}
             keep.update({e.id: e for e in changed})
             return Snapshot(keep.values(), at=at, seq=seq, next_boundary=next_boundary,
                             extra=extra)
         snap = object.__new__(Snapshot)
         snap.at, snap.seq, snap.next_boundary, snap.extra = at, seq, next_boundary, extra
+        snap.drift = drift
         snap.entries = list(self.entries)
         snap.by_id = self.by_id
         snap.by_kind = self.by_kind
@@ -134,12 +146,27 @@ class Snapshot:
         snap._visible_cache = OrderedDict()
         snap._result_cache = OrderedDict()
         snap._lock = Lock()
+        if new_ids or removed:
+            snap.by_id = dict(self.by_id)
+            snap.by_kind = defaultdict(set, {k: set(v) for k, v in self.by_kind.items()})
         copied: set = set()
         ordered_changes: dict[str, list] = defaultdict(list)
+        for entry_id in removed:
+            handle = snap.by_id.pop(entry_id)
+            old = self.entries[handle]
+            snap._index_entry(handle, old, -1, copied, ordered_changes)
+            snap.by_kind[old.kind].discard(handle)
+            snap.entries[handle] = Entry(entry_id, REMOVED, {}, {})
         for entry in changed:
-            handle = self.by_id[entry.id]
-            snap._index_entry(handle, self.entries[handle], -1, copied, ordered_changes)
-            snap.entries[handle] = entry
+            handle = snap.by_id.get(entry.id)
+            if handle is None:
+                handle = len(snap.entries)
+                snap.entries.append(entry)
+                snap.by_id[entry.id] = handle
+                snap.by_kind[entry.kind].add(handle)
+            else:
+                snap._index_entry(handle, self.entries[handle], -1, copied, ordered_changes)
+                snap.entries[handle] = entry
             snap._index_entry(handle, entry, 1, copied, ordered_changes)
         for attr, ops in ordered_changes.items():
             pairs = list(snap.ordered.get(attr, ()))
@@ -153,6 +180,11 @@ class Snapshot:
             snap.ordered[attr] = pairs
         return snap
 
+    def live(self) -> list[Entry]:
+        """Every entry in effect (patched snapshots keep tombstones of removed entries in
+        ``entries`` so that handles stay stable)."""
+        return [e for e in self.entries if e.kind != REMOVED]
+
     # ------------------------------------------------------------------ access
 
     def get(self, entry_id: str) -> Entry | None:
@@ -163,7 +195,7 @@ class Snapshot:
         return self.entries[handle] if handle is not None else None
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.by_id)
 
     def visible_handles(self, policy: Policy, kinds: frozenset[str]) -> frozenset[int]:
         """Handles of the entries of ``kinds`` the policy admits (cached per policy)."""
@@ -230,7 +262,11 @@ class Snapshot:
 
     def _order(self, handles: set[int] | frozenset[int], sort_by: str | None,
                descending: bool, policy: Policy) -> list[Entry]:
-        ordered = sorted(handles)  # handles are in id order
+        if self.drift:
+            entries_ = self.entries
+            ordered = sorted(handles, key=lambda h: entries_[h].id)
+        else:
+            ordered = sorted(handles)  # a fresh build hands out handles in id order
         entries = [self.entries[h] for h in ordered]
         if sort_by and sort_by != "id":
             names = policy.physical(sort_by)
