@@ -164,10 +164,14 @@ class Snapshot:
                 snap.entries.append(entry)
                 snap.by_id[entry.id] = handle
                 snap.by_kind[entry.kind].add(handle)
-            else:
-                snap._index_entry(handle, self.entries[handle], -1, copied, ordered_changes)
-                snap.entries[handle] = entry
-            snap._index_entry(handle, entry, 1, copied, ordered_changes)
+                snap._index_entry(handle, entry, 1, copied, ordered_changes)
+                continue
+            # Index only what changed: a group's member list moves by one, not thousands.
+            before = self.entries[handle]
+            gone, came = _attr_diff(before, entry)
+            snap._index_entry(handle, gone, -1, copied, ordered_changes)
+            snap.entries[handle] = entry
+            snap._index_entry(handle, came, 1, copied, ordered_changes)
         for attr, ops in ordered_changes.items():
             pairs = list(snap.ordered.get(attr, ()))
             for sign, pair in ops:
@@ -399,6 +403,23 @@ class Snapshot:
         """The same snapshot object with more build data attached (no copy of entries)."""
         self.extra.update(extra)
         return self
+
+
+def _attr_diff(before: Entry, after: Entry) -> tuple[Entry, Entry]:
+    """Two pseudo-entries holding the values ``after`` dropped and the ones it added."""
+    gone: dict[str, tuple] = {}
+    came: dict[str, tuple] = {}
+    for attr in before.attrs.keys() | after.attrs.keys():
+        old = before.attrs.get(attr, ())
+        new = after.attrs.get(attr, ())
+        if old == new:
+            continue
+        old_set, new_set = set(old), set(new)
+        if old_set - new_set:
+            gone[attr] = tuple(old_set - new_set)
+        if new_set - old_set:
+            came[attr] = tuple(new_set - old_set)
+    return Entry(before.id, before.kind, gone), Entry(after.id, after.kind, came)
 
 
 def _flatten_any(node: f.Any_) -> f.Filter | None:
