@@ -434,3 +434,24 @@ def test_subtree_client_totals_ignore_hidden_entries(scim):
     assert users(scim, f'userName eq "{name}"', who="sub").json()["totalResults"] == 0
     everyone = scim.get("/Users", who="sub", count=1000, attributes="userName")
     assert set(ids(everyone)) == {e.id for e in inside}
+
+
+def test_repeated_list_query_cached_body_but_one_record_each(scim):
+    """A repeated list query is served from the snapshot's body cache: same bytes, still
+    bound to the client's policy, and still one access record per request."""
+    outside = next(e for e in scim.accounts
+                   if scim.top_unit not in e.attrs.get("ancestor", ()))
+    flt = f'userName eq "{outside.first("userName")}"'
+    first = users(scim, flt, sortBy="displayName")
+    second = users(scim, flt, sortBy="displayName")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content and ids(first) == [outside.id]
+    # the same query string from a client whose policy hides the entry: not the cached body
+    hidden = users(scim, flt, who="sub", sortBy="displayName")
+    assert hidden.json()["totalResults"] == 0
+    engine = make_engine(scim.db_url)
+    log = audit_module.AuditLog(engine, scim.config)
+    mine = [r for r in audit_module.records_for(log, [outside.first("personId")])
+            if r.client == "scim-all" and "sortBy=displayName" in r.query]
+    assert len(mine) == 2
+    engine.dispose()

@@ -6,13 +6,20 @@ snapshot, write exactly one access record, and only then let the response leave.
 log cannot be written the answer is a 500 SCIM error that discloses nothing.
 
 Lists are answered by ``snapshot.search`` (filter, policy, sort, all inside the directory);
-this module only pages the ordered result and joins the cached JSON of each resource.
+this module only pages the ordered result and joins the cached JSON of each resource. The
+finished body of a list response is kept per snapshot (an LRU bounded in bytes, keyed by
+resource types, the raw query, base URL and policy): a snapshot never changes, so a repeated
+query is answered with the same bytes without parsing, searching or joining again. Cursor
+pages are not kept (their cursors carry the time they were issued). The access record is
+still written for every request, cache hit or not.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from flask import Flask, Response, request
@@ -43,23 +50,64 @@ _ALL = (s.USER, s.GROUP)
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+_BODY_CACHE_KEY = "scim.bodies"
+#: Default byte budget of the per-snapshot list-response cache (``[scim] response_cache_mb``).
+DEFAULT_RESPONSE_CACHE_MB = 64
+
+
 class Outcome:
     """What one request produced, for the response and the access log."""
 
     __slots__ = ("body", "status", "headers", "subjects", "cpr", "query")
 
-    def __init__(self, body: str | None, status: int = 200,
+    def __init__(self, body: str | bytes | None, status: int = 200,
                  headers: dict[str, str] | None = None) -> None:
         self.body = body
         self.status = status
         self.headers = headers or {}
-        self.subjects: set[str] = set()
+        # a set while rendering; a sorted tuple when the body came from the cache
+        self.subjects: set[str] | tuple[str, ...] = set()
         self.cpr = False
         self.query = ""
 
 
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
+class BodyCache:
+    """LRU of finished list-response bodies for ONE snapshot, bounded in bytes.
+
+    Values are (body bytes, sorted subjects, cpr). Kept in ``snapshot.extra`` so it goes
+    away with the snapshot it was computed from.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[tuple, tuple[bytes, tuple[str, ...], bool]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[bytes, tuple[str, ...], bool] | None:
+        with self._lock:
+            found = self._data.get(key)
+            if found is not None:
+                self._data.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, value: tuple[bytes, tuple[str, ...], bool]) -> None:
+        size = len(value[0]) + 64 * len(value[1]) + 256
+        if size > self.max_bytes // 4:  # one huge page must not evict everything else
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[0]) + 64 * len(old[1]) + 256
+            self._data[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._data:
+                _, dropped = self._data.popitem(last=False)
+                self._bytes -= len(dropped[0]) + 64 * len(dropped[1]) + 256
+
+
+def _bearer(environ: dict) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -86,6 +134,10 @@ class ScimService:
         self.paging = PagingConfig.from_config(facade.config.section("scim"))
         self.pager = Pager(self.paging)
         self.discovery = Discovery(self.paging)
+        section = facade.config.section("scim")
+        self.cache_bytes = int(float(section.get("response_cache_mb",
+                                                 DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
+        self._bases: dict[tuple, str] = {}
         from idm_facade.audit import AccessRecord, AuditUnavailable
 
         self._record_type = AccessRecord
@@ -95,15 +147,17 @@ class ScimService:
 
     def handle(self, path: str) -> Response:
         """Answer one request under /scim/v2 and record it."""
-        method = request.method
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        path = path.strip("/")
         client = None
         try:
-            token = _bearer()
+            token = _bearer(environ)
             client = self.facade.clients.authenticate_token(token) if token else None
             if client is None:
                 raise unauthorized() if token is None else unauthorized(
                     "the bearer token is not valid")
-            outcome = self.dispatch(client, method, path.strip("/"))
+            outcome = self.dispatch(client, method, path)
         except ScimError as exc:
             outcome = Outcome(json.dumps(exc.body()), exc.status, exc.headers)
         except Exception:  # noqa: BLE001 - a bug must not take the answer's audit with it
@@ -114,19 +168,29 @@ class ScimService:
         try:
             self.facade.audit.record(self._record_type(
                 client=client.name if client is not None else "-",
-                source=request.remote_addr or "", operation=f"scim.{method} /{path.strip('/')}",
+                source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
                 query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
                 sensitive=["cpr"] if outcome.cpr else []))
         except self._audit_error:
             err = ScimError(500, "the access log is unavailable: nothing is disclosed")
             return err.response()
-        response = Response(outcome.body, status=outcome.status, mimetype=SCIM_JSON)
-        for key, value in outcome.headers.items():
-            response.headers[key] = value
+        response = Response(outcome.body, status=outcome.status, content_type=SCIM_JSON)
+        if outcome.headers:
+            response.headers.update(outcome.headers)
         return response
 
     def base(self) -> str:
-        return request.host_url.rstrip("/") + PREFIX
+        """``scheme://host/scim/v2`` of this request (werkzeug's host_url, kept per Host)."""
+        env = request.environ
+        key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
+               env.get("SERVER_PORT"))
+        found = self._bases.get(key)
+        if found is None:
+            found = request.host_url.rstrip("/") + PREFIX
+            if len(self._bases) >= 256:  # Host is client-chosen: keep the memo bounded
+                self._bases.clear()
+            self._bases[key] = found
+        return found
 
     # ------------------------------------------------------------------ routing
 
@@ -135,13 +199,13 @@ class ScimService:
         head = parts[0].lower() if parts else ""
         if method in ("GET", "HEAD"):
             if not parts:
-                return self.list(client, _ALL, request.args)
+                return self.list(client, _ALL, None, request.query_string)
             if head == "serviceproviderconfig" and len(parts) == 1:
                 return Outcome(self.discovery.documents(self.base())["spc"])
             if head in ("resourcetypes", "schemas") and len(parts) <= 2:
                 return self.discovery_doc(head, parts[1] if len(parts) == 2 else None)
             if head in _RESOURCES and len(parts) == 1:
-                return self.list(client, _RESOURCES[head], request.args)
+                return self.list(client, _RESOURCES[head], None, request.query_string)
             if head in _RESOURCES and len(parts) == 2:
                 return self.get(client, _RESOURCES[head][0], parts[1])
             if head in ("me", "bulk"):
@@ -189,7 +253,7 @@ class ScimService:
         rendered = render(snap, entry, policy, self.base(), sel)
         headers = {"ETag": rendered.version,
                    "Location": f"{self.base()}/{s.ENDPOINTS[resource]}/{entry.id}"}
-        match = request.headers.get("If-None-Match")
+        match = request.environ.get("HTTP_IF_NONE_MATCH")
         if match and _weak_equal(match, rendered.version):
             return Outcome(None, 304, headers)
         outcome = Outcome(rendered.json, 200, headers)
@@ -218,11 +282,43 @@ class ScimService:
             value = body.get(key)
             if value:
                 params[key] = ",".join(value) if isinstance(value, list) else str(value)
-        outcome = self.list(client, resources, params)
-        outcome.query = json.dumps(params, sort_keys=True)
+        query = json.dumps(params, sort_keys=True)
+        outcome = self.list(client, resources, params, b"POST " + query.encode())
+        outcome.query = query
         return outcome
 
-    def list(self, client: Any, resources: tuple[str, ...], params: Any) -> Outcome:
+    def list(self, client: Any, resources: tuple[str, ...], params: Any | None,
+             raw: bytes | None = None) -> Outcome:
+        """A ListResponse; ``raw`` (the query string or the SearchRequest's canonical JSON)
+        keys the snapshot's body cache: the same raw query gives the same parameters.
+        ``params`` None means the request's query arguments (parsed only on a cache miss)."""
+        snap = self.facade.directory.snapshot
+        policy = client.policy
+        cache = key = None
+        if raw is not None and self.cache_bytes > 0:
+            cache = snap.extra.get(_BODY_CACHE_KEY)
+            if cache is None:
+                cache = snap.extra.setdefault(_BODY_CACHE_KEY, BodyCache(self.cache_bytes))
+            key = (resources, raw, self.base(), policy)
+            hit = cache.get(key)
+            if hit is not None:
+                outcome = Outcome(hit[0])
+                outcome.subjects = hit[1]
+                outcome.cpr = hit[2]
+                return outcome
+        if params is None:
+            params = request.args
+        outcome = self._list(snap, client, resources, params)
+        if cache is not None and params.get("cursor") is None:
+            body = outcome.body.encode() if isinstance(outcome.body, str) else outcome.body
+            outcome.body = body
+            subjects = tuple(sorted(outcome.subjects))
+            outcome.subjects = subjects
+            cache.put(key, (body or b"", subjects, outcome.cpr))  # type: ignore[arg-type]
+        return outcome
+
+    def _list(self, snap: Any, client: Any, resources: tuple[str, ...],
+              params: Any) -> Outcome:
         text = params.get("filter")
         flt = translate(str(text), resources) if text not in (None, "") else f.TRUE
         sort_path = params.get("sortBy")
@@ -233,7 +329,6 @@ class ScimService:
         sel = selection(params.get("attributes"), params.get("excludedAttributes"))
         policy = client.policy
         kinds = frozenset().union(*(s.KINDS[r] for r in resources))
-        snap = self.facade.directory.snapshot
         results = snap.search(flt, kinds=kinds, policy=policy, sort_by=sort_by,
                               descending=order == "descending")
         digest = query_digest(text, resources, sort_by, order, client.name, hash(policy)) \
