@@ -5,10 +5,15 @@ its answer leaves; ``record`` returns only when the record is committed to the d
 raises :class:`AuditUnavailable` when it cannot be, so the front end fails the request instead
 of disclosing unlogged ("no record, no answer").
 
-Throughput comes from *group commit*: callers enqueue their record and wait; one writer thread
-takes everything queued, writes it in one transaction, commits (SQLite in WAL mode with
-``synchronous=FULL`` on the log's own connection, or PostgreSQL), then wakes every waiter. A
-burst of N concurrent requests costs one commit, not N.
+Throughput comes from *group commit* without a writer thread: a caller prepares its record
+(column values and hash input) in its own thread and joins the open batch; if nobody is
+writing, it writes the batch itself in one transaction on the log's long-lived DBAPI connection
+(SQLite in WAL mode with ``synchronous=FULL``, or PostgreSQL), commits, and wakes the batch's
+waiters; records arriving meanwhile fill the next batch, whose first waiter to wake writes it.
+A burst of N concurrent requests costs one commit, not N, and a lone request no thread hop.
+
+The log lives in its own SQLite file beside a SQLite store (``idm.db`` -> ``idm-audit.db``)
+unless ``[audit] db`` names a database, or the store's database already holds a log.
 
 Tamper evidence: each record stores ``prev_hash`` and ``hash = SHA-256(canonical JSON of its
 fields + prev_hash)``; ``idm-facade audit verify`` recomputes the chain. The writer takes a
@@ -28,12 +33,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import (
@@ -53,6 +62,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
@@ -210,11 +220,81 @@ def cutoff_for(spec: str, now: datetime | None = None) -> datetime:
     return now.replace(year=year, month=month, day=min(now.day, days_in))
 
 
-@dataclass
-class _Pending:
-    rec: AccessRecord
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+_encode = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
+def _json_list(values: list[str]) -> str:
+    return "[" + ",".join(map(_encode, values)) + "]"
+
+
+class _Row:
+    """A record ready to append: its column values and its hash payload around seq/prev_hash.
+
+    Built in the calling thread so the single writer only adds ``seq`` and ``prev_hash``,
+    hashes and inserts. ``head + _encode(prev_hash) + middle + str(seq) + tail`` is
+    byte-for-byte the canonical JSON :func:`record_hash` hashes (keys sorted: client,
+    operation, prev_hash, query, sensitive, seq, source, status, subjects, time).
+    """
+
+    __slots__ = ("time", "client", "source", "operation", "query", "status", "subjects",
+                 "subjects_json", "sensitive_json", "head", "middle", "tail")
+
+    def __init__(self, rec: AccessRecord) -> None:
+        time = rec.time if rec.time is not None else _now()
+        self.time = time
+        self.client, self.source = str(rec.client), str(rec.source)
+        self.operation, self.query, self.status = str(rec.operation), str(rec.query), \
+            str(rec.status)
+        self.subjects = subjects = sorted({str(s) for s in rec.subjects})
+        self.subjects_json = _json_list(subjects)
+        self.sensitive_json = _json_list(sorted({str(s) for s in rec.sensitive}))
+        self.head = (f'{{"client":{_encode(self.client)},"operation":'
+                     f'{_encode(self.operation)},"prev_hash":')
+        self.middle = f',"query":{_encode(self.query)},"sensitive":{self.sensitive_json},"seq":'
+        self.tail = (f',"source":{_encode(self.source)},"status":{_encode(self.status)},'
+                     f'"subjects":{self.subjects_json},'
+                     f'"time":"{time.isoformat(timespec="microseconds")}"}}')
+
+    def hash(self, seq: int, prev_hash: str) -> str:
+        payload = self.head + _encode(prev_hash) + self.middle + str(seq) + self.tail
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class _Batch:
+    """Records that share one transaction; their callers wait on ``cond``."""
+
+    __slots__ = ("rows", "done", "error", "cond")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.rows: list[_Row] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.cond = threading.Condition(lock)
+
+
+_COLUMNS = ("seq, time, client, source, operation, query, status, subjects, sensitive, "
+            "prev_hash, hash")
+
+
+def _default_url(engine: Engine) -> str:
+    """Where the log lives unless ``[audit] db`` says: its own SQLite file beside a SQLite
+    store (``var/idm.db`` -> ``var/idm-audit.db``), so the log's fsyncs never queue behind
+    store writes; the store's database itself for PostgreSQL and in-memory SQLite, and for a
+    store whose database already holds a log (the chain is never split)."""
+    url = engine.url
+    database = url.database or ""
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return url.render_as_string(hide_password=False)
+    path = Path(database)
+    own = path.with_name(f"{path.stem}-audit{path.suffix or '.db'}")
+    if not own.exists() and path.exists():
+        try:
+            if inspect(engine).has_table("access_log"):
+                return url.render_as_string(hide_password=False)
+        except Exception:  # noqa: BLE001 - an unreadable store gets its own log file
+            pass
+    return url.set(database=str(own)).render_as_string(hide_password=False)
 
 
 def _engine_for(url: str) -> Engine:
@@ -249,7 +329,7 @@ class AuditLog:
                  max_batch: int = 5000, timeout: float | None = None,
                  group_commit: bool = True) -> None:
         self.config = config or Config()
-        url = self.config.get("audit", "db") or engine.url.render_as_string(hide_password=False)
+        url = self.config.get("audit", "db") or _default_url(engine)
         self.engine = _engine_for(str(url))
         self.dialect = self.engine.dialect.name
         self.max_batch = max_batch if group_commit else 1
@@ -257,10 +337,24 @@ class AuditLog:
                              else self.config.get("audit", "timeout", 30))
         self.retention = str(self.config.get("audit", "retention", DEFAULT_RETENTION))
         parse_age(self.retention)  # a bad setting fails at start, not at purge time
-        self._cond = threading.Condition()
-        self._pending: list[_Pending] = []
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: deque[_Batch] = deque()
+        self._writing = False  # a caller is leading a write (and owns ``_conn``)
+        self._conn: Any = None  # the writer's long-lived DBAPI connection
         self._closed = False
+        if self.dialect == "postgresql":
+            self._sql_lock = "SELECT pg_advisory_xact_lock(%s)"
+            p = "%s"
+            json_p = "CAST(%s AS JSON)"
+        else:
+            self._sql_lock = ""
+            p = json_p = "?"
+        self._sql_tail = "SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1"
+        self._sql_anchor = f"SELECT seq, hash FROM access_log_anchor WHERE id = {p}"
+        self._sql_insert = (f"INSERT INTO access_log ({_COLUMNS}) VALUES "
+                            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {json_p}, {json_p}, {p}, {p})")
+        self._sql_subject = f"INSERT INTO access_log_subject (subject, seq) VALUES ({p}, {p})"
         #: Batches and records written (the benchmark reports records per commit).
         self.batches = 0
         self.written = 0
@@ -272,44 +366,165 @@ class AuditLog:
     # ------------------------------------------------------------------ writing
 
     def record(self, rec: AccessRecord) -> None:
-        """Append ``rec``; returns once it is durable. Raises :class:`AuditUnavailable`."""
+        """Append ``rec``; returns once it is durable. Raises :class:`AuditUnavailable`.
+
+        Group commit without a writer thread: the record joins the open batch; if no
+        caller is writing, this caller leads: it writes the queued batches in order, each in
+        one transaction, until its own is committed, then hands the lead to a waiter of the
+        next batch. Others wait on their batch's condition. A lone caller so writes its own
+        record with no thread hop, and while one batch commits the next one fills.
+        """
         if rec.time is None:
             rec.time = _now()
-        pending = _Pending(rec)
-        with self._cond:
+        row = _Row(rec)
+        with self._lock:
             if self._closed:
                 raise AuditUnavailable("the access log is closed")
-            self._pending.append(pending)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="audit-writer",
-                                                 daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        if not pending.done.wait(self.timeout):
-            raise AuditUnavailable(f"access log write not confirmed within {self.timeout:g}s")
-        if pending.error is not None:
-            raise AuditUnavailable(f"access log write failed: {pending.error}") \
-                from pending.error
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending and self._closed:
+            queue = self._queue
+            if queue and len(queue[-1].rows) < self.max_batch:
+                batch = queue[-1]
+            else:
+                batch = _Batch(self._lock)
+                queue.append(batch)
+            batch.rows.append(row)
+            if self._writing:
+                deadline = monotonic() + self.timeout
+                while self._writing and not batch.done:
+                    remaining = deadline - monotonic()
+                    if remaining <= 0 or not batch.cond.wait(remaining) and \
+                            self._writing and not batch.done:
+                        raise AuditUnavailable(
+                            f"access log write not confirmed within {self.timeout:g}s")
+                if batch.done:
+                    self._check(batch)
                     return
-                batch = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
-            try:
-                self._write(batch)
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-                log.error("access log write of %d record(s) failed: %s", len(batch), exc)
-                for item in batch:
-                    item.error = exc
-            for item in batch:
-                item.done.set()
+            self._writing = True
+        self._lead(batch)
+        self._check(batch)
 
-    def _lock(self, conn: Connection) -> None:
+    @staticmethod
+    def _check(batch: _Batch) -> None:
+        if batch.error is not None:
+            raise AuditUnavailable(f"access log write failed: {batch.error}") from batch.error
+
+    def _lead(self, mine: _Batch | None) -> None:
+        """Write queued batches, oldest first, until ``mine`` (None: all) is committed."""
+        while True:
+            with self._lock:
+                current = self._queue.popleft() if self._queue else None
+                if current is None:  # only when flushing at close
+                    self._writing = False
+                    self._idle.notify_all()
+                    return
+            error: BaseException | None = None
+            try:
+                self._write_rows(current.rows)
+            except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+                log.error("access log write of %d record(s) failed: %s",
+                          len(current.rows), exc)
+                error = exc
+            with self._lock:
+                current.error, current.done = error, True
+                current.cond.notify_all()
+                if current is mine:
+                    self._writing = False
+                    for waiting in self._queue:  # one waiter per batch wakes: it leads
+                        waiting.cond.notify()
+                    self._idle.notify_all()
+                    return
+
+    def _connection(self) -> Any:
+        """The writer's DBAPI connection, opened once and kept (dropped after an error)."""
+        if self._conn is None:
+            conn = self.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                if self.dialect == "sqlite":
+                    cursor.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                elif self.dialect == "postgresql":
+                    cursor.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+                    conn.commit()
+                cursor.close()
+            except BaseException:
+                conn.invalidate()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _write_rows(self, rows: list[_Row]) -> None:
+        """One transaction: lock, read the tail, insert the records and their subjects."""
+        conn = self._connection()
+        sqlite = self.dialect == "sqlite"
+        try:
+            cursor = conn.cursor()
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            elif self._sql_lock:
+                cursor.execute(self._sql_lock, (_PG_LOCK,))
+            cursor.execute(self._sql_tail)
+            tail = cursor.fetchone()
+            if tail is None:
+                cursor.execute(self._sql_anchor, (1,))
+                tail = cursor.fetchone() or (0, GENESIS)
+            seq, prev = int(tail[0]), tail[1]
+            values, subjects = [], []
+            for row in rows:
+                seq += 1
+                digest = row.hash(seq, prev)
+                time = row.time.isoformat(" ", "microseconds") if sqlite else row.time
+                values.append((seq, time, row.client, row.source, row.operation, row.query,
+                               row.status, row.subjects_json, row.sensitive_json, prev,
+                               digest))
+                subjects.extend((s, seq) for s in row.subjects)
+                prev = digest
+            cursor.executemany(self._sql_insert, values)
+            if subjects:
+                cursor.executemany(self._sql_subject, subjects)
+            if sqlite:
+                cursor.execute("COMMIT")
+            else:
+                conn.commit()
+            cursor.close()
+        except BaseException:
+            self._drop_or_rollback(conn)
+            raise
+        self.batches += 1
+        self.written += len(rows)
+
+    def _drop_or_rollback(self, conn: Any) -> None:
+        try:
+            if self.dialect == "sqlite":
+                if getattr(conn.driver_connection, "in_transaction", False):
+                    conn.driver_connection.execute("ROLLBACK")
+            else:
+                conn.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection is replaced on next write
+            self._conn = None
+            try:
+                conn.invalidate()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        """Write what is queued, then close the writer's connection."""
+        with self._lock:
+            self._closed = True
+            deadline = monotonic() + self.timeout
+            while self._writing and monotonic() < deadline:
+                self._idle.wait(deadline - monotonic())
+            if self._writing:
+                log.error("access log: a write is still running at close")
+                return
+            self._writing = True
+        self._lead(None)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+        self.engine.dispose()
+
+    def _chain_lock(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
 
@@ -327,38 +542,6 @@ class AuditLog:
         anchor = conn.execute(select(access_log_anchor.c.seq, access_log_anchor.c.hash)
                               .where(access_log_anchor.c.id == 1)).first()
         return (int(anchor.seq), anchor.hash) if anchor is not None else (0, GENESIS)
-
-    def _write(self, batch: list[_Pending]) -> None:
-        with self._writer() as conn, conn.begin():
-            self._lock(conn)
-            seq, prev = self._tail(conn)
-            rows, subject_rows = [], []
-            for item in batch:
-                rec = item.rec
-                seq += 1
-                subjects = sorted({str(s) for s in rec.subjects})
-                sensitive = sorted({str(s) for s in rec.sensitive})
-                values = dict(seq=seq, time=rec.time, client=str(rec.client),
-                              source=str(rec.source), operation=str(rec.operation),
-                              query=str(rec.query), status=str(rec.status),
-                              subjects=subjects, sensitive=sensitive, prev_hash=prev)
-                prev = values["hash"] = record_hash(**values)
-                rows.append(values)
-                subject_rows.extend({"subject": s, "seq": seq} for s in subjects)
-            conn.execute(insert(access_log), rows)
-            if subject_rows:
-                conn.execute(insert(access_log_subject), subject_rows)
-        self.batches += 1
-        self.written += len(batch)
-
-    def close(self) -> None:
-        """Write what is queued, then stop the writer thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(self.timeout)
-        self.engine.dispose()
 
     # ------------------------------------------------------------------ reading
 
@@ -458,7 +641,7 @@ class AuditLog:
         else:
             cutoff = older_than
         with self._writer() as conn, conn.begin():
-            self._lock(conn)
+            self._chain_lock(conn)
             boundary = conn.scalar(select(func.max(access_log.c.seq))
                                    .where(access_log.c.time < cutoff))
             if boundary is None:

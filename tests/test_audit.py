@@ -32,8 +32,9 @@ def _rec(i: int, subjects: tuple[str, ...] = (), sensitive: tuple[str, ...] = ()
                         list(sensitive), time)
 
 
-def _sql(url: str, statement: str) -> None:
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+def _sql(audit: AuditLog, statement: str) -> None:
+    """Run SQL behind the log's back, in the log's own database file."""
+    with sqlite3.connect(audit.engine.url.database) as db:
         db.execute(statement)
 
 
@@ -69,7 +70,7 @@ def test_tampering_is_detected(log: AuditLog, sqlite_url: str, statement: str, s
     for i in range(10):
         log.record(_rec(i, subjects=(f"p{i}",)))
     assert log.verify().ok
-    _sql(sqlite_url, statement)
+    _sql(log, statement)
     result = log.verify()
     assert not result.ok
     assert result.bad_seq == seq and message in result.message
@@ -98,7 +99,7 @@ def test_purge_keeps_chain_verifiable(log: AuditLog, sqlite_url: str) -> None:
     result = log.verify()
     assert result.ok and result.first_seq == 17 and result.anchor_seq == 16
     # tampering after a purge is still detected
-    _sql(sqlite_url, "UPDATE access_log SET query = 'x' WHERE seq = 17")
+    _sql(log, "UPDATE access_log SET query = 'x' WHERE seq = 17")
     assert log.verify().bad_seq == 17
 
 
@@ -178,7 +179,7 @@ def test_two_writers_share_one_chain(sqlite_url: str) -> None:
 def test_unwritable_log_fails_the_record(sqlite_url: str) -> None:
     audit = AuditLog(make_engine(sqlite_url), timeout=10)
     audit.record(_rec(1))
-    _sql(sqlite_url, "DROP TABLE access_log")
+    _sql(audit, "DROP TABLE access_log")
     with pytest.raises(AuditUnavailable, match="failed"):
         audit.record(_rec(2))
     errors = _hammer(audit, 4, 3)
@@ -191,7 +192,7 @@ def test_unwritable_log_fails_the_record(sqlite_url: str) -> None:
 def test_locked_database_times_out(sqlite_url: str) -> None:
     audit = AuditLog(make_engine(sqlite_url), timeout=1)
     audit.record(_rec(1))
-    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder = sqlite3.connect(audit.engine.url.database, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     try:
         with pytest.raises(AuditUnavailable):
@@ -286,3 +287,53 @@ def test_erase_person(sqlite_url: str) -> None:
     out = CliRunner().invoke(main, ["erase-person", "no-such-person", "--yes",
                                     "--db", sqlite_url])
     assert out.exit_code != 0 and "no person with id no-such-person" in out.output
+
+
+@pytest.mark.parametrize("text", ['plain', 'quote " and \\ backslash', "æøå \u2028 \x00 \x1f tab\t",
+                                  "emoji \U0001F600", ""])
+def test_prepared_hash_is_the_canonical_hash(text: str) -> None:
+    """The writer's precomputed payload hashes exactly what ``verify`` recomputes."""
+    from idm_facade.audit import _Row, record_hash
+
+    when = datetime(2024, 5, 6, 7, 8, 9)  # microsecond 0 still prints six digits
+    rec = AccessRecord(text, text + "src", text + "op", text + "q", text + "st",
+                       [text + "b", text + "a", text + "a"], ["cpr", text])
+    rec.time = when
+    row = _Row(rec)
+    expected = record_hash(42, when, text, text + "src", text + "op", text + "q", text + "st",
+                           sorted({text + "a", text + "b"}), sorted({"cpr", text}),
+                           "ab" * 32)
+    assert row.hash(42, "ab" * 32) == expected
+
+
+def test_log_file_beside_the_store_unless_configured(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'idm.db'}"
+    audit = AuditLog(make_engine(store))
+    audit.record(_rec(1, ("p",)))
+    audit.close()
+    assert audit.engine.url.database == str(tmp_path / "idm-audit.db")
+    with sqlite3.connect(tmp_path / "idm.db") as db:  # the store holds no log
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'access_log'"
+                          ).fetchone() == (0,)
+    out = CliRunner().invoke(main, ["audit", "verify", "--db", store])
+    assert out.exit_code == 0 and "1 record(s)" in out.output
+    configured = AuditLog(make_engine(store), _config(
+        {"audit": {"db": f"sqlite:///{tmp_path / 'elsewhere.db'}"}}))
+    assert configured.engine.url.database == str(tmp_path / "elsewhere.db")
+    assert configured.count() == 0
+    configured.close()
+
+
+def test_existing_log_in_the_store_is_kept(tmp_path) -> None:
+    """A store whose database already holds the log keeps it there: the chain never splits."""
+    store = f"sqlite:///{tmp_path / 'old.db'}"
+    legacy = AuditLog(make_engine(store), _config({"audit": {"db": store}}))
+    legacy.record(_rec(1, ("p",)))
+    legacy.close()
+    audit = AuditLog(make_engine(store))
+    assert audit.engine.url.database == str(tmp_path / "old.db")
+    audit.record(_rec(2))
+    result = audit.verify()
+    assert result.ok and result.checked == 2
+    audit.close()
+    assert not (tmp_path / "old-audit.db").exists()
