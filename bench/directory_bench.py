@@ -28,6 +28,10 @@ def _time(fn, repeat: int) -> float:
 
 def measure(size: str) -> dict:
     """All figures for one size (runs inside a fresh process)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from bench.datasets import demo_store
     from idm_facade import roles
     from idm_facade.directory import Directory, Policy
@@ -36,8 +40,11 @@ def measure(size: str) -> dict:
     from store import models as m
     from store.engine import make_engine, write_session
 
-    url = demo_store(size)
-    engine = make_engine(url, create=False)
+    # The benchmark writes; work on a copy so the cached demo store stays as generated.
+    source = Path(demo_store(size).removeprefix("sqlite:///"))
+    copy = Path(tempfile.mkdtemp(prefix="idm-bench-")) / "idm.db"
+    shutil.copy(source, copy)
+    engine = make_engine(f"sqlite:///{copy}", create=False)
     started = time.perf_counter()
     directory = Directory(engine)
     build = time.perf_counter() - started
@@ -91,6 +98,7 @@ def measure(size: str) -> dict:
     started = time.perf_counter()
     directory.refresh(force=True)
     full_refresh = time.perf_counter() - started
+    shutil.rmtree(copy.parent, ignore_errors=True)
     return {
         "size": size, "accounts": len(accounts), "entries": len(snap),
         "build_s": round(build, 2), "peak_rss_mb": round(rss_mb),
