@@ -54,6 +54,9 @@ _SCOPES = {0: "base", 1: "one", 2: "sub", 3: "children"}
 #: Entries sent per reactor turn.
 CHUNK = 200
 
+#: Seconds between checks for a new directory snapshot whose DIT layout needs building.
+LAYOUT_WATCH_INTERVAL = 0.2
+
 _WRITE_RESPONSES = {
     "LDAPAddRequest": ber.ADD_RESPONSE,
     "LDAPModifyRequest": ber.MODIFY_RESPONSE,
@@ -113,6 +116,27 @@ class LDAPFactory(protocol.ServerFactory):
             facade.config.get("ldap", "threads", 32) if facade.config is not None else 32),
             name="ldap")
         self._pool_started = False
+        #: The (snapshot, layout) pair requests are answered from, and its generation; see
+        #: :meth:`current`. The first layout is built now, before any client connects.
+        first = facade.directory.snapshot
+        self._served: tuple[Any, dit.Layout] = (first, self.layout(first))
+        self._served_gen = 0
+        self._gen = 0
+        self._building: Any = None
+        self._watch: Any = None
+        if hasattr(reactor, "callWhenRunning"):
+            from twisted.internet.task import LoopingCall
+
+            # Notice new snapshots without waiting for a request, so an idle server has the
+            # new layout ready when the next client asks.
+            self._watch = LoopingCall(self.current)
+            self._watch.clock = reactor
+            reactor.callWhenRunning(self._watch.start, LAYOUT_WATCH_INTERVAL, False)
+            reactor.addSystemEventTrigger("before", "shutdown", self._stop_watch)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
 
     def in_thread(self, fn: Callable, *args: Any) -> defer.Deferred:
         """Run a blocking call in the pool; a Deferred for its result."""
@@ -134,6 +158,45 @@ class LDAPFactory(protocol.ServerFactory):
             options = dit.options_from(self.facade.config, snapshot)
             snapshot.extra["ldap_options"] = options
         return dit.layout_for(snapshot, options)
+
+    def current(self) -> tuple[Any, dit.Layout]:
+        """The (snapshot, layout) pair to answer a request with.
+
+        Building the layout of a snapshot (every DN of every entry) takes about 0.2 s at XL;
+        inside the reactor that would stall every client after each directory refresh. So
+        when the directory has a newer snapshot, its layout is built in the thread pool
+        while requests keep using the previous pair, which stays consistent (a request never
+        mixes one snapshot with another's DNs). The new pair replaces it in the reactor
+        thread, in one assignment, once its layout is ready.
+        """
+        latest = self.facade.directory.snapshot
+        served = self._served
+        if served[0] is latest or self._building is latest:
+            return served
+        self._gen += 1
+        gen = self._gen
+        ready = latest.extra.get("ldap_layout")
+        if ready is not None and ready.options == latest.extra.get("ldap_options"):
+            self._swap(ready, latest, gen)  # another listener built it already
+            return self._served
+        self._building = latest
+        d = self.in_thread(self.layout, latest)
+        d.addCallback(self._swap, latest, gen)
+        d.addErrback(self._layout_failed, latest)
+        return served
+
+    def _swap(self, layout: dit.Layout, snapshot: Any, gen: int) -> None:
+        if self._building is snapshot:
+            self._building = None
+        if gen > self._served_gen:  # never go back to an older snapshot
+            self._served = (snapshot, layout)
+            self._served_gen = gen
+
+    def _layout_failed(self, failure: Any, snapshot: Any) -> None:
+        if self._building is snapshot:
+            self._building = None
+        log.error("LDAP: building the DIT of a new snapshot failed; serving the previous "
+                  "one: %s", failure.getTraceback())
 
 
 @dataclass
@@ -457,9 +520,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             f" attrs={attrs}" if attrs else "")
 
     def _search(self, q: _Query, parsed: controls.SearchControls) -> None:
-        facade = self.factory.facade
-        snapshot = facade.directory.snapshot
-        layout = self.factory.layout(snapshot)
+        snapshot, layout = self.factory.current()
         try:
             norm = dit.parse_dn(q.base)
         except dit.InvalidDN as exc:
