@@ -292,3 +292,37 @@ def test_descending_sort_through_ldapsearch(ctx):
                                "(objectClass=inetOrgPerson)", "uid")
     assert [line[5:] for line in ascending.stdout.splitlines()
             if line.startswith("uid: ")] == uids[::-1]
+
+
+def test_paged_search_survives_a_refresh_between_pages(ctx):
+    """RFC 2696: one paged search is one result set. A store change (and directory refresh)
+    between two pages neither breaks the search nor shifts its pages."""
+    from ldap.controls import SimplePagedResultsControl
+
+    conn = ctx.conn()
+    control = SimplePagedResultsControl(True, size=50, cookie=b"")
+    msgid = conn.search_ext(ctx.people, ldap.SCOPE_ONELEVEL, "(uid=*)", ["uid"],
+                            serverctrls=[control])
+    _, first, _, controls = conn.result3(msgid)
+    cookie = next(c for c in controls if c.controlType == control.controlType).cookie
+    assert cookie and len(first) == 50
+    account = next(e for e in ctx.accounts if e.attrs.get("personId"))
+    with write_session(ctx.engine, "test") as session:
+        session.get(Person, account.first("personId")).surname = "Sidefornyet"
+    deadline = time.monotonic() + 5  # wait until the server has a newer snapshot
+    while time.monotonic() < deadline:
+        if conn.search_s(ctx.people, ldap.SCOPE_ONELEVEL, "(sn=Sidefornyet)", ["uid"]):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the change never became visible")
+    uids = [e["uid"][0] for _, e in first]
+    while cookie:
+        control.cookie = cookie
+        msgid = conn.search_ext(ctx.people, ldap.SCOPE_ONELEVEL, "(uid=*)", ["uid"],
+                                serverctrls=[control])
+        _, page, _, controls = conn.result3(msgid)
+        uids += [e["uid"][0] for _, e in page]
+        cookie = next(c for c in controls if c.controlType == control.controlType).cookie
+    assert len(uids) == len(set(uids)) == len(ctx.accounts)
+    conn.unbind_s()

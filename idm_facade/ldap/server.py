@@ -550,9 +550,11 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             self._after_audit(q, f"{INSUFFICIENT_ACCESS}", [], [],
                               lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
             return
+        # A paged search keeps the snapshot (and layout) of its first page, so a refresh
+        # between pages neither breaks the search nor shifts its pages (RFC 2696 needs one
+        # consistent result set); the snapshot lives as long as the cookie.
         signature = (q.base, q.scope, q.text, tuple(q.attributes), q.types_only,
-                     (parsed.sort.attribute, parsed.sort.reverse) if parsed.sort else None,
-                     id(snapshot))
+                     (parsed.sort.attribute, parsed.sort.reverse) if parsed.sort else None)
         sort_ctrl = b""
         paged = parsed.paged
         state = None
@@ -563,6 +565,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 raise _Abort(exc.code, exc.message) from exc
             results = state.results
             statics = state.extra["statics"]
+            snapshot, layout = state.extra["snapshot"], state.extra["layout"]
         else:
             statics, results, sort_ctrl = self._plan(q, parsed, snapshot, layout, policy, norm)
         total = len(statics) + len(results)
@@ -581,8 +584,9 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 r_stop = max(0, stop - len(statics))
                 page = results[r_start:r_stop]
                 if stop < total:
-                    state = state or controls.PageState(signature, results, 0, 0.0, total,
-                                                        {"statics": statics})
+                    state = state or controls.PageState(
+                        signature, results, 0, 0.0, total,
+                        {"statics": statics, "snapshot": snapshot, "layout": layout})
                     state.offset = stop
                     cookie = self.pages.keep(state)  # type: ignore[union-attr]
                 else:
