@@ -20,9 +20,13 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler
 from flask import Flask, Response, request
+from werkzeug.datastructures import ImmutableMultiDict
 
 from idm_facade.directory import filters as f
 from idm_facade.scim import schema as s
@@ -104,6 +108,18 @@ class BodyCache:
             while self._bytes > self.max_bytes and self._data:
                 _, dropped = self._data.popitem(last=False)
                 self._bytes -= len(dropped[0]) + 64 * len(dropped[1]) + 256
+
+
+@lru_cache(maxsize=2048)
+def _parse_args(raw: bytes) -> ImmutableMultiDict:
+    """``request.args`` exactly as werkzeug parses it, memoised per query string (clients
+    repeat the same queries; the result is immutable, so sharing it is safe)."""
+    return ImmutableMultiDict(parse_qsl(raw.decode(), keep_blank_values=True,
+                                        errors="werkzeug.url_quote"))
+
+
+def _args() -> ImmutableMultiDict:
+    return _parse_args(request.query_string)
 
 
 def _bearer(environ: dict) -> str | None:
@@ -248,7 +264,7 @@ class ScimService:
         if entry is None or (entry.kind == ACCOUNT) != (resource == s.USER) or \
                 not snap.is_visible(entry, policy):
             raise not_found(f"{resource} {ident} not found")
-        args = request.args
+        args = _args()
         sel = selection(args.get("attributes"), args.get("excludedAttributes"))
         rendered = render(snap, entry, policy, self.base(), sel)
         headers = {"ETag": rendered.version,
@@ -307,7 +323,7 @@ class ScimService:
                 outcome.cpr = hit[2]
                 return outcome
         if params is None:
-            params = request.args
+            params = _args()
         outcome = self._list(snap, client, resources, params)
         if cache is not None and params.get("cursor") is None:
             body = outcome.body.encode() if isinstance(outcome.body, str) else outcome.body
