@@ -3,9 +3,17 @@
 Both run the same way (Flask in twisted.web's WSGIResource on a thread pool, one process),
 so the ratio shows what SCIM work costs on top of serving any Flask request. Optionally
 (``--peer``) the python-scim peer server scim2-server is installed into a separate venv, seeded
-with 10,000 users and a 5,000-member group, and measured on the same URLs.
+with 10,000 users (with work emails) and a 5,000-member group, and measured on the same four
+requests with the same wrk settings.
 
-    python -m bench.scim_bench --size XL [--peer] [--duration 10]
+The facade keeps finished list responses per snapshot, so a repeated identical query is
+answered from that cache. The "unique query" rows defeat it (wrk appends a different unused
+parameter to every request) and show what a list request costs when it is not a repeat.
+
+    python -m bench.scim_bench --size XL [--peer] [--duration 10] [--connections 32]
+
+The store is a copy of ``bench.datasets.demo_store(size)`` in a temporary directory (the
+access-log records the run writes go there, not into the shared bench store).
 
 Needs wrk (installed with apt-get when missing and possible; otherwise the bench says so and
 stops). Prints a Markdown table for BENCHMARKS.md.
@@ -22,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -72,7 +81,10 @@ def machine() -> str:
 
 def start(cmd: list[str], pattern: str, env: dict | None = None,
           timeout: float = 900) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    """Start a server and wait for the line announcing its URL; keep draining its output so
+    a chatty server never blocks on a full pipe."""
+    env = dict(env or os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=ROOT)
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -81,16 +93,43 @@ def start(cmd: list[str], pattern: str, env: dict | None = None,
             break
         found = re.search(pattern, line)
         if found:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore
             return proc, found.group(1)
     proc.kill()
     raise SystemExit(f"{cmd[0]} did not start")
 
 
-def wrk(url: str, token: str | None, duration: int, connections: int) -> tuple[float, str]:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+#: wrk script: append a parameter the server ignores, different on every request and thread,
+#: so no two requests share a query string (defeats the list-response cache).
+UNIQUE_LUA = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, wrk.path .. "&unique=" .. tid .. "-" .. counter)
+end
+"""
+
+
+def wrk(url: str, token: str | None, duration: int, connections: int,
+        unique: bool = False) -> tuple[float, str]:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "--latency"]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    script = None
+    if unique:
+        script = Path(tempfile.mkstemp(suffix=".lua")[1])
+        script.write_text(UNIQUE_LUA)
+        cmd += ["-s", str(script)]
+    try:
+        out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    finally:
+        if script is not None:
+            script.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = re.search(r"Latency\s+(\S+)", out).group(1)  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -103,13 +142,27 @@ def q(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
-def ensure_db(size: str, path: Path) -> str:
-    url = f"sqlite:///{path}"
-    if not path.exists():
-        print(f"generating demo municipality {size} into {path} ...", flush=True)
-        subprocess.run([PY, "-c", "from idm_facade.cli import main; main()", "demo-data",
-                        "--size", size, "--db", url], check=True, cwd=ROOT)
-    return url
+def ensure_db(size: str, path: Path | None) -> str:
+    """A SQLite store holding demo ``size``: ``path`` as given, else a temporary copy of the
+    shared bench store (built once by bench.datasets)."""
+    if path is not None:
+        url = f"sqlite:///{path}"
+        if not path.exists():
+            print(f"generating demo municipality {size} into {path} ...", flush=True)
+            subprocess.run([PY, "-c", "from idm_facade.cli import main; main()", "demo-data",
+                            "--size", size, "--db", url], check=True, cwd=ROOT)
+        return url
+    from bench.datasets import demo_store
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        shared = Path(demo_store(size).removeprefix("sqlite:///")).resolve()
+    finally:
+        os.chdir(cwd)
+    copy = Path(tempfile.mkdtemp(prefix="scim-bench-")) / shared.name
+    shutil.copyfile(shared, copy)
+    return f"sqlite:///{copy}"
 
 
 def targets(base: str, token: str) -> dict[str, str]:
@@ -138,16 +191,33 @@ def targets(base: str, token: str) -> dict[str, str]:
             "members": str(len(best.get("members", []))), "users": str(total)}
 
 
-def peer(duration: int, connections: int) -> dict[str, float]:
-    """scim2-server 0.8.x with 10,000 users and one 5,000-member group."""
+def peer_version(venv: Path) -> str:
+    out = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import importlib.metadata as m; print(m.version('scim2-server'))"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return out or "?"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peer(duration: int, connections: int) -> tuple[dict[str, tuple[float, str]], str]:
+    """scim2-server (own venv under the temp dir, not the project's) with 10,000 users and
+    one 5,000-member group; returns the wrk results and the peer's version."""
     venv = Path(tempfile.gettempdir()) / "scim2-server-venv"
     if not (venv / "bin" / "scim2-server").exists():
         subprocess.run([PY, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "scim2-server"], check=True)
     token = "peer-bench-token"
+    port = free_port()
     proc, base = start([str(venv / "bin" / "scim2-server"), "--hostname", "127.0.0.1",
-                        "--port", "18999", "--bearer-token", token],
-                       r"(http://127\.0\.0\.1:18999/v2)", timeout=60)
+                        "--port", str(port), "--bearer-token", token],
+                       rf"(http://127\.0\.0\.1:{port}/v2)", timeout=60)
     try:
         time.sleep(1)
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}",
@@ -173,6 +243,9 @@ def peer(duration: int, connections: int) -> dict[str, float]:
             "members": [{"value": i} for i in ids[:5000]]}))
         group.raise_for_status()
         gid = group.json()["id"]
+        size = len(client.get(f"/Groups/{gid}").json().get("members", []))
+        total = client.get("/Users", params={"count": 0}).json()["totalResults"]
+        print(f"peer seeded: {total} users, group with {size} members", flush=True)
         peer_name = 'userName eq "user5000"'
         peer_mail = 'emails[type eq "work"].value eq "user5000@kommune.example"'
         urls = {
@@ -182,7 +255,13 @@ def peer(duration: int, connections: int) -> dict[str, float]:
             "5,000-member group, excludedAttributes=members":
                 f"{base}/Groups/{gid}?excludedAttributes=members",
         }
-        return {name: wrk(url, token, duration, connections)[0] for name, url in urls.items()}
+        results = {}
+        for name, url in urls.items():
+            wrk(url, token, 2, connections)  # warm up, like ours
+            results[name] = wrk(url, token, duration, connections)
+            print(f"peer {name}: {results[name][0]:.1f} req/s, mean {results[name][1]}",
+                  flush=True)
+        return results, peer_version(venv)
     finally:
         stop(proc)
 
@@ -200,17 +279,20 @@ def stop(proc: subprocess.Popen) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="XL", choices=["S", "M", "L", "XL"])
-    parser.add_argument("--db", default=None, help="SQLite file (default: a temp file per size)")
+    parser.add_argument("--db", default=None,
+                        help="SQLite file (default: a temporary copy of the bench demo store)")
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--peer", action="store_true", help="also measure scim2-server")
+    parser.add_argument("--peer-connections", type=int, default=4,
+                        help="wrk connections for the peer (its slow requests run one after "
+                             "another under the GIL: many connections only add latency)")
     args = parser.parse_args()
     if ensure_wrk() is None:
         print("wrk is not installed and cannot be installed here: skipping the SCIM bench")
         return
-    path = Path(args.db or Path(tempfile.gettempdir()) / f"idm-bench-{args.size}.db")
-    url = ensure_db(args.size, path)
+    url = ensure_db(args.size, Path(args.db) if args.db else None)
     from idm_facade.auth import ClientRegistry
     from idm_facade.config import Config
     from store.engine import make_engine
@@ -245,26 +327,39 @@ def main() -> None:
             results[label] = wrk(target, tok, args.duration, args.connections)
             print(f"{label}: {results[label][0]:.0f} req/s, mean {results[label][1]}",
                   flush=True)
+        for label in ("userName eq", "emails[type eq work].value eq",
+                      "startIndex=5001&count=100"):
+            target, tok = urls[label]
+            unique = f"{label} (unique query)"
+            results[unique] = wrk(target, tok, args.duration, args.connections, unique=True)
+            print(f"{unique}: {results[unique][0]:.0f} req/s, mean {results[unique][1]}",
+                  flush=True)
     finally:
         for proc in (server, hello):
             stop(proc)
         engine = make_engine(url)
         ClientRegistry(engine, Config()).revoke(name)
         engine.dispose()
-    peer_results = peer(args.duration, args.connections) if args.peer else {}
+    peer_results, version = (peer(max(args.duration, 10), args.peer_connections) if args.peer
+                              else ({}, ""))
     hello_rps = results["hello-world Flask (same server)"][0]
     print()
     print(f"Machine: {machine()}. Demo size {args.size} ({t['users']} users; group with "
-          f"{t['members']} members). wrk -t2 -c{args.connections} -d{args.duration}s.")
+          f"{t['members']} members). wrk -t2 -c{args.connections} -d{args.duration}s."
+          + (f" Peer: scim2-server {version}, 10,000 users, 5,000-member group, wrk -t2 "
+             f"-c{args.peer_connections} -d{max(args.duration, 10)}s." if version else ""))
     print()
-    print("| Request | req/s | mean latency | vs hello-world | scim2-server req/s | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| Request | req/s | mean latency | vs hello-world | scim2-server req/s | "
+          "peer mean latency | ours / peer |")
+    print("|---|---|---|---|---|---|---|")
     for label, (rps, latency) in results.items():
         ratio = f"{rps / hello_rps:.0%}"
-        peer_rps = peer_results.get(label)
-        peer_cell = f"{peer_rps:.1f}" if peer_rps else "-"
-        times = f"{rps / peer_rps:.0f}x" if peer_rps else "-"
-        print(f"| {label} | {rps:.0f} | {latency} | {ratio} | {peer_cell} | {times} |")
+        found = peer_results.get(label.removesuffix(" (unique query)"))
+        peer_cell = f"{found[0]:.1f}" if found else "-"
+        peer_latency = found[1] if found else "-"
+        times = f"{rps / found[0]:.0f}x" if found and found[0] else "-"
+        print(f"| {label} | {rps:.0f} | {latency} | {ratio} | {peer_cell} | {peer_latency} "
+              f"| {times} |")
 
 
 if __name__ == "__main__":
