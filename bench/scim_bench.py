@@ -296,6 +296,10 @@ def main() -> None:
         print("wrk is not installed and cannot be installed here: skipping the SCIM bench")
         return
     url = ensure_db(args.size, Path(args.db) if args.db else None)
+    if not args.db:  # the temporary copy goes when the run ends
+        import atexit
+
+        atexit.register(shutil.rmtree, Path(url.removeprefix("sqlite:///")).parent, True)
     from idm_facade.auth import ClientRegistry
     from idm_facade.config import Config
     from store.engine import make_engine
