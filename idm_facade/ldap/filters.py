@@ -204,15 +204,7 @@ class Translator:
 
     def substrings(self, node: Any) -> f.Filter:
         name = _name(node.type)
-        initial, final, any_ = None, None, []
-        for part in node.substrings:
-            value = _text(part.value)
-            if isinstance(part, pureldap.LDAPFilter_substrings_initial):
-                initial = value
-            elif isinstance(part, pureldap.LDAPFilter_substrings_final):
-                final = value
-            else:
-                any_.append(value)
+        initial, any_, final = substring_parts(node)
         lower = name.lower()
         if lower == "objectclass":
             return self._local_substring(self.classes, initial, tuple(any_), final)
@@ -291,6 +283,24 @@ class Translator:
         return seen
 
 
+def substring_parts(node: Any, fold: Any = None
+                    ) -> tuple[str | None, tuple[str, ...], str | None]:
+    """(initial, any, final) of an LDAP substring filter, each folded by ``fold`` if given."""
+    initial = final = None
+    any_: list[str] = []
+    for part in node.substrings:
+        value = _text(part.value)
+        if fold is not None:
+            value = fold(value)
+        if isinstance(part, pureldap.LDAPFilter_substrings_initial):
+            initial = value
+        elif isinstance(part, pureldap.LDAPFilter_substrings_final):
+            final = value
+        else:
+            any_.append(value)
+    return initial, tuple(any_), final
+
+
 def _fold(value: str | None) -> str | None:
     return value.casefold() if value else value
 
@@ -329,16 +339,8 @@ def _static(node: Any, values: dict[str, list[str]]) -> bool | None:
         name = _name(node.type).lower()
         if name not in values:
             return None
-        initial, final, any_ = None, None, []
-        for part in node.substrings:
-            value = _text(part.value).casefold()
-            if isinstance(part, pureldap.LDAPFilter_substrings_initial):
-                initial = value
-            elif isinstance(part, pureldap.LDAPFilter_substrings_final):
-                final = value
-            else:
-                any_.append(value)
-        return any(f.substring_match(v, initial, tuple(any_), final) for v in values[name])
+        initial, any_, final = substring_parts(node, str.casefold)
+        return any(f.substring_match(v, initial, any_, final) for v in values[name])
     return None
 
 
