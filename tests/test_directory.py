@@ -247,3 +247,22 @@ def test_sensitive_titles_cannot_be_probed_in_value_paths(tmp_path) -> None:
     assert snap.search(probe, kinds=ACCOUNTS, policy=Policy()) == []
     assert snap.search(f.Eq("title", "Flexjob"), kinds=ACCOUNTS, policy=Policy()) == []
     assert snap.get(snap.entries[0].id) is snap.entries[0]  # handle 0 is a real handle
+
+
+def test_references_to_hidden_entries_cannot_be_probed(directory: Directory) -> None:
+    """A subtree-limited client filtering groups by a hidden account's id finds nothing,
+    as if the reference did not exist; by a visible account's id it finds its groups."""
+    from schemas.attributes import ROLE
+
+    snap = directory.snapshot
+    unit = next(e for e in snap.live() if e.kind == UNIT and e.attrs.get("parent")
+                and len(e.attrs.get("ancestor", ())) == 2)
+    limited = Policy(name="subtree", subtrees=(unit.id,))
+    inside = snap.search(f.Present("role"), kinds=ACCOUNTS, policy=limited)[0]
+    outside = next(e for e in snap.live() if e.kind == ACCOUNT and e.attrs.get("role")
+                   and unit.id not in e.attrs.get("ancestor", ()))
+    roles = frozenset({ROLE})
+    assert snap.search(f.Eq("member", outside.id), kinds=roles, policy=Policy())
+    assert snap.search(f.Eq("member", outside.id), kinds=roles, policy=limited) == []
+    assert snap.search(f.Eq("member", inside.id), kinds=roles, policy=limited)
+    assert snap.search(f.Eq("manager", outside.id), kinds=ACCOUNTS, policy=limited) == []
