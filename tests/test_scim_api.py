@@ -30,7 +30,7 @@ from idm_facade import audit as audit_module  # noqa: E402
 from idm_facade.auth import ClientRegistry  # noqa: E402
 from idm_facade.config import Config  # noqa: E402
 from idm_facade.directory import Directory  # noqa: E402
-from schemas.attributes import ACCOUNT  # noqa: E402
+from schemas.attributes import ACCOUNT, MUNICIPAL_USER  # noqa: E402
 from store import demo, exchange  # noqa: E402
 from store.engine import make_engine  # noqa: E402
 
@@ -455,3 +455,17 @@ def test_repeated_list_query_cached_body_but_one_record_each(scim):
             if r.client == "scim-all" and "sortBy=displayName" in r.query]
     assert len(mine) == 2
     engine.dispose()
+
+
+def test_core_roles_list_each_role_once_with_provenance_in_extension(scim):
+    """User.roles names each effective role once; the municipal extension keeps one element
+    per grant, so a role held for two reasons shows both reasons there."""
+    body = scim.get("/Users", count=300).json()
+    twice = 0
+    for user in body["Resources"]:
+        core = [r["value"] for r in user.get("roles", [])]
+        assert len(core) == len(set(core)), user["userName"]
+        grants = user.get(MUNICIPAL_USER, {}).get("roles", [])
+        assert {g["value"] for g in grants} == set(core)
+        twice += len(grants) > len(core)
+    assert twice  # the demo has roles held for more than one reason

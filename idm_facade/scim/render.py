@@ -241,7 +241,11 @@ def _complex(ctx: _Context, entry: Entry, attr: s.ScimAttr, urn: str) -> Any:
         if not elements:
             return None
         if name == "roles" and urn != MUNICIPAL_GROUP and urn == s.CORE[s.USER]:
+            # Core User.roles lists each role once; the municipal extension keeps one
+            # element per grant (the provenance).
             keys: tuple[str, ...] | None = ("value", "display", "type")
+            unique = {e.get("value"): e for e in reversed(elements)}
+            elements = tuple(e for e in elements if unique.get(e.get("value")) is e)
         else:
             keys = tuple(attr.subs[k].name for k in attr.subs)
         return [_clean(e, keys) for e in elements] or None
