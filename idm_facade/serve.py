@@ -39,11 +39,13 @@ def build_facade(db: str | None, config_path: str | None = None) -> Facade:
     from idm_facade.auth import ClientRegistry
     from idm_facade.config import load_config
     from idm_facade.directory import Directory
+    from idm_facade.directory.posix import PosixRange
     from store.engine import make_engine
 
     config = load_config(config_path)
     engine = make_engine(db)
-    directory = Directory(engine, directory_system=config.directory_system)
+    directory = Directory(engine, directory_system=config.directory_system,
+                          posix=PosixRange.from_config(config))
     clients = ClientRegistry(engine, config)
     audit = AuditLog(engine, config)
     return Facade(directory=directory, clients=clients, audit=audit, config=config)

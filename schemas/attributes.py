@@ -206,6 +206,14 @@ ATTRIBUTES: dict[str, Attribute] = _attrs(
     Attribute("roleId", R | G, indexed=True, case_exact=True, scim="identifier",
               scim_schema=MUNICIPAL_GROUP, ldap=("idmRoleIdentifier",),
               description="Role or role-group identifier (KOMBIT job-role id)."),
+    # --- POSIX numbers (RFC 2307), allocated by the directory (idm_facade/directory/posix.py);
+    # LDAP shows them with [ldap] posix = true.
+    Attribute("uidNumber", A, INTEGER, indexed=True, ordered=True, ldap=("uidNumber",),
+              description="POSIX user number of the account: unique and stable."),
+    Attribute("gidNumber", A | GROUPS, INTEGER, indexed=True, ordered=True,
+              ldap=("gidNumber",),
+              description="POSIX group number of a group, or an account's primary group "
+                          "(its primary unit)."),
 )
 
 #: Complex multi-valued attributes and the sub-keys of their elements.

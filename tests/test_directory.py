@@ -13,7 +13,7 @@ from idm_facade.directory import Directory, Policy
 from idm_facade.directory import filters as f
 from idm_facade.directory.policy import ALL, TRUSTED
 from idm_facade.directory.snapshot import rewrite
-from schemas.attributes import ACCOUNT, ALL_KINDS, ATTRIBUTES, UNIT
+from schemas.attributes import ACCOUNT, ALL_KINDS, ATTRIBUTES, INTEGER, UNIT
 from store.engine import make_engine
 from tests.orgbuilder import OrgBuilder
 
@@ -42,7 +42,8 @@ def _samples(directory: Directory) -> dict[str, list]:
 FILTER_ATTRS = ["userName", "displayName", "givenName", "familyName", "title", "active",
                 "cpr", "employeeNumber", "department", "unit", "ancestor", "kle", "role",
                 "memberOf", "emails.value", "phoneNumbers.value", "manager", "kind",
-                "unitType", "hierarchy", "member", "orgUnitPath", "created", "nickName"]
+                "unitType", "hierarchy", "member", "orgUnitPath", "created", "nickName",
+                "uidNumber", "gidNumber"]
 
 
 def filters(samples: dict[str, list]) -> st.SearchStrategy[f.Filter]:
@@ -50,6 +51,12 @@ def filters(samples: dict[str, list]) -> st.SearchStrategy[f.Filter]:
 
     def value_for(attr: str) -> st.SearchStrategy:
         known = samples.get(attr) or ["x"]
+        if ATTRIBUTES[attr].type == INTEGER:
+            # Neighbours of real numbers probe range edges; digits as text and junk too.
+            ints = [v for v in known if isinstance(v, int)] or [0]
+            return st.one_of(st.sampled_from(known),
+                             st.sampled_from(ints).flatmap(lambda v: st.integers(v - 2, v + 2)),
+                             st.sampled_from([str(ints[0]), "nope", 0, 2**40]))
         return st.one_of(st.sampled_from(known), st.sampled_from(["nope", "A", "1"]))
 
     def leaf(attr: str) -> st.SearchStrategy[f.Filter]:

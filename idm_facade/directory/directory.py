@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from idm_facade.directory import incremental
 from idm_facade.directory.entries import DEFAULT_DIRECTORY_SYSTEM, build_entries
 from idm_facade.directory.load import load
+from idm_facade.directory.posix import PosixNumbers, PosixRange
 from idm_facade.directory.snapshot import Snapshot
 from store.changelog import last_seq
 from store.validity import utcnow
@@ -45,12 +46,14 @@ Clock = Callable[[], datetime]
 
 
 def build_snapshot(engine: Engine, at: datetime,
-                   directory_system: str = DEFAULT_DIRECTORY_SYSTEM) -> Snapshot:
-    """Load the store as of ``at`` and build a fully indexed snapshot."""
+                   directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
+                   numbers: PosixNumbers | None = None) -> Snapshot:
+    """Load the store as of ``at`` and build a fully indexed snapshot. ``numbers``: posix
+    numbers handed out before, kept as they are (None: allocate afresh, default range)."""
     data = load(engine, at)
-    entries, builder = build_entries(data, directory_system)
+    entries, builder = build_entries(data, directory_system, numbers)
     return Snapshot(entries, at=at, seq=data.seq, next_boundary=data.next_boundary,
-                    extra={"data": data, "grants": builder.grants})
+                    extra={"data": data, "grants": builder.grants, "posix": builder.numbers})
 
 
 class Directory:
@@ -58,8 +61,9 @@ class Directory:
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow,
                  directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
-                 poll_interval: float = 0.2) -> None:
+                 poll_interval: float = 0.2, posix: PosixRange | None = None) -> None:
         self.engine = engine
+        self.posix = posix or PosixRange()
         self.clock = clock
         self.directory_system = directory_system
         self.poll_interval = poll_interval
@@ -73,7 +77,11 @@ class Directory:
     def _build(self) -> Snapshot:
         started = time.perf_counter()
         gc.unfreeze()  # let the collector see (and free) what older snapshots left behind
-        snapshot = build_snapshot(self.engine, self.clock(), self.directory_system)
+        # A rebuild keeps every posix number handed out so far in this process.
+        previous = getattr(self, "snapshot", None)
+        handed_out = previous.extra.get("posix") if previous is not None else None
+        numbers = handed_out.child() if handed_out is not None else PosixNumbers(self.posix)
+        snapshot = build_snapshot(self.engine, self.clock(), self.directory_system, numbers)
         _settle()
         self.last_build_seconds = time.perf_counter() - started
         log.info("directory built: %d entries, seq %d, %.2fs", len(snapshot), snapshot.seq,

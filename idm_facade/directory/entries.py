@@ -16,6 +16,7 @@ from typing import Any
 from idm_facade import roles as role_calc
 from idm_facade.directory.load import OrgData
 from idm_facade.directory.policy import SENSITIVE_TITLE
+from idm_facade.directory.posix import PosixNumbers
 from schemas.attributes import ACCOUNT, ROLE, ROLEGROUP, UNIT
 
 #: Derived look-ups cached on ``OrgData.derived``, with the OrgData tables each depends on;
@@ -69,8 +70,11 @@ def _t(*values: Any) -> tuple:
 class EntryBuilder:
     """Builds entries from one :class:`OrgData`; look-ups are derived once and shared."""
 
-    def __init__(self, data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM) -> None:
+    def __init__(self, data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
+                 numbers: PosixNumbers | None = None) -> None:
         self.data = data
+        #: uidNumber/gidNumber handed out so far (a refresh passes the previous ones on).
+        self.numbers = numbers if numbers is not None else PosixNumbers()
         self.role_index = role_calc.build_index(data)
         self.chains = data.derived["chains"]
         system = next((s for s in data.it_systems.values() if s.user_key == directory_system),
@@ -216,6 +220,9 @@ class EntryBuilder:
         if account.person_id:
             owners.append(("person_id", account.person_id))
         addr_attrs, emails, phones, others = self._addresses(owners)
+        # Primary group: the primary unit's group; accounts without a unit share a fixed gid.
+        gid = self.numbers.gid(primary_unit) if primary_unit in data.units \
+            else self.numbers.range.no_unit_gid
         role_ids = list(dict.fromkeys(g.role_id for g in grants))
         rolegroup_ids = list(dict.fromkeys(g.role_group_id for g in grants if g.role_group_id))
         member_units = list(units)
@@ -258,6 +265,8 @@ class EntryBuilder:
             "role": tuple(role_ids),
             "created": (account.valid_from,),
             "modified": (max([account.valid_from, *(e.valid_from for e in engagements)]),),
+            "uidNumber": (self.numbers.uid(account.id),),
+            "gidNumber": (gid,),
         }
         for key, values in addr_attrs.items():
             attrs[key] = tuple(values)
@@ -323,6 +332,7 @@ class EntryBuilder:
             "managerId": _t(self.unit_manager_account(unit.id)),
             "kle": tuple(sorted(self.kle_by_unit.get(unit.id, ()))),
             "member": tuple(sorted(self.unit_members.get(unit.id, ()))),
+            "gidNumber": (self.numbers.gid(unit.id),),
             "created": (unit.valid_from,),
             "modified": (unit.valid_from,),
         }
@@ -345,6 +355,7 @@ class EntryBuilder:
             "roleId": (role.identifier,),
             "itSystem": _t(system.user_key if system else None),
             "member": tuple(sorted(self.role_members.get(role.id, ()))),
+            "gidNumber": (self.numbers.gid(role.id),),
             "created": (role.valid_from,),
             "modified": (role.valid_from,),
         }
@@ -361,6 +372,7 @@ class EntryBuilder:
             "userKey": (group.identifier,),
             "roleId": (group.identifier,),
             "member": tuple(sorted(self.group_members.get(group.id, ()))),
+            "gidNumber": (self.numbers.gid(group.id),),
             "created": (group.valid_from,),
             "modified": (group.valid_from,),
         }
@@ -370,6 +382,9 @@ class EntryBuilder:
 
     def build_all(self) -> list[Entry]:
         """Every entry: accounts first (they fill the member lists), then groups."""
+        self.numbers.allocate(
+            (a.id for a in self.directory_accounts),
+            [*self.data.units, *self.data.job_roles, *self.data.role_groups])
         entries = [self.account(a) for a in self.directory_accounts]
         entries += [self.unit(u) for u in self.data.units.values()]
         entries += [self.role(r) for r in self.data.job_roles.values()]
@@ -377,9 +392,10 @@ class EntryBuilder:
         return entries
 
 
-def build_entries(data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM
-                  ) -> tuple[list[Entry], EntryBuilder]:
-    """All entries for ``data``; also returns the builder (grants, members) for reuse."""
-    builder = EntryBuilder(data, directory_system)
+def build_entries(data: OrgData, directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
+                  numbers: PosixNumbers | None = None) -> tuple[list[Entry], EntryBuilder]:
+    """All entries for ``data``; also returns the builder (grants, members, posix numbers)
+    for reuse. ``numbers``: those handed out before (kept), None to start afresh."""
+    builder = EntryBuilder(data, directory_system, numbers)
     return builder.build_all(), builder
 

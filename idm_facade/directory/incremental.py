@@ -157,7 +157,10 @@ def _subtree(chains: dict[str, tuple[str, ...]], roots: set[str]) -> set[str]:
 
 def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, set[str]],
            at: datetime, directory_system: str) -> Snapshot | None:
-    builder = EntryBuilder(new, directory_system)
+    numbers = old.extra.get("posix")
+    if numbers is None:
+        return None  # no record of the posix numbers handed out: rebuild fully
+    builder = EntryBuilder(new, directory_system, numbers.child())
     chains = new.derived["chains"]
     old_chains = old_data.derived.get("chains") or unit_chains(old_data.units)
     persons: set[str] = set(touched.get("person", ()))
@@ -219,8 +222,12 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         for acc in data.accounts.values():
             if acc.person_id in persons:
                 accounts.add(acc.id)
-    # Rebuild the accounts; compare memberships to find the groups that move.
+    # New accounts and units get posix numbers in sorted id order, as a full build gives them.
     system_id = builder.system_id
+    builder.numbers.allocate(
+        (a for a in accounts if getattr(new.accounts.get(a), "it_system_id", None) == system_id),
+        (u for u in (units | direct_units | unit_roots) if u in new.units))
+    # Rebuild the accounts; compare memberships to find the groups that move.
     changed: list[Entry] = []
     removed: set[str] = set()
     moved: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
@@ -274,4 +281,5 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         if entry.kind == ACCOUNT and entry.id in removed:
             removed.discard(entry.id)
     return old.patched(changed, removed, at=at, seq=new.seq, next_boundary=new.next_boundary,
-                       extra={"data": new, "grants": grants})
+                       extra={"data": new, "grants": grants,
+                              "posix": builder.numbers})
