@@ -24,7 +24,6 @@ policy, attribute selection), so a refresh drops every cached rendering at once.
 from __future__ import annotations
 
 import uuid
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone
@@ -60,6 +59,10 @@ VIEW_KINDS: dict[str, frozenset[str]] = {
 
 #: Directory attributes rendered as DNs (values are entry ids) and the view they point into.
 DN_ATTRS: dict[str, str] = {"member": PEOPLE, "memberOf": GROUPS, "manager": PEOPLE}
+
+#: Directory attributes shown only with ``[ldap] posix = true`` (and never on the
+#: organizationalUnit view): without it they neither render nor match in filters.
+POSIX_ATTRS = frozenset({"uidNumber", "gidNumber"})
 
 #: LDAP names that are operational: returned only with ``+`` or when asked for by name.
 OPERATIONAL = ("entryUUID", "createTimestamp", "modifyTimestamp", "entryDN",
@@ -222,8 +225,6 @@ class LdapOptions:
     units_root: str | None = None
     member_attributes: tuple[str, ...] = ("member", "uniqueMember", "memberUid")
     posix: bool = False
-    uid_number_base: int = 100000
-    gid_number_base: int = 500000
 
 
 #: Extra LDAP names per view that the attribute map cannot say by itself (one directory
@@ -235,9 +236,11 @@ _VIEW_ALIASES: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 }
 
 
-def directory_attrs(view: str, ldap_name: str) -> tuple[str, tuple[str, ...]] | None:
+def directory_attrs(view: str, ldap_name: str, posix: bool = False
+                    ) -> tuple[str, tuple[str, ...]] | None:
     """(canonical LDAP name, directory attributes) that an LDAP attribute type names in a
-    view; None when the name is unknown there (so a filter on it is Undefined)."""
+    view; None when the name is unknown there (so a filter on it is Undefined). The posix
+    numbers exist only with ``posix`` and outside the organizationalUnit view."""
     lower = ldap_name.lower()
     alias = _VIEW_ALIASES.get(view, {}).get(lower)
     if alias is not None:
@@ -248,6 +251,8 @@ def directory_attrs(view: str, ldap_name: str) -> tuple[str, tuple[str, ...]] | 
 
     spec = by_ldap_name(lower)
     if spec is None or not (spec.kinds & VIEW_KINDS.get(view, frozenset())):
+        return None
+    if spec.name in POSIX_ATTRS and not (posix and view in (PEOPLE, GROUPS)):
         return None
     canonical = next(n for n in spec.ldap if n.lower() == lower)
     return canonical, (spec.name,)
@@ -397,8 +402,6 @@ def options_from(config: Any, snapshot: Any) -> LdapOptions:
         units_root=section.get("units_root"),
         member_attributes=tuple(members),
         posix=bool(section.get("posix", False)),
-        uid_number_base=int(section.get("uid_number_base", 100000)),
-        gid_number_base=int(section.get("gid_number_base", 500000)),
     )
 
 
@@ -501,10 +504,6 @@ def build_layout(snapshot: Any, options: LdapOptions) -> Layout:
 # ------------------------------------------------------------------ rendering
 
 
-def _posix_number(base: int, entry_id: str) -> int:
-    return base + zlib.crc32(entry_id.encode()) % 1_000_000_000
-
-
 def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
                       snapshot: Any) -> list[tuple[str, list[str], bool]]:
     """(canonical LDAP name, values, operational) of an entry as a client sees it."""
@@ -537,6 +536,8 @@ def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
     for name, spec in _RENDERED[view]:
         if view == UNITS and spec.name == "member":
             continue  # organizationalUnit carries no members; see the group view
+        if spec.name in POSIX_ATTRS and not (opts.posix and view != UNITS):
+            continue
         if spec.name in DN_ATTRS:
             values = refs(spec.name, DN_ATTRS[spec.name])
         else:
@@ -557,14 +558,10 @@ def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
             out.append(("memberUid", uids, False))
         if "member" not in opts.member_attributes:
             out = [a for a in out if a[0] != "member"]
-        if opts.posix:
-            out.append(("gidNumber", [str(_posix_number(opts.gid_number_base, entry.id))],
-                        False))
     if view == PEOPLE and opts.posix:
+        # uidNumber and gidNumber come from the entry (above); these two follow from uid.
         uid = str(entry.first("userName", ""))
-        out += [("uidNumber", [str(_posix_number(opts.uid_number_base, entry.id))], False),
-                ("gidNumber", [str(opts.gid_number_base)], False),
-                ("homeDirectory", [f"/home/{uid}"], False),
+        out += [("homeDirectory", [f"/home/{uid}"], False),
                 ("loginShell", ["/bin/bash"], False)]
     dn = layout.dn_of(view, entry.id) or ""
     has_subs = view == UNITS and entry.id in layout.unit_children

@@ -68,6 +68,7 @@ class Translator:
         self.view = view
         self.snapshot = snapshot
         self.classes = {c.lower() for c in dit._objectclasses(layout.options)[view]}
+        self.posix = layout.options.posix
 
     def __call__(self, node: Any) -> f.Filter:
         result = self.node(node)
@@ -123,7 +124,7 @@ class Translator:
             return f.TRUE
         if lower == "memberuid" and self.view == dit.GROUPS:
             return f.Present("member")
-        mapped = dit.directory_attrs(self.view, name)
+        mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
             return UNDEFINED
         return self._any([f.Present(a) for a in mapped[1]])
@@ -163,7 +164,7 @@ class Translator:
             return f.Eq("member", account) if account else f.FALSE
         if lower == "hassubordinates":
             return UNDEFINED
-        mapped = dit.directory_attrs(self.view, name)
+        mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
             return UNDEFINED
         parts = []
@@ -215,7 +216,7 @@ class Translator:
             if not ids:
                 return f.FALSE
             return self._any([f.Eq("member", i) for i in ids])
-        mapped = dit.directory_attrs(self.view, name)
+        mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
             return UNDEFINED
         parts = []

@@ -774,7 +774,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         if parsed.sort is not None and views:
             descending = parsed.sort.reverse
             for view, _ in views:
-                mapped = dit.directory_attrs(view, parsed.sort.attribute)
+                mapped = dit.directory_attrs(view, parsed.sort.attribute,
+                                             layout.options.posix)
                 sort_attr[view] = mapped[1][0] if mapped else None
             if not any(sort_attr.values()):
                 if parsed.sort.critical:
