@@ -38,7 +38,7 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -261,15 +261,19 @@ class _Row:
 
 
 class _Batch:
-    """Records that share one transaction; their callers wait on ``cond``."""
+    """Records that share one transaction; their callers wait on ``cond``; ``callbacks`` are
+    those of :meth:`AuditLog.submit`; ``waiting`` counts callers of ``record`` in it (one of
+    them can lead its write; a batch without any is written by the flusher thread)."""
 
-    __slots__ = ("rows", "done", "error", "cond")
+    __slots__ = ("rows", "done", "error", "cond", "callbacks", "waiting")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.rows: list[_Row] = []
         self.done = False
         self.error: BaseException | None = None
         self.cond = threading.Condition(lock)
+        self.callbacks: list[Callable[[AuditUnavailable | None], None]] = []
+        self.waiting = 0
 
 
 _COLUMNS = ("seq, time, client, source, operation, query, status, subjects, sensitive, "
@@ -343,6 +347,10 @@ class AuditLog:
         self._writing = False  # a caller is leading a write (and owns ``_conn``)
         self._conn: Any = None  # the writer's long-lived DBAPI connection
         self._closed = False
+        #: Writes batches nobody waits in (only :meth:`submit` records); started on demand.
+        self._flusher: threading.Thread | None = None
+        self._flush = threading.Condition(self._lock)
+        self._flush_wanted = False
         if self.dialect == "postgresql":
             self._sql_lock = "SELECT pg_advisory_xact_lock(%s)"
             p = "%s"
@@ -387,12 +395,14 @@ class AuditLog:
                 batch = _Batch(self._lock)
                 queue.append(batch)
             batch.rows.append(row)
+            batch.waiting += 1
             if self._writing:
                 deadline = monotonic() + self.timeout
                 while self._writing and not batch.done:
                     remaining = deadline - monotonic()
                     if remaining <= 0 or not batch.cond.wait(remaining) and \
                             self._writing and not batch.done:
+                        batch.waiting -= 1
                         raise AuditUnavailable(
                             f"access log write not confirmed within {self.timeout:g}s")
                 if batch.done:
@@ -402,6 +412,53 @@ class AuditLog:
         self._lead(batch)
         self._check(batch)
 
+    def submit(self, rec: AccessRecord,
+               callback: Callable[[AuditUnavailable | None], None]) -> None:
+        """Append ``rec`` without waiting: ``callback(None)`` once it is durable, or
+        ``callback(AuditUnavailable)`` when it cannot be written.
+
+        For callers that must not block (an event loop): the record joins the open batch like
+        one of :meth:`record`, and the same chain, batching and durability apply. The callback
+        runs in the thread that wrote the batch (or in the caller's when the log is closed),
+        so it must only hand the outcome over, e.g. to the event loop.
+        """
+        if rec.time is None:
+            rec.time = _now()
+        row = _Row(rec)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                queue = self._queue
+                if queue and len(queue[-1].rows) < self.max_batch:
+                    batch = queue[-1]
+                else:
+                    batch = _Batch(self._lock)
+                    queue.append(batch)
+                batch.rows.append(row)
+                batch.callbacks.append(callback)
+                if not self._writing:
+                    self._writing = True
+                    self._wake_flusher()
+        if closed:
+            callback(AuditUnavailable("the access log is closed"))
+
+    def _wake_flusher(self) -> None:
+        """Hand the lead to the flusher thread (called with the lock held, ``_writing`` set)."""
+        self._flush_wanted = True
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="audit-flusher",
+                                             daemon=True)
+            self._flusher.start()
+        self._flush.notify()
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._flush_wanted:
+                    self._flush.wait()
+                self._flush_wanted = False
+            self._lead(None)
+
     @staticmethod
     def _check(batch: _Batch) -> None:
         if batch.error is not None:
@@ -409,6 +466,8 @@ class AuditLog:
 
     def _lead(self, mine: _Batch | None) -> None:
         """Write queued batches, oldest first, until ``mine`` (None: all) is committed."""
+        # Runs with ``_writing`` set by the caller; hands the lead on (or clears the flag)
+        # before it returns.
         while True:
             with self._lock:
                 current = self._queue.popleft() if self._queue else None
@@ -426,12 +485,25 @@ class AuditLog:
             with self._lock:
                 current.error, current.done = error, True
                 current.cond.notify_all()
-                if current is mine:
-                    self._writing = False
-                    for waiting in self._queue:  # one waiter per batch wakes: it leads
-                        waiting.cond.notify()
-                    self._idle.notify_all()
-                    return
+                handed = current is mine
+                if handed:
+                    if self._queue and not self._queue[0].waiting:
+                        self._wake_flusher()  # nobody waits in the next batch to lead it
+                    else:
+                        self._writing = False
+                        for waiting in self._queue:  # one waiter per batch wakes: it leads
+                            waiting.cond.notify()
+                        self._idle.notify_all()
+            if current.callbacks:
+                failure = None if error is None else AuditUnavailable(
+                    f"access log write failed: {error}")
+                for callback in current.callbacks:
+                    try:
+                        callback(failure)
+                    except Exception:  # noqa: BLE001 - one bad callback must not stop others
+                        log.exception("access log: a submit callback failed")
+            if handed:
+                return
 
     def _connection(self) -> Any:
         """The writer's DBAPI connection, opened once and kept (dropped after an error)."""

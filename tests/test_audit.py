@@ -189,6 +189,59 @@ def test_unwritable_log_fails_the_record(sqlite_url: str) -> None:
         audit.record(_rec(3))
 
 
+def _submit_all(audit: AuditLog, records: list[AccessRecord], timeout: float = 30
+                ) -> list[AuditUnavailable | None]:
+    """submit() every record from this thread without waiting; the callbacks' outcomes."""
+    outcomes: list[AuditUnavailable | None] = []
+    all_in = threading.Event()
+
+    def done(error: AuditUnavailable | None) -> None:
+        outcomes.append(error)
+        if len(outcomes) == len(records):
+            all_in.set()
+
+    for rec in records:
+        audit.submit(rec, done)
+    assert all_in.wait(timeout), f"only {len(outcomes)} of {len(records)} callbacks ran"
+    return outcomes
+
+
+def test_submit_does_not_block_and_joins_the_chain(log: AuditLog) -> None:
+    """submit() records arrive in the same chain as record() ones, in shared commits, and
+    each callback runs once with None after its record is durable."""
+    durable: list[int] = []
+    first = threading.Event()
+
+    def after(error: AuditUnavailable | None) -> None:
+        durable.append(log.count())  # the record is committed when the callback runs
+        first.set()
+
+    log.submit(_rec(0, subjects=("p0",)), after)
+    assert first.wait(10) and durable == [1]
+    mixed = threading.Thread(target=_hammer, args=(log, 4, 25, "sync"))
+    mixed.start()
+    outcomes = _submit_all(log, [_rec(i, subjects=(f"p{i % 5}",)) for i in range(1, 301)])
+    mixed.join()
+    assert outcomes == [None] * 300
+    assert log.count() == 401 and log.written == 401
+    assert log.batches < 401
+    result = log.verify()
+    assert result.ok and result.checked == 401
+    assert len(log.query(subject="p3")) == 60
+
+
+def test_submit_reports_an_unwritable_log(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url), timeout=10)
+    assert _submit_all(audit, [_rec(1)]) == [None]
+    _sql(audit, "DROP TABLE access_log")
+    outcomes = _submit_all(audit, [_rec(i) for i in range(2, 12)])
+    assert len(outcomes) == 10
+    assert all(isinstance(e, AuditUnavailable) and "failed" in str(e) for e in outcomes)
+    audit.close()
+    closed = _submit_all(audit, [_rec(20)])
+    assert isinstance(closed[0], AuditUnavailable) and "closed" in str(closed[0])
+
+
 def test_locked_database_times_out(sqlite_url: str) -> None:
     audit = AuditLog(make_engine(sqlite_url), timeout=1)
     audit.record(_rec(1))
