@@ -334,7 +334,7 @@ class Layout:
     group_dn: dict[str, str] = field(default_factory=dict)
     group_by_cn: dict[str, str] = field(default_factory=dict)
     line_root: str | None = None
-    cache: dict[tuple, Rendered] = field(default_factory=dict)
+    cache: dict[tuple, Any] = field(default_factory=dict)
     lock: Lock = field(default_factory=Lock)
 
     @property
@@ -616,7 +616,17 @@ def encode_entry(layout: Layout, view: str, entry: Entry, policy: Policy, snapsh
 
 def static_entry(layout: Layout, which: str, client_name: str | None = None
                  ) -> tuple[str, list[tuple[str, list[str], bool]]]:
-    """(DN, attributes) of the base entry, a container, or a client entry."""
+    """(DN, attributes) of the base entry, a container, or a client entry (kept in the
+    layout's cache: a point search below the base meets six of them)."""
+    key = ("static", which, client_name)
+    found = layout.cache.get(key)
+    if found is None:
+        found = layout.cache[key] = _static_entry(layout, which, client_name)
+    return found  # type: ignore[return-value]
+
+
+def _static_entry(layout: Layout, which: str, client_name: str | None
+                  ) -> tuple[str, list[tuple[str, list[str], bool]]]:
     base = layout.base
     if which == "base":
         first = layout.base_norm[0][0] if layout.base_norm else ("dc", "")

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 from idm_facade.directory import filters as f
 from idm_facade.directory import view as dview
@@ -57,6 +60,11 @@ CHUNK = 200
 #: Seconds between checks for a new directory snapshot whose DIT layout needs building.
 LAYOUT_WATCH_INTERVAL = 0.2
 
+#: Finished answers kept per snapshot (see :class:`_Answer`); the table is emptied when full.
+ANSWER_CACHE_ENTRIES = 50_000
+#: Answers larger than this many bytes are not kept.
+ANSWER_CACHE_MAX_BYTES = 64 << 10
+
 _WRITE_RESPONSES = {
     "LDAPAddRequest": ber.ADD_RESPONSE,
     "LDAPModifyRequest": ber.MODIFY_RESPONSE,
@@ -66,10 +74,16 @@ _WRITE_RESPONSES = {
 }
 
 
-def _audit_types() -> tuple[Any, Any]:
-    from idm_facade.audit import AccessRecord, AuditUnavailable
+_AUDIT_TYPES: tuple[Any, Any] | None = None
 
-    return AccessRecord, AuditUnavailable
+
+def _audit_types() -> tuple[Any, Any]:
+    global _AUDIT_TYPES
+    if _AUDIT_TYPES is None:
+        from idm_facade.audit import AccessRecord, AuditUnavailable
+
+        _AUDIT_TYPES = (AccessRecord, AuditUnavailable)
+    return _AUDIT_TYPES
 
 
 @dataclass
@@ -124,6 +138,15 @@ class LDAPFactory(protocol.ServerFactory):
         self._gen = 0
         self._building: Any = None
         self._watch: Any = None
+        #: Finished answers of small searches of the served layout: {(request bytes after the
+        #: message id, client): _Answer}; see :meth:`answers_for`.
+        self._answers: dict[tuple, _Answer] = {}
+        self._answers_layout: dit.Layout | None = None
+        #: Access-log outcomes handed over by the log's writer thread, fired in the reactor
+        #: by one call per burst (see :meth:`submit_record`).
+        self._outcomes: deque = deque()
+        self._outcomes_lock = threading.Lock()
+        self._outcomes_scheduled = False
         if hasattr(reactor, "callWhenRunning"):
             from twisted.internet.task import LoopingCall
 
@@ -145,6 +168,34 @@ class LDAPFactory(protocol.ServerFactory):
             self.pool.start()
             self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def submit_record(self, audit: Any, rec: Any, done: Callable[[Any], None]) -> None:
+        """Append an access record without a pool thread; ``done`` is called in the reactor
+        with None once the record is durable, or with the AuditUnavailable error.
+
+        The log calls back in its writer thread; outcomes are queued and fired by one
+        ``callFromThread`` per burst, so a group commit of N records wakes the reactor once.
+        """
+        audit.submit(rec, lambda error: self._outcome(done, error))
+
+    def _outcome(self, done: Callable[[Any], None], error: Any) -> None:  # any thread
+        self._outcomes.append((done, error))
+        with self._outcomes_lock:
+            if self._outcomes_scheduled:
+                return
+            self._outcomes_scheduled = True
+        self.reactor.callFromThread(self._fire_outcomes)
+
+    def _fire_outcomes(self) -> None:
+        with self._outcomes_lock:
+            self._outcomes_scheduled = False
+        outcomes = self._outcomes
+        while outcomes:
+            done, error = outcomes.popleft()
+            try:
+                done(error)
+            except Exception:
+                log.exception("LDAP: failed answering after the access-log write")
 
     def buildProtocol(self, addr: Any) -> LDAPConnection:
         proto = LDAPConnection()
@@ -185,6 +236,14 @@ class LDAPFactory(protocol.ServerFactory):
         d.addErrback(self._layout_failed, latest)
         return served
 
+    def answers_for(self, layout: dit.Layout) -> dict[tuple, _Answer]:
+        """The answer cache of ``layout`` (emptied when the served layout changes, so an
+        answer is never sent from another snapshot than the one that computed it)."""
+        if self._answers_layout is not layout:
+            self._answers = {}
+            self._answers_layout = layout
+        return self._answers
+
     def _swap(self, layout: dit.Layout, snapshot: Any, gen: int) -> None:
         if self._building is snapshot:
             self._building = None
@@ -215,6 +274,28 @@ class _Query:
     text: str
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A finished small search: its encoded response ops (without message envelopes) and its
+    access record's fields.
+
+    Kept per (snapshot, exact request bytes after the message id, client): the request bytes
+    hold base, scope, limits, typesOnly, filter, attributes and controls, the client fixes
+    policy and its own entry, and the snapshot fixes the data, so the same request gets the
+    same answer. A repeated request then skips ldaptor's decoder, filter translation, the
+    planner and the disclosure walk; it still gets its own access record before anything is
+    sent.
+    """
+
+    ops: tuple[bytes, ...]
+    done: bytes
+    done_ctrls: bytes
+    query: str
+    status: str
+    subjects: tuple[str, ...]
+    sensitive: tuple[str, ...]
+
+
 class _Abort(Exception):
     def __init__(self, code: int, message: str, matched: str = "") -> None:
         super().__init__(message)
@@ -236,6 +317,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self.pages: controls.PagedSearches | None = None
         self._held = False
         self._queued: list = []
+        #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
+        self._answer_key: tuple | None = None
 
     # ------------------------------------------------------------------ transport
 
@@ -295,6 +378,11 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 break
             pdu = bytes(buf[pos:end])
             pos = end
+            key = None
+            if not self._held:
+                key = self._cached_search(pdu, head)
+                if key is True:
+                    continue
             try:
                 msg, used = pureber.berDecodeObject(self.berdecoder, pdu)
                 if msg is None or used != len(pdu) or not isinstance(
@@ -308,8 +396,49 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             if self._held:
                 self._queued.append(msg)
                 continue
-            self._dispatch_safely(msg)
+            self._answer_key = key
+            try:
+                self._dispatch_safely(msg)
+            finally:
+                self._answer_key = None
         del buf[:pos]
+
+    def _cached_search(self, pdu: bytes, head: int) -> Any:
+        """Answer a search request from the answer cache without decoding it.
+
+        Returns True when answered, else the request's cache key (None when it is not a
+        search request or its envelope is unusual; ldaptor then decodes it as usual).
+        """
+        pos = head
+        if len(pdu) < pos + 3 or pdu[pos] != 0x02:
+            return None
+        n = pdu[pos + 1]
+        if not 1 <= n <= 4 or len(pdu) < pos + 3 + n or pdu[pos + 2 + n] != 0x63:
+            return None
+        msgid = int.from_bytes(pdu[pos + 2:pos + 2 + n], "big", signed=True)
+        if msgid <= 0:
+            return None
+        key = (pdu[pos + 2 + n:], self.client)
+        _, layout = self.factory.current()
+        answer = self.factory.answers_for(layout).get(key)
+        if answer is None:
+            return key
+        self.active[msgid] = True
+        self._send_answer(msgid, answer)
+        return True
+
+    def _send_answer(self, msgid: int, answer: _Answer) -> None:
+        """Record a finished answer, then write it in one go."""
+        def send() -> None:
+            if self.connected and not self.closing:
+                envelope = ber.integer(msgid)
+                out = [ber.tlv(0x30, envelope + op) for op in answer.ops]
+                out.append(ber.tlv(0x30, envelope + answer.done + answer.done_ctrls))
+                self.active.pop(msgid, None)
+                self._write_now(b"".join(out))
+
+        self._after_audit(msgid, answer.query, answer.status, list(answer.subjects),
+                          list(answer.sensitive), send)
 
     def _dispatch_safely(self, msg: Any) -> None:
         try:
@@ -335,6 +464,29 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             return f"{peer.host}:{peer.port}"
         except Exception:
             return "unknown"
+
+    def _write_now(self, data: bytes) -> None:
+        """Write to the socket at once when nothing is queued on a plain TCP transport.
+
+        ``transport.write`` only buffers: the bytes leave on the next reactor turn, after
+        registering for writability and before unregistering again (two epoll_ctl calls and
+        a loop turn per answer). A small answer on an idle connection fits the socket buffer,
+        so it is sent here; whatever is not accepted goes through the transport as usual.
+        """
+        t = self.transport
+        sock = getattr(t, "socket", None)
+        if (sock is not None and not self.tls_active and not getattr(t, "TLS", False)
+                and not t.dataBuffer and not t._tempDataBuffer and not t.disconnecting):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport notices the error itself
+            if sent >= len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def send(self, msgid: int, op: bytes, ctrls: bytes = b"") -> None:
         """Write one response message."""
@@ -372,12 +524,17 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
     # ------------------------------------------------------------------ audit
 
     def _audit(self, operation: str, query: str, status: str, subjects: list[str],
-               sensitive: list[str], client: Any = None) -> defer.Deferred:
-        """Record one access in the audit thread pool (the log blocks until the record is
-        durable, and concurrent records share one commit); fires True, or False when the log
-        is unavailable (the caller then answers 80 and discloses nothing)."""
+               sensitive: list[str], client: Any = None,
+               done: Callable[[bool], None] | None = None) -> defer.Deferred | None:
+        """Record one access (submitted to the log without blocking the reactor; the answer
+        waits until the record is durable, and concurrent records share one commit); fires
+        True, or False when the log is unavailable (the caller then answers 80 and
+        discloses nothing)."""
         audit = self.factory.facade.audit
         if audit is None:
+            if done is not None:
+                done(True)
+                return None
             return defer.succeed(True)
         record_cls, unavailable = _audit_types()
         who = client if client is not None else self.client
@@ -392,8 +549,24 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 log.error("LDAP: access log unavailable; refusing %s", operation)
             return False
 
+        if hasattr(audit, "submit"):
+            # Non-blocking: no pool thread waits for the commit.
+            d = None
+            if done is None:
+                d = defer.Deferred()
+                done = d.callback
+
+            def outcome(error: Any) -> None:
+                done(True if error is None else failed(Failure(error)))
+
+            self.factory.submit_record(audit, rec, outcome)
+            return d
         d = self.factory.in_thread(audit.record, rec)
         d.addCallbacks(lambda _: True, failed)
+        if done is not None:
+            d.addCallback(done)
+            d.addErrback(lambda f: log.error("LDAP: %s", f.getTraceback()))
+            return None
         return d
 
     # ------------------------------------------------------------------ bind
@@ -438,7 +611,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                     self.client = client
                 self.send(msgid, ber.result(ber.BIND_RESPONSE, code, message))
 
-        def decided(result: tuple[int, str, Any]) -> defer.Deferred:
+        def decided(result: tuple[int, str, Any]) -> defer.Deferred | None:
             code, message, client = result
             status = "success" if code == SUCCESS else f"{code}"
             d = self._audit("bind", query, status, [], [], client=client)
@@ -541,13 +714,13 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                     self.send(q.msgid, dit.encode_static(dn, attrs, sel))
                 self._done(q.msgid, SUCCESS)
 
-            self._after_audit(q, "success", [], [], answer)
+            self._after_audit(q.msgid, self._query_text(q), "success", [], [], answer)
             return
         policy = self._policy()
         if policy is None:
             message = ("anonymous access is disabled: bind as a service account "
                        f"(cn=<name>,ou=clients,{layout.base})")
-            self._after_audit(q, f"{INSUFFICIENT_ACCESS}", [], [],
+            self._after_audit(q.msgid, self._query_text(q), f"{INSUFFICIENT_ACCESS}", [], [],
                               lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
             return
         # A paged search keeps the snapshot (and layout) of its first page, so a refresh
@@ -613,29 +786,51 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         if limit_s:
             deadline = time.monotonic() + limit_s
 
+        key = self._answer_key
+        if paged is None and key is not None and len(page_statics) + len(page) <= CHUNK:
+            # Small and complete: encode it all now, keep it for the same request, and send
+            # it in one write.
+            ops = tuple([dit.encode_static(dn, attrs, q.selection) for dn, attrs in page_statics]
+                        + [dit.encode_entry(layout, view, entry, policy, snapshot,
+                                            q.selection).op for view, entry in page])
+            finished = _Answer(ops, ber.result(ber.SEARCH_DONE, code, message),
+                               ber.controls(done_ctrls) if done_ctrls else b"",
+                               self._query_text(q), status, tuple(subjects), tuple(sensitive))
+            if sum(map(len, ops)) <= ANSWER_CACHE_MAX_BYTES:
+                answers = self.factory.answers_for(layout)
+                if len(answers) >= ANSWER_CACHE_ENTRIES:
+                    answers.clear()
+                answers[key] = finished
+            self._send_answer(q.msgid, finished)
+            return
+
         def answer() -> None:
             for dn, attrs in page_statics:
                 self.send(q.msgid, dit.encode_static(dn, attrs, q.selection))
             self._send_entries(q, page, 0, layout, policy, snapshot, code, message,
                                done_ctrls, deadline)
 
-        self._after_audit(q, status, subjects, sensitive, answer)
+        self._after_audit(q.msgid, self._query_text(q), status, subjects, sensitive, answer)
 
-    def _after_audit(self, q: _Query, status: str, subjects: list[str],
+    def _after_audit(self, msgid: int, query: str, status: str, subjects: list[str],
                      sensitive: list[str], answer: Callable[[], None]) -> None:
         """Record the search, then answer; 80 and nothing else when the log fails."""
         def recorded(ok: bool) -> None:
-            if not self.active.get(q.msgid):
-                self.active.pop(q.msgid, None)  # abandoned meanwhile: no reply
+            if not self.active.get(msgid):
+                self.active.pop(msgid, None)  # abandoned meanwhile: no reply
                 return
             if ok:
                 answer()
             else:
-                self._done(q.msgid, OTHER, "access log unavailable")
+                self._done(msgid, OTHER, "access log unavailable")
 
-        d = self._audit("search", self._query_text(q), status, subjects, sensitive)
-        d.addCallback(recorded)
-        d.addErrback(self._internal_error, q.msgid, ber.SEARCH_DONE)
+        def guarded(ok: bool) -> None:
+            try:
+                recorded(ok)
+            except Exception:
+                self._internal_error(Failure(), msgid, ber.SEARCH_DONE)
+
+        self._audit("search", query, status, subjects, sensitive, done=guarded)
 
     def _send_entries(self, q: _Query, page: list, start: int, layout: dit.Layout,
                       policy: Policy, snapshot: Any, code: int, message: str,
