@@ -388,13 +388,7 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise AuditUnavailable("the access log is closed")
-            queue = self._queue
-            if queue and len(queue[-1].rows) < self.max_batch:
-                batch = queue[-1]
-            else:
-                batch = _Batch(self._lock)
-                queue.append(batch)
-            batch.rows.append(row)
+            batch = self._join_batch(row)
             batch.waiting += 1
             if self._writing:
                 deadline = monotonic() + self.timeout
@@ -412,6 +406,17 @@ class AuditLog:
         self._lead(batch)
         self._check(batch)
 
+    def _join_batch(self, row: _Row) -> _Batch:
+        """Add ``row`` to the open batch (a new one when full); call with the lock held."""
+        queue = self._queue
+        if queue and len(queue[-1].rows) < self.max_batch:
+            batch = queue[-1]
+        else:
+            batch = _Batch(self._lock)
+            queue.append(batch)
+        batch.rows.append(row)
+        return batch
+
     def submit(self, rec: AccessRecord,
                callback: Callable[[AuditUnavailable | None], None]) -> None:
         """Append ``rec`` without waiting: ``callback(None)`` once it is durable, or
@@ -428,13 +433,7 @@ class AuditLog:
         with self._lock:
             closed = self._closed
             if not closed:
-                queue = self._queue
-                if queue and len(queue[-1].rows) < self.max_batch:
-                    batch = queue[-1]
-                else:
-                    batch = _Batch(self._lock)
-                    queue.append(batch)
-                batch.rows.append(row)
+                batch = self._join_batch(row)
                 batch.callbacks.append(callback)
                 if not self._writing:
                     self._writing = True
