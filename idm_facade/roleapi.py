@@ -323,29 +323,25 @@ def blueprint(facade: Any) -> Blueprint:
     def subjects_of(entry: Any) -> list[str]:
         return [str(p) for p in entry.attrs.get("personId", ())]
 
+    def per_account(operation: str, user: str, render: Callable[..., Any]) -> Response:
+        """One account's roles in one shape, for the IT systems asked for (``?system=``)."""
+        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+            entry = find_account(snapshot, user, policy)
+            systems = view.systems_matching(request.args.getlist("system"))
+            return render(view, entry, policy, systems), subjects_of(entry)
+        return run(operation, handle)
+
     @bp.get("/roles/<username>")
     def roles(username: str) -> Response:
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            entry = find_account(snapshot, username, policy)
-            systems = view.systems_matching(request.args.getlist("system"))
-            return roles_json(view, entry, policy, systems), subjects_of(entry)
-        return run("roles.lookup", handle)
+        return per_account("roles.lookup", username, roles_json)
 
     @bp.get("/user/<user_id>/roles")
     def user_roles(user_id: str) -> Response:
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            entry = find_account(snapshot, user_id, policy)
-            systems = view.systems_matching(request.args.getlist("system"))
-            return oiobpp_json(view, entry, policy, systems), subjects_of(entry)
-        return run("roles.oiobpp", handle)
+        return per_account("roles.oiobpp", user_id, oiobpp_json)
 
     @bp.get("/user/<user_id>/rolesAsList")
     def roles_as_list(user_id: str) -> Response:
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            entry = find_account(snapshot, user_id, policy)
-            systems = view.systems_matching(request.args.getlist("system"))
-            return roles_as_list_json(view, entry, policy, systems), subjects_of(entry)
-        return run("roles.list", handle)
+        return per_account("roles.list", user_id, roles_as_list_json)
 
     @bp.get("/user/<user_id>/hasUserRole/<role_id>")
     def has_user_role(user_id: str, role_id: str) -> Response:
