@@ -1027,19 +1027,27 @@ class _LDAPSFactory(LDAPFactory):
         return proto
 
 
-def listen(reactor: Any, facade: Any, host: str, port: int,
-           ldaps_port: int | None = None) -> list[IListeningPort]:
-    """Start the LDAP listener (and LDAPS when ``ldaps_port`` is given) on ``host``."""
+def factories(reactor: Any, facade: Any, ldap: bool, ldaps: bool
+              ) -> tuple[Any, LDAPFactory | None, LDAPFactory | None]:
+    """The TLS context and the factories of the plain and the LDAPS listener (None when not
+    wanted); shared by :func:`listen` and ``serve --workers``, which adopts listening sockets."""
     from idm_facade.ldap import tls
 
     context = tls.context_factory(facade.config)
+    return (context, LDAPFactory(facade, reactor, context) if ldap else None,
+            _LDAPSFactory(facade, reactor, context) if ldaps else None)
+
+
+def listen(reactor: Any, facade: Any, host: str, port: int,
+           ldaps_port: int | None = None) -> list[IListeningPort]:
+    """Start the LDAP listener (and LDAPS when ``ldaps_port`` is given) on ``host``."""
+    context, plain, secure = factories(reactor, facade, port is not None,
+                                       ldaps_port is not None)
     ports = []
-    if port is not None:
-        ports.append(reactor.listenTCP(port, LDAPFactory(facade, reactor, context),
-                                       interface=host))
-    if ldaps_port is not None:
-        ports.append(reactor.listenSSL(ldaps_port, _LDAPSFactory(facade, reactor, context),
-                                       context, interface=host))
+    if plain is not None:
+        ports.append(reactor.listenTCP(port, plain, interface=host))
+    if secure is not None:
+        ports.append(reactor.listenSSL(ldaps_port, secure, context, interface=host))
     for p in ports:
         address = p.getHost()
         log.info("LDAP listening on %s:%s", address.host, address.port)
