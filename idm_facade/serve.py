@@ -10,7 +10,8 @@ The reactor runs every listener of the facade:
 One process serves the largest municipality from memory; more capacity means more such
 processes (each with its own directory, all refreshed from the same change log) behind an
 ordinary TCP/HTTP load balancer. Set ``[scim] cursor_secret`` so cursors from one process are
-accepted by the others.
+accepted by the others. On one machine, ``--workers N`` runs N such processes behind the same
+ports without a load balancer (``idm_facade.workers``: the parent binds, the workers adopt).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from idm_facade.context import Facade
+
+if TYPE_CHECKING:
+    from idm_facade.workers import Sockets
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +82,15 @@ def http_site(reactor: Any, app: Any, threads: int = DEFAULT_THREADS) -> Any:
 
 def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
            ldap_port: int | None = None, ldaps_port: int | None = None,
-           threads: int = DEFAULT_THREADS) -> Listening:
-    """Open every listener on ``reactor`` (call before ``reactor.run()``)."""
+           threads: int = DEFAULT_THREADS, sockets: Sockets | None = None) -> Listening:
+    """Open every listener on ``reactor`` (call before ``reactor.run()``); with ``sockets``
+    (a ``--workers`` worker), serve on those already-listening sockets instead."""
     from idm_facade.scim.app import create_app
 
     app = create_app(facade)
-    port = reactor.listenTCP(scim_port, http_site(reactor, app, threads), interface=host)
+    site = http_site(reactor, app, threads)
+    port = (reactor.listenTCP(scim_port, site, interface=host) if sockets is None
+            else sockets.adopt_http(reactor, site))
     listening = Listening(host, port.getHost().port, ports=[port])
     if ldap_port is not None or ldaps_port is not None:
         try:
@@ -92,7 +99,8 @@ def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
             raise LdapUnavailable(
                 f"LDAP was requested (--ldap-port/--ldaps-port) but the LDAP server is not "
                 f"available in this installation: {exc}") from exc
-        ports = ldap_server.listen(reactor, facade, host, ldap_port, ldaps_port)
+        ports = (ldap_server.listen(reactor, facade, host, ldap_port, ldaps_port)
+                 if sockets is None else sockets.adopt_ldap(reactor, facade))
         listening.ports.extend(ports)
         listening.ldap_ports = [p.getHost().port for p in ports]
     return listening
@@ -100,21 +108,24 @@ def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
 
 def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
         ldaps_port: int | None = None, threads: int = DEFAULT_THREADS,
-        announce: Callable[[Listening], None] | None = None) -> None:
+        announce: Callable[[Listening], None] | None = None,
+        sockets: Sockets | None = None) -> None:
     """Serve until interrupted: listeners, directory refresh, then the reactor loop."""
     from twisted.internet import reactor
 
-    listening = listen(reactor, facade, host, scim_port, ldap_port, ldaps_port, threads)
+    listening = listen(reactor, facade, host, scim_port, ldap_port, ldaps_port, threads,
+                       sockets)
     facade.directory.start()
     reactor.addSystemEventTrigger("before", "shutdown", facade.directory.stop)
     close = getattr(facade.audit, "close", None)
     if callable(close):
         reactor.addSystemEventTrigger("after", "shutdown", close)
-    (announce or _announce)(listening)
+    (announce or announce_listening)(listening)
     reactor.run()  # type: ignore[attr-defined]
 
 
-def _announce(listening: Listening) -> None:
+def announce_listening(listening: Listening) -> None:
+    """Print one line per listener (scripts and tests read the ports from them)."""
     host = listening.host
     print(f"SCIM      http://{host}:{listening.http_port}/scim/v2", flush=True)
     print(f"role API  http://{host}:{listening.http_port}/api", flush=True)
@@ -142,9 +153,16 @@ def _serve_options(func: Callable) -> Callable:
     return func
 
 
-def _serve_or_fail(facade: Facade, host: str, scim_port: int, ldap_port: int | None,
-                   ldaps_port: int | None, threads: int) -> None:
+def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: int | None,
+                   ldaps_port: int | None, threads: int, workers: int = 1,
+                   db: str | None = None, config_path: str | None = None) -> None:
     try:
+        if workers > 1:  # this process only supervises; each worker builds its own facade
+            from idm_facade.workers import serve_workers
+
+            sys.exit(serve_workers(workers, db, config_path, host, scim_port, ldap_port,
+                                   ldaps_port, threads))
+        assert facade is not None
         run(facade, host, scim_port, ldap_port, ldaps_port, threads)
     except LdapUnavailable as exc:
         raise click.ClickException(str(exc)) from None
@@ -160,13 +178,18 @@ def _serve_or_fail(facade: Facade, host: str, scim_port: int, ldap_port: int | N
 @click.option("--ldap-port", type=int, default=None,
               help="LDAP port (plain, StartTLS); omitted = no LDAP listener.")
 @click.option("--ldaps-port", type=int, default=None, help="LDAPS port (TLS from the start).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes serving the same ports (each with its own directory); "
+                   "1 = this process serves.")
 @_serve_options
 def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | None,
-                  ldaps_port: int | None, config_path: str | None, threads: int) -> None:
-    """Serve SCIM, the role API and LDAP from one process until interrupted."""
+                  ldaps_port: int | None, workers: int, config_path: str | None,
+                  threads: int) -> None:
+    """Serve SCIM, the role API and LDAP until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    facade = build_facade(db, config_path)
-    _serve_or_fail(facade, host, scim_port, ldap_port, ldaps_port, threads)
+    facade = build_facade(db, config_path) if workers == 1 else None
+    _serve_or_fail(facade, host, scim_port, ldap_port, ldaps_port, threads, workers, db,
+                   config_path)
 
 
 @click.command("demo")

@@ -61,11 +61,14 @@ def copy_store(url: str, target: Path) -> str:
 
 
 def start_serve(db: str, config_path: Path, *, ldap: bool = True, ldaps: bool = False,
-                timeout: float = 120) -> Serving:
-    """Run ``idm-facade serve`` over ``db`` and return once its listeners are announced."""
+                timeout: float = 120, workers: int = 1) -> Serving:
+    """Run ``idm-facade serve`` over ``db`` and return once its listeners are announced
+    (with ``workers`` > 1: once every worker serves)."""
     exe = Path(sys.executable).with_name("idm-facade")
     cmd = [str(exe), "serve", "--db", db, "--host", "127.0.0.1", "--scim-port", "0",
            "--config", str(config_path)]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
     wanted_ldap = 0
     if ldap:
         cmd += ["--ldap-port", "0"]
