@@ -13,7 +13,9 @@ with ``slapadd``. Then, against both servers in one run:
 - simple binds per second (2 processes; slapd binds its rootdn, the facade a service account);
 - a full ``ou=people`` pull (all user attributes), and point-search latency while pulls run.
 
-usage: python bench/ldap_bench.py [--size M] [--seconds 8] [--ldclt PATH]
+usage: python bench/ldap_bench.py [--size M] [--seconds 8] [--ldclt PATH] [--workers 1 2]
+``--workers`` is passed to ``idm-facade serve``; with several counts every facade variant runs
+once per count (all up at the same time, measured one after the other).
 Servers listen on 127.0.0.1 only and are stopped by PID at the end.
 """
 
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--ldclt", default=shutil.which("ldclt") or "/tmp/dl389/x/usr/bin/ldclt")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="idm-facade serve --workers; several counts in the same run")
     args = parser.parse_args()
 
     from bench.ldap_ldif import export_ldif
@@ -243,9 +247,12 @@ def main() -> None:
         f'[directory]\nstate_dir = "{work}"\n[audit]\ndb = "sqlite:///{shm}/audit.db"\n')
     exe = Path(sys.executable).with_name("idm-facade")
     servers_procs, facade_ports = [], []
-    for conf in ("idm.toml", "idm-shm.toml"):
+    variants = [(workers, conf) for workers in args.workers
+                for conf in ("idm.toml", "idm-shm.toml")]
+    for workers, conf in variants:
         proc = subprocess.Popen([str(exe), "serve", "--db", db, "--scim-port", "0",
-                                 "--ldap-port", "0", "--config", str(work / conf)],
+                                 "--ldap-port", "0", "--config", str(work / conf),
+                                 "--workers", str(workers)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         servers_procs.append(proc)
         port = None
@@ -261,11 +268,11 @@ def main() -> None:
     uids = [str(e.first("userName")) for e in accounts]
     numbers = [e.first("employeeNumber") for e in accounts if e.first("employeeNumber")]
     servers = {"slapd": (f"ldap://127.0.0.1:{slapd_port}", (f"cn=admin,{base}", "secret"),
-                         slapd_port),
-               "idm-facade": (f"ldap://127.0.0.1:{facade_ports[0]}", facade_bind,
-                              facade_ports[0]),
-               "idm-facade (audit log on tmpfs)": (f"ldap://127.0.0.1:{facade_ports[1]}",
-                                                   facade_bind, facade_ports[1])}
+                         slapd_port)}
+    for (workers, conf), port in zip(variants, facade_ports, strict=True):
+        name = "idm-facade" + ("" if args.workers == [1] else f" --workers {workers}") + (
+            " (audit log on tmpfs)" if conf == "idm-shm.toml" else "")
+        servers[name] = (f"ldap://127.0.0.1:{port}", facade_bind, port)
     people = f"ou=people,{base}"
     try:
         nproc = os.cpu_count()

@@ -11,6 +11,11 @@ answered from that cache. The "unique query" rows defeat it (wrk appends a diffe
 parameter to every request) and show what a list request costs when it is not a repeat.
 
     python -m bench.scim_bench --size XL [--peer] [--duration 10] [--connections 32]
+                               [--workers 1 2]
+
+``--workers`` is passed to ``idm-facade serve``; with several counts the facade is started
+once per count, one after the other, and every facade row is measured for each (labelled
+"--workers N" unless the only count is 1).
 
 The store is a copy of ``bench.datasets.demo_store(size)`` in a temporary directory (the
 access-log records the run writes go there, not into the shared bench store).
@@ -279,6 +284,31 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def facade_rows(base: str, token: str, t: dict[str, str],
+                args: argparse.Namespace) -> dict[str, tuple[float, str]]:
+    """wrk over the facade's four requests, repeated and with unique query strings."""
+    by_name = 'userName eq "{}"'.format(t["userName"])
+    by_mail = 'emails[type eq "work"].value eq "{}"'.format(t["mail"])
+    urls = {
+        "userName eq": f"{base}/Users?filter={q(by_name)}",
+        "emails[type eq work].value eq": f"{base}/Users?filter={q(by_mail)}",
+        "startIndex=5001&count=100": f"{base}/Users?startIndex=5001&count=100",
+        "5,000-member group, excludedAttributes=members":
+            f"{base}/Groups/{t['group']}?excludedAttributes=members",
+    }
+    results = {}
+    for label, target in urls.items():
+        wrk(target, token, 2, args.connections)  # warm up (caches, thread pool)
+        results[label] = wrk(target, token, args.duration, args.connections)
+        print(f"{label}: {results[label][0]:.0f} req/s, mean {results[label][1]}", flush=True)
+    for label in ("userName eq", "emails[type eq work].value eq", "startIndex=5001&count=100"):
+        unique = f"{label} (unique query)"
+        results[unique] = wrk(urls[label], token, args.duration, args.connections, unique=True)
+        print(f"{unique}: {results[unique][0]:.0f} req/s, mean {results[unique][1]}",
+              flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="XL", choices=["S", "M", "L", "XL"])
@@ -287,6 +317,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="idm-facade serve --workers; several counts are measured one "
+                             "after the other in the same run")
     parser.add_argument("--peer", action="store_true", help="also measure scim2-server")
     parser.add_argument("--peer-connections", type=int, default=4,
                         help="wrk connections for the peer (its slow requests run one after "
@@ -309,41 +342,33 @@ def main() -> None:
     name = f"bench-{os.getpid()}"
     token = registry.add(name, "scim", "default")
     engine.dispose()
-    started = time.time()
-    server, base = start([PY, "-c", "from idm_facade.cli import main; main()", "serve",
-                          "--db", url, "--scim-port", "0", "--threads", str(args.threads)],
-                         r"SCIM\s+(http://\S+/scim/v2)")
     hello, hello_url = start([PY, "-c", HELLO, str(args.threads)], r"HELLO (\S+)")
+    results: dict[str, tuple[float, str]] = {}
     try:
-        print(f"facade up in {time.time() - started:.1f}s", flush=True)
-        t = targets(base, token)
-        print(f"targets: {t}", flush=True)
-        by_name = 'userName eq "{}"'.format(t["userName"])
-        by_mail = 'emails[type eq "work"].value eq "{}"'.format(t["mail"])
-        urls = {
-            "hello-world Flask (same server)": (hello_url, None),
-            "userName eq": (f"{base}/Users?filter={q(by_name)}", token),
-            "emails[type eq work].value eq": (f"{base}/Users?filter={q(by_mail)}", token),
-            "startIndex=5001&count=100": (f"{base}/Users?startIndex=5001&count=100", token),
-            "5,000-member group, excludedAttributes=members": (
-                f"{base}/Groups/{t['group']}?excludedAttributes=members", token),
-        }
-        results = {}
-        for label, (target, tok) in urls.items():
-            wrk(target, tok, 2, args.connections)  # warm up (caches, thread pool)
-            results[label] = wrk(target, tok, args.duration, args.connections)
-            print(f"{label}: {results[label][0]:.0f} req/s, mean {results[label][1]}",
-                  flush=True)
-        for label in ("userName eq", "emails[type eq work].value eq",
-                      "startIndex=5001&count=100"):
-            target, tok = urls[label]
-            unique = f"{label} (unique query)"
-            results[unique] = wrk(target, tok, args.duration, args.connections, unique=True)
-            print(f"{unique}: {results[unique][0]:.0f} req/s, mean {results[unique][1]}",
-                  flush=True)
+        wrk(hello_url, None, 2, args.connections)
+        results["hello-world Flask (same server)"] = wrk(hello_url, None, args.duration,
+                                                          args.connections)
+        print(f"hello-world: {results['hello-world Flask (same server)'][0]:.0f} req/s",
+              flush=True)
     finally:
-        for proc in (server, hello):
-            stop(proc)
+        stop(hello)
+    try:
+        for workers in args.workers:
+            suffix = "" if args.workers == [1] else f" (--workers {workers})"
+            started = time.time()
+            server, base = start([PY, "-c", "from idm_facade.cli import main; main()", "serve",
+                                  "--db", url, "--scim-port", "0", "--threads",
+                                  str(args.threads), "--workers", str(workers)],
+                                 r"SCIM\s+(http://\S+/scim/v2)")
+            try:
+                print(f"facade{suffix} up in {time.time() - started:.1f}s", flush=True)
+                t = targets(base, token)
+                print(f"targets: {t}", flush=True)
+                results.update({label + suffix: value for label, value in
+                                facade_rows(base, token, t, args).items()})
+            finally:
+                stop(server)
+    finally:
         engine = make_engine(url)
         ClientRegistry(engine, Config()).revoke(name)
         engine.dispose()
@@ -361,7 +386,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for label, (rps, latency) in results.items():
         ratio = f"{rps / hello_rps:.0%}"
-        found = peer_results.get(label.removesuffix(" (unique query)"))
+        found = peer_results.get(re.sub(r" \((unique query|--workers \d+)\)", "", label))
         peer_cell = f"{found[0]:.1f}" if found else "-"
         peer_latency = found[1] if found else "-"
         times = f"{rps / found[0]:.0f}x" if found and found[0] else "-"
