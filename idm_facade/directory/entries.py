@@ -20,7 +20,8 @@ from idm_facade.directory.posix import PosixNumbers
 from schemas.attributes import ACCOUNT, ROLE, ROLEGROUP, UNIT
 
 #: Derived look-ups cached on ``OrgData.derived``, with the OrgData tables each depends on;
-#: an incremental refresh keeps those whose tables did not change.
+#: an incremental refresh keeps those whose tables did not change, and drops any look-up not
+#: listed here.
 DERIVED_DEPENDS: dict[str, frozenset[str]] = {
     "chains": frozenset({"units"}),
     "paths": frozenset({"units"}),
@@ -32,6 +33,7 @@ DERIVED_DEPENDS: dict[str, frozenset[str]] = {
     "kle_by_unit": frozenset({"kles"}),
     "managers_by_unit": frozenset({"managers"}),
     "associations_by_person": frozenset({"associations"}),
+    "constraints": frozenset({"units", "kles", "kle_aspects"}),
 }
 
 #: The IT system whose accounts are the directory's people (SCIM Users / LDAP persons).

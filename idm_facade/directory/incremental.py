@@ -46,6 +46,9 @@ _TABLES: dict[str, tuple[str, type]] = {
     "org_unit": ("units", m.OrgUnit),
     "account_role_assignment": ("account_assignments", m.AccountRoleAssignment),
     "unit_role_assignment": ("unit_assignments", m.UnitRoleAssignment),
+    "job_role": ("job_roles", m.JobRole),
+    "role_group": ("role_groups", m.RoleGroup),
+    "system_role": ("system_roles", m.SystemRole),
 }
 
 #: Link tables reloaded with their owner: (owner table, OrgData attribute, table, owner
@@ -62,10 +65,12 @@ _LINKS = (
      m.unit_assignment_excepted_account, "assignment_id", "account_id", True),
     ("unit_role_assignment", "unit_assignment_excepted_units", m.unit_assignment_excepted_unit,
      "assignment_id", "org_unit_id", True),
+    ("role_group", "role_group_members", m.role_group_member, "role_group_id", "job_role_id",
+     False),
 )
 
 #: Tables whose changes leave every entry in place (not rendered).
-_IGNORED = frozenset({"related_unit", "leave"})
+_IGNORED = frozenset({"related_unit", "leave", "job_role_system_role"})
 
 #: Upper bound on touched rows for the incremental path; beyond it a full build is cheaper.
 MAX_TOUCHED = 2000
@@ -104,7 +109,7 @@ def refresh(engine: Engine, old: Snapshot, at: datetime, directory_system: str
 
 
 def _catalogue_crossed(session: Session, since: datetime, at: datetime) -> bool:
-    for model in (m.Klasse, m.ItSystem, m.SystemRole, m.JobRole, m.RoleGroup):
+    for model in (m.Klasse, m.ItSystem):
         query = select(model.id).where(or_(
             (model.valid_from > since) & (model.valid_from <= at),
             (model.valid_to > since) & (model.valid_to <= at))).limit(1)
@@ -121,8 +126,9 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
     changed_attrs |= {attr for owner, attr, *_ in _LINKS if owner in touched}
     # Link maps count as their owner's table for the derived look-ups.
     changed_attrs |= {_TABLES[owner][0] for owner, *_ in _LINKS if owner in touched}
+    # Keep a derived look-up only when its tables are known and none of them changed.
     new.derived = {name: value for name, value in data.derived.items()
-                   if not (DERIVED_DEPENDS.get(name, frozenset({"*"})) & changed_attrs)}
+                   if name in DERIVED_DEPENDS and not (DERIVED_DEPENDS[name] & changed_attrs)}
     for table, ids in touched.items():
         if table not in _TABLES:
             continue
@@ -134,6 +140,11 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
         for row in session.execute(query):
             rows[row.id] = row
         setattr(new, attr, rows)
+    if touched.keys() & {"job_role", "job_role_system_role"}:
+        bundled: dict[str, list[Any]] = defaultdict(list)
+        for row in session.execute(select(m.JobRoleSystemRole.__table__)):
+            bundled[row.job_role_id].append(row)
+        new.job_role_system_roles = bundled
     for owner, attr, table, owner_col, target_col, as_set in _LINKS:
         ids = touched.get(owner)
         if not ids:
@@ -146,7 +157,7 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
                                    .where(table.c[owner_col].in_(ids))):
             found[row[0]].append(row[1])
         for key, values in found.items():
-            links[key] = set(values) if as_set else values
+            links[key] = set(values) if as_set else sorted(values)
         setattr(new, attr, links)
     return new
 
@@ -201,6 +212,25 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
     for row_id in touched.get("unit_role_assignment", ()):
         unit_roots.update(r.org_unit_id for r in both("unit_assignments", row_id))
     unit_roots.update(touched.get("org_unit", ()))
+    # Role catalogue: whoever held, or is assigned, a changed role or role group (directly,
+    # through a unit, or through a role group bundling a changed role) is re-derived.
+    role_ids = set(touched.get("job_role", ()))
+    group_ids = set(touched.get("role_group", ()))
+    bundles = {g for data in (old_data, new) for g, members in data.role_group_members.items()
+               if role_ids.intersection(members)}
+    for catalogue_id in role_ids | group_ids | bundles:
+        before = old.get(catalogue_id)
+        if before is not None:
+            accounts.update(before.attrs.get("member", ()))
+    if role_ids or group_ids:
+        reach_groups = group_ids | bundles
+        for data in (old_data, new):
+            for a in data.account_assignments.values():
+                if a.job_role_id in role_ids or a.role_group_id in reach_groups:
+                    accounts.add(a.account_id)
+            for a in data.unit_assignments.values():
+                if a.job_role_id in role_ids or a.role_group_id in reach_groups:
+                    unit_roots.add(a.org_unit_id)
     # A changed person who manages units changes the "manager" of everyone below them.
     managers_of = {mgr.person_id: mgr.org_unit_id for data in (old_data, new)
                    for mgr in data.managers.values() if mgr.person_id}
@@ -226,7 +256,9 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
     system_id = builder.system_id
     builder.numbers.allocate(
         (a for a in accounts if getattr(new.accounts.get(a), "it_system_id", None) == system_id),
-        (u for u in (units | direct_units | unit_roots) if u in new.units))
+        [*(u for u in (units | direct_units | unit_roots) if u in new.units),
+         *(r for r in role_ids if r in new.job_roles),
+         *(g for g in group_ids if g in new.role_groups)])
     # Rebuild the accounts; compare memberships to find the groups that move.
     changed: list[Entry] = []
     removed: set[str] = set()
@@ -262,8 +294,22 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
             changed.append(builder.unit(row))
         elif before is not None:
             removed.add(unit_id)
+    # Changed roles and role groups: rebuilt whole, with their member lists patched.
+    for catalogue_id, rows, build, members_of in (
+            *((r, new.job_roles, builder.role, builder.role_members) for r in role_ids),
+            *((g, new.role_groups, builder.role_group, builder.group_members)
+              for g in group_ids)):
+        before = old.get(catalogue_id)
+        adds, drops = moved.get(catalogue_id, (set(), set()))
+        members_of[catalogue_id] = (
+            set(before.attrs.get("member", ())) if before else set()) - drops | adds
+        row = rows.get(catalogue_id)
+        if row is not None:
+            changed.append(build(row))
+        elif before is not None:
+            removed.add(catalogue_id)
     for group_id, (adds, drops) in moved.items():
-        if group_id in rebuild_units:
+        if group_id in rebuild_units or group_id in role_ids or group_id in group_ids:
             continue
         before = old.get(group_id)
         if before is None:

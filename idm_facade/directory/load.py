@@ -77,6 +77,8 @@ def _links(session: Session, table, key: str, value: str) -> dict[str, list[str]
     found: dict[str, list[str]] = defaultdict(list)
     for row in session.execute(select(table.c[key], table.c[value])):
         found[row[0]].append(row[1])
+    for values in found.values():
+        values.sort()  # a deterministic order, whatever order the database returns rows in
     return found
 
 
