@@ -227,6 +227,16 @@ COMPLEX: dict[str, tuple[str, ...]] = {
     "addresses": ("type", "formatted", "primary"),
 }
 
+#: SCIM ``returned`` of complex attributes kept whole in ``Entry.complex`` (no flattened
+#: attribute above spells them), by (schema URN, SCIM name); unlisted ones are "default".
+#: Role provenance (one element per grant: via, viaUnit, viaRoleGroup, validity) is about a
+#: third of a User's JSON and few provisioning clients need to know *why* a role is held, so
+#: it is sent only when ``attributes`` asks for it (RFC 7643 §7). Core ``User.roles`` (what
+#: the account holds) stays in the default representation; filters ignore ``returned``.
+COMPLEX_RETURNED: dict[tuple[str, str], str] = {
+    (MUNICIPAL_USER, "roles"): "request",
+}
+
 #: Complex attributes whose elements carry a ``visibility`` key filtered by policy.
 VISIBILITY_COMPLEX = frozenset({"emails", "phoneNumbers", "addresses"})
 

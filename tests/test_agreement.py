@@ -5,16 +5,18 @@ demo store. A SCIM client and an LDAP client are registered with the same policy
 clients, policy ``demo-internal``). Then, for every account:
 
 - the role ids of ``GET /api/roles/{userName}``,
-- the values of SCIM ``User.roles`` (one paged list with ``attributes=userName,roles``),
+- the values of SCIM ``User.roles`` (one paged list with ``attributes=userName,roles`` and
+  the municipal extension's role provenance, which is returned only on request),
 - the ``idmRole`` values and the role groups among ``memberOf`` in LDAP (one paged search)
 
-are the same set; and for every role, the members of its SCIM Group equal the accounts its
+are the same set, and the provenance (via, unit, role group of each grant) of SCIM and the
+role API is the same; and for every role, the members of its SCIM Group equal the accounts its
 LDAP groupOfNames lists in ``member``, and equal the accounts holding the role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -31,6 +33,7 @@ from store.engine import make_engine
 from tests.serving import Serving, copy_store, start_serve
 
 MUNI_GROUP = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:Group"
+MUNI_USER = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:User"
 
 
 @dataclass
@@ -93,6 +96,11 @@ def _ldap_paged(conn, base: str, flt: str, attrs: list[str]) -> list[tuple[str, 
         page.cookie = cookie
 
 
+def _grants(items: Iterable[tuple]) -> list[tuple]:
+    """(role, via, unit, role group) of each grant, in one order (values may be None)."""
+    return sorted(items, key=str)
+
+
 def _norm(dn: str) -> tuple:
     return parse_dn(dn)
 
@@ -102,14 +110,17 @@ def test_json_scim_and_ldap_agree_for_every_account(views):
     headers = {"Authorization": f"Bearer {scim_token}"}
     base = views.serving.scim_base
 
-    # SCIM: every User, only userName and roles.
+    # SCIM: every User, only userName, roles and (asked for) role provenance.
     with httpx.Client(base_url=f"{base}/scim/v2", headers=headers, timeout=30) as http:
-        users = _scim_get(http, "/Users", attributes="userName,roles")
+        users = _scim_get(http, "/Users", attributes=f"userName,roles,{MUNI_USER}:roles")
         role_groups = _scim_get(http, "/Groups", filter=f'{MUNI_GROUP}:kind eq "role"',
                                 attributes="members")
     scim_roles = {u["userName"].casefold(): {r["value"] for r in u.get("roles", [])}
                   for u in users}
     scim_ids = {u["id"]: u["userName"].casefold() for u in users}
+    scim_grants = {u["userName"].casefold(): _grants(
+        (g["value"], g["via"], g.get("viaUnit"), g.get("viaRoleGroup"))
+        for g in u.get(MUNI_USER, {}).get("roles", [])) for u in users}
     scim_members = {g["id"]: {m["value"] for m in g.get("members", [])} for g in role_groups}
 
     # LDAP: every person and every role group, one paged search each.
@@ -153,9 +164,16 @@ def test_json_scim_and_ldap_agree_for_every_account(views):
                              ldap_member_of[name])
             if any(v != json_roles for v in views_of_name):
                 mismatches.append((name, *views_of_name))
+            json_grants = _grants(
+                (r["id"], p["via"], (p["unit"] or {}).get("id"), (p["roleGroup"] or {}).get("id"))
+                for s in body["itSystems"] for r in s["jobRoles"] for p in r["provenance"])
+            if json_grants != scim_grants[name]:
+                mismatches.append((name, json_grants, scim_grants[name]))
     assert not mismatches, mismatches[:5]
     holders = sum(1 for roles in scim_roles.values() if roles)
     assert holders > len(scim_roles) // 4, "too few accounts hold roles to prove anything"
+    assert any(via == "unit" and unit for grants in scim_grants.values()
+               for _, via, unit, _ in grants)
 
     # Role groups: SCIM members == LDAP member == holders of the role, for every role.
     assert set(scim_members) == set(ldap_members) == {r.id for r in views.roles}

@@ -36,6 +36,8 @@ from store.engine import make_engine  # noqa: E402
 
 MUNI_USER = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:User"
 MUNI_GROUP = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:Group"
+#: Role provenance: the municipal extension's ``roles`` (``returned: "request"``).
+PROVENANCE = f"{MUNI_USER}:roles"
 SCIM_JSON = "application/scim+json"
 
 
@@ -459,8 +461,9 @@ def test_repeated_list_query_cached_body_but_one_record_each(scim):
 
 def test_core_roles_list_each_role_once_with_provenance_in_extension(scim):
     """User.roles names each effective role once; the municipal extension keeps one element
-    per grant, so a role held for two reasons shows both reasons there."""
-    body = scim.get("/Users", count=300).json()
+    per grant, so a role held for two reasons shows both reasons there (provenance is
+    returned on request only, so it is asked for)."""
+    body = scim.get("/Users", count=300, attributes=f"userName,roles,{PROVENANCE}").json()
     twice = 0
     for user in body["Resources"]:
         core = [r["value"] for r in user.get("roles", [])]
@@ -469,3 +472,132 @@ def test_core_roles_list_each_role_once_with_provenance_in_extension(scim):
         assert {g["value"] for g in grants} == set(core)
         twice += len(grants) > len(core)
     assert twice  # the demo has roles held for more than one reason
+
+
+# --------------------------------------------------------------------------- role provenance
+
+
+def _grants(entry) -> list[tuple]:
+    """(role, via, viaUnit, viaRoleGroup) of every grant the directory keeps, in order."""
+    return [(g["value"], g["via"], g.get("viaUnit"), g.get("viaRoleGroup"))
+            for g in entry.complex.get("roles", ())]
+
+
+def _shown_grants(user: dict) -> list[tuple]:
+    return [(g["value"], g["via"], g.get("viaUnit"), g.get("viaRoleGroup"))
+            for g in user.get(MUNI_USER, {}).get("roles", [])]
+
+
+def test_default_user_has_core_roles_and_groups_but_no_provenance(scim):
+    by_id = {e.id: e for e in scim.accounts}
+    response = scim.get("/Users", count=1000)
+    validate_list(scim, response)
+    resources = response.json()["Resources"]
+    assert len(resources) == len(by_id)
+    holders = 0
+    for user in resources:
+        entry = by_id[user["id"]]
+        assert "roles" not in user.get(MUNI_USER, {}), user["userName"]
+        assert {r["value"] for r in user.get("roles", [])} == set(entry.attrs.get("role", ()))
+        assert {g["value"] for g in user.get("groups", [])} == \
+            set(entry.attrs.get("memberOf", ()))
+        assert user[MUNI_USER]["personId"] == entry.first("personId")  # the rest stays
+        holders += bool(entry.complex.get("roles"))
+    assert holders > len(by_id) // 4
+    for key in ('"viaUnit"', '"viaRoleGroup"', '"via"'):
+        assert key not in response.text
+    # unqualified "roles" is core User.roles (RFC 7644 §3.10): no provenance with it
+    core_only = scim.get("/Users", count=1000, attributes="roles").json()["Resources"]
+    assert any(u.get("roles") for u in core_only)
+    assert all(MUNI_USER not in u for u in core_only)
+
+
+def test_provenance_returned_when_requested(scim):
+    by_id = {e.id: e for e in scim.accounts}
+    asked = scim.get("/Users", count=1000, attributes=PROVENANCE)
+    validate_list(scim, asked)
+    held = 0
+    for user in asked.json()["Resources"]:
+        entry = by_id[user["id"]]
+        assert _shown_grants(user) == _grants(entry), user["userName"]
+        assert set(user) <= {"schemas", "id", "userName", MUNI_USER}
+        assert set(user.get(MUNI_USER, {})) <= {"roles"}
+        held += bool(_grants(entry))
+    assert held
+    # a sub-attribute of it
+    vias = scim.get("/Users", count=1000, attributes=f"{PROVENANCE}.via").json()
+    for user in vias["Resources"]:
+        grants = user.get(MUNI_USER, {}).get("roles", [])
+        assert [set(g) for g in grants] == [{"via"}] * len(grants)
+        assert [g["via"] for g in grants] == [g[1] for g in _grants(by_id[user["id"]])]
+    # the whole extension URN names all of its attributes, request-only ones included
+    # (as for cprNumber)
+    whole = scim.get("/Users", count=1000, attributes=MUNI_USER).json()
+    for user in whole["Resources"]:
+        entry = by_id[user["id"]]
+        assert _shown_grants(user) == _grants(entry)
+        assert user[MUNI_USER]["personId"] == entry.first("personId")
+        assert "roles" not in user and "emails" not in user
+    # a SearchRequest asks the same way
+    search = scim.http().post("/Users/.search", json={
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "attributes": ["userName", PROVENANCE], "count": 1000})
+    assert search.json()["Resources"] == asked.json()["Resources"]
+
+
+def test_filter_on_provenance_works_when_not_returned(scim):
+    accounts = scim.accounts
+    via_unit = {e.id for e in accounts if any(g[1] == "unit" for g in _grants(e))}
+    as_manager = {e.id for e in accounts if any(g[1] == "manager" for g in _grants(e))}
+    assert via_unit and as_manager and len(via_unit) < len(accounts)
+    response = users(scim, f'{PROVENANCE}.via eq "unit"')
+    validate_list(scim, response)
+    assert set(ids(response)) == via_unit
+    assert all("roles" not in r.get(MUNI_USER, {}) for r in response.json()["Resources"])
+    assert set(ids(users(scim, f'{PROVENANCE}.via eq "MANAGER"'))) == as_manager
+    group = next(g[3] for e in accounts for g in _grants(e) if g[3])
+    through = {e.id for e in accounts if any(g[3] == group for g in _grants(e))}
+    response = users(scim, f'{PROVENANCE}.viaRoleGroup eq "{group}"',
+                     attributes=PROVENANCE)
+    assert set(ids(response)) == through
+    assert all(_shown_grants(r) == _grants(next(e for e in accounts if e.id == r["id"]))
+               for r in response.json()["Resources"])
+    # unqualified, "roles" is core User.roles, which has no "via"
+    validate_error(users(scim, 'roles.via eq "unit"'), 400, "invalidFilter")
+
+
+def test_schemas_say_provenance_is_returned_on_request(scim):
+    muni = {a["name"]: a for a in scim.get(f"/Schemas/{MUNI_USER}").json()["attributes"]}
+    assert muni["roles"]["returned"] == "request"
+    assert muni["cprNumber"]["returned"] == "request"
+    assert {"via", "viaUnit", "viaRoleGroup"} <= {
+        s["name"] for s in muni["roles"]["subAttributes"]}
+    assert all(a["returned"] == "default" for name, a in muni.items()
+               if name not in ("roles", "cprNumber"))
+    core = scim.get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User").json()
+    core_attrs = {a["name"]: a for a in core["attributes"]}
+    assert core_attrs["roles"]["returned"] == core_attrs["groups"]["returned"] == "default"
+
+
+def test_provenance_single_get_and_list_agree_without_mixing(scim):
+    """Default and requested representations are cached apart (per resource and per list
+    body) and carry the same weak ETag: it is the resource's state, not the representation."""
+    entry = max(scim.accounts, key=lambda e: len(_grants(e)))
+    flt = f'id eq "{entry.id}"'
+    asked = f"meta,userName,roles,{PROVENANCE}"
+    # asked first, so a default answered afterwards would show a mixed-up cache
+    single_asked = scim.get(f"/Users/{entry.id}", attributes=asked)
+    single = scim.get(f"/Users/{entry.id}")
+    listed_asked = users(scim, flt, attributes=asked)
+    listed = users(scim, flt)
+    listed_again = users(scim, flt)  # from the list-body cache
+    assert single.json() == listed.json()["Resources"][0] == listed_again.json()["Resources"][0]
+    assert single_asked.json() == listed_asked.json()["Resources"][0]
+    assert _shown_grants(single_asked.json()) == _grants(entry) and len(_grants(entry)) > 1
+    assert "roles" not in single.json()[MUNI_USER]
+    assert single.json()["roles"] == single_asked.json()["roles"]
+    assert single.headers["ETag"] == single_asked.headers["ETag"] == \
+        single.json()["meta"]["version"] == single_asked.json()["meta"]["version"]
+    again = scim.http().get(f"/Users/{entry.id}", params={"attributes": asked},
+                            headers={"If-None-Match": single.headers["ETag"]})
+    assert again.status_code == 304

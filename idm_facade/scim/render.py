@@ -42,6 +42,18 @@ class Rendered:
 
 # --------------------------------------------------------------------------- selection
 
+#: (extension URN, name) of extension attributes whose name the core schema of the same
+#: resource also uses (the municipal ``roles`` beside core ``User.roles``). Clients may omit
+#: only the *core* URN prefix (RFC 7644 §3.10), so an unqualified name means the core
+#: attribute, as in filters (``schema.lookup``): ``attributes=roles`` does not bring the
+#: request-only role provenance along.
+_SHADOWED = frozenset(
+    (urn.lower(), key)
+    for resource, tables in s.SCHEMAS.items()
+    for urn, table in tables.items() if urn != s.CORE[resource]
+    for key in table if key in tables[s.CORE[resource]]
+)
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -58,6 +70,8 @@ class Selection:
         found: list[str | None] | None = None
         for item_urn, top, sub in items:
             if top != name or (item_urn is not None and item_urn != urn):
+                continue
+            if item_urn is None and (urn, name) in _SHADOWED:
                 continue
             found = found or []
             found.append(sub)
@@ -120,7 +134,10 @@ def _parse_list(text: str | list | None) -> frozenset[tuple[str | None, str, str
             if lowered.startswith(candidate + ":"):
                 urn, lowered = candidate, lowered[len(candidate) + 1:]
                 break
-        if not lowered:  # a whole schema URN: every attribute of that extension
+        if not lowered:
+            # A whole schema URN names every attribute of that schema, the ``returned:
+            # "request"`` ones (cprNumber, role provenance) included: the client asked for
+            # all of it. CPR still needs the policy's grant.
             for resource in (s.USER, s.GROUP):
                 for schema_urn, table in s.SCHEMAS[resource].items():
                     if schema_urn.lower() == urn:

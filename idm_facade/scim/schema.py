@@ -17,6 +17,7 @@ from schemas.attributes import (
     ATTRIBUTES,
     BOOLEAN,
     COMPLEX,
+    COMPLEX_RETURNED,
     CORE_GROUP,
     CORE_USER,
     DATETIME,
@@ -107,7 +108,7 @@ _EXTRA_COMPLEX: dict[str, list[tuple[str, str, str, tuple[str, ...], str]]] = {
          ("value", "display", "identifier", "itSystem", "via", "viaUnit", "viaRoleGroup",
           "validFrom", "validTo"),
          "Effective roles with provenance: direct, via a unit (viaUnit) or as a manager, "
-         "possibly through a role group (viaRoleGroup)."),
+         "possibly through a role group (viaRoleGroup). Returned only when requested."),
     ],
     GROUP: [
         (CORE_GROUP, "members", "", ("value", "$ref", "display", "type"),
@@ -141,6 +142,7 @@ def _build(resource: str) -> dict[str, dict[str, ScimAttr]]:
                                                              *EXTENSIONS[resource])}
     for urn, name, complex_key, subs, description in _EXTRA_COMPLEX[resource]:
         attr = ScimAttr(urn, name, COMPLEX_TYPE, multi=name in _MULTI_COMPLEX,
+                        returned=COMPLEX_RETURNED.get((urn, name), "default"),
                         complex=complex_key or None, description=description,
                         subs={s.lower(): Sub(s, _sub_type(s)) for s in subs})
         table[urn][attr.key] = attr
