@@ -8,9 +8,23 @@ of disclosing unlogged ("no record, no answer").
 Throughput comes from *group commit* without a writer thread: a caller prepares its record
 (column values and hash input) in its own thread and joins the open batch; if nobody is
 writing, it writes the batch itself in one transaction on the log's long-lived DBAPI connection
-(SQLite in WAL mode with ``synchronous=FULL``, or PostgreSQL), commits, and wakes the batch's
-waiters; records arriving meanwhile fill the next batch, whose first waiter to wake writes it.
-A burst of N concurrent requests costs one commit, not N, and a lone request no thread hop.
+(SQLite in WAL mode, or PostgreSQL), commits, and wakes the batch's waiters; records arriving
+meanwhile fill the next batch, whose first waiter to wake writes it. A burst of N concurrent
+requests costs one commit, not N, and a lone request no thread hop.
+
+Durability (``[audit] sync``):
+- ``"full"`` (default): a commit reaches the disk before the answer leaves (SQLite
+  ``synchronous=FULL``; PostgreSQL ``synchronous_commit`` as the server has it). At low
+  concurrency every answer so waits for one disk flush.
+- ``"normal"``: a commit reaches the operating system before the answer leaves, and the disk
+  within ``[audit] sync_interval`` seconds (default 1). A crash of the facade loses nothing; a
+  power cut or kernel crash can lose the records of that last interval. SQLite runs with
+  ``synchronous=NORMAL`` and a background thread fsyncs the WAL file once per interval when
+  records were written; PostgreSQL gets ``synchronous_commit = off`` on the log's connection,
+  whose own WAL writer bounds the loss the same way. In both modes a record that cannot be
+  written fails its request. With SQLite ``normal`` a commit costs tens of microseconds, so an
+  event loop writes its records itself (:meth:`AuditLog.record_many`, see
+  :attr:`AuditLog.fast_commit`) instead of handing them to a thread.
 
 The log lives in its own SQLite file beside a SQLite store (``idm.db`` -> ``idm-audit.db``)
 unless ``[audit] db`` names a database, or the store's database already holds a log.
@@ -35,6 +49,7 @@ import hashlib
 import json
 import json.encoder
 import logging
+import os
 import re
 import threading
 from collections import deque
@@ -66,7 +81,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from idm_facade.config import Config
 
@@ -301,8 +316,11 @@ def _default_url(engine: Engine) -> str:
     return url.set(database=str(own)).render_as_string(hide_password=False)
 
 
-def _engine_for(url: str) -> Engine:
-    """The log's own engine: explicit write locks and full fsync on SQLite."""
+SYNC_MODES = ("full", "normal")
+
+
+def _engine_for(url: str, sync: str = "full") -> Engine:
+    """The log's own engine: explicit write locks, and on SQLite the configured sync mode."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -311,7 +329,7 @@ def _engine_for(url: str) -> Engine:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={'NORMAL' if sync == 'normal' else 'FULL'}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
@@ -334,8 +352,29 @@ class AuditLog:
                  group_commit: bool = True) -> None:
         self.config = config or Config()
         url = self.config.get("audit", "db") or _default_url(engine)
-        self.engine = _engine_for(str(url))
+        self.sync = str(self.config.get("audit", "sync", "full")).lower()
+        if self.sync not in SYNC_MODES:
+            raise ValueError(f"[audit] sync = {self.sync!r}: use one of {', '.join(SYNC_MODES)}")
+        interval = self.config.get("audit", "sync_interval", 1.0)
+        try:
+            self.sync_interval = float(interval)
+        except (TypeError, ValueError):
+            self.sync_interval = -1.0
+        if not 0 < self.sync_interval <= 60:
+            raise ValueError(f"[audit] sync_interval = {interval!r}: use a number of seconds "
+                             "above 0 and at most 60")
+        self.engine = _engine_for(str(url), self.sync)
         self.dialect = self.engine.dialect.name
+        #: Commits only reach the operating system; the disk follows within ``sync_interval``.
+        #: True only for SQLite, where such a commit is cheap enough to run in an event loop.
+        self.fast_commit = self.sync == "normal" and self.dialect == "sqlite"
+        self._wal = self._wal_path(str(url)) if self.fast_commit else None
+        #: Highest seq written and highest known to be on disk (``sync = "normal"``).
+        self.written_seq = 0
+        self.synced_seq = 0
+        self._syncer: threading.Thread | None = None
+        self._sync_wake = threading.Event()
+        self._sync_stop = threading.Event()
         self.max_batch = max_batch if group_commit else 1
         self.timeout = float(timeout if timeout is not None
                              else self.config.get("audit", "timeout", 30))
@@ -371,7 +410,29 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - surfaced on first record instead
             log.error("access log tables could not be created: %s", exc)
 
+    @staticmethod
+    def _wal_path(url: str) -> Path | None:
+        """The SQLite log's WAL file (fsynced by the syncer thread), None for in-memory."""
+        database = make_url(url).database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database).with_name(Path(database).name + "-wal")
+
     # ------------------------------------------------------------------ writing
+
+    def record_many(self, recs: list[AccessRecord]) -> None:
+        """Append several records in one batch; returns once they are committed (durable as
+        ``sync`` says). Raises :class:`AuditUnavailable`.
+
+        For an event loop with a fast log (:attr:`fast_commit`): it collects the records of
+        one turn and writes them here, in its own thread, without a thread hop."""
+        rows = []
+        for rec in recs:
+            if rec.time is None:
+                rec.time = _now()
+            rows.append(_Row(rec))
+        if rows:
+            self._append(rows)
 
     def record(self, rec: AccessRecord) -> None:
         """Append ``rec``; returns once it is durable. Raises :class:`AuditUnavailable`.
@@ -384,11 +445,14 @@ class AuditLog:
         """
         if rec.time is None:
             rec.time = _now()
-        row = _Row(rec)
+        self._append([_Row(rec)])
+
+    def _append(self, rows: list[_Row]) -> None:
+        """Join ``rows`` to the open batch and wait for (or lead) its commit."""
         with self._lock:
             if self._closed:
                 raise AuditUnavailable("the access log is closed")
-            batch = self._join_batch(row)
+            batch = self._join_batch(rows)
             batch.waiting += 1
             if self._writing:
                 deadline = monotonic() + self.timeout
@@ -406,15 +470,15 @@ class AuditLog:
         self._lead(batch)
         self._check(batch)
 
-    def _join_batch(self, row: _Row) -> _Batch:
-        """Add ``row`` to the open batch (a new one when full); call with the lock held."""
+    def _join_batch(self, rows: list[_Row]) -> _Batch:
+        """Add ``rows`` to the open batch (a new one when full); call with the lock held."""
         queue = self._queue
         if queue and len(queue[-1].rows) < self.max_batch:
             batch = queue[-1]
         else:
             batch = _Batch(self._lock)
             queue.append(batch)
-        batch.rows.append(row)
+        batch.rows.extend(rows)
         return batch
 
     def submit(self, rec: AccessRecord,
@@ -433,7 +497,7 @@ class AuditLog:
         with self._lock:
             closed = self._closed
             if not closed:
-                batch = self._join_batch(row)
+                batch = self._join_batch([row])
                 batch.callbacks.append(callback)
                 if not self._writing:
                     self._writing = True
@@ -514,6 +578,8 @@ class AuditLog:
                     cursor.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
                 elif self.dialect == "postgresql":
                     cursor.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+                    if self.sync == "normal":
+                        cursor.execute("SET synchronous_commit = off")
                     conn.commit()
                 cursor.close()
             except BaseException:
@@ -561,6 +627,54 @@ class AuditLog:
             raise
         self.batches += 1
         self.written += len(rows)
+        self.written_seq = seq
+        if self._wal is not None:
+            self._need_sync()
+
+    # ------------------------------------------------------------------ syncing
+
+    def _need_sync(self) -> None:
+        """Records were committed without fsync: have the syncer flush them within the
+        interval (started on first use)."""
+        if self._syncer is None:
+            with self._lock:
+                if self._syncer is None:
+                    self._syncer = threading.Thread(target=self._sync_loop,
+                                                    name="audit-syncer", daemon=True)
+                    self._syncer.start()
+        self._sync_wake.set()
+
+    def _sync_loop(self) -> None:
+        """Once per interval with new records: fsync the WAL file, so committed records reach
+        the disk (SQLite ``synchronous=NORMAL`` would only sync it at checkpoints)."""
+        while True:
+            self._sync_wake.wait()
+            if self._sync_stop.is_set():
+                return
+            self._sync_wake.clear()
+            self.sync_now()
+            if self._sync_stop.wait(self.sync_interval):  # records of the next interval
+                return
+
+    def sync_now(self) -> None:
+        """Flush every record committed so far to the disk (``sync = "normal"``): fsync the
+        WAL file (SQLite itself syncs it only before a checkpoint)."""
+        if self._wal is None:
+            return
+        upto = self.written_seq
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # checkpointed and removed: its records are in the synced database
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                log.error("access log: fsync of %s failed: %s", self._wal, exc)
+                return
+            finally:
+                os.close(fd)
+        self.synced_seq = max(self.synced_seq, upto)
 
     def _drop_or_rollback(self, conn: Any) -> None:
         try:
@@ -588,6 +702,9 @@ class AuditLog:
                 return
             self._writing = True
         self._lead(None)
+        self._sync_stop.set()
+        self._sync_wake.set()
+        self.sync_now()
         if self._conn is not None:
             try:
                 self._conn.close()

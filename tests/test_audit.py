@@ -390,3 +390,71 @@ def test_existing_log_in_the_store_is_kept(tmp_path) -> None:
     assert result.ok and result.checked == 2
     audit.close()
     assert not (tmp_path / "old-audit.db").exists()
+
+
+# ------------------------------------------------------------------ sync modes
+
+
+def _pragma(audit: AuditLog, name: str) -> int:
+    cursor = audit._connection().cursor()
+    cursor.execute(f"PRAGMA {name}")
+    value = cursor.fetchone()[0]
+    cursor.close()
+    return value
+
+
+def test_sync_full_is_the_default(log: AuditLog) -> None:
+    log.record(_rec(1))
+    assert log.sync == "full" and not log.fast_commit
+    assert _pragma(log, "synchronous") == 2  # FULL: the WAL is synced at every commit
+
+
+def test_sync_normal_commits_then_syncs_within_the_interval(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url),
+                     _config({"audit": {"sync": "normal", "sync_interval": 0.05}}))
+    assert audit.fast_commit
+    audit.record(_rec(0, subjects=("p0",)))
+    assert _pragma(audit, "synchronous") == 1  # NORMAL: commits are not synced one by one
+    assert _hammer(audit, 8, 25) == []
+    audit.record_many([_rec(i, subjects=(f"p{i % 3}",)) for i in range(1, 51)])
+    assert audit.count() == 251 and audit.written_seq == 251
+    deadline = datetime.now() + timedelta(seconds=10)
+    while audit.synced_seq < audit.written_seq and datetime.now() < deadline:
+        threading.Event().wait(0.02)
+    assert audit.synced_seq == 251  # the syncer flushed every committed record
+    result = audit.verify()
+    assert result.ok and result.checked == 251
+    assert [r.query for r in audit.query(client="crm")[-50:]] == [f"q-{i}" for i in
+                                                                  range(1, 51)]
+    assert len(audit.query(subject="p0")) == 1 + len(range(3, 51, 3))
+    audit.close()
+
+
+def test_record_many_reports_an_unwritable_log(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url), _config({"audit": {"sync": "normal"}}),
+                     timeout=5)
+    audit.record_many([_rec(1)])
+    _sql(audit, "DROP TABLE access_log")
+    with pytest.raises(AuditUnavailable, match="failed"):
+        audit.record_many([_rec(2), _rec(3)])
+    audit.close()
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"sync": "fast"}, "sync = 'fast'"), ({"sync_interval": 0}, "sync_interval"),
+    ({"sync_interval": "soon"}, "soon")])
+def test_bad_sync_settings_are_refused(sqlite_url: str, setting: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AuditLog(make_engine(sqlite_url), _config({"audit": setting}))
+
+
+def test_sync_normal_on_postgresql(postgres_url: str) -> None:
+    audit = AuditLog(make_engine(postgres_url), _config({"audit": {"sync": "normal"}}))
+    assert not audit.fast_commit  # a PostgreSQL commit is a round trip: keep it off loops
+    audit.record(_rec(1))
+    cursor = audit._connection().cursor()
+    cursor.execute("SHOW synchronous_commit")
+    assert cursor.fetchone()[0] == "off"
+    cursor.close()
+    assert audit.verify().ok
+    audit.close()

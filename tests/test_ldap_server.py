@@ -508,14 +508,16 @@ def test_one_audit_record_per_search_and_bind(server):
     assert records[2].subjects == [] and "(uid=nobody)" in records[2].query
 
 
-def test_audit_unavailable_fails_the_search(server, tmp_path):
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_audit_unavailable_fails_the_search(server, tmp_path, sync):
     db = f"sqlite:///{tmp_path / 'idm.db'}"
     engine = make_engine(db)
     exchange.import_document(engine, demo.generate("S", 1), actor="test")
     secret = ClientRegistry(engine, Config()).add("app", "ldap", "default")
     cfg = tmp_path / "idm.toml"
     cfg.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
-                   f'[audit]\ndb = "sqlite:///{tmp_path}/missing/dir/audit.db"\n')
+                   f'[audit]\ndb = "sqlite:///{tmp_path}/missing/dir/audit.db"\n'
+                   f'sync = "{sync}"\n')
     proc, ports = _start(db, cfg)
     try:
         conn = ldap.initialize(f"ldap://127.0.0.1:{ports[0]}")
@@ -528,6 +530,73 @@ def test_audit_unavailable_fails_the_search(server, tmp_path):
             fresh.search_s("", ldap.SCOPE_BASE, "(objectClass=*)")
     finally:
         _stop(proc)
+        engine.dispose()
+
+
+def test_sync_normal_sigkill_during_load_keeps_every_answered_search(server, tmp_path):
+    """With ``[audit] sync = "normal"`` the reactor commits its records itself (no fsync per
+    answer): a facade killed with SIGKILL under concurrent load still has a record of every
+    search it answered, in a chain that verifies, and one record per bind and search."""
+    import signal
+    import threading
+    import uuid
+
+    db = f"sqlite:///{tmp_path / 'idm.db'}"
+    engine = make_engine(db)
+    exchange.import_document(engine, demo.generate("S", 1), actor="test")
+    secret = ClientRegistry(engine, Config()).add("app", "ldap", "default")
+    cfg = tmp_path / "idm.toml"
+    cfg.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n[audit]\nsync = "normal"\n')
+    proc, ports = _start(db, cfg)
+    uids = [a.first("userName") for a in server.accounts[:40]]
+    answered: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        try:
+            conn = ldap.initialize(f"ldap://127.0.0.1:{ports[0]}")
+            conn.simple_bind_s(f"cn=app,ou=clients,{server.base}", secret)
+            i = 0
+            while not stop.is_set():
+                marker = f"w{n}r{i}x{uuid.uuid4().hex}"
+                i += 1
+                found = conn.search_s(f"ou=people,{server.base}", ldap.SCOPE_ONELEVEL,
+                                      f"(|(uid={uids[i % len(uids)]})(uid={marker}))", ["uid"])
+                if len(found) == 1:
+                    with lock:
+                        answered.append(marker)
+        except ldap.LDAPError:
+            return  # the server is gone
+
+    workers = [threading.Thread(target=load, args=(n,)) for n in range(6)]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(answered) < 300:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=15)
+        _stop(proc)
+    assert len(answered) >= 100, "the load did not get going"
+    audit = AuditLog(engine, Config())
+    try:
+        result = audit.verify()
+        assert result.ok, result.message
+        records = audit.query(client="app")
+        assert [r.operation for r in records].count("bind") == 6
+        recorded = {m.group(0) for r in records
+                    for m in [re.search(r"w\d+r\d+x[0-9a-f]{32}", r.query)] if m}
+        missing = [m for m in answered if m not in recorded]
+        assert missing == [], f"{len(missing)} answered search(es) without a record"
+        assert all(len(r.subjects) == 1 for r in records if r.operation == "search")
+    finally:
+        audit.close()
         engine.dispose()
 
 

@@ -147,6 +147,8 @@ class LDAPFactory(protocol.ServerFactory):
         self._outcomes: deque = deque()
         self._outcomes_lock = threading.Lock()
         self._outcomes_scheduled = False
+        #: Records of this reactor turn for a fast log (see :meth:`submit_record`).
+        self._turn: list[tuple[Any, Callable[[Any], None]]] = []
         if hasattr(reactor, "callWhenRunning"):
             from twisted.internet.task import LoopingCall
 
@@ -171,12 +173,36 @@ class LDAPFactory(protocol.ServerFactory):
 
     def submit_record(self, audit: Any, rec: Any, done: Callable[[Any], None]) -> None:
         """Append an access record without a pool thread; ``done`` is called in the reactor
-        with None once the record is durable, or with the AuditUnavailable error.
+        with None once the record is committed, or with the AuditUnavailable error.
 
-        The log calls back in its writer thread; outcomes are queued and fired by one
-        ``callFromThread`` per burst, so a group commit of N records wakes the reactor once.
+        A log whose commits wait for the disk (``[audit] sync = "full"``) writes in its own
+        thread and calls back there; outcomes are queued and fired by one ``callFromThread``
+        per burst, so a group commit of N records wakes the reactor once, and the reactor keeps
+        reading requests while the disk flushes. A log with fast commits (``sync = "normal"``
+        on SQLite: tens of microseconds) is written by the reactor itself: the records of one
+        reactor turn are committed together right after the turn, which saves two thread
+        switches per batch, and on two cores that is a fifth of the time of a cached search.
         """
-        audit.submit(rec, lambda error: self._outcome(done, error))
+        if not getattr(audit, "fast_commit", False):
+            audit.submit(rec, lambda error: self._outcome(done, error))
+            return
+        self._turn.append((rec, done))
+        if len(self._turn) == 1:
+            self.reactor.callLater(0, self._write_turn, audit)
+
+    def _write_turn(self, audit: Any) -> None:
+        """Commit the records of the last reactor turn, then answer their requests."""
+        turn, self._turn = self._turn, []
+        error = None
+        try:
+            audit.record_many([rec for rec, _ in turn])
+        except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
+            error = exc
+        for _, done in turn:
+            try:
+                done(error)
+            except Exception:
+                log.exception("LDAP: failed answering after the access-log write")
 
     def _outcome(self, done: Callable[[Any], None], error: Any) -> None:  # any thread
         self._outcomes.append((done, error))
