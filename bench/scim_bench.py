@@ -11,11 +11,12 @@ answered from that cache. The "unique query" rows defeat it (wrk appends a diffe
 parameter to every request) and show what a list request costs when it is not a repeat.
 
     python -m bench.scim_bench --size XL [--peer] [--duration 10] [--connections 32]
-                               [--workers 1 2]
+                               [--workers 1 2] [--audit-sync full normal]
 
 ``--workers`` is passed to ``idm-facade serve``; with several counts the facade is started
 once per count, one after the other, and every facade row is measured for each (labelled
-"--workers N" unless the only count is 1).
+"--workers N" unless the only count is 1). ``--audit-sync`` does the same for the access log's
+``[audit] sync`` setting (default: only the default, "full").
 
 The store is a copy of ``bench.datasets.demo_store(size)`` in a temporary directory (the
 access-log records the run writes go there, not into the shared bench store).
@@ -320,6 +321,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="idm-facade serve --workers; several counts are measured one "
                              "after the other in the same run")
+    parser.add_argument("--audit-sync", nargs="+", default=["full"],
+                        choices=["full", "normal"],
+                        help="[audit] sync of the facade; several are measured one after "
+                             "the other")
     parser.add_argument("--peer", action="store_true", help="also measure scim2-server")
     parser.add_argument("--peer-connections", type=int, default=4,
                         help="wrk connections for the peer (its slow requests run one after "
@@ -353,12 +358,16 @@ def main() -> None:
     finally:
         stop(hello)
     try:
-        for workers in args.workers:
-            suffix = "" if args.workers == [1] else f" (--workers {workers})"
+        for workers, sync in [(w, s) for w in args.workers for s in args.audit_sync]:
+            suffix = ("" if args.workers == [1] else f" (--workers {workers})") + (
+                "" if args.audit_sync == ["full"] else f" (audit sync = {sync})")
+            config = Path(url.removeprefix("sqlite:///")).with_name(f"idm-{sync}.toml")
+            config.write_text(f'[audit]\nsync = "{sync}"\n')
             started = time.time()
             server, base = start([PY, "-c", "from idm_facade.cli import main; main()", "serve",
                                   "--db", url, "--scim-port", "0", "--threads",
-                                  str(args.threads), "--workers", str(workers)],
+                                  str(args.threads), "--workers", str(workers),
+                                  "--config", str(config)],
                                  r"SCIM\s+(http://\S+/scim/v2)")
             try:
                 print(f"facade{suffix} up in {time.time() - started:.1f}s", flush=True)
@@ -386,7 +395,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for label, (rps, latency) in results.items():
         ratio = f"{rps / hello_rps:.0%}"
-        found = peer_results.get(re.sub(r" \((unique query|--workers \d+)\)", "", label))
+        found = peer_results.get(re.sub(r" \((unique query|--workers \d+|audit sync = \w+)\)",
+                                        "", label))
         peer_cell = f"{found[0]:.1f}" if found else "-"
         peer_latency = found[1] if found else "-"
         times = f"{rps / found[0]:.0f}x" if found and found[0] else "-"
