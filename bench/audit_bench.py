@@ -7,6 +7,14 @@ it (``group_commit=False``) every record is its own transaction and fsync. Print
 table for BENCHMARKS.md.
 
     .venv/bin/python -m bench.audit_bench [--records 2000] [--threads 1,4,8,32] [--dir DIR]
+
+``--subjects 0,1,100`` measures instead what a record's subjects cost: one caller writes
+records in batches of 4 (:meth:`AuditLog.record_many`, one commit each) with that many subjects
+per record (consecutive ids of a 48,000-person pool, like pages of a sync engine's full pull),
+with ``[audit] sync`` full and normal; then, when the log has a derived subject index, the
+cost of :meth:`AuditLog.index_subjects` per (subject, record) pair.
+
+    .venv/bin/python -m bench.audit_bench --subjects 0,1,100 [--records 2000] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -64,11 +72,59 @@ def run(directory: Path, threads: int, records: int, group: bool) -> dict:
             "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
 
 
+POOL = [f"{i:08x}-7e57-4d00-9a00-{i * 2654435761 % 2**48:012x}" for i in range(48_000)]
+
+
+def subjects_cost(directory: Path, subjects: int, sync: str, records: int,
+                  batch: int = 4) -> dict:
+    """µs per record written in batches of ``batch`` with ``subjects`` subjects each; then
+    µs per (subject, record) pair for indexing them (None without a derived index)."""
+    path = directory / f"subjects-{subjects}-{sync}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    url = f"sqlite:///{path}"
+    audit = AuditLog(make_engine(url), Config({"audit": {"db": url, "sync": sync}}))
+    cursor = 0
+    started = time.perf_counter()
+    for b in range(records // batch):
+        recs = []
+        for i in range(batch):
+            chosen = [POOL[(cursor + k) % len(POOL)] for k in range(subjects)]
+            cursor += subjects
+            recs.append(AccessRecord("bench", "10.0.0.1", "scim.GET /Users",
+                                     f"startIndex={b * batch + i}", "200", chosen, []))
+        audit.record_many(recs)
+    write = (time.perf_counter() - started) / (records // batch * batch)
+    index = None
+    if hasattr(audit, "index_subjects"):
+        started = time.perf_counter()
+        audit.index_subjects()
+        pairs = records // batch * batch * subjects
+        index = (time.perf_counter() - started) / pairs if pairs else None
+    result = audit.verify()
+    assert result.ok, result
+    audit.close()
+    return {"write_us": write * 1e6, "index_us": None if index is None else index * 1e6}
+
+
+def main_subjects(args: argparse.Namespace) -> None:
+    print("| subjects per record | sync | µs per record (batch 4) | indexing µs per pair |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for subjects in (int(s) for s in args.subjects.split(",")):
+            for sync in ("full", "normal"):
+                r = subjects_cost(Path(tmp), subjects, sync, args.records)
+                index = "-" if r["index_us"] is None else f"{r['index_us']:.2f}"
+                print(f"| {subjects} | {sync} | {r['write_us']:,.0f} | {index} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--threads", default="1,4,8,32")
     parser.add_argument("--dir", default=None, help="Where the SQLite files go (a real disk).")
+    parser.add_argument("--subjects", default=None,
+                        help="Subjects per record, e.g. 0,1,100: measure what subjects cost.")
     args = parser.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -76,6 +132,9 @@ def main() -> None:
     print(f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
           f"{args.records} records per run")
     print()
+    if args.subjects:
+        main_subjects(args)
+        return
     print("| threads | mode | records/s | records per commit | latency median | p99 |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
