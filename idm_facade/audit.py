@@ -38,9 +38,17 @@ Retention: :meth:`AuditLog.purge` deletes the oldest records (a prefix of the ch
 stores the last deleted record's seq and hash in ``access_log_anchor``; verification starts
 from the anchor, so the remaining chain stays verifiable.
 
-Subjects (person ids) are also written to ``access_log_subject`` in the same transaction, an
-index that makes "who read data about this person" a key look-up; ``verify`` checks that the
-index agrees with the hashed records.
+Subject index: "who read data about this person" is a key look-up in
+``access_log_postings``, an index *derived* from the records' ``subjects`` (the hashed truth),
+like the directory is derived from the store. The write path inserts one row per record and
+nothing per subject (a SCIM page of 100 users is 100 subjects; one index row each, on random
+B-tree pages, made the log's writer the bottleneck). :meth:`AuditLog.index_subjects` indexes
+the records after the progress mark (``access_log_indexed``) in bulk: one posting row per
+subject per run, holding that subject's seqs of the run, delta-encoded. A background thread of
+the writing process runs it when enough records wait or some seconds passed; every reader of
+the index (:meth:`AuditLog.query` by subject, :func:`records_for`, :meth:`AuditLog.verify`) runs
+it first, so answers are complete however far the index lags. ``verify`` checks that the
+postings hold exactly the (subject, seq) pairs of the records up to the mark.
 """
 
 from __future__ import annotations
@@ -111,12 +119,39 @@ access_log = Table(
     Column("hash", String(64), nullable=False),
 )
 
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+#: The derived subject index: one row per subject per indexing run (a purge may split none,
+#: only trim). ``seqs``: the subject's seqs of the run as gaps after ``first_seq``,
+#: comma-separated ("" for one seq; "3,1" for first_seq, +3, +4): see :func:`encode_seqs`.
+access_log_postings = Table(
+    "access_log_postings", metadata,
+    Column("subject", Text, primary_key=True),
+    Column("first_seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("last_seq", _SEQ, nullable=False),
+    Column("seqs", Text, nullable=False),
+    # Both grow at the right edge (seqs only increase): cheap to keep; verify walks the
+    # postings by first_seq, purge finds what lies below its boundary by last_seq.
+    Index("ix_access_log_postings_first", "first_seq"),
+    Index("ix_access_log_postings_last", "last_seq"),
+)
+
+#: Progress of the subject index: every record with seq <= ``seq`` is in the postings.
+#: Moved in the same transaction as the postings it covers.
+access_log_indexed = Table(
+    "access_log_indexed", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", _SEQ, nullable=False),
+)
+
+#: The index of earlier versions (one row per subject and record, written with each record).
+#: No longer written or read; never created. Purge still trims it where it exists, so it holds
+#: no person id beyond the retention; drop it once no older facade shares the log.
+_legacy = MetaData()
 access_log_subject = Table(
-    "access_log_subject", metadata,
+    "access_log_subject", _legacy,
     Column("subject", String(64), primary_key=True),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=False),
-    Index("ix_access_log_subject_seq", "seq"),
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
 )
 
 access_log_anchor = Table(
@@ -187,6 +222,24 @@ class VerifyResult:
     anchor_seq: int | None
     bad_seq: int | None = None
     message: str = ""
+
+
+def encode_seqs(seqs: list[int]) -> tuple[int, int, str]:
+    """``(first_seq, last_seq, seqs text)`` of ascending seqs: the gaps after the first."""
+    return seqs[0], seqs[-1], ",".join(str(b - a) for a, b in zip(seqs, seqs[1:],
+                                                                     strict=False))
+
+
+def decode_seqs(first_seq: int, text_: str) -> list[int]:
+    """The seqs of a posting row; ValueError when the text is not ascending gaps."""
+    seqs = [int(first_seq)]
+    if text_:
+        for gap in text_.split(","):
+            step = int(gap)
+            if step <= 0:
+                raise ValueError(f"gap {gap!r} is not positive")
+            seqs.append(seqs[-1] + step)
+    return seqs
 
 
 def _now() -> datetime:
@@ -349,7 +402,8 @@ class AuditLog:
 
     def __init__(self, engine: Engine, config: Config | None = None, *,
                  max_batch: int = 5000, timeout: float | None = None,
-                 group_commit: bool = True) -> None:
+                 group_commit: bool = True, index_interval: float | None = None,
+                 index_records: int | None = None) -> None:
         self.config = config or Config()
         url = self.config.get("audit", "db") or _default_url(engine)
         self.sync = str(self.config.get("audit", "sync", "full")).lower()
@@ -401,14 +455,32 @@ class AuditLog:
         self._sql_anchor = f"SELECT seq, hash FROM access_log_anchor WHERE id = {p}"
         self._sql_insert = (f"INSERT INTO access_log ({_COLUMNS}) VALUES "
                             f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {json_p}, {json_p}, {p}, {p})")
-        self._sql_subject = f"INSERT INTO access_log_subject (subject, seq) VALUES ({p}, {p})"
         #: Batches and records written (the benchmark reports records per commit).
         self.batches = 0
         self.written = 0
+        # The subject index is brought up to date in the background when this many records
+        # wait, or when records waited this many seconds; readers catch it up themselves.
+        self.index_interval = float(index_interval if index_interval is not None
+                                    else self.config.get("audit", "index_interval", 10))
+        self.index_records = int(index_records if index_records is not None
+                                 else self.config.get("audit", "index_records", 20_000))
+        if self.index_interval <= 0 or self.index_records <= 0:
+            raise ValueError("[audit] index_interval and index_records must be above 0")
+        self._unindexed = 0  # records written by this process since its indexer last ran
+        self._indexer: threading.Thread | None = None
+        self._index_wake = threading.Event()
+        self._index_stop = threading.Event()
+        #: Runs and (subject, record) pairs indexed by this object (benchmark, tests).
+        self.index_runs = 0
+        self.indexed_pairs = 0
         try:
             metadata.create_all(self.engine)
         except Exception as exc:  # noqa: BLE001 - surfaced on first record instead
             log.error("access log tables could not be created: %s", exc)
+        try:
+            self._legacy_index = inspect(self.engine).has_table("access_log_subject")
+        except Exception:  # noqa: BLE001 - an unreachable log fails on first record
+            self._legacy_index = False
 
     @staticmethod
     def _wal_path(url: str) -> Path | None:
@@ -589,7 +661,8 @@ class AuditLog:
         return self._conn
 
     def _write_rows(self, rows: list[_Row]) -> None:
-        """One transaction: lock, read the tail, insert the records and their subjects."""
+        """One transaction: lock, read the tail, insert the records (one row each: the
+        subject index is derived later, in bulk, by :meth:`index_subjects`)."""
         conn = self._connection()
         sqlite = self.dialect == "sqlite"
         try:
@@ -604,7 +677,7 @@ class AuditLog:
                 cursor.execute(self._sql_anchor, (1,))
                 tail = cursor.fetchone() or (0, GENESIS)
             seq, prev = int(tail[0]), tail[1]
-            values, subjects = [], []
+            values = []
             for row in rows:
                 seq += 1
                 digest = row.hash(seq, prev)
@@ -612,11 +685,8 @@ class AuditLog:
                 values.append((seq, time, row.client, row.source, row.operation, row.query,
                                row.status, row.subjects_json, row.sensitive_json, prev,
                                digest))
-                subjects.extend((s, seq) for s in row.subjects)
                 prev = digest
             cursor.executemany(self._sql_insert, values)
-            if subjects:
-                cursor.executemany(self._sql_subject, subjects)
             if sqlite:
                 cursor.execute("COMMIT")
             else:
@@ -630,6 +700,7 @@ class AuditLog:
         self.written_seq = seq
         if self._wal is not None:
             self._need_sync()
+        self._need_index(len(rows))
 
     # ------------------------------------------------------------------ syncing
 
@@ -676,6 +747,147 @@ class AuditLog:
                 os.close(fd)
         self.synced_seq = max(self.synced_seq, upto)
 
+    # ------------------------------------------------------------------ subject index
+
+    #: One indexing run covers at most this many records and (subject, record) pairs, so the
+    #: write lock it takes for its inserts is held briefly; :meth:`index_subjects` loops.
+    RUN_RECORDS = 50_000
+    RUN_PAIRS = 200_000
+
+    def _need_index(self, records: int) -> None:
+        """``records`` were written: signal the indexer thread (started on first use) when
+        enough wait. Never waits for it; a lost count under a race only delays a run."""
+        self._unindexed += records
+        if self._indexer is None:
+            with self._lock:
+                if self._indexer is None:
+                    self._indexer = threading.Thread(target=self._index_loop,
+                                                     name="audit-indexer", daemon=True)
+                    self._indexer.start()
+        if self._unindexed >= self.index_records:
+            self._index_wake.set()
+
+    def _index_loop(self) -> None:
+        """Index when signalled, or every ``index_interval`` seconds while records wait."""
+        while True:
+            woken = self._index_wake.wait(self.index_interval)
+            if self._index_stop.is_set():
+                return
+            if woken:
+                self._index_wake.clear()
+            elif not self._unindexed:
+                continue
+            try:
+                self.index_subjects(stop=self._index_stop)
+            except Exception as exc:  # noqa: BLE001 - readers catch up; the next run retries
+                log.warning("access log: indexing subjects failed (readers catch up): %s", exc)
+
+    def index_subjects(self, stop: threading.Event | None = None) -> int:
+        """Bring the subject index up to the chain's tail as of this call; returns how many
+        records this call indexed (0 when another process or thread already had).
+
+        Runs of at most :attr:`RUN_RECORDS` records: each reads the progress mark and the
+        records after it without locking anything, groups their subjects, then takes the
+        chain's write lock, checks the mark has not moved (another indexer, or a purge, was
+        faster: the run is dropped and redone from the new mark), inserts one posting row per
+        subject and moves the mark, in one short transaction.
+        """
+        self._unindexed = 0  # this call covers everything written before it starts
+        with self.engine.connect() as conn, conn.begin():
+            target = self._tail(conn)[0]
+        total = 0
+        while stop is None or not stop.is_set():
+            done = self._index_run(target)
+            if done == 0:
+                break
+            total += done or 0
+        return total
+
+    def _index_run(self, upto: int) -> int | None:
+        """One run up to seq ``upto``: records indexed, 0 when none wait, None when the mark
+        moved under it."""
+        by_subject: dict[str, list[int]] = {}
+        records = pairs = 0
+        with self.engine.connect() as conn, conn.begin():
+            mark = after = self._mark(conn)
+            while after < upto and records < self.RUN_RECORDS and pairs < self.RUN_PAIRS:
+                rows = conn.execute(
+                    select(access_log.c.seq, access_log.c.subjects)
+                    .where(access_log.c.seq > after, access_log.c.seq <= upto)
+                    .order_by(access_log.c.seq)
+                    .limit(min(5000, self.RUN_RECORDS - records))).all()
+                if not rows:
+                    break
+                for seq, subjects in rows:
+                    if isinstance(subjects, str):
+                        subjects = json.loads(subjects)
+                    for subject in subjects:
+                        by_subject.setdefault(subject, []).append(int(seq))
+                    pairs += len(subjects)
+                records += len(rows)
+                after = int(rows[-1].seq)
+        if not records:
+            return 0
+        postings = []
+        for subject in sorted(by_subject):
+            first, last, seqs = encode_seqs(by_subject[subject])
+            postings.append({"subject": subject, "first_seq": first, "last_seq": last,
+                             "seqs": seqs})
+        with self._writer() as conn, conn.begin():
+            self._chain_lock(conn)
+            if self._mark(conn) != mark:
+                return None
+            if postings:
+                conn.execute(insert(access_log_postings), postings)
+            self._set_mark(conn, after)
+        self.index_runs += 1
+        self.indexed_pairs += pairs
+        return records
+
+    @staticmethod
+    def _mark(conn: Connection) -> int:
+        """Every record up to this seq is in the postings (0: none indexed yet)."""
+        value = conn.scalar(select(access_log_indexed.c.seq)
+                            .where(access_log_indexed.c.id == 1))
+        return int(value or 0)
+
+    @staticmethod
+    def _set_mark(conn: Connection, seq: int) -> None:
+        moved = conn.execute(access_log_indexed.update().where(access_log_indexed.c.id == 1)
+                             .values(seq=seq))
+        if not moved.rowcount:
+            conn.execute(insert(access_log_indexed).values(id=1, seq=seq))
+
+    def _catch_up(self) -> None:
+        """Index what waits before reading the index; on failure (lock not obtained in time)
+        readers still answer completely: they scan the records after the mark."""
+        try:
+            self.index_subjects()
+        except Exception as exc:  # noqa: BLE001 - the answer stays complete, only slower
+            log.warning("access log: could not bring the subject index up to date: %s", exc)
+
+    def _reader(self) -> Connection:
+        """A connection for reading postings, mark and records as one snapshot."""
+        conn = self.engine.connect()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return conn
+
+    def _subject_seqs(self, conn: Connection, subject: str) -> list[int]:
+        """Seqs of the records about ``subject``: its postings, plus the records after the
+        mark that name it (those the index does not cover yet)."""
+        mark = self._mark(conn)
+        seqs: set[int] = set()
+        for first, seqs_text in conn.execute(
+                select(access_log_postings.c.first_seq, access_log_postings.c.seqs)
+                .where(access_log_postings.c.subject == subject)):
+            seqs.update(decode_seqs(first, seqs_text))
+        for seq, subjects in conn.execute(select(access_log.c.seq, access_log.c.subjects)
+                                          .where(access_log.c.seq > mark)):
+            if subject in (json.loads(subjects) if isinstance(subjects, str) else subjects):
+                seqs.add(int(seq))
+        return sorted(seqs)
+
     def _drop_or_rollback(self, conn: Any) -> None:
         try:
             if self.dialect == "sqlite":
@@ -702,6 +914,11 @@ class AuditLog:
                 return
             self._writing = True
         self._lead(None)
+        self._index_stop.set()
+        self._index_wake.set()
+        indexer = self._indexer
+        if indexer is not None and indexer is not threading.current_thread():
+            indexer.join(self.timeout)
         self._sync_stop.set()
         self._sync_wake.set()
         self.sync_now()
@@ -744,23 +961,55 @@ class AuditLog:
             after = int(rows[-1].seq)
 
     def verify(self) -> VerifyResult:
-        """Recompute the chain from the purge anchor (or the start); report the first break."""
-        with self.engine.connect() as conn, conn.begin():
+        """Recompute the chain from the purge anchor (or the start) and check the subject
+        index against it; report the first break.
+
+        The index is brought up to date first. The postings must hold exactly the
+        (subject, seq) pairs of the records up to the progress mark: walked by ``first_seq``
+        alongside the records, so memory stays bounded by one indexing run.
+        """
+        self._catch_up()
+        with self._reader() as conn, conn.begin():
             anchor = conn.execute(select(access_log_anchor.c.seq, access_log_anchor.c.hash)
                                   .where(access_log_anchor.c.id == 1)).first()
             prev_seq, prev_hash = (int(anchor.seq), anchor.hash) if anchor else (0, GENESIS)
             anchor_seq = prev_seq if anchor else None
+            mark = self._mark(conn)
             checked, first = 0, None
+            pending: dict[int, set[str]] = {}  # postings' pairs not yet matched to a record
 
             def fail(seq: int, message: str) -> VerifyResult:
                 return VerifyResult(False, checked, first, prev_seq or None, prev_hash,
                                     anchor_seq, seq, message)
 
+            def load(above: int | None, upto: int | None) -> tuple[int, str] | None:
+                """Add the postings with ``above < first_seq <= upto`` to ``pending``."""
+                stmt = select(access_log_postings).order_by(access_log_postings.c.first_seq)
+                if above is not None:
+                    stmt = stmt.where(access_log_postings.c.first_seq > above)
+                if upto is not None:
+                    stmt = stmt.where(access_log_postings.c.first_seq <= upto)
+                for row in conn.execute(stmt):
+                    name = f"subject index row ({row.subject!r}, {row.first_seq})"
+                    try:
+                        seqs = decode_seqs(row.first_seq, row.seqs)
+                    except ValueError as exc:
+                        return int(row.first_seq), f"{name} is malformed: {exc}"
+                    if seqs[-1] != row.last_seq:
+                        return int(row.first_seq), f"{name}: last_seq does not match its seqs"
+                    for seq in seqs:
+                        holders = pending.setdefault(seq, set())
+                        if row.subject in holders:
+                            return seq, f"{name} lists record {seq} twice for its subject"
+                        holders.add(row.subject)
+                return None
+
+            loaded: int | None = None
             for chunk in self._records(conn, -1):
-                subjects: dict[int, set[str]] = {}
-                for row in conn.execute(select(access_log_subject).where(
-                        access_log_subject.c.seq.between(chunk[0].seq, chunk[-1].seq))):
-                    subjects.setdefault(int(row.seq), set()).add(row.subject)
+                broken = load(loaded, chunk[-1].seq)
+                if broken:
+                    return fail(*broken)
+                loaded = chunk[-1].seq
                 for rec in chunk:
                     if first is None:
                         first = rec.seq
@@ -779,25 +1028,50 @@ class AuditLog:
                     if computed != rec.hash:
                         return fail(rec.seq, f"record {rec.seq}: content does not match its "
                                              f"hash (modified)")
-                    if subjects.get(rec.seq, set()) != set(rec.subjects):
+                    expected = set(rec.subjects) if rec.seq <= mark else set()
+                    if pending.pop(rec.seq, set()) != expected:
                         return fail(rec.seq, f"record {rec.seq}: subject index differs from "
                                              f"the record's subjects")
                     prev_seq, prev_hash = rec.seq, rec.hash
                     checked += 1
-                stray = set(subjects) - {r.seq for r in chunk}
+                stray = [seq for seq in pending if seq <= loaded]
                 if stray:
                     return fail(min(stray), f"subject index names record {min(stray)}, "
                                             f"which does not exist")
+            broken = load(loaded, None)
+            if broken:
+                return fail(*broken)
+            if pending:
+                return fail(min(pending), f"subject index names record {min(pending)}, "
+                                          f"which does not exist")
         return VerifyResult(True, checked, first, prev_seq or None, prev_hash, anchor_seq)
+
+    def _purge_index(self, conn: Connection, boundary: int) -> None:
+        """Drop the subject index's pairs up to ``boundary`` (in the purge's transaction):
+        rows wholly below it go, rows straddling it are rewritten from their first seq above
+        it; a mark below it moves up (those records are gone, nothing is left to index)."""
+        postings = access_log_postings
+        conn.execute(delete(postings).where(postings.c.last_seq <= boundary))
+        for row in conn.execute(select(postings).where(postings.c.first_seq <= boundary)).all():
+            kept = [seq for seq in decode_seqs(row.first_seq, row.seqs) if seq > boundary]
+            conn.execute(delete(postings).where(postings.c.subject == row.subject,
+                                                postings.c.first_seq == row.first_seq))
+            first, last, seqs = encode_seqs(kept)
+            conn.execute(insert(postings).values(subject=row.subject, first_seq=first,
+                                                 last_seq=last, seqs=seqs))
+        if self._mark(conn) < boundary:
+            self._set_mark(conn, boundary)
+        if self._legacy_index:
+            conn.execute(delete(access_log_subject).where(access_log_subject.c.seq <= boundary))
 
     def query(self, *, subject: str | None = None, client: str | None = None,
               since: datetime | None = None, until: datetime | None = None,
               limit: int | None = None) -> list[StoredRecord]:
-        """Records matching every given condition, oldest first (``until`` exclusive)."""
+        """Records matching every given condition, oldest first (``until`` exclusive).
+
+        By subject: the subject index is brought up to date first, and records after its
+        mark are scanned, so the answer is complete however far the index lagged."""
         stmt = select(access_log)
-        if subject is not None:
-            stmt = stmt.where(access_log.c.seq.in_(
-                select(access_log_subject.c.seq).where(access_log_subject.c.subject == subject)))
         if client is not None:
             stmt = stmt.where(access_log.c.client == client)
         if since is not None:
@@ -805,10 +1079,21 @@ class AuditLog:
         if until is not None:
             stmt = stmt.where(access_log.c.time < until)
         stmt = stmt.order_by(access_log.c.seq)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with self.engine.connect() as conn, conn.begin():
-            return [_stored(r) for r in conn.execute(stmt)]
+        if subject is None:
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            with self.engine.connect() as conn, conn.begin():
+                return [_stored(r) for r in conn.execute(stmt)]
+        self._catch_up()
+        found: list[StoredRecord] = []
+        with self._reader() as conn, conn.begin():
+            seqs = self._subject_seqs(conn, subject)
+            for start in range(0, len(seqs), 500):
+                found.extend(_stored(r) for r in conn.execute(
+                    stmt.where(access_log.c.seq.in_(seqs[start:start + 500]))))
+                if limit is not None and len(found) >= limit:
+                    break
+        return found if limit is None else found[:limit]
 
     def count(self) -> int:
         """Records currently held."""
@@ -837,7 +1122,7 @@ class AuditLog:
             boundary_hash = conn.scalar(select(access_log.c.hash)
                                         .where(access_log.c.seq == boundary))
             deleted = conn.execute(delete(access_log).where(access_log.c.seq <= boundary))
-            conn.execute(delete(access_log_subject).where(access_log_subject.c.seq <= boundary))
+            self._purge_index(conn, boundary)
             conn.execute(delete(access_log_anchor).where(access_log_anchor.c.id == 1))
             conn.execute(insert(access_log_anchor).values(
                 id=1, seq=boundary, hash=boundary_hash, purged_at=_now(), cutoff=cutoff))

@@ -62,7 +62,7 @@ def test_records_and_verify(log: AuditLog) -> None:
     ("UPDATE access_log SET subjects = '[]' WHERE seq = 4", 4, "modified"),
     ("UPDATE access_log SET time = '2000-01-01 00:00:00.000000' WHERE seq = 9", 9, "modified"),
     ("DELETE FROM access_log WHERE seq = 6", 7, "missing"),
-    ("DELETE FROM access_log_subject WHERE seq = 3", 3, "subject index"),
+    ("DELETE FROM access_log_postings WHERE subject = 'p2'", 3, "subject index"),
     ("UPDATE access_log SET hash = 'x', prev_hash = 'y' WHERE seq = 8", 8, "prev_hash"),
 ])
 def test_tampering_is_detected(log: AuditLog, sqlite_url: str, statement: str, seq: int,
