@@ -38,6 +38,30 @@ def _sql(audit: AuditLog, statement: str) -> None:
         db.execute(statement)
 
 
+def _pairs(audit: AuditLog) -> set[tuple[str, int]]:
+    """Every (subject, seq) pair the postings hold, read behind the log's back."""
+    from idm_facade.audit import decode_seqs
+
+    with audit.engine.connect() as conn:
+        rows = conn.execute(text("SELECT subject, first_seq, seqs FROM access_log_postings"))
+        return {(subject, seq) for subject, first, seqs in rows
+                for seq in decode_seqs(first, seqs)}
+
+
+def _mark(audit: AuditLog) -> int:
+    with audit.engine.connect() as conn:
+        return conn.scalar(text("SELECT seq FROM access_log_indexed WHERE id = 1")) or 0
+
+
+def _wait_for(condition, seconds: float = 10) -> bool:  # noqa: ANN001 - a callable
+    deadline = datetime.now() + timedelta(seconds=seconds)
+    while not condition():
+        if datetime.now() > deadline:
+            return False
+        threading.Event().wait(0.02)
+    return True
+
+
 @pytest.fixture
 def log(sqlite_url: str):
     audit = AuditLog(make_engine(sqlite_url))
@@ -275,13 +299,22 @@ def test_query_filters(log: AuditLog) -> None:
 
 
 def test_chain_on_postgresql(postgres_url: str) -> None:
-    audit = AuditLog(make_engine(postgres_url))
+    audit = AuditLog(make_engine(postgres_url), index_interval=600)
     assert _hammer(audit, 8, 25) == []
     now = datetime.now()
     audit.record(_rec(1, ("p",), ("cpr",), time=now - timedelta(days=365)))
+    assert _mark(audit) == 0  # nothing indexed yet: the query catches up
+    assert audit.query(subject="p")[0].sensitive == ["cpr"]
+    assert _mark(audit) == 201 and len(_pairs(audit)) == 201
+    assert len(audit.query(subject="person-3")) == 8 * len(range(3, 25, 7))
     result = audit.verify()
     assert result.ok and result.checked == 201
-    assert audit.query(subject="p")[0].sensitive == ["cpr"]
+    with audit.engine.begin() as conn:  # a forged posting is caught
+        conn.execute(text("INSERT INTO access_log_postings VALUES ('intruder', 7, 7, '')"))
+    result = audit.verify()
+    assert not result.ok and result.bad_seq == 7 and "subject index" in result.message
+    with audit.engine.begin() as conn:
+        conn.execute(text("DELETE FROM access_log_postings WHERE subject = 'intruder'"))
     with audit.engine.begin() as conn:
         conn.execute(text("UPDATE access_log SET status = 'error' WHERE seq = 50"))
     result = audit.verify()
@@ -290,8 +323,10 @@ def test_chain_on_postgresql(postgres_url: str) -> None:
         conn.execute(text("UPDATE access_log SET status = 'ok' WHERE seq = 50"))
     assert audit.verify().ok
     assert audit.purge(now - timedelta(days=1)) == 201  # the old record is the tail
-    audit.record(_rec(2))
+    assert _pairs(audit) == set()
+    audit.record(_rec(2, ("q",)))
     assert audit.verify().ok and audit.verify().anchor_seq == 201
+    assert _pairs(audit) == {("q", 202)}
     audit.close()
 
 
@@ -458,3 +493,170 @@ def test_sync_normal_on_postgresql(postgres_url: str) -> None:
     cursor.close()
     assert audit.verify().ok
     audit.close()
+
+
+# ------------------------------------------------------------------ the derived subject index
+
+
+def test_query_right_after_writing_is_complete(sqlite_url: str) -> None:
+    """Nothing indexed yet (no background run): a query by subject catches the index up."""
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600)
+    for i in range(30):
+        audit.record(_rec(i, subjects=(f"p{i % 4}", "everyone")))
+    assert _mark(audit) == 0 and _pairs(audit) == set()
+    assert [r.seq for r in audit.query(subject="p1")] == list(range(2, 31, 4))
+    assert _mark(audit) == 30 and len(_pairs(audit)) == 60
+    assert len(audit.query(subject="everyone")) == 30
+    audit.record(_rec(30, subjects=("p1",)))  # after the mark: still found
+    assert [r.seq for r in audit.query(subject="p1", limit=3)] == [2, 6, 10]
+    assert audit.query(subject="p1")[-1].seq == 31
+    assert audit.verify().ok
+    audit.close()
+
+
+def test_many_subjects_per_record(log: AuditLog) -> None:
+    """A SCIM page of 150 users: one record row, one posting row per subject per run."""
+    people = [f"person-{i:04d}" for i in range(600)]
+    log.record_many([_rec(i, subjects=tuple(people[i * 150:(i + 1) * 150] + people[:2]))
+                     for i in range(4)])
+    assert log.index_subjects() == 4
+    pairs = _pairs(log)
+    assert len(pairs) == 600 + 2 * 3  # people 0 and 1 are in every record (once in the first)
+    with log.engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM access_log_postings")) == 600
+        assert conn.scalar(text("SELECT seqs FROM access_log_postings "
+                                "WHERE subject = 'person-0001'")) == "1,1,1"
+    assert [r.seq for r in log.query(subject="person-0001")] == [1, 2, 3, 4]
+    assert [r.seq for r in log.query(subject="person-0599")] == [4]
+    assert log.verify().ok
+
+
+def test_two_logs_indexing_concurrently_never_duplicate(sqlite_url: str) -> None:
+    first = AuditLog(make_engine(sqlite_url), index_interval=600)
+    second = AuditLog(make_engine(sqlite_url), index_interval=600)
+    for audit in (first, second):
+        audit.RUN_RECORDS = 7  # many short runs, so the two interleave
+    first.record_many([_rec(i, subjects=(f"p{i % 9}", f"q{i % 5}")) for i in range(300)])
+    start = threading.Barrier(4)
+    counts: list[int] = []
+
+    def index(audit: AuditLog) -> None:
+        start.wait()
+        counts.append(audit.index_subjects())
+
+    threads = [threading.Thread(target=index, args=(a,)) for a in (first, second) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 300  # every record indexed exactly once, by one of them
+    assert first.indexed_pairs + second.indexed_pairs == 600
+    assert len(_pairs(first)) == 600 and _mark(first) == 300
+    with first.engine.connect() as conn:
+        rows = conn.execute(text("SELECT subject, first_seq, seqs FROM access_log_postings"))
+        total = sum(1 + (seqs.count(",") + 1 if seqs else 0) for _, _, seqs in rows)
+    assert total == 600  # no pair twice
+    assert first.verify().ok and second.verify().ok
+    first.close()
+    second.close()
+
+
+def test_purge_trims_a_posting_that_straddles_the_cutoff(log: AuditLog) -> None:
+    now = datetime.now()
+    for i in range(10):
+        log.record(_rec(i, subjects=("anna", f"p{i}"), time=now - timedelta(days=300 - i)))
+    for i in range(10, 14):
+        log.record(_rec(i, subjects=("anna",), time=now - timedelta(days=1)))
+    log.index_subjects()  # one run: anna's row spans seqs 1..14
+    with log.engine.connect() as conn:
+        assert conn.execute(text("SELECT first_seq, last_seq FROM access_log_postings "
+                                 "WHERE subject = 'anna'")).all() == [(1, 14)]
+    assert log.purge("6months") == 10
+    with log.engine.connect() as conn:
+        assert conn.execute(text("SELECT first_seq, last_seq, seqs FROM access_log_postings"
+                                 )).all() == [(11, 14, "1,1,1")]
+    assert _pairs(log) == {("anna", seq) for seq in range(11, 15)}
+    result = log.verify()
+    assert result.ok and result.anchor_seq == 10 and result.checked == 4
+    assert [r.seq for r in log.query(subject="anna")] == [11, 12, 13, 14]
+    assert log.query(subject="p3") == []
+
+
+def test_purge_of_records_never_indexed_moves_the_mark(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600)
+    old = datetime.now() - timedelta(days=400)
+    for i in range(5):
+        audit.record(_rec(i, subjects=(f"p{i}",), time=old))
+    audit.record(_rec(5, subjects=("p5",)))
+    assert audit.purge("6months") == 5
+    assert _mark(audit) == 5 and _pairs(audit) == set()
+    assert [r.seq for r in audit.query(subject="p5")] == [6]
+    assert audit.verify().ok
+    audit.close()
+
+
+@pytest.mark.parametrize(("statement", "seq", "message"), [
+    ("DELETE FROM access_log_postings WHERE subject = 'p4'", 5, "differs"),
+    ("UPDATE access_log_postings SET seqs = '1,2,1,1,1,1,1,1' WHERE subject = 'shared'", 3,
+     "differs"),
+    ("INSERT INTO access_log_postings VALUES ('intruder', 6, 6, '')", 6, "differs"),
+    ("INSERT INTO access_log_postings VALUES ('intruder', 99, 99, '')", 99, "does not exist"),
+    ("INSERT INTO access_log_postings VALUES ('p1', 7, 7, '')", 7, "differs"),
+    ("UPDATE access_log_postings SET seqs = '1,x' WHERE subject = 'shared'", 1, "malformed"),
+    ("UPDATE access_log_postings SET last_seq = 11 WHERE subject = 'shared'", 1, "last_seq"),
+])
+def test_tampered_postings_are_detected(log: AuditLog, statement: str, seq: int,
+                                        message: str) -> None:
+    for i in range(10):
+        log.record(_rec(i, subjects=(f"p{i}", "shared")))
+    assert log.verify().ok
+    _sql(log, statement)
+    result = log.verify()
+    assert not result.ok and result.bad_seq == seq and message in result.message
+    assert "subject index" in result.message
+
+
+def test_background_indexer_runs_without_any_query(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url), index_interval=0.05)
+    for i in range(20):
+        audit.record(_rec(i, subjects=(f"p{i % 3}",)))
+    assert _wait_for(lambda: _mark(audit) == 20), _mark(audit)
+    assert audit.index_runs >= 1 and len(_pairs(audit)) == 20
+    audit.close()
+    assert not audit._indexer.is_alive()  # close() stops the thread
+
+
+def test_background_indexer_runs_when_enough_records_wait(sqlite_url: str) -> None:
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600, index_records=50)
+    audit.record_many([_rec(i, subjects=("p",)) for i in range(49)])
+    threading.Event().wait(0.2)
+    assert _mark(audit) == 0  # below the threshold, long before the interval
+    audit.record(_rec(49, subjects=("p",)))
+    assert _wait_for(lambda: _mark(audit) == 50), _mark(audit)
+    audit.close()
+
+
+def test_log_with_the_old_subject_table(sqlite_url: str) -> None:
+    """A log written by an earlier version (``access_log_subject``, no postings): indexed from
+    mark 0 on first use; the old table is not read, and purge still trims it."""
+    audit = AuditLog(make_engine(sqlite_url))
+    old = datetime.now() - timedelta(days=400)
+    for i in range(6):
+        audit.record(_rec(i, subjects=(f"p{i % 2}",), time=old if i < 3 else None))
+    audit.close()
+    path = audit.engine.url.database
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE access_log_postings")
+        db.execute("DROP TABLE access_log_indexed")
+        db.execute("CREATE TABLE access_log_subject (subject VARCHAR(64) NOT NULL, "
+                   "seq INTEGER NOT NULL, PRIMARY KEY (subject, seq))")
+        db.executemany("INSERT INTO access_log_subject VALUES (?, ?)",
+                       [(f"p{i % 2}", i + 1) for i in range(6)])
+    upgraded = AuditLog(make_engine(sqlite_url), index_interval=600)
+    assert [r.seq for r in upgraded.query(subject="p0")] == [1, 3, 5]
+    assert _mark(upgraded) == 6 and upgraded.verify().ok
+    assert upgraded.purge("6months") == 3
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT min(seq) FROM access_log_subject").fetchone() == (4,)
+    assert [r.seq for r in upgraded.query(subject="p0")] == [5] and upgraded.verify().ok
+    upgraded.close()
