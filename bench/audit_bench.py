@@ -95,27 +95,31 @@ def subjects_cost(directory: Path, subjects: int, sync: str, records: int,
                                      f"startIndex={b * batch + i}", "200", chosen, []))
         audit.record_many(recs)
     write = (time.perf_counter() - started) / (records // batch * batch)
-    index = None
+    index, runs, lock_ms = None, 0, 0.0
     if hasattr(audit, "index_subjects"):
         started = time.perf_counter()
         audit.index_subjects()
         pairs = records // batch * batch * subjects
         index = (time.perf_counter() - started) / pairs if pairs else None
+        runs, lock_ms = audit.index_runs, audit.index_lock_max * 1000
     result = audit.verify()
     assert result.ok, result
     audit.close()
-    return {"write_us": write * 1e6, "index_us": None if index is None else index * 1e6}
+    return {"write_us": write * 1e6, "index_us": None if index is None else index * 1e6,
+            "runs": runs, "lock_ms": lock_ms}
 
 
 def main_subjects(args: argparse.Namespace) -> None:
-    print("| subjects per record | sync | µs per record (batch 4) | indexing µs per pair |")
-    print("|---|---|---|---|")
+    print("| subjects per record | sync | µs per record (batch 4) | indexing µs per pair "
+          "| indexing runs | longest lock hold |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for subjects in (int(s) for s in args.subjects.split(",")):
             for sync in ("full", "normal"):
                 r = subjects_cost(Path(tmp), subjects, sync, args.records)
                 index = "-" if r["index_us"] is None else f"{r['index_us']:.2f}"
-                print(f"| {subjects} | {sync} | {r['write_us']:,.0f} | {index} |", flush=True)
+                print(f"| {subjects} | {sync} | {r['write_us']:,.0f} | {index} | {r['runs']} | "
+                      f"{r['lock_ms']:.0f} ms |", flush=True)
 
 
 def main() -> None:
