@@ -240,16 +240,16 @@ def main() -> None:
     slapd_pid = int((work / "slapd.pid").read_text())
 
     # The facade twice: with its access log as configured by default (SQLite beside the
-    # store, on disk before each answer: an fsync per group commit) and with
-    # ``[audit] sync = "normal"`` (committed to the OS before each answer, on disk within a
-    # second; the reactor then commits its records itself).
-    (work / "idm-normal.toml").write_text(
-        f'[directory]\nstate_dir = "{work}"\n[audit]\nsync = "normal"\n'
-        f'db = "sqlite:///{work}/audit-normal.db"\n')
+    # store, ``[audit] sync = "normal"``: committed to the OS before each answer, on disk
+    # within a second; the reactor commits its records itself) and with ``sync = "full"``
+    # (on disk before each answer: an fsync per group commit, in the log's writer thread).
+    (work / "idm-full.toml").write_text(
+        f'[directory]\nstate_dir = "{work}"\n[audit]\nsync = "full"\n'
+        f'db = "sqlite:///{work}/audit-full.db"\n')
     exe = Path(sys.executable).with_name("idm-facade")
     servers_procs, facade_ports = [], []
     variants = [(workers, conf) for workers in args.workers
-                for conf in ("idm.toml", "idm-normal.toml")]
+                for conf in ("idm.toml", "idm-full.toml")]
     for workers, conf in variants:
         proc = subprocess.Popen([str(exe), "serve", "--db", db, "--scim-port", "0",
                                  "--ldap-port", "0", "--config", str(work / conf),
@@ -272,7 +272,7 @@ def main() -> None:
                          slapd_port)}
     for (workers, conf), port in zip(variants, facade_ports, strict=True):
         name = "idm-facade" + ("" if args.workers == [1] else f" --workers {workers}") + (
-            " (audit sync = normal)" if conf == "idm-normal.toml" else "")
+            " (audit sync = full)" if conf == "idm-full.toml" else "")
         servers[name] = (f"ldap://127.0.0.1:{port}", facade_bind, port)
     people = f"ou=people,{base}"
     try:

@@ -16,7 +16,7 @@ parameter to every request) and show what a list request costs when it is not a 
 ``--workers`` is passed to ``idm-facade serve``; with several counts the facade is started
 once per count, one after the other, and every facade row is measured for each (labelled
 "--workers N" unless the only count is 1). ``--audit-sync`` does the same for the access log's
-``[audit] sync`` setting (default: only the default, "full").
+``[audit] sync`` setting (default: only the default, "normal").
 
 The store is a copy of ``bench.datasets.demo_store(size)`` in a temporary directory (the
 access-log records the run writes go there, not into the shared bench store).
@@ -321,7 +321,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="idm-facade serve --workers; several counts are measured one "
                              "after the other in the same run")
-    parser.add_argument("--audit-sync", nargs="+", default=["full"],
+    parser.add_argument("--audit-sync", nargs="+", default=["normal"],
                         choices=["full", "normal"],
                         help="[audit] sync of the facade; several are measured one after "
                              "the other")
@@ -360,7 +360,7 @@ def main() -> None:
     try:
         for workers, sync in [(w, s) for w in args.workers for s in args.audit_sync]:
             suffix = ("" if args.workers == [1] else f" (--workers {workers})") + (
-                "" if args.audit_sync == ["full"] else f" (audit sync = {sync})")
+                "" if args.audit_sync == ["normal"] else f" (audit sync = {sync})")
             config = Path(url.removeprefix("sqlite:///")).with_name(f"idm-{sync}.toml")
             config.write_text(f'[audit]\nsync = "{sync}"\n')
             started = time.time()

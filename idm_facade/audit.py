@@ -13,18 +13,20 @@ meanwhile fill the next batch, whose first waiter to wake writes it. A burst of 
 requests costs one commit, not N, and a lone request no thread hop.
 
 Durability (``[audit] sync``):
-- ``"full"`` (default): a commit reaches the disk before the answer leaves (SQLite
-  ``synchronous=FULL``; PostgreSQL ``synchronous_commit`` as the server has it). At low
-  concurrency every answer so waits for one disk flush.
-- ``"normal"``: a commit reaches the operating system before the answer leaves, and the disk
-  within ``[audit] sync_interval`` seconds (default 1). A crash of the facade loses nothing; a
-  power cut or kernel crash can lose the records of that last interval. SQLite runs with
+- ``"normal"`` (default): a commit reaches the operating system before the answer leaves, and
+  the disk within ``[audit] sync_interval`` seconds (default 1). A crash of the facade loses
+  nothing; a power cut or kernel crash can lose the records of that last interval (the Linux
+  audit daemon's default, ``flush = INCREMENTAL_ASYNC``, makes the same trade). If an fsync
+  fails, the log refuses every further record until a restart. SQLite runs with
   ``synchronous=NORMAL`` and a background thread fsyncs the WAL file once per interval when
   records were written; PostgreSQL gets ``synchronous_commit = off`` on the log's connection,
   whose own WAL writer bounds the loss the same way. In both modes a record that cannot be
   written fails its request. With SQLite ``normal`` a commit costs tens of microseconds, so an
   event loop writes its records itself (:meth:`AuditLog.record_many`, see
   :attr:`AuditLog.fast_commit`) instead of handing them to a thread.
+- ``"full"``: a commit reaches the disk before the answer leaves (SQLite ``synchronous=FULL``;
+  PostgreSQL ``synchronous_commit`` as the server has it). At low concurrency every answer so
+  waits for one disk flush: with 4 clients, at most about 4 answers per flush time.
 
 The log lives in its own SQLite file beside a SQLite store (``idm.db`` -> ``idm-audit.db``)
 unless ``[audit] db`` names a database, or the store's database already holds a log.
@@ -372,6 +374,8 @@ def _default_url(engine: Engine) -> str:
 
 
 SYNC_MODES = ("full", "normal")
+#: See the module docstring: on disk within a second, not before each answer.
+DEFAULT_SYNC = "normal"
 
 
 def _engine_for(url: str, sync: str = "full") -> Engine:
@@ -408,7 +412,7 @@ class AuditLog:
                  index_records: int | None = None) -> None:
         self.config = config or Config()
         url = self.config.get("audit", "db") or _default_url(engine)
-        self.sync = str(self.config.get("audit", "sync", "full")).lower()
+        self.sync = str(self.config.get("audit", "sync", DEFAULT_SYNC)).lower()
         if self.sync not in SYNC_MODES:
             raise ValueError(f"[audit] sync = {self.sync!r}: use one of {', '.join(SYNC_MODES)}")
         interval = self.config.get("audit", "sync_interval", 1.0)
@@ -431,6 +435,10 @@ class AuditLog:
         self._syncer: threading.Thread | None = None
         self._sync_wake = threading.Event()
         self._sync_stop = threading.Event()
+        #: Set when an fsync of the log failed: records since the last good one may be lost,
+        #: and a retried fsync could succeed without them, so the log refuses every further
+        #: record until the process restarts (fail closed).
+        self._sync_failed: str | None = None
         self.max_batch = max_batch if group_commit else 1
         self.timeout = float(timeout if timeout is not None
                              else self.config.get("audit", "timeout", 30))
@@ -528,6 +536,8 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise AuditUnavailable("the access log is closed")
+            if self._sync_failed is not None:
+                raise AuditUnavailable(self._sync_failed)
             batch = self._join_batch(rows)
             batch.waiting += 1
             if self._writing:
@@ -571,7 +581,7 @@ class AuditLog:
             rec.time = _now()
         row = _Row(rec)
         with self._lock:
-            closed = self._closed
+            closed = self._closed or self._sync_failed is not None
             if not closed:
                 batch = self._join_batch([row])
                 batch.callbacks.append(callback)
@@ -579,7 +589,7 @@ class AuditLog:
                     self._writing = True
                     self._wake_flusher()
         if closed:
-            callback(AuditUnavailable("the access log is closed"))
+            callback(AuditUnavailable(self._sync_failed or "the access log is closed"))
 
     def _wake_flusher(self) -> None:
         """Hand the lead to the flusher thread (called with the lock held, ``_writing`` set)."""
@@ -745,7 +755,11 @@ class AuditLog:
             try:
                 os.fsync(fd)
             except OSError as exc:
-                log.error("access log: fsync of %s failed: %s", self._wal, exc)
+                self._sync_failed = (f"the access log could not be flushed to disk ({exc}); "
+                                     "it refuses further records until the facade restarts")
+                log.critical("access log: fsync of %s failed: %s. Records committed since "
+                             "seq %d may be lost; refusing every further request until a "
+                             "restart.", self._wal, exc, self.synced_seq)
                 return
             finally:
                 os.close(fd)

@@ -438,10 +438,16 @@ def _pragma(audit: AuditLog, name: str) -> int:
     return value
 
 
-def test_sync_full_is_the_default(log: AuditLog) -> None:
+def test_sync_normal_is_the_default_and_full_syncs_every_commit(log: AuditLog,
+                                                                sqlite_url: str) -> None:
     log.record(_rec(1))
-    assert log.sync == "full" and not log.fast_commit
-    assert _pragma(log, "synchronous") == 2  # FULL: the WAL is synced at every commit
+    assert log.sync == "normal" and log.fast_commit
+    assert _pragma(log, "synchronous") == 1  # NORMAL: commits are not synced one by one
+    full = AuditLog(make_engine(sqlite_url), _config({"audit": {"sync": "full"}}))
+    full.record(_rec(2))
+    assert not full.fast_commit and full.synced_seq == 0  # no syncer: every commit is synced
+    assert _pragma(full, "synchronous") == 2  # FULL: the WAL is synced at every commit
+    full.close()
 
 
 def test_sync_normal_commits_then_syncs_within_the_interval(sqlite_url: str) -> None:
@@ -660,3 +666,26 @@ def test_log_with_the_old_subject_table(sqlite_url: str) -> None:
         assert db.execute("SELECT min(seq) FROM access_log_subject").fetchone() == (4,)
     assert [r.seq for r in upgraded.query(subject="p0")] == [5] and upgraded.verify().ok
     upgraded.close()
+
+
+def test_failed_fsync_fails_closed(sqlite_url: str) -> None:
+    """After an fsync of the log fails (here: a real EINVAL from the kernel, by pointing the
+    syncer at /dev/null), records since the last good sync may be lost, and a retry could
+    succeed without them: the log refuses every further record until a restart."""
+    from pathlib import Path
+
+    audit = AuditLog(make_engine(sqlite_url), _config({"audit": {"sync": "normal"}}))
+    audit.record(_rec(1))
+    audit.sync_now()
+    assert audit.synced_seq == 1
+    audit._wal = Path("/dev/null")  # fsync(2) of a character device fails with EINVAL
+    audit.record(_rec(2))
+    audit.sync_now()
+    assert audit.synced_seq == 1
+    with pytest.raises(AuditUnavailable, match="could not be flushed to disk"):
+        audit.record(_rec(3))
+    with pytest.raises(AuditUnavailable, match="could not be flushed"):
+        audit.record_many([_rec(4)])
+    assert isinstance(_submit_all(audit, [_rec(5)])[0], AuditUnavailable)
+    assert audit.count() == 2
+    audit.close()

@@ -533,10 +533,12 @@ def test_audit_unavailable_fails_the_search(server, tmp_path, sync):
         engine.dispose()
 
 
-def test_sync_normal_sigkill_during_load_keeps_every_answered_search(server, tmp_path):
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_sigkill_during_load_keeps_every_answered_search(server, tmp_path, sync):
     """With ``[audit] sync = "normal"`` the reactor commits its records itself (no fsync per
-    answer): a facade killed with SIGKILL under concurrent load still has a record of every
-    search it answered, in a chain that verifies, and one record per bind and search."""
+    answer), with ``"full"`` a writer thread does (an fsync per batch): either way a facade
+    killed with SIGKILL under concurrent load still has a record of every search it
+    answered, in a chain that verifies, and one record per bind and search."""
     import signal
     import threading
     import uuid
@@ -546,7 +548,7 @@ def test_sync_normal_sigkill_during_load_keeps_every_answered_search(server, tmp
     exchange.import_document(engine, demo.generate("S", 1), actor="test")
     secret = ClientRegistry(engine, Config()).add("app", "ldap", "default")
     cfg = tmp_path / "idm.toml"
-    cfg.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n[audit]\nsync = "normal"\n')
+    cfg.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n[audit]\nsync = "{sync}"\n')
     proc, ports = _start(db, cfg)
     uids = [a.first("userName") for a in server.accounts[:40]]
     answered: list[str] = []
