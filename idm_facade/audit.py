@@ -51,6 +51,20 @@ the writing process runs it when enough records wait or some seconds passed; eve
 the index (:meth:`AuditLog.query` by subject, :func:`records_for`, :meth:`AuditLog.verify`) runs
 it first, so answers are complete however far the index lags. ``verify`` checks that the
 postings hold exactly the (subject, seq) pairs of the records up to the mark.
+
+Where the index lives: on SQLite with a log file, in a file of its own beside it
+(``idm-audit.db`` -> ``idm-audit-index.db``), so an indexing run reads the records without a
+lock and writes only the index file: record writers (the LDAP event loop among them) never
+wait for it. The index file may be deleted at any time; it is rebuilt from seq 0. PostgreSQL
+and in-memory or ``file:`` SQLite logs keep the index in the log's database. Postings and
+the mark of the previous version inside a SQLite log file are ignored (the index file is
+built from 0) and only trimmed by purge.
+
+Purge with an index file of its own runs in two transactions, as no transaction spans two
+SQLite files: first the log's (delete the records, move the anchor), then the index file's
+(trim the postings up to the anchor, record the anchor as trimmed). A crash in between
+leaves index entries at or below the anchor: every reader ignores them (they name no
+record), and the next indexing run, reader catch-up or purge finishes the trim.
 """
 
 from __future__ import annotations
@@ -64,6 +78,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,6 +122,11 @@ _PG_INDEX_LOCK = 0x1D3F_A0D2
 DEFAULT_RETENTION = "6months"
 
 metadata = MetaData()
+#: The derived index's tables. On SQLite with a log file they live in a file of their own
+#: beside the log (``idm-audit.db`` -> ``idm-audit-index.db``), so indexing never takes the
+#: log's write lock; otherwise (PostgreSQL, in-memory or ``file:`` SQLite) in the log's
+#: database.
+index_metadata = MetaData()
 
 access_log = Table(
     "access_log", metadata,
@@ -130,7 +150,7 @@ _SEQ = BigInteger().with_variant(Integer, "sqlite")
 #: only trim). ``seqs``: the subject's seqs of the run as gaps after ``first_seq``,
 #: comma-separated ("" for one seq; "3,1" for first_seq, +3, +4): see :func:`encode_seqs`.
 access_log_postings = Table(
-    "access_log_postings", metadata,
+    "access_log_postings", index_metadata,
     Column("subject", Text, primary_key=True),
     Column("first_seq", _SEQ, primary_key=True, autoincrement=False),
     Column("last_seq", _SEQ, nullable=False),
@@ -140,10 +160,12 @@ access_log_postings = Table(
     Index("ix_access_log_postings_first", "first_seq"),
 )
 
-#: Progress of the subject index: every record with seq <= ``seq`` is in the postings.
-#: Moved in the same transaction as the postings it covers.
+#: Progress of the subject index (row ``id = 1``): every record with seq <= ``seq`` is in the
+#: postings; moved in the same transaction as the postings it covers. Row ``id = 2`` (own
+#: index file only): the index holds nothing at or below this seq, the anchor of the last
+#: purge whose trim completed (see :meth:`AuditLog.purge`).
 access_log_indexed = Table(
-    "access_log_indexed", metadata,
+    "access_log_indexed", index_metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", _SEQ, nullable=False),
 )
@@ -373,15 +395,30 @@ def _default_url(engine: Engine) -> str:
     return url.set(database=str(own)).render_as_string(hide_password=False)
 
 
+def _index_url(url: str) -> str | None:
+    """The derived index's own SQLite file beside a SQLite log file (``idm-audit.db`` ->
+    ``idm-audit-index.db``); None (the log's own database) for PostgreSQL and for in-memory
+    or ``file:`` SQLite logs."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    path = Path(database)
+    own = path.with_name(f"{path.stem}-index{path.suffix or '.db'}")
+    return parsed.set(database=str(own)).render_as_string(hide_password=False)
+
+
 SYNC_MODES = ("full", "normal")
 #: See the module docstring: on disk within a second, not before each answer.
 DEFAULT_SYNC = "normal"
 
 
-def _engine_for(url: str, sync: str = "full") -> Engine:
+def _engine_for(url: str, sync: str = "full", timeout: float = 30) -> Engine:
     """The log's own engine: explicit write locks, and on SQLite the configured sync mode."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                  "timeout": timeout})
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types
@@ -389,7 +426,7 @@ def _engine_for(url: str, sync: str = "full") -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={'NORMAL' if sync == 'normal' else 'FULL'}")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -485,14 +522,32 @@ class AuditLog:
         self.indexed_pairs = 0
         #: Longest time a run of this object held the write lock, in seconds (benchmark).
         self.index_lock_max = 0.0
+        #: Longest time a run of this object held the LOG's write lock (benchmark): 0 with
+        #: an index file of its own.
+        self.log_lock_max = 0.0
+        #: Where the derived index lives: its own SQLite file (``_split``), or the log's
+        #: database. The index is disposable, so its file never waits for an fsync: a crash
+        #: can only roll it back to an earlier consistent state, which the next run redoes.
+        index_url = _index_url(str(url))
+        self._split = index_url is not None
+        self.index_engine = (_engine_for(index_url, "normal", self.timeout) if index_url
+                             else self.engine)
         try:
             metadata.create_all(self.engine)
         except Exception as exc:  # noqa: BLE001 - surfaced on first record instead
             log.error("access log tables could not be created: %s", exc)
         try:
-            self._legacy_index = inspect(self.engine).has_table("access_log_subject")
+            index_metadata.create_all(self.index_engine)
+        except Exception as exc:  # noqa: BLE001 - readers scan the records instead
+            log.error("access log index tables could not be created: %s", exc)
+        try:
+            tables = set(inspect(self.engine).get_table_names())
         except Exception:  # noqa: BLE001 - an unreachable log fails on first record
-            self._legacy_index = False
+            tables = set()
+        #: Indexes of earlier versions inside the log's database, no longer read or written:
+        #: purge still trims them, so they hold no person id longer than the records do.
+        self._legacy_index = "access_log_subject" in tables
+        self._old_postings = self._split and "access_log_postings" in tables
 
     @staticmethod
     def _wal_path(url: str) -> Path | None:
@@ -809,10 +864,23 @@ class AuditLog:
         index's write lock (:meth:`_index_lock`), checks the mark has not moved (another
         indexer, or a purge, was faster: the run is dropped and redone from the new mark),
         inserts one posting row per subject and moves the mark, in one short transaction.
+        With the index in its own file that transaction locks only the index file: record
+        writers never wait for it. First it finishes a purge's trim of the index that a crash
+        interrupted (:meth:`purge`).
         """
         self._unindexed = 0  # this call covers everything written before it starts
         with self.engine.connect() as conn, conn.begin():
             target = self._tail(conn)[0]
+            anchor = self._anchor_seq(conn)
+        if self._split:
+            with self.index_engine.connect() as conn, conn.begin():
+                trimmed, mark = self._trimmed(conn), self._mark(conn)
+            if mark > target:  # an index of another (deleted or replaced) log: rebuild it
+                log.warning("access log: the index covers seq %d but the log ends at %d; "
+                            "rebuilding the index", mark, target)
+                self._trim_index(None)
+            elif trimmed < anchor:  # a purge stopped between its two steps: finish it
+                self._trim_index(anchor)
         total = 0
         while stop is None or not stop.is_set():
             done = self._index_run(target)
@@ -826,8 +894,9 @@ class AuditLog:
         moved under it."""
         by_subject: dict[str, list[int]] = {}
         records = pairs = 0
-        with self.engine.connect() as conn, conn.begin():
+        with self.index_engine.connect() as conn, conn.begin():
             mark = after = self._mark(conn)
+        with self.engine.connect() as conn, conn.begin():
             while after < upto and records < self.RUN_RECORDS and pairs < self.RUN_PAIRS:
                 rows = conn.execute(
                     select(access_log.c.seq, access_log.c.subjects)
@@ -851,7 +920,7 @@ class AuditLog:
             first, last, seqs = encode_seqs(by_subject[subject])
             postings.append({"subject": subject, "first_seq": first, "last_seq": last,
                              "seqs": seqs})
-        with self._writer() as conn, conn.begin():
+        with self._writer(self.index_engine) as conn, conn.begin():
             locked = monotonic()
             self._index_lock(conn)
             if self._mark(conn) != mark:
@@ -859,24 +928,39 @@ class AuditLog:
             if postings:
                 conn.execute(insert(access_log_postings), postings)
             self._set_mark(conn, after)
-        self.index_lock_max = max(self.index_lock_max, monotonic() - locked)
+        held = monotonic() - locked
+        self.index_lock_max = max(self.index_lock_max, held)
+        if not self._split:
+            self.log_lock_max = max(self.log_lock_max, held)
         self.index_runs += 1
         self.indexed_pairs += pairs
         return records
 
     @staticmethod
-    def _mark(conn: Connection) -> int:
+    def _mark(conn: Connection, row: int = 1) -> int:
         """Every record up to this seq is in the postings (0: none indexed yet)."""
         value = conn.scalar(select(access_log_indexed.c.seq)
-                            .where(access_log_indexed.c.id == 1))
+                            .where(access_log_indexed.c.id == row))
         return int(value or 0)
 
+    @classmethod
+    def _trimmed(cls, conn: Connection) -> int:
+        """The index holds nothing at or below this seq (own index file: the last purge
+        anchor whose trim completed)."""
+        return cls._mark(conn, 2)
+
     @staticmethod
-    def _set_mark(conn: Connection, seq: int) -> None:
-        moved = conn.execute(access_log_indexed.update().where(access_log_indexed.c.id == 1)
+    def _set_mark(conn: Connection, seq: int, row: int = 1) -> None:
+        moved = conn.execute(access_log_indexed.update().where(access_log_indexed.c.id == row)
                              .values(seq=seq))
         if not moved.rowcount:
-            conn.execute(insert(access_log_indexed).values(id=1, seq=seq))
+            conn.execute(insert(access_log_indexed).values(id=row, seq=seq))
+
+    @staticmethod
+    def _anchor_seq(conn: Connection) -> int:
+        """Seq of the last purged record (0: never purged): no record at or below it exists."""
+        return int(conn.scalar(select(access_log_anchor.c.seq)
+                               .where(access_log_anchor.c.id == 1)) or 0)
 
     def _catch_up(self) -> None:
         """Index what waits before reading the index; on failure (lock not obtained in time)
@@ -886,19 +970,37 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - the answer stays complete, only slower
             log.warning("access log: could not bring the subject index up to date: %s", exc)
 
-    def _reader(self) -> Connection:
+    def _reader(self, engine: Engine | None = None) -> Connection:
         """A connection for reading postings, mark and records as one snapshot."""
-        conn = self.engine.connect()
+        conn = (engine or self.engine).connect()
         if self.dialect == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         return conn
 
-    def _subject_seqs(self, conn: Connection, subject: str) -> list[int]:
+    @contextmanager
+    def _snapshots(self) -> Iterator[tuple[Connection, Connection]]:
+        """``(log connection, index connection)``, each in a read transaction; the same
+        connection when the index lives in the log's database.
+
+        With an index file of its own the two snapshots are not one: the index's is taken
+        first, so every record up to its mark is already in the log, unless a purge deleted it
+        meanwhile (or a crash stopped a purge before it trimmed the index): index entries at or
+        below the log's anchor name no record and are ignored by every reader."""
+        if not self._split:
+            with self._reader() as conn, conn.begin():
+                yield conn, conn
+            return
+        with self._reader(self.index_engine) as index, index.begin():
+            self._mark(index)  # a WAL read snapshot starts at the first read
+            with self._reader() as conn, conn.begin():
+                yield conn, index
+
+    def _subject_seqs(self, conn: Connection, index: Connection, subject: str) -> list[int]:
         """Seqs of the records about ``subject``: its postings, plus the records after the
         mark that name it (those the index does not cover yet)."""
-        mark = self._mark(conn)
+        mark = self._mark(index)
         seqs: set[int] = set()
-        for first, seqs_text in conn.execute(
+        for first, seqs_text in index.execute(
                 select(access_log_postings.c.first_seq, access_log_postings.c.seqs)
                 .where(access_log_postings.c.subject == subject)):
             seqs.update(decode_seqs(first, seqs_text))
@@ -906,7 +1008,8 @@ class AuditLog:
                                           .where(access_log.c.seq > mark)):
             if subject in (json.loads(subjects) if isinstance(subjects, str) else subjects):
                 seqs.add(int(seq))
-        return sorted(seqs)
+        anchor = self._anchor_seq(conn)
+        return sorted(seq for seq in seqs if seq > anchor)
 
     def _drop_or_rollback(self, conn: Any) -> None:
         try:
@@ -948,20 +1051,23 @@ class AuditLog:
             finally:
                 self._conn = None
         self.engine.dispose()
+        if self._split:
+            self.index_engine.dispose()
 
     def _chain_lock(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
 
     def _index_lock(self, conn: Connection) -> None:
-        """The subject index's write lock: on SQLite the database's (``BEGIN IMMEDIATE``, as
-        for records: SQLite has one writer), on PostgreSQL its own advisory lock."""
+        """The subject index's write lock: on SQLite the index database's (``BEGIN
+        IMMEDIATE``: the index file's own, or the log's when they share a database), on
+        PostgreSQL its own advisory lock."""
         if self.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INDEX_LOCK})
 
-    def _writer(self) -> Connection:
+    def _writer(self, engine: Engine | None = None) -> Connection:
         """A connection whose next transaction takes the write lock (flag read at BEGIN)."""
-        conn = self.engine.connect()
+        conn = (engine or self.engine).connect()
         conn.info["write"] = True
         return conn
 
@@ -995,12 +1101,13 @@ class AuditLog:
         alongside the records, so memory stays bounded by one indexing run.
         """
         self._catch_up()
-        with self._reader() as conn, conn.begin():
+        with self._snapshots() as (conn, index):
             anchor = conn.execute(select(access_log_anchor.c.seq, access_log_anchor.c.hash)
                                   .where(access_log_anchor.c.id == 1)).first()
             prev_seq, prev_hash = (int(anchor.seq), anchor.hash) if anchor else (0, GENESIS)
             anchor_seq = prev_seq if anchor else None
-            mark = self._mark(conn)
+            floor = prev_seq  # index entries at or below the anchor name purged records
+            mark = self._mark(index)
             checked, first = 0, None
             pending: dict[int, set[str]] = {}  # postings' pairs not yet matched to a record
 
@@ -1015,7 +1122,7 @@ class AuditLog:
                     stmt = stmt.where(access_log_postings.c.first_seq > above)
                 if upto is not None:
                     stmt = stmt.where(access_log_postings.c.first_seq <= upto)
-                for row in conn.execute(stmt):
+                for row in index.execute(stmt):
                     name = f"subject index row ({row.subject!r}, {row.first_seq})"
                     try:
                         seqs = decode_seqs(row.first_seq, row.seqs)
@@ -1024,6 +1131,8 @@ class AuditLog:
                     if seqs[-1] != row.last_seq:
                         return int(row.first_seq), f"{name}: last_seq does not match its seqs"
                     for seq in seqs:
+                        if seq <= floor:
+                            continue
                         holders = pending.setdefault(seq, set())
                         if row.subject in holders:
                             return seq, f"{name} lists record {seq} twice for its subject"
@@ -1072,10 +1181,10 @@ class AuditLog:
                                           f"which does not exist")
         return VerifyResult(True, checked, first, prev_seq or None, prev_hash, anchor_seq)
 
-    def _purge_index(self, conn: Connection, boundary: int) -> None:
-        """Drop the subject index's pairs up to ``boundary`` (in the purge's transaction):
-        rows wholly below it go, rows straddling it are rewritten from their first seq above
-        it; a mark below it moves up (those records are gone, nothing is left to index)."""
+    def _trim_postings(self, conn: Connection, boundary: int) -> None:
+        """Drop the subject index's pairs up to ``boundary``: rows wholly below it go, rows
+        straddling it are rewritten from their first seq above it; a mark below it moves up
+        (those records are gone, nothing is left to index)."""
         postings = access_log_postings
         conn.execute(delete(postings).where(postings.c.first_seq <= boundary,
                                             postings.c.last_seq <= boundary))
@@ -1088,8 +1197,27 @@ class AuditLog:
                                                  last_seq=last, seqs=seqs))
         if self._mark(conn) < boundary:
             self._set_mark(conn, boundary)
+        if self._split:
+            self._set_mark(conn, boundary, 2)
+
+    def _trim_index(self, boundary: int | None) -> None:
+        """The second step of a purge with an index file of its own, in one transaction of
+        that file: trim the index up to ``boundary`` (None: empty it and index from 0)."""
+        with self._writer(self.index_engine) as conn, conn.begin():
+            if boundary is None:
+                conn.execute(delete(access_log_postings))
+                conn.execute(delete(access_log_indexed))
+            elif self._trimmed(conn) < boundary:
+                self._trim_postings(conn, boundary)
+
+    def _trim_old_tables(self, conn: Connection, boundary: int) -> None:
+        """Trim the unread indexes of earlier versions in the log's database (purge's log
+        step): no person id may outlive its records there either."""
         if self._legacy_index:
             conn.execute(delete(access_log_subject).where(access_log_subject.c.seq <= boundary))
+        if self._old_postings:
+            conn.execute(text("DELETE FROM access_log_postings WHERE first_seq <= :b"),
+                         {"b": boundary})
 
     def query(self, *, subject: str | None = None, client: str | None = None,
               since: datetime | None = None, until: datetime | None = None,
@@ -1113,8 +1241,8 @@ class AuditLog:
                 return [_stored(r) for r in conn.execute(stmt)]
         self._catch_up()
         found: list[StoredRecord] = []
-        with self._reader() as conn, conn.begin():
-            seqs = self._subject_seqs(conn, subject)
+        with self._snapshots() as (conn, index):
+            seqs = self._subject_seqs(conn, index, subject)
             for start in range(0, len(seqs), 500):
                 found.extend(_stored(r) for r in conn.execute(
                     stmt.where(access_log.c.seq.in_(seqs[start:start + 500]))))
@@ -1141,20 +1269,32 @@ class AuditLog:
         else:
             cutoff = older_than
         with self._writer() as conn, conn.begin():
-            self._chain_lock(conn)  # then the index's: indexing runs take only that one
-            self._index_lock(conn)
+            self._chain_lock(conn)
+            if not self._split:  # then the index's: indexing runs take only that one
+                self._index_lock(conn)
             boundary = conn.scalar(select(func.max(access_log.c.seq))
                                    .where(access_log.c.time < cutoff))
             if boundary is None:
-                return 0
-            boundary_hash = conn.scalar(select(access_log.c.hash)
-                                        .where(access_log.c.seq == boundary))
-            deleted = conn.execute(delete(access_log).where(access_log.c.seq <= boundary))
-            self._purge_index(conn, boundary)
-            conn.execute(delete(access_log_anchor).where(access_log_anchor.c.id == 1))
-            conn.execute(insert(access_log_anchor).values(
-                id=1, seq=boundary, hash=boundary_hash, purged_at=_now(), cutoff=cutoff))
-            return int(deleted.rowcount or 0)
+                deleted = 0
+            else:
+                boundary_hash = conn.scalar(select(access_log.c.hash)
+                                            .where(access_log.c.seq == boundary))
+                deleted = int(conn.execute(delete(access_log)
+                                           .where(access_log.c.seq <= boundary)).rowcount or 0)
+                if not self._split:
+                    self._trim_postings(conn, boundary)
+                self._trim_old_tables(conn, boundary)
+                conn.execute(delete(access_log_anchor).where(access_log_anchor.c.id == 1))
+                conn.execute(insert(access_log_anchor).values(
+                    id=1, seq=boundary, hash=boundary_hash, purged_at=_now(), cutoff=cutoff))
+            anchor = self._anchor_seq(conn)
+        if self._split and anchor:
+            # Second step, own transaction of the index file: after the records are gone, so
+            # a crash in between leaves index entries at or below the anchor, which readers
+            # ignore and the next purge or indexing run trims (also when nothing was deleted
+            # now: an earlier purge's trim may have been interrupted).
+            self._trim_index(anchor)
+        return deleted
 
 
 def _stored(row: Any) -> StoredRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -33,8 +34,11 @@ def _rec(i: int, subjects: tuple[str, ...] = (), sensitive: tuple[str, ...] = ()
 
 
 def _sql(audit: AuditLog, statement: str) -> None:
-    """Run SQL behind the log's back, in the log's own database file."""
-    with sqlite3.connect(audit.engine.url.database) as db:
+    """Run SQL behind the log's back: in the index's file for the index's tables, else in the
+    log's own database file."""
+    engine = audit.index_engine if "access_log_postings" in statement \
+        or "access_log_indexed" in statement else audit.engine
+    with sqlite3.connect(engine.url.database) as db:
         db.execute(statement)
 
 
@@ -42,14 +46,14 @@ def _pairs(audit: AuditLog) -> set[tuple[str, int]]:
     """Every (subject, seq) pair the postings hold, read behind the log's back."""
     from idm_facade.audit import decode_seqs
 
-    with audit.engine.connect() as conn:
+    with audit.index_engine.connect() as conn:
         rows = conn.execute(text("SELECT subject, first_seq, seqs FROM access_log_postings"))
         return {(subject, seq) for subject, first, seqs in rows
                 for seq in decode_seqs(first, seqs)}
 
 
 def _mark(audit: AuditLog) -> int:
-    with audit.engine.connect() as conn:
+    with audit.index_engine.connect() as conn:
         return conn.scalar(text("SELECT seq FROM access_log_indexed WHERE id = 1")) or 0
 
 
@@ -528,7 +532,7 @@ def test_many_subjects_per_record(log: AuditLog) -> None:
     assert log.index_subjects() == 4
     pairs = _pairs(log)
     assert len(pairs) == 600 + 2 * 3  # people 0 and 1 are in every record (once in the first)
-    with log.engine.connect() as conn:
+    with log.index_engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM access_log_postings")) == 600
         assert conn.scalar(text("SELECT seqs FROM access_log_postings "
                                 "WHERE subject = 'person-0001'")) == "1,1,1"
@@ -558,7 +562,7 @@ def test_two_logs_indexing_concurrently_never_duplicate(sqlite_url: str) -> None
     assert sum(counts) == 300  # every record indexed exactly once, by one of them
     assert first.indexed_pairs + second.indexed_pairs == 600
     assert len(_pairs(first)) == 600 and _mark(first) == 300
-    with first.engine.connect() as conn:
+    with first.index_engine.connect() as conn:
         rows = conn.execute(text("SELECT subject, first_seq, seqs FROM access_log_postings"))
         total = sum(1 + (seqs.count(",") + 1 if seqs else 0) for _, _, seqs in rows)
     assert total == 600  # no pair twice
@@ -574,11 +578,11 @@ def test_purge_trims_a_posting_that_straddles_the_cutoff(log: AuditLog) -> None:
     for i in range(10, 14):
         log.record(_rec(i, subjects=("anna",), time=now - timedelta(days=1)))
     log.index_subjects()  # one run: anna's row spans seqs 1..14
-    with log.engine.connect() as conn:
+    with log.index_engine.connect() as conn:
         assert conn.execute(text("SELECT first_seq, last_seq FROM access_log_postings "
                                  "WHERE subject = 'anna'")).all() == [(1, 14)]
     assert log.purge("6months") == 10
-    with log.engine.connect() as conn:
+    with log.index_engine.connect() as conn:
         assert conn.execute(text("SELECT first_seq, last_seq, seqs FROM access_log_postings"
                                  )).all() == [(11, 14, "1,1,1")]
     assert _pairs(log) == {("anna", seq) for seq in range(11, 15)}
@@ -642,29 +646,51 @@ def test_background_indexer_runs_when_enough_records_wait(sqlite_url: str) -> No
     audit.close()
 
 
-def test_log_with_the_old_subject_table(sqlite_url: str) -> None:
-    """A log written by an earlier version (``access_log_subject``, no postings): indexed from
-    mark 0 on first use; the old table is not read, and purge still trims it."""
+def _old_format(sqlite_url: str, times: list[datetime | None]) -> str:
+    """A log file as earlier versions left it: records, and inside the log file the one-row-
+    per-pair ``access_log_subject`` table and the previous version's postings and mark (all
+    claiming to cover every record); no index file. Returns the log file's path."""
     audit = AuditLog(make_engine(sqlite_url))
-    old = datetime.now() - timedelta(days=400)
-    for i in range(6):
-        audit.record(_rec(i, subjects=(f"p{i % 2}",), time=old if i < 3 else None))
+    for i, when in enumerate(times):
+        audit.record(_rec(i, subjects=(f"p{i % 2}",), time=when))
     audit.close()
-    path = audit.engine.url.database
+    path, index = audit.engine.url.database, audit.index_engine.url.database
+    for suffix in ("", "-wal", "-shm"):
+        Path(index + suffix).unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE access_log_postings")
-        db.execute("DROP TABLE access_log_indexed")
         db.execute("CREATE TABLE access_log_subject (subject VARCHAR(64) NOT NULL, "
                    "seq INTEGER NOT NULL, PRIMARY KEY (subject, seq))")
         db.executemany("INSERT INTO access_log_subject VALUES (?, ?)",
-                       [(f"p{i % 2}", i + 1) for i in range(6)])
+                       [(f"p{i % 2}", i + 1) for i in range(len(times))])
+        db.execute("CREATE TABLE access_log_postings (subject TEXT NOT NULL, first_seq INTEGER "
+                   "NOT NULL, last_seq INTEGER NOT NULL, seqs TEXT NOT NULL, "
+                   "PRIMARY KEY (subject, first_seq))")
+        # wrong on purpose: were they read, queries and verify would show it
+        db.execute("INSERT INTO access_log_postings VALUES ('p0', 1, 2, '1')")
+        db.execute("INSERT INTO access_log_postings VALUES ('p1', 2, 6, '4')")
+        db.execute("CREATE TABLE access_log_indexed (id INTEGER PRIMARY KEY, seq INTEGER)")
+        db.execute(f"INSERT INTO access_log_indexed VALUES (1, {len(times)})")
+    return path
+
+
+def test_log_with_the_old_index_tables(sqlite_url: str) -> None:
+    """A log written by earlier versions (``access_log_subject``; postings and mark inside the
+    log file): the new index file is built from seq 0 on first use; the old tables are never
+    read, and purge still trims them."""
+    old = datetime.now() - timedelta(days=400)
+    path = _old_format(sqlite_url, [old] * 3 + [None] * 3)
     upgraded = AuditLog(make_engine(sqlite_url), index_interval=600)
+    assert upgraded.index_engine.url.database != path
     assert [r.seq for r in upgraded.query(subject="p0")] == [1, 3, 5]
+    assert [r.seq for r in upgraded.query(subject="p1")] == [2, 4, 6]
     assert _mark(upgraded) == 6 and upgraded.verify().ok
     assert upgraded.purge("6months") == 3
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT min(seq) FROM access_log_subject").fetchone() == (4,)
+        assert db.execute("SELECT subject FROM access_log_postings").fetchall() == []
+        assert db.execute("SELECT seq FROM access_log_indexed").fetchall() == [(6,)]
     assert [r.seq for r in upgraded.query(subject="p0")] == [5] and upgraded.verify().ok
+    assert _pairs(upgraded) == {("p0", 5), ("p1", 4), ("p1", 6)}
     upgraded.close()
 
 
@@ -689,3 +715,119 @@ def test_failed_fsync_fails_closed(sqlite_url: str) -> None:
     assert isinstance(_submit_all(audit, [_rec(5)])[0], AuditUnavailable)
     assert audit.count() == 2
     audit.close()
+
+
+# ------------------------------------------------------------------ the index's own file
+
+
+def _hold_write_lock(path: str) -> sqlite3.Connection:
+    """Another connection holding a database file's write lock (as a long writer would)."""
+    holder = sqlite3.connect(path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_index_lives_in_its_own_file(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'idm.db'}"
+    audit = AuditLog(make_engine(store), index_interval=600)
+    audit.record(_rec(1, ("p",)))
+    audit.index_subjects()
+    assert audit.index_engine.url.database == str(tmp_path / "idm-audit-index.db")
+    with sqlite3.connect(tmp_path / "idm-audit.db") as db:
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "access_log" in names and "access_log_postings" not in names
+    assert _pairs(audit) == {("p", 1)} and _mark(audit) == 1
+    audit.close()
+    memory = AuditLog(make_engine("sqlite://"))  # in-memory: one database for both
+    assert memory.index_engine is memory.engine
+    memory.close()
+
+
+def test_record_writers_never_wait_for_the_index(sqlite_url: str) -> None:
+    """Another connection holds the index file's write lock (an indexing run that takes
+    long): records still commit (a 1 s timeout would fail them), and queries stay complete
+    while the index cannot be caught up. Indexing never takes the log's write lock."""
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600, timeout=1)
+    audit.record_many([_rec(i, subjects=("anna",)) for i in range(10)])
+    holder = _hold_write_lock(audit.index_engine.url.database)
+    try:
+        for i in range(10, 60):
+            audit.record(_rec(i, subjects=("anna",)))
+        audit.record_many([_rec(i, subjects=("bo",)) for i in range(60, 64)])
+        assert audit.count() == 64
+        with pytest.raises(Exception, match="locked"):
+            audit.index_subjects()
+        assert _mark(audit) == 0
+        assert [r.seq for r in audit.query(subject="bo")] == [61, 62, 63, 64]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    log_holder = _hold_write_lock(audit.engine.url.database)  # now the log is held instead
+    try:
+        assert audit.index_subjects() == 64  # reads the log, writes only the index file
+        assert _mark(audit) == 64 and audit.log_lock_max == 0
+    finally:
+        log_holder.execute("ROLLBACK")
+        log_holder.close()
+    assert len(audit.query(subject="anna")) == 60 and audit.verify().ok
+    audit.close()
+
+
+def _purge_log_step_only(audit: AuditLog, upto: int) -> None:
+    """What purge does in the log before it trims the index, then a crash: records up to
+    ``upto`` deleted and the anchor moved, in one transaction of the log file."""
+    with sqlite3.connect(audit.engine.url.database) as db:
+        (digest,) = db.execute("SELECT hash FROM access_log WHERE seq = ?", (upto,)).fetchone()
+        db.execute("DELETE FROM access_log WHERE seq <= ?", (upto,))
+        db.execute("DELETE FROM access_log_anchor")
+        db.execute("INSERT INTO access_log_anchor VALUES (1, ?, ?, ?, ?)",
+                   (upto, digest, "2025-01-01 00:00:00", "2025-01-01 00:00:00"))
+
+
+def test_purge_interrupted_before_the_index_trim(sqlite_url: str) -> None:
+    """Crash between purge's two steps: the index still names purged records. Readers ignore
+    entries at or below the anchor; the next catch-up (or purge) finishes the trim."""
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600, timeout=1)
+    audit.record_many([_rec(i, subjects=("anna", f"p{i}")) for i in range(12)])
+    audit.index_subjects()
+    _purge_log_step_only(audit, 8)
+    assert ("anna", 3) in _pairs(audit)  # the stale part of the index
+    holder = _hold_write_lock(audit.index_engine.url.database)  # and no repair possible yet
+    try:
+        assert [r.seq for r in audit.query(subject="anna")] == [9, 10, 11, 12]
+        assert audit.query(subject="p3") == []
+        result = audit.verify()
+        assert result.ok and result.anchor_seq == 8 and result.checked == 4
+        assert ("anna", 3) in _pairs(audit)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    audit.record(_rec(12, ("anna",)))
+    assert [r.seq for r in audit.query(subject="anna")] == [9, 10, 11, 12, 13]
+    assert min(seq for _, seq in _pairs(audit)) == 9  # the catch-up finished the trim
+    assert audit.verify().ok
+    audit.close()
+    again = AuditLog(make_engine(sqlite_url), index_interval=600)
+    again.record_many([_rec(i, subjects=("bo",)) for i in range(3)])
+    _purge_log_step_only(again, 11)
+    assert again.purge("6months") == 0  # nothing old to delete; still trims the index
+    assert min(seq for _, seq in _pairs(again)) == 12
+    assert again.verify().ok and again.verify().anchor_seq == 11
+    again.close()
+
+
+def test_index_of_a_replaced_log_is_rebuilt(tmp_path) -> None:
+    """The log file was deleted and started afresh beside an old index file: the index is
+    emptied and rebuilt instead of naming the wrong records."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    audit = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
+    audit.record_many([_rec(i, subjects=("anna",)) for i in range(5)])
+    assert len(audit.query(subject="anna")) == 5
+    audit.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
+    fresh = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
+    fresh.record_many([_rec(i, subjects=("bo",)) for i in range(2)])
+    assert fresh.query(subject="anna") == [] and len(fresh.query(subject="bo")) == 2
+    assert fresh.verify().ok and _pairs(fresh) == {("bo", 1), ("bo", 2)}
+    fresh.close()
