@@ -65,6 +65,12 @@ SQLite files: first the log's (delete the records, move the anchor), then the in
 (trim the postings up to the anchor, record the anchor as trimmed). A crash in between
 leaves index entries at or below the anchor: every reader ignores them (they name no
 record), and the next indexing run, reader catch-up or purge finishes the trim.
+
+Clients and time: ``access_log`` has no secondary index (each cost a B-tree page per
+commit). The same runs write ``access_log_client_postings`` (one row per client per run) and
+``access_log_runs`` (per run: seq range, least and greatest record time); :meth:`query` by
+client or time range reads those, then the records after the mark. Purge finds the longest
+prefix of records older than the cut-off by reading the records in seq order.
 """
 
 from __future__ import annotations
@@ -132,8 +138,10 @@ access_log = Table(
     "access_log", metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=False),
-    Column("time", DateTime, nullable=False, index=True),
-    Column("client", String(64), nullable=False, index=True),
+    # No secondary indexes (each cost a B-tree page per commit): the derived index serves
+    # look-ups by time and client. Logs created by earlier versions keep theirs.
+    Column("time", DateTime, nullable=False),
+    Column("client", String(64), nullable=False),
     Column("source", String(100), nullable=False),
     Column("operation", String(32), nullable=False),
     Column("query", Text, nullable=False),
@@ -160,7 +168,30 @@ access_log_postings = Table(
     Index("ix_access_log_postings_first", "first_seq"),
 )
 
-#: Progress of the subject index (row ``id = 1``): every record with seq <= ``seq`` is in the
+#: The derived client index: one row per client per indexing run, seqs encoded as in
+#: :data:`access_log_postings`.
+access_log_client_postings = Table(
+    "access_log_client_postings", index_metadata,
+    Column("client", String(64), primary_key=True),
+    Column("first_seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("last_seq", _SEQ, nullable=False),
+    Column("seqs", Text, nullable=False),
+    Index("ix_access_log_client_postings_first", "first_seq"),
+)
+
+#: The derived time index: one row per indexing run, the run's seq range (every record in
+#: it) and the least and greatest ``time`` among its records. Records' times are set by the
+#: writing process before its seq is assigned, so they are only nearly ascending in seq; a
+#: query by time reads the runs whose time range meets the asked one.
+access_log_runs = Table(
+    "access_log_runs", index_metadata,
+    Column("first_seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("last_seq", _SEQ, nullable=False),
+    Column("min_time", DateTime, nullable=False),
+    Column("max_time", DateTime, nullable=False),
+)
+
+#: Progress of the derived index (row ``id = 1``): every record with seq <= ``seq`` is in the
 #: postings; moved in the same transaction as the postings it covers. Row ``id = 2`` (own
 #: index file only): the index holds nothing at or below this seq, the anchor of the last
 #: purge whose trim completed (see :meth:`AuditLog.purge`).
@@ -544,6 +575,10 @@ class AuditLog:
             tables = set(inspect(self.engine).get_table_names())
         except Exception:  # noqa: BLE001 - an unreachable log fails on first record
             tables = set()
+        try:
+            self._rebuild_older_index()
+        except Exception as exc:  # noqa: BLE001 - retried by the next process start
+            log.error("access log: could not reset an index of an earlier version: %s", exc)
         #: Indexes of earlier versions inside the log's database, no longer read or written:
         #: purge still trims them, so they hold no person id longer than the records do.
         self._legacy_index = "access_log_subject" in tables
@@ -893,24 +928,34 @@ class AuditLog:
         """One run up to seq ``upto``: records indexed, 0 when none wait, None when the mark
         moved under it."""
         by_subject: dict[str, list[int]] = {}
+        by_client: dict[str, list[int]] = {}
         records = pairs = 0
+        first_seq: int | None = None
+        low = high = None
         with self.index_engine.connect() as conn, conn.begin():
             mark = after = self._mark(conn)
         with self.engine.connect() as conn, conn.begin():
             while after < upto and records < self.RUN_RECORDS and pairs < self.RUN_PAIRS:
                 rows = conn.execute(
-                    select(access_log.c.seq, access_log.c.subjects)
+                    select(access_log.c.seq, access_log.c.time, access_log.c.client,
+                           access_log.c.subjects)
                     .where(access_log.c.seq > after, access_log.c.seq <= upto)
                     .order_by(access_log.c.seq)
                     .limit(min(1000, self.RUN_RECORDS - records))).all()
                 if not rows:
                     break
-                for seq, subjects in rows:
+                for seq, time, client, subjects in rows:
+                    seq = int(seq)
                     if isinstance(subjects, str):
                         subjects = json.loads(subjects)
                     for subject in subjects:
-                        by_subject.setdefault(subject, []).append(int(seq))
+                        by_subject.setdefault(subject, []).append(seq)
+                    by_client.setdefault(client, []).append(seq)
                     pairs += len(subjects)
+                    if first_seq is None:
+                        first_seq, low, high = seq, time, time
+                    else:
+                        low, high = min(low, time), max(high, time)
                 records += len(rows)
                 after = int(rows[-1].seq)
         if not records:
@@ -920,6 +965,11 @@ class AuditLog:
             first, last, seqs = encode_seqs(by_subject[subject])
             postings.append({"subject": subject, "first_seq": first, "last_seq": last,
                              "seqs": seqs})
+        client_postings = []
+        for client in sorted(by_client):
+            first, last, seqs = encode_seqs(by_client[client])
+            client_postings.append({"client": client, "first_seq": first, "last_seq": last,
+                                    "seqs": seqs})
         with self._writer(self.index_engine) as conn, conn.begin():
             locked = monotonic()
             self._index_lock(conn)
@@ -927,6 +977,10 @@ class AuditLog:
                 return None
             if postings:
                 conn.execute(insert(access_log_postings), postings)
+            conn.execute(insert(access_log_client_postings), client_postings)
+            # The run covers (mark, after]: records purged meanwhile only make it wider.
+            conn.execute(insert(access_log_runs).values(first_seq=mark + 1, last_seq=after,
+                                                        min_time=low, max_time=high))
             self._set_mark(conn, after)
         held = monotonic() - locked
         self.index_lock_max = max(self.index_lock_max, held)
@@ -935,6 +989,19 @@ class AuditLog:
         self.index_runs += 1
         self.indexed_pairs += pairs
         return records
+
+    def _rebuild_older_index(self) -> None:
+        """An index with a mark but no runs was written by a version that indexed only
+        subjects (in the log's database on PostgreSQL; or an index file without the client
+        and time parts): empty it, so the next run indexes everything from seq 0. (An index
+        whose every run was purged is emptied too: it indexes nothing that still exists.)"""
+        with self._writer(self.index_engine) as conn, conn.begin():
+            self._index_lock(conn)
+            if self._mark(conn) and conn.scalar(select(func.count())
+                                                .select_from(access_log_runs)) == 0:
+                for table in (access_log_postings, access_log_client_postings,
+                              access_log_indexed):
+                    conn.execute(delete(table))
 
     @staticmethod
     def _mark(conn: Connection, row: int = 1) -> int:
@@ -1110,20 +1177,32 @@ class AuditLog:
             mark = self._mark(index)
             checked, first = 0, None
             pending: dict[int, set[str]] = {}  # postings' pairs not yet matched to a record
+            clients: dict[int, set[str]] = {}  # the same for the client postings
+            runs = iter(index.execute(select(access_log_runs)
+                                      .order_by(access_log_runs.c.first_seq)).all())
+            run = next(runs, None)
 
             def fail(seq: int, message: str) -> VerifyResult:
                 return VerifyResult(False, checked, first, prev_seq or None, prev_hash,
                                     anchor_seq, seq, message)
 
             def load(above: int | None, upto: int | None) -> tuple[int, str] | None:
-                """Add the postings with ``above < first_seq <= upto`` to ``pending``."""
-                stmt = select(access_log_postings).order_by(access_log_postings.c.first_seq)
+                """Add the postings with ``above < first_seq <= upto`` to ``pending`` (and
+                ``clients``)."""
+                return (load_table(access_log_postings, "subject", pending, above, upto)
+                        or load_table(access_log_client_postings, "client", clients, above,
+                                      upto))
+
+            def load_table(table: Table, key: str, pending: dict[int, set[str]],
+                           above: int | None, upto: int | None) -> tuple[int, str] | None:
+                stmt = select(table).order_by(table.c.first_seq)
                 if above is not None:
-                    stmt = stmt.where(access_log_postings.c.first_seq > above)
+                    stmt = stmt.where(table.c.first_seq > above)
                 if upto is not None:
-                    stmt = stmt.where(access_log_postings.c.first_seq <= upto)
+                    stmt = stmt.where(table.c.first_seq <= upto)
                 for row in index.execute(stmt):
-                    name = f"subject index row ({row.subject!r}, {row.first_seq})"
+                    value = row._mapping[key]
+                    name = f"{key} index row ({value!r}, {row.first_seq})"
                     try:
                         seqs = decode_seqs(row.first_seq, row.seqs)
                     except ValueError as exc:
@@ -1134,9 +1213,9 @@ class AuditLog:
                         if seq <= floor:
                             continue
                         holders = pending.setdefault(seq, set())
-                        if row.subject in holders:
-                            return seq, f"{name} lists record {seq} twice for its subject"
-                        holders.add(row.subject)
+                        if value in holders:
+                            return seq, f"{name} lists record {seq} twice for its {key}"
+                        holders.add(value)
                 return None
 
             loaded: int | None = None
@@ -1167,34 +1246,53 @@ class AuditLog:
                     if pending.pop(rec.seq, set()) != expected:
                         return fail(rec.seq, f"record {rec.seq}: subject index differs from "
                                              f"the record's subjects")
+                    if clients.pop(rec.seq, set()) != ({rec.client} if rec.seq <= mark
+                                                       else set()):
+                        return fail(rec.seq, f"record {rec.seq}: client index differs from "
+                                             f"the record's client")
+                    while run is not None and run.last_seq < rec.seq:
+                        run = next(runs, None)
+                    if rec.seq <= mark and (run is None or run.first_seq > rec.seq
+                                            or not run.min_time <= rec.time <= run.max_time):
+                        return fail(rec.seq, f"record {rec.seq}: time index has no run "
+                                             f"holding its seq and time")
                     prev_seq, prev_hash = rec.seq, rec.hash
                     checked += 1
-                stray = [seq for seq in pending if seq <= loaded]
+                stray = [seq for seq in (*pending, *clients) if seq <= loaded]
                 if stray:
-                    return fail(min(stray), f"subject index names record {min(stray)}, "
+                    which = "subject" if min(stray) in pending else "client"
+                    return fail(min(stray), f"{which} index names record {min(stray)}, "
                                             f"which does not exist")
             broken = load(loaded, None)
             if broken:
                 return fail(*broken)
-            if pending:
-                return fail(min(pending), f"subject index names record {min(pending)}, "
-                                          f"which does not exist")
+            if pending or clients:
+                stray = min((*pending, *clients))
+                which = "subject" if stray in pending else "client"
+                return fail(stray, f"{which} index names record {stray}, which does not "
+                                   f"exist")
         return VerifyResult(True, checked, first, prev_seq or None, prev_hash, anchor_seq)
 
     def _trim_postings(self, conn: Connection, boundary: int) -> None:
         """Drop the subject index's pairs up to ``boundary``: rows wholly below it go, rows
         straddling it are rewritten from their first seq above it; a mark below it moves up
         (those records are gone, nothing is left to index)."""
-        postings = access_log_postings
-        conn.execute(delete(postings).where(postings.c.first_seq <= boundary,
-                                            postings.c.last_seq <= boundary))
-        for row in conn.execute(select(postings).where(postings.c.first_seq <= boundary)).all():
-            kept = [seq for seq in decode_seqs(row.first_seq, row.seqs) if seq > boundary]
-            conn.execute(delete(postings).where(postings.c.subject == row.subject,
-                                                postings.c.first_seq == row.first_seq))
-            first, last, seqs = encode_seqs(kept)
-            conn.execute(insert(postings).values(subject=row.subject, first_seq=first,
-                                                 last_seq=last, seqs=seqs))
+        for postings, key in ((access_log_postings, "subject"),
+                              (access_log_client_postings, "client")):
+            conn.execute(delete(postings).where(postings.c.first_seq <= boundary,
+                                                postings.c.last_seq <= boundary))
+            for row in conn.execute(select(postings)
+                                    .where(postings.c.first_seq <= boundary)).all():
+                kept = [seq for seq in decode_seqs(row.first_seq, row.seqs) if seq > boundary]
+                conn.execute(delete(postings).where(postings.c[key] == row._mapping[key],
+                                                    postings.c.first_seq == row.first_seq))
+                first, last, seqs = encode_seqs(kept)
+                conn.execute(insert(postings).values({key: row._mapping[key], "first_seq": first,
+                                                      "last_seq": last, "seqs": seqs}))
+        runs = access_log_runs
+        conn.execute(delete(runs).where(runs.c.last_seq <= boundary))
+        conn.execute(runs.update().where(runs.c.first_seq <= boundary)
+                     .values(first_seq=boundary + 1))  # its times stay a bound of the rest
         if self._mark(conn) < boundary:
             self._set_mark(conn, boundary)
         if self._split:
@@ -1205,8 +1303,9 @@ class AuditLog:
         that file: trim the index up to ``boundary`` (None: empty it and index from 0)."""
         with self._writer(self.index_engine) as conn, conn.begin():
             if boundary is None:
-                conn.execute(delete(access_log_postings))
-                conn.execute(delete(access_log_indexed))
+                for table in (access_log_postings, access_log_client_postings,
+                              access_log_runs, access_log_indexed):
+                    conn.execute(delete(table))
             elif self._trimmed(conn) < boundary:
                 self._trim_postings(conn, boundary)
 
@@ -1224,8 +1323,11 @@ class AuditLog:
               limit: int | None = None) -> list[StoredRecord]:
         """Records matching every given condition, oldest first (``until`` exclusive).
 
-        By subject: the subject index is brought up to date first, and records after its
-        mark are scanned, so the answer is complete however far the index lagged."""
+        The derived index is brought up to date first and serves every condition: subject
+        and client postings give seqs, the runs' time ranges give seq ranges (a record is
+        read only from the runs whose [min_time, max_time] meets [since, until)); the
+        records after its mark are scanned. So the answer is complete however far the index
+        lagged. Every condition is checked again on the records read."""
         stmt = select(access_log)
         if client is not None:
             stmt = stmt.where(access_log.c.client == client)
@@ -1234,21 +1336,62 @@ class AuditLog:
         if until is not None:
             stmt = stmt.where(access_log.c.time < until)
         stmt = stmt.order_by(access_log.c.seq)
-        if subject is None:
+        if subject is None and client is None and since is None and until is None:
             if limit is not None:
                 stmt = stmt.limit(limit)
             with self.engine.connect() as conn, conn.begin():
                 return [_stored(r) for r in conn.execute(stmt)]
         self._catch_up()
         found: list[StoredRecord] = []
+
+        def take(rows: Iterable[Any]) -> bool:
+            """Add the matching rows; True once ``limit`` is reached."""
+            for row in rows:
+                rec = _stored(row)
+                if subject is None or subject in rec.subjects:
+                    found.append(rec)
+                    if limit is not None and len(found) >= limit:
+                        return True
+            return False
+
         with self._snapshots() as (conn, index):
-            seqs = self._subject_seqs(conn, index, subject)
-            for start in range(0, len(seqs), 500):
-                found.extend(_stored(r) for r in conn.execute(
-                    stmt.where(access_log.c.seq.in_(seqs[start:start + 500]))))
-                if limit is not None and len(found) >= limit:
-                    break
-        return found if limit is None else found[:limit]
+            mark = self._mark(index)
+            seqs: set[int] | None = None
+            if subject is not None:
+                seqs = set(self._posted(index, access_log_postings, "subject", subject))
+            if client is not None:
+                posted = set(self._posted(index, access_log_client_postings, "client",
+                                          client))
+                seqs = posted if seqs is None else seqs & posted
+            if seqs is not None:
+                ordered = sorted(seqs)
+                for start in range(0, len(ordered), 500):
+                    if take(conn.execute(stmt.where(
+                            access_log.c.seq.in_(ordered[start:start + 500])))):
+                        return found
+            else:
+                runs = select(access_log_runs.c.first_seq, access_log_runs.c.last_seq) \
+                    .where(access_log_runs.c.first_seq <= mark) \
+                    .order_by(access_log_runs.c.first_seq)
+                if since is not None:
+                    runs = runs.where(access_log_runs.c.max_time >= since)
+                if until is not None:
+                    runs = runs.where(access_log_runs.c.min_time < until)
+                for first, last in index.execute(runs).all():
+                    if take(conn.execute(stmt.where(access_log.c.seq >= first,
+                                                    access_log.c.seq <= last))):
+                        return found
+            take(conn.execute(stmt.where(access_log.c.seq > mark)))
+        return found
+
+    @staticmethod
+    def _posted(index: Connection, table: Table, key: str, value: str) -> list[int]:
+        """The seqs a posting table holds for ``value`` (may name purged records)."""
+        seqs: list[int] = []
+        for first, seqs_text in index.execute(select(table.c.first_seq, table.c.seqs)
+                                              .where(table.c[key] == value)):
+            seqs.extend(decode_seqs(first, seqs_text))
+        return seqs
 
     def count(self) -> int:
         """Records currently held."""
@@ -1257,11 +1400,35 @@ class AuditLog:
 
     # ------------------------------------------------------------------ retention
 
+    @staticmethod
+    def _old_prefix(conn: Connection, cutoff: datetime, chunk: int = 5000) -> int | None:
+        """The last seq of the longest prefix of the chain whose records are all older than
+        ``cutoff`` (None: the first record is not).
+
+        Read in seq order (the primary key) from the first record on, so it reads just the
+        records purge deletes, plus one: no index by time is needed, derived or not, and none
+        is trusted to decide what is deleted."""
+        after, boundary = -1, None
+        while True:
+            rows = conn.execute(select(access_log.c.seq, access_log.c.time)
+                                .where(access_log.c.seq > after)
+                                .order_by(access_log.c.seq).limit(chunk)).all()
+            for seq, time in rows:
+                if time >= cutoff:
+                    return boundary
+                boundary = int(seq)
+            if len(rows) < chunk:
+                return boundary
+            after = int(rows[-1].seq)
+
     def purge(self, older_than: datetime | str | None = None) -> int:
         """Delete the records older than the cut-off (default: the configured retention).
 
-        Deletes a prefix of the chain (every record up to the newest one older than the
-        cut-off) and moves the anchor to it, so ``verify`` still checks what remains.
+        Deletes the longest prefix of the chain whose records are all older than the cut-off
+        and moves the anchor to its last record, so ``verify`` still checks what remains. A
+        record's time is set by its writing process before its seq is assigned, so times are
+        only nearly ascending in seq: an old record behind a newer one waits for the next
+        purge after that one is old too; a record newer than the cut-off is never deleted.
         Returns how many records were deleted.
         """
         if older_than is None or isinstance(older_than, str):
@@ -1272,8 +1439,7 @@ class AuditLog:
             self._chain_lock(conn)
             if not self._split:  # then the index's: indexing runs take only that one
                 self._index_lock(conn)
-            boundary = conn.scalar(select(func.max(access_log.c.seq))
-                                   .where(access_log.c.time < cutoff))
+            boundary = self._old_prefix(conn, cutoff)
             if boundary is None:
                 deleted = 0
             else:

@@ -326,7 +326,9 @@ def test_chain_on_postgresql(postgres_url: str) -> None:
     with audit.engine.begin() as conn:
         conn.execute(text("UPDATE access_log SET status = 'ok' WHERE seq = 50"))
     assert audit.verify().ok
-    assert audit.purge(now - timedelta(days=1)) == 201  # the old record is the tail
+    # the old record is the tail: it waits until the records before it are old too
+    assert audit.purge(now - timedelta(days=1)) == 0
+    assert audit.purge(now + timedelta(days=1)) == 201
     assert _pairs(audit) == set()
     audit.record(_rec(2, ("q",)))
     assert audit.verify().ok and audit.verify().anchor_seq == 201
@@ -831,3 +833,85 @@ def test_index_of_a_replaced_log_is_rebuilt(tmp_path) -> None:
     assert fresh.query(subject="anna") == [] and len(fresh.query(subject="bo")) == 2
     assert fresh.verify().ok and _pairs(fresh) == {("bo", 1), ("bo", 2)}
     fresh.close()
+
+
+# ------------------------------------------------------------------ by client and by time
+
+
+def test_query_by_client_and_time_before_any_run(sqlite_url: str) -> None:
+    """Nothing indexed (no background run): queries by client and by time range are
+    complete; after the catch-up the index serves them, and records after the mark too."""
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600)
+    base = datetime(2024, 1, 1)
+    audit.record_many([_rec(i, client="hr" if i % 3 == 0 else "crm",
+                            time=base + timedelta(hours=i)) for i in range(30)])
+    assert _mark(audit) == 0
+    assert [r.seq for r in audit.query(client="hr")] == list(range(1, 31, 3))
+    assert _mark(audit) == 30
+    hours = audit.query(since=base + timedelta(hours=5), until=base + timedelta(hours=9))
+    assert [r.seq for r in hours] == [6, 7, 8, 9]
+    audit.record(_rec(30, client="hr", time=base + timedelta(hours=6, minutes=30)))
+    assert [r.seq for r in audit.query(client="hr", since=base + timedelta(hours=6),
+                                       until=base + timedelta(hours=7))] == [7, 31]
+    assert [r.seq for r in audit.query(client="hr", limit=2)] == [1, 4]
+    with audit.index_engine.connect() as conn:
+        assert conn.execute(text("SELECT first_seq, last_seq FROM access_log_runs "
+                                 "ORDER BY first_seq")).all() == [(1, 30), (31, 31)]
+        assert conn.scalar(text("SELECT seqs FROM access_log_client_postings "
+                                "WHERE client = 'hr' AND first_seq = 1")) == ",".join(["3"] * 9)
+    with sqlite3.connect(audit.engine.url.database) as db:  # the log has no secondary index
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                          "AND tbl_name = 'access_log' AND sql IS NOT NULL").fetchall() == []
+    assert audit.verify().ok
+    audit.close()
+
+
+def test_purge_by_age_with_times_out_of_seq_order(sqlite_url: str) -> None:
+    """Times are set before seqs are assigned, so they are only nearly ascending. Purge
+    deletes the longest prefix of records older than the cut-off: never a newer record."""
+    audit = AuditLog(make_engine(sqlite_url), index_interval=600)
+    cut = datetime(2024, 6, 1)
+    ms = timedelta(milliseconds=1)
+    times = [cut - 5 * ms, cut - 3 * ms, cut - 4 * ms, cut + ms, cut - 2 * ms, cut - ms,
+             cut + 2 * ms]
+    for i, when in enumerate(times):
+        audit.record(_rec(i, subjects=("anna",), time=when))
+    audit.index_subjects()
+    assert audit.purge(cut) == 3  # records 5 and 6 are old too, but record 4 is not
+    assert [r.seq for r in audit.query(subject="anna")] == [4, 5, 6, 7]
+    assert [r.seq for r in audit.query(until=cut)] == [5, 6]
+    assert audit.verify().ok and audit.verify().anchor_seq == 3
+    assert audit.purge(cut) == 0
+    assert audit.purge(cut + 2 * ms) == 3  # now record 4 is old: 4, 5, 6 go, 7 stays
+    assert [r.seq for r in audit.query(since=cut - timedelta(days=1))] == [7]
+    assert audit.verify().ok
+    audit.close()
+
+
+@pytest.mark.parametrize(("statement", "seq", "message"), [
+    ("UPDATE access_log_client_postings SET client = 'hr' WHERE client = 'crm'", 2,
+     "client index"),
+    ("DELETE FROM access_log_runs", 1, "time index"),
+    ("UPDATE access_log_runs SET max_time = '2000-01-01 00:00:00.000000'", 1, "time index"),
+])
+def test_tampered_client_and_time_index_is_detected(log: AuditLog, statement: str, seq: int,
+                                                    message: str) -> None:
+    log.record_many([_rec(i, client="hr" if i == 0 else "crm") for i in range(5)])
+    assert log.verify().ok
+    with sqlite3.connect(log.index_engine.url.database) as db:
+        db.execute(statement)
+    result = log.verify()
+    assert not result.ok and result.bad_seq == seq and message in result.message
+
+
+def test_client_and_time_index_on_postgresql(postgres_url: str) -> None:
+    audit = AuditLog(make_engine(postgres_url), index_interval=600)
+    before = audit.count()
+    base = datetime(2030, 1, 1)
+    audit.record_many([_rec(i, client="pg-hr", time=base + timedelta(minutes=i))
+                       for i in range(5)])
+    assert [r.query for r in audit.query(client="pg-hr")] == [f"q-{i}" for i in range(5)]
+    window = audit.query(since=base + timedelta(minutes=1), until=base + timedelta(minutes=3))
+    assert [r.query for r in window] == ["q-1", "q-2"]
+    assert audit.count() == before + 5 and audit.verify().ok
+    audit.close()
