@@ -65,19 +65,13 @@ class Listening:
     ports: list[Any] = field(default_factory=list)
 
 
-def http_site(reactor: Any, app: Any, threads: int = DEFAULT_THREADS) -> Any:
-    """A twisted.web Site serving a WSGI app from a thread pool started with the reactor."""
-    from twisted.python.threadpool import ThreadPool
-    from twisted.web.server import Site
-    from twisted.web.wsgi import WSGIResource
+def http_site(reactor: Any, app: Any, threads: int = DEFAULT_THREADS,
+              audit: Any = None) -> Any:
+    """A twisted.web Site serving a WSGI app from a thread pool started with the reactor
+    (with ``audit``, SCIM answers wait in the reactor for their record: idm_facade.web)."""
+    from idm_facade.web import http_site as site_for
 
-    pool = ThreadPool(minthreads=min(4, threads), maxthreads=threads, name="wsgi")
-    reactor.callWhenRunning(pool.start)
-    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-    site = Site(WSGIResource(reactor, pool, app))
-    site.displayTracebacks = False
-    site.log = lambda request: None  # no per-request log line: the access log is the record
-    return site
+    return site_for(reactor, app, threads, audit)
 
 
 def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
@@ -88,7 +82,7 @@ def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
     from idm_facade.scim.app import create_app
 
     app = create_app(facade)
-    site = http_site(reactor, app, threads)
+    site = http_site(reactor, app, threads, facade.audit)
     port = (reactor.listenTCP(scim_port, site, interface=host) if sockets is None
             else sockets.adopt_http(reactor, site))
     listening = Listening(host, port.getHost().port, ports=[port])

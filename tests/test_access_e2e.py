@@ -37,10 +37,11 @@ class Served:
     base: str
 
 
-def _serve(url: str) -> Served:
+def _serve(url: str, config: Path | None = None) -> Served:
     proc = subprocess.Popen(
         [sys.executable, "-c", "from idm_facade.cli import main; main()", "serve", "--db", url,
-         "--host", "127.0.0.1", "--scim-port", "0"],
+         "--host", "127.0.0.1", "--scim-port", "0",
+         *(["--config", str(config)] if config is not None else [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -200,3 +201,32 @@ def test_sigkill_during_load_leaves_verifiable_complete_log(store: Store, tmp_pa
     missing = [m for m in answered if m not in recorded]
     assert missing == [], f"{len(missing)} answered request(s) without a record"
     audit.close()
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_unwritable_log_means_500_and_nothing_disclosed(store: Store, tmp_path, sync) -> None:
+    """With the log unwritable, every SCIM answer is a 500 SCIM error naming the log, with no
+    resource data, whichever way the record is written (held in the event loop with
+    sync = "normal", in the worker thread with "full"); the server keeps running."""
+    config = tmp_path / "idm.toml"
+    config.write_text(f'[audit]\ndb = "sqlite:///{tmp_path}/missing/dir/audit.db"\n'
+                      f'sync = "{sync}"\n')
+    served = _serve(store.url, config)
+    try:
+        headers = {"Authorization": f"Bearer {store.tokens['crm']}"}
+        uid = store.accounts[0].first("userName")
+        for _ in range(3):
+            response = httpx.get(f"{served.base}/Users", headers=headers,
+                                 params={"filter": f'userName eq "{uid}"'})
+            assert response.status_code == 500
+            assert response.headers["content-type"].startswith("application/scim+json")
+            body = response.json()
+            assert body["status"] == "500" and "access log" in body["detail"]
+            assert uid not in response.text and "Resources" not in body
+            assert int(response.headers["content-length"]) == len(response.content)
+        head = httpx.head(f"{served.base}/Users", headers=headers)
+        assert head.status_code == 500
+        assert served.proc.poll() is None  # still serving
+    finally:
+        served.proc.terminate()
+        served.proc.wait(timeout=10)

@@ -42,6 +42,7 @@ from idm_facade.scim.errors import (
 from idm_facade.scim.filters import sort_attribute, translate
 from idm_facade.scim.paging import Pager, PagingConfig, query_digest
 from idm_facade.scim.render import render, selection
+from idm_facade.web import HOLD_KEY
 from schemas.attributes import ACCOUNT
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 _BODY_CACHE_KEY = "scim.bodies"
+#: The answer when the request's access record cannot be written: nothing is disclosed.
+_LOG_UNAVAILABLE = ScimError(500, "the access log is unavailable: nothing is disclosed")
 #: Default byte budget of the per-snapshot list-response cache (``[scim] response_cache_mb``).
 DEFAULT_RESPONSE_CACHE_MB = 64
 
@@ -181,15 +184,21 @@ class ScimService:
             err = ScimError(500, "internal error")
             outcome = Outcome(json.dumps(err.body()), 500)
         query = outcome.query or request.query_string.decode("utf-8", "replace")
-        try:
-            self.facade.audit.record(self._record_type(
-                client=client.name if client is not None else "-",
-                source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
-                query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
-                sensitive=["cpr"] if outcome.cpr else []))
-        except self._audit_error:
-            err = ScimError(500, "the access log is unavailable: nothing is disclosed")
-            return err.response()
+        rec = self._record_type(
+            client=client.name if client is not None else "-",
+            source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
+            query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
+            sensitive=["cpr"] if outcome.cpr else [])
+        hold = environ.get(HOLD_KEY)
+        if hold is not None:
+            # The server holds this response until the record is committed in its event
+            # loop, and sends this error instead if it cannot be (idm_facade.web).
+            hold(rec, _LOG_UNAVAILABLE.body(), SCIM_JSON)
+        else:
+            try:
+                self.facade.audit.record(rec)
+            except self._audit_error:
+                return _LOG_UNAVAILABLE.response()
         response = Response(outcome.body, status=outcome.status, content_type=SCIM_JSON)
         if outcome.headers:
             response.headers.update(outcome.headers)

@@ -1,0 +1,128 @@
+"""The HTTP server: the Flask application in twisted.web, answers held for their record.
+
+The WSGI application runs in a thread pool (``twisted.web.wsgi``). Every SCIM answer needs
+its access record committed first. Waiting for that commit in the worker thread costs one
+more thread switch per request than serving any Flask request does (a third more on two
+cores). With a fast log (:mod:`idm_facade.turnlog`) the worker instead hands the record to
+the reactor and returns at once; the response's bytes, which twisted.web writes from the
+reactor anyway, are held by :class:`HeldRequest` until the record is committed with the
+other records of that reactor turn. If the commit fails, the held response is dropped and a
+500 SCIM error goes out instead: no record, no answer.
+
+The application finds the hand-over function in the WSGI environ under :data:`HOLD_KEY`
+(absent when the log is not fast: it then calls ``AuditLog.record`` itself).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request, Site
+from twisted.web.wsgi import WSGIResource
+
+from idm_facade.turnlog import turn_log
+
+#: WSGI environ key of ``hold(record, error_body)``: commit ``record`` in the reactor before
+#: the response leaves; send ``error_body`` (a 500) instead when it cannot be committed.
+HOLD_KEY = "idm_facade.hold_for_record"
+
+
+class HeldRequest(Request):
+    """A request whose response bytes can wait in the reactor for an access-log commit."""
+
+    _holding = False
+    _failed = False  # the record could not be committed: the error went out instead
+    _held: list[bytes]
+    _finish_wanted = False
+    _error_body: bytes = b""
+    _content_type: bytes = b"application/json"
+
+    def hold(self, turns: Any, rec: Any, error_body: bytes, content_type: bytes) -> None:
+        """Hold writes and finish until ``rec`` is committed (reactor thread)."""
+        self._holding, self._held, self._finish_wanted = True, [], False
+        self._error_body, self._content_type = error_body, content_type
+        turns.add(rec, self._recorded)
+
+    def write(self, data: bytes) -> None:
+        if self._holding:
+            self._held.append(data)
+        elif not self._failed:
+            super().write(data)
+
+    def finish(self) -> None:
+        if self._holding:
+            self._finish_wanted = True
+        elif not (self._failed and (self.finished or self._disconnected)):
+            super().finish()
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        if not self._failed:  # the application's status arrives after the error was sent
+            super().setResponseCode(code, message)
+
+    def _recorded(self, error: BaseException | None) -> None:
+        held, self._held = self._held, []
+        self._holding = False
+        if self._disconnected or self.finished:
+            return
+        if error is not None:
+            # Nothing has been sent yet (headers go out with the first write): replace the
+            # whole response, and drop whatever the application writes after this.
+            super().setResponseCode(500)
+            self._failed = True
+            self.responseHeaders = Headers()
+            self.responseHeaders.setRawHeaders(b"content-type", [self._content_type])
+            self.responseHeaders.setRawHeaders(b"content-length",
+                                               [str(len(self._error_body)).encode()])
+            held = [self._error_body]
+        for data in held:
+            super().write(data)
+        if self._finish_wanted:
+            super().finish()
+
+
+class _Resource(WSGIResource):
+    """WSGIResource that gives the application a way to hold its response for a record."""
+
+    def __init__(self, reactor: Any, threadpool: Any, application: Callable,
+                 audit: Any) -> None:
+        super().__init__(reactor, threadpool, application)
+        self._audit = audit
+
+    def render(self, request: Request) -> Any:
+        turns = turn_log(self._reactor, self._audit)
+        if turns is None or not isinstance(request, HeldRequest):
+            return super().render(request)
+        reactor, app = self._reactor, self._application
+
+        def hold(rec: Any, error: dict, content_type: str) -> None:
+            body = json.dumps(error).encode()
+            reactor.callFromThread(request.hold, turns, rec, body, content_type.encode())
+
+        def with_hold(environ: dict, start_response: Callable) -> Any:
+            environ[HOLD_KEY] = hold
+            return app(environ, start_response)
+
+        # twisted.web builds the per-request response object from ``_application`` inside
+        # render (reactor thread only, so swapping it around the call is safe).
+        self._application = with_hold
+        try:
+            return super().render(request)
+        finally:
+            self._application = app
+
+
+def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
+    """A twisted.web Site serving a WSGI app from a thread pool started with the reactor;
+    with ``audit``, responses can be held for their access record (see the module)."""
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=min(4, threads), maxthreads=threads, name="wsgi")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    site = Site(_Resource(reactor, pool, app, audit), requestFactory=HeldRequest)
+    site.displayTracebacks = False
+    site.log = lambda request: None  # no per-request log line: the access log is the record
+    return site
