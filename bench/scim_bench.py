@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -285,6 +286,20 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def paired(hello_url: str, url: str, token: str, connections: int, seconds: int,
+           rounds: int = 5) -> list[float]:
+    """``url`` against the hello-world app, measured alternately (hello, facade, hello, ...):
+    each ratio compares two runs seconds apart, so drift of the shared machine cancels."""
+    ratios = []
+    for _ in range(rounds):
+        hello_rps = wrk(hello_url, None, seconds, connections)[0]
+        ours = wrk(url, token, seconds, connections)[0]
+        ratios.append(ours / hello_rps)
+        print(f"paired: hello-world {hello_rps:.0f} req/s, facade {ours:.0f} req/s "
+              f"({ours / hello_rps:.0%})", flush=True)
+    return ratios
+
+
 def facade_rows(base: str, token: str, t: dict[str, str],
                 args: argparse.Namespace) -> dict[str, tuple[float, str]]:
     """wrk over the facade's four requests, repeated and with unique query strings."""
@@ -347,16 +362,16 @@ def main() -> None:
     name = f"bench-{os.getpid()}"
     token = registry.add(name, "scim", "default")
     engine.dispose()
+    # The hello-world app stays up: besides its own row it is measured in turn with the
+    # facade's userName eq (see ``paired``), since single figures drift on a shared machine.
     hello, hello_url = start([PY, "-c", HELLO, str(args.threads)], r"HELLO (\S+)")
     results: dict[str, tuple[float, str]] = {}
-    try:
-        wrk(hello_url, None, 2, args.connections)
-        results["hello-world Flask (same server)"] = wrk(hello_url, None, args.duration,
-                                                          args.connections)
-        print(f"hello-world: {results['hello-world Flask (same server)'][0]:.0f} req/s",
-              flush=True)
-    finally:
-        stop(hello)
+    paired_ratios: dict[str, list[float]] = {}
+    wrk(hello_url, None, 2, args.connections)
+    results["hello-world Flask (same server)"] = wrk(hello_url, None, args.duration,
+                                                      args.connections)
+    print(f"hello-world: {results['hello-world Flask (same server)'][0]:.0f} req/s",
+          flush=True)
     try:
         for workers, sync in [(w, s) for w in args.workers for s in args.audit_sync]:
             suffix = ("" if args.workers == [1] else f" (--workers {workers})") + (
@@ -375,9 +390,13 @@ def main() -> None:
                 print(f"targets: {t}", flush=True)
                 results.update({label + suffix: value for label, value in
                                 facade_rows(base, token, t, args).items()})
+                by_name = f"{base}/Users?filter=" + q('userName eq "{}"'.format(t["userName"]))
+                paired_ratios["userName eq" + suffix] = paired(
+                    hello_url, by_name, token, args.connections, max(args.duration // 2, 3))
             finally:
                 stop(server)
     finally:
+        stop(hello)
         engine = make_engine(url)
         ClientRegistry(engine, Config()).revoke(name)
         engine.dispose()
@@ -402,6 +421,10 @@ def main() -> None:
         times = f"{rps / found[0]:.0f}x" if found and found[0] else "-"
         print(f"| {label} | {rps:.0f} | {latency} | {ratio} | {peer_cell} | {peer_latency} "
               f"| {times} |")
+    print()
+    for label, ratios in paired_ratios.items():
+        print(f"{label} / hello-world, measured in turn ({len(ratios)} pairs): "
+              f"{', '.join(f'{r:.0%}' for r in ratios)}; median {statistics.median(ratios):.0%}")
 
 
 if __name__ == "__main__":

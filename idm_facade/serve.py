@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Worker threads for WSGI requests; requests mostly wait on the access log's group commit.
+#: Worker threads for WSGI requests (with ``[audit] sync = "full"`` they wait for the access
+#: log's group commit; otherwise the reactor holds each answer for its record).
 DEFAULT_THREADS = 32
 
 
