@@ -256,15 +256,7 @@ def peer(duration: int, connections: int) -> tuple[dict[str, tuple[float, str]],
         size = len(client.get(f"/Groups/{gid}").json().get("members", []))
         total = client.get("/Users", params={"count": 0}).json()["totalResults"]
         print(f"peer seeded: {total} users, group with {size} members", flush=True)
-        peer_name = 'userName eq "user5000"'
-        peer_mail = 'emails[type eq "work"].value eq "user5000@kommune.example"'
-        urls = {
-            "userName eq": f"{base}/Users?filter={q(peer_name)}",
-            "emails[type eq work].value eq": f"{base}/Users?filter={q(peer_mail)}",
-            "startIndex=5001&count=100": f"{base}/Users?startIndex=5001&count=100",
-            "5,000-member group, excludedAttributes=members":
-                f"{base}/Groups/{gid}?excludedAttributes=members",
-        }
+        urls = request_urls(base, "user5000", "user5000@kommune.example", gid)
         results = {}
         for name, url in urls.items():
             wrk(url, token, 2, connections)  # warm up, like ours
@@ -286,6 +278,19 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def request_urls(base: str, user: str, mail: str, group: str) -> dict[str, str]:
+    """The four benchmarked requests, by row label (the same for the facade and the peer)."""
+    by_name = f'userName eq "{user}"'
+    by_mail = f'emails[type eq "work"].value eq "{mail}"'
+    return {
+        "userName eq": f"{base}/Users?filter={q(by_name)}",
+        "emails[type eq work].value eq": f"{base}/Users?filter={q(by_mail)}",
+        "startIndex=5001&count=100": f"{base}/Users?startIndex=5001&count=100",
+        "5,000-member group, excludedAttributes=members":
+            f"{base}/Groups/{group}?excludedAttributes=members",
+    }
+
+
 def paired(hello_url: str, url: str, token: str, connections: int, seconds: int,
            rounds: int = 5) -> list[float]:
     """``url`` against the hello-world app, measured alternately (hello, facade, hello, ...):
@@ -303,15 +308,7 @@ def paired(hello_url: str, url: str, token: str, connections: int, seconds: int,
 def facade_rows(base: str, token: str, t: dict[str, str],
                 args: argparse.Namespace) -> dict[str, tuple[float, str]]:
     """wrk over the facade's four requests, repeated and with unique query strings."""
-    by_name = 'userName eq "{}"'.format(t["userName"])
-    by_mail = 'emails[type eq "work"].value eq "{}"'.format(t["mail"])
-    urls = {
-        "userName eq": f"{base}/Users?filter={q(by_name)}",
-        "emails[type eq work].value eq": f"{base}/Users?filter={q(by_mail)}",
-        "startIndex=5001&count=100": f"{base}/Users?startIndex=5001&count=100",
-        "5,000-member group, excludedAttributes=members":
-            f"{base}/Groups/{t['group']}?excludedAttributes=members",
-    }
+    urls = request_urls(base, t["userName"], t["mail"], t["group"])
     results = {}
     for label, target in urls.items():
         wrk(target, token, 2, args.connections)  # warm up (caches, thread pool)
@@ -390,7 +387,7 @@ def main() -> None:
                 print(f"targets: {t}", flush=True)
                 results.update({label + suffix: value for label, value in
                                 facade_rows(base, token, t, args).items()})
-                by_name = f"{base}/Users?filter=" + q('userName eq "{}"'.format(t["userName"]))
+                by_name = request_urls(base, t["userName"], t["mail"], t["group"])["userName eq"]
                 paired_ratios["userName eq" + suffix] = paired(
                     hello_url, by_name, token, args.connections, max(args.duration // 2, 3))
             finally:
