@@ -51,7 +51,7 @@ HELLO = """
 import sys
 from flask import Flask
 from twisted.internet import reactor
-from idm_facade.serve import http_site
+from idm_facade.web import http_site
 app = Flask("hello")
 @app.get("/hello")
 def hello():

@@ -66,21 +66,13 @@ class Listening:
     ports: list[Any] = field(default_factory=list)
 
 
-def http_site(reactor: Any, app: Any, threads: int = DEFAULT_THREADS,
-              audit: Any = None) -> Any:
-    """A twisted.web Site serving a WSGI app from a thread pool started with the reactor
-    (with ``audit``, SCIM answers wait in the reactor for their record: idm_facade.web)."""
-    from idm_facade.web import http_site as site_for
-
-    return site_for(reactor, app, threads, audit)
-
-
 def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
            ldap_port: int | None = None, ldaps_port: int | None = None,
            threads: int = DEFAULT_THREADS, sockets: Sockets | None = None) -> Listening:
     """Open every listener on ``reactor`` (call before ``reactor.run()``); with ``sockets``
     (a ``--workers`` worker), serve on those already-listening sockets instead."""
     from idm_facade.scim.app import create_app
+    from idm_facade.web import http_site
 
     app = create_app(facade)
     site = http_site(reactor, app, threads, facade.audit)
@@ -134,7 +126,7 @@ def announce_listening(listening: Listening) -> None:
 import click  # noqa: E402
 
 # The same option as idm_facade.cli.db_option, spelled here so that importing this module
-# (e.g. for http_site) does not import the CLI, which imports this module.
+# (e.g. for listen) does not import the CLI, which imports this module.
 db_option = click.option(
     "--db", "db", envvar="IDM_FACADE_DB", default=None,
     help="Database URL (sqlite:///var/idm.db, postgresql+psycopg://user@host/db).")

@@ -15,7 +15,6 @@ The application finds the hand-over function in the WSGI environ under :data:`HO
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,9 @@ from twisted.web.wsgi import WSGIResource
 
 from idm_facade.turnlog import turn_log
 
-#: WSGI environ key of ``hold(record, error_body)``: commit ``record`` in the reactor before
-#: the response leaves; send ``error_body`` (a 500) instead when it cannot be committed.
+#: WSGI environ key of ``hold(record, error_body, content_type)``: commit ``record`` in the
+#: reactor before the response leaves; send ``error_body`` (bytes of a 500 response of
+#: ``content_type``) instead when it cannot be committed.
 HOLD_KEY = "idm_facade.hold_for_record"
 
 
@@ -89,17 +89,16 @@ class _Resource(WSGIResource):
     def __init__(self, reactor: Any, threadpool: Any, application: Callable,
                  audit: Any) -> None:
         super().__init__(reactor, threadpool, application)
-        self._audit = audit
+        self._turns = turn_log(reactor, audit)
 
     def render(self, request: Request) -> Any:
-        turns = turn_log(self._reactor, self._audit)
+        turns = self._turns
         if turns is None or not isinstance(request, HeldRequest):
             return super().render(request)
         reactor, app = self._reactor, self._application
 
-        def hold(rec: Any, error: dict, content_type: str) -> None:
-            body = json.dumps(error).encode()
-            reactor.callFromThread(request.hold, turns, rec, body, content_type.encode())
+        def hold(rec: Any, error_body: bytes, content_type: bytes) -> None:
+            reactor.callFromThread(request.hold, turns, rec, error_body, content_type)
 
         def with_hold(environ: dict, start_response: Callable) -> Any:
             environ[HOLD_KEY] = hold

@@ -58,6 +58,8 @@ _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _BODY_CACHE_KEY = "scim.bodies"
 #: The answer when the request's access record cannot be written: nothing is disclosed.
 _LOG_UNAVAILABLE = ScimError(500, "the access log is unavailable: nothing is disclosed")
+_LOG_UNAVAILABLE_BODY = json.dumps(_LOG_UNAVAILABLE.body()).encode()
+_SCIM_JSON_BYTES = SCIM_JSON.encode()
 #: Default byte budget of the per-snapshot list-response cache (``[scim] response_cache_mb``).
 DEFAULT_RESPONSE_CACHE_MB = 64
 
@@ -193,7 +195,7 @@ class ScimService:
         if hold is not None:
             # The server holds this response until the record is committed in its event
             # loop, and sends this error instead if it cannot be (idm_facade.web).
-            hold(rec, _LOG_UNAVAILABLE.body(), SCIM_JSON)
+            hold(rec, _LOG_UNAVAILABLE_BODY, _SCIM_JSON_BYTES)
         else:
             try:
                 self.facade.audit.record(rec)
