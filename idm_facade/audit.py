@@ -405,17 +405,26 @@ _COLUMNS = ("seq, time, client, source, operation, query, status, subjects, sens
             "prev_hash, hash")
 
 
+def _sqlite_file(url: Any) -> Path | None:
+    """The file of a SQLite database URL; None for other databases and for in-memory or
+    ``file:`` URI SQLite, which get no files of their own beside them."""
+    url = make_url(url)
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
 def _default_url(engine: Engine) -> str:
     """Where the log lives unless ``[audit] db`` says: its own SQLite file beside a SQLite
     store (``var/idm.db`` -> ``var/idm-audit.db``), so the log's fsyncs never queue behind
     store writes; the store's database itself for PostgreSQL and in-memory SQLite, and for a
     store whose database already holds a log (the chain is never split)."""
     url = engine.url
-    database = url.database or ""
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" \
-            or database.startswith("file:"):
+    path = _sqlite_file(url)
+    if path is None:
         return url.render_as_string(hide_password=False)
-    path = Path(database)
     own = path.with_name(f"{path.stem}-audit{path.suffix or '.db'}")
     if not own.exists() and path.exists():
         try:
@@ -430,12 +439,10 @@ def _index_url(url: str) -> str | None:
     """The derived index's own SQLite file beside a SQLite log file (``idm-audit.db`` ->
     ``idm-audit-index.db``); None (the log's own database) for PostgreSQL and for in-memory
     or ``file:`` SQLite logs."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
-            or database.startswith("file:"):
+    path = _sqlite_file(url)
+    if path is None:
         return None
-    path = Path(database)
+    parsed = make_url(url)
     own = path.with_name(f"{path.stem}-index{path.suffix or '.db'}")
     return parsed.set(database=str(own)).render_as_string(hide_password=False)
 
@@ -587,10 +594,8 @@ class AuditLog:
     @staticmethod
     def _wal_path(url: str) -> Path | None:
         """The SQLite log's WAL file (fsynced by the syncer thread), None for in-memory."""
-        database = make_url(url).database or ""
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).with_name(Path(database).name + "-wal")
+        path = _sqlite_file(url)
+        return None if path is None else path.with_name(path.name + "-wal")
 
     # ------------------------------------------------------------------ writing
 
