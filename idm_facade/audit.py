@@ -361,7 +361,7 @@ class _Row:
     operation, prev_hash, query, sensitive, seq, source, status, subjects, time).
     """
 
-    __slots__ = ("time", "client", "source", "operation", "query", "status", "subjects",
+    __slots__ = ("time", "client", "source", "operation", "query", "status",
                  "subjects_json", "sensitive_json", "head", "middle", "tail")
 
     def __init__(self, rec: AccessRecord) -> None:
@@ -370,7 +370,7 @@ class _Row:
         self.client, self.source = str(rec.client), str(rec.source)
         self.operation, self.query, self.status = str(rec.operation), str(rec.query), \
             str(rec.status)
-        self.subjects = subjects = sorted({str(s) for s in rec.subjects})
+        subjects = sorted({str(s) for s in rec.subjects})
         self.subjects_json = _json_list(subjects)
         self.sensitive_json = _json_list(sorted({str(s) for s in rec.sensitive}))
         self.head = (f'{{"client":{_encode(self.client)},"operation":'
