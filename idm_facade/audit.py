@@ -34,7 +34,10 @@ unless ``[audit] db`` names a database, or the store's database already holds a 
 Tamper evidence: each record stores ``prev_hash`` and ``hash = SHA-256(canonical JSON of its
 fields + prev_hash)``; ``idm-facade audit verify`` recomputes the chain. The writer takes a
 database lock per batch (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock) and reads the
-chain's tail inside it, so several facade processes can share one log.
+chain's tail inside it, so several facade processes can share one log. On SQLite, once a
+process knows the tail it wrote last, it appends the next batch with one INSERT statement; the
+``seq`` primary key refuses it when another process appended meanwhile, and the batch is then
+appended after the real tail.
 
 Retention: :meth:`AuditLog.purge` deletes the oldest records (a prefix of the chain) and
 stores the last deleted record's seq and hash in ``access_log_anchor``; verification starts
@@ -81,12 +84,14 @@ import json.encoder
 import logging
 import os
 import re
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -352,6 +357,25 @@ def _json_list(values: list[str]) -> str:
     return "[" + ",".join(map(_encode, values)) + "]"
 
 
+#: Records with at most this many subjects share their JSON fragments (:func:`_fragments`).
+_MEMO_SUBJECTS = 16
+
+
+@lru_cache(maxsize=4096)
+def _fragments(client: str, source: str, operation: str, query: str, status: str,
+               subjects: tuple, sensitive: tuple) -> tuple[str, str, str, str, str]:
+    """The JSON of a record's subjects and sensitive list, and its hash payload around
+    prev_hash, seq and time. Memoised: clients repeat requests (the same query by the same
+    client from the same address), and encoding is most of what preparing a record costs."""
+    subjects_json = _json_list(sorted({str(s) for s in subjects}))
+    sensitive_json = _json_list(sorted({str(s) for s in sensitive}))
+    head = f'{{"client":{_encode(client)},"operation":{_encode(operation)},"prev_hash":'
+    middle = f',"query":{_encode(query)},"sensitive":{sensitive_json},"seq":'
+    tail = (f',"source":{_encode(source)},"status":{_encode(status)},'
+            f'"subjects":{subjects_json},"time":')
+    return subjects_json, sensitive_json, head, middle, tail
+
+
 class _Row:
     """A record ready to append: its column values and its hash payload around seq/prev_hash.
 
@@ -370,15 +394,12 @@ class _Row:
         self.client, self.source = str(rec.client), str(rec.source)
         self.operation, self.query, self.status = str(rec.operation), str(rec.query), \
             str(rec.status)
-        subjects = sorted({str(s) for s in rec.subjects})
-        self.subjects_json = _json_list(subjects)
-        self.sensitive_json = _json_list(sorted({str(s) for s in rec.sensitive}))
-        self.head = (f'{{"client":{_encode(self.client)},"operation":'
-                     f'{_encode(self.operation)},"prev_hash":')
-        self.middle = f',"query":{_encode(self.query)},"sensitive":{self.sensitive_json},"seq":'
-        self.tail = (f',"source":{_encode(self.source)},"status":{_encode(self.status)},'
-                     f'"subjects":{self.subjects_json},'
-                     f'"time":"{time.isoformat(timespec="microseconds")}"}}')
+        key = (self.client, self.source, self.operation, self.query, self.status,
+               tuple(rec.subjects), tuple(rec.sensitive))
+        fragments = _fragments(*key) if len(key[5]) <= _MEMO_SUBJECTS else \
+            _fragments.__wrapped__(*key)
+        self.subjects_json, self.sensitive_json, self.head, self.middle, tail = fragments
+        self.tail = f'{tail}"{time.isoformat(timespec="microseconds")}"}}'
 
     def hash(self, seq: int, prev_hash: str) -> str:
         payload = self.head + _encode(prev_hash) + self.middle + str(seq) + self.tail
@@ -540,6 +561,7 @@ class AuditLog:
         self._sql_anchor = f"SELECT seq, hash FROM access_log_anchor WHERE id = {p}"
         self._sql_insert = (f"INSERT INTO access_log ({_COLUMNS}) VALUES "
                             f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {json_p}, {json_p}, {p}, {p})")
+        self._sql_insert_rows: dict[int, str] = {}  # by row count, for _append_after_tail
         #: Batches and records written (the benchmark reports records per commit).
         self.batches = 0
         self.written = 0
@@ -599,17 +621,23 @@ class AuditLog:
 
     # ------------------------------------------------------------------ writing
 
-    def record_many(self, recs: list[AccessRecord]) -> None:
-        """Append several records in one batch; returns once they are committed (durable as
-        ``sync`` says). Raises :class:`AuditUnavailable`.
+    @staticmethod
+    def prepare(rec: AccessRecord) -> Any:
+        """``rec`` ready to append (its time, column values and hash input), for
+        :meth:`record_many`: a thread that hands its record to an event loop prepares it
+        first, so the loop, which every request passes, only chains and inserts it."""
+        if rec.time is None:
+            rec.time = _now()
+        return _Row(rec)
+
+    def record_many(self, recs: list[Any]) -> None:
+        """Append several records (each an :class:`AccessRecord` or :meth:`prepare`'s result)
+        in one batch; returns once they are committed (durable as ``sync`` says). Raises
+        :class:`AuditUnavailable`.
 
         For an event loop with a fast log (:attr:`fast_commit`): it collects the records of
         one turn and writes them here, in its own thread, without a thread hop."""
-        rows = []
-        for rec in recs:
-            if rec.time is None:
-                rec.time = _now()
-            rows.append(_Row(rec))
+        rows = [rec if isinstance(rec, _Row) else self.prepare(rec) for rec in recs]
         if rows:
             self._append(rows)
 
@@ -627,12 +655,24 @@ class AuditLog:
         self._append([_Row(rec)])
 
     def _append(self, rows: list[_Row]) -> None:
-        """Join ``rows`` to the open batch and wait for (or lead) its commit."""
+        """Join ``rows`` to the open batch and wait for (or lead) its commit; when nobody
+        writes or waits, write them at once (the event loop's case: no batch to wait on)."""
         with self._lock:
             if self._closed:
                 raise AuditUnavailable("the access log is closed")
             if self._sync_failed is not None:
                 raise AuditUnavailable(self._sync_failed)
+            alone = not self._writing and not self._queue
+            if alone:
+                self._writing = True
+        if alone:
+            error = self._write_logged(rows)
+            with self._lock:
+                self._hand_on()
+            if error is not None:
+                raise AuditUnavailable(f"access log write failed: {error}") from error
+            return
+        with self._lock:
             batch = self._join_batch(rows)
             batch.waiting += 1
             if self._writing:
@@ -719,25 +759,13 @@ class AuditLog:
                     self._writing = False
                     self._idle.notify_all()
                     return
-            error: BaseException | None = None
-            try:
-                self._write_rows(current.rows)
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-                log.error("access log write of %d record(s) failed: %s",
-                          len(current.rows), exc)
-                error = exc
+            error = self._write_logged(current.rows)
             with self._lock:
                 current.error, current.done = error, True
                 current.cond.notify_all()
                 handed = current is mine
                 if handed:
-                    if self._queue and not self._queue[0].waiting:
-                        self._wake_flusher()  # nobody waits in the next batch to lead it
-                    else:
-                        self._writing = False
-                        for waiting in self._queue:  # one waiter per batch wakes: it leads
-                            waiting.cond.notify()
-                        self._idle.notify_all()
+                    self._hand_on()
             if current.callbacks:
                 failure = None if error is None else AuditUnavailable(
                     f"access log write failed: {error}")
@@ -748,6 +776,26 @@ class AuditLog:
                         log.exception("access log: a submit callback failed")
             if handed:
                 return
+
+    def _write_logged(self, rows: list[_Row]) -> BaseException | None:
+        """Write ``rows`` in one transaction; the error (logged) if that failed."""
+        try:
+            self._write_rows(rows)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+            log.error("access log write of %d record(s) failed: %s", len(rows), exc)
+            return exc
+        return None
+
+    def _hand_on(self) -> None:
+        """The lead's write is done (call with the lock held): hand the lead to the next
+        batch's waiter, or to the flusher when nobody waits in it, or clear ``_writing``."""
+        if self._queue and not self._queue[0].waiting:
+            self._wake_flusher()  # nobody waits in the next batch to lead it
+            return
+        self._writing = False
+        for waiting in self._queue:  # one waiter per batch wakes: it leads
+            waiting.cond.notify()
+        self._idle.notify_all()
 
     def _connection(self) -> Any:
         """The writer's DBAPI connection, opened once and kept (dropped after an error)."""
@@ -771,11 +819,17 @@ class AuditLog:
 
     def _write_rows(self, rows: list[_Row]) -> None:
         """One transaction: lock, read the tail, insert the records (one row each: the
-        subject index is derived later, in bulk, by :meth:`index_subjects`)."""
+        subject index is derived later, in bulk, by :meth:`index_subjects`). On SQLite, once
+        this process knows the tail, one INSERT statement (see :meth:`_append_after_tail`)."""
         conn = self._connection()
         sqlite = self.dialect == "sqlite"
         try:
             cursor = conn.cursor()
+            if sqlite and self._known_tail is not None and len(rows) <= self.LEAN_ROWS:
+                if self._append_after_tail(cursor, rows):
+                    cursor.close()
+                    self._written(rows)
+                    return
             if sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
             elif self._sql_lock:
@@ -798,15 +852,57 @@ class AuditLog:
             cursor.executemany(self._sql_insert, values)
             if sqlite:
                 cursor.execute("COMMIT")
+                self._known_tail = (seq, prev)
             else:
                 conn.commit()
             cursor.close()
         except BaseException:
+            self._known_tail = None
             self._drop_or_rollback(conn)
             raise
+        self.written_seq = seq
+        self._written(rows)
+
+    #: Batches up to this size are appended by one multi-row INSERT (SQLite's limit on
+    #: statement parameters stays far away; larger batches take the general path).
+    LEAN_ROWS = 64
+    #: (seq, hash) of the last record this process committed to a SQLite log; None when
+    #: unknown (start, after an error, after another process appended).
+    _known_tail: tuple[int, str] | None = None
+
+    def _append_after_tail(self, cursor: Any, rows: list[_Row]) -> bool:
+        """Append ``rows`` after the tail this process committed last, as ONE autocommit
+        INSERT: one statement instead of lock, read, insert and commit, which matters most
+        where an event loop commits (each SQLite call hands the interpreter lock to other
+        threads and must wait to get it back). Another process sharing the log makes the
+        insert fail on the ``seq`` primary key (the statement changes nothing then): the
+        tail is forgotten and False returned, so the caller appends after the real tail."""
+        seq, prev = self._known_tail  # type: ignore[misc]
+        values: list[Any] = []
+        for row in rows:
+            seq += 1
+            digest = row.hash(seq, prev)
+            values += (seq, row.time.isoformat(" ", "microseconds"), row.client, row.source,
+                       row.operation, row.query, row.status, row.subjects_json,
+                       row.sensitive_json, prev, digest)
+            prev = digest
+        sql = self._sql_insert_rows.get(len(rows))
+        if sql is None:
+            sql = self._sql_insert_rows[len(rows)] = self._sql_insert + "".join(
+                [", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * (len(rows) - 1))
+        try:
+            cursor.execute(sql, values)
+        except sqlite3.IntegrityError:
+            self._known_tail = None
+            return False
+        self._known_tail = (seq, prev)
+        self.written_seq = seq
+        return True
+
+    def _written(self, rows: list[_Row]) -> None:
+        """Count a committed batch; have it synced (``normal``) and indexed later."""
         self.batches += 1
         self.written += len(rows)
-        self.written_seq = seq
         if self._wal is not None:
             self._need_sync()
         self._need_index(len(rows))

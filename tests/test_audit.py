@@ -204,6 +204,23 @@ def test_two_writers_share_one_chain(sqlite_url: str) -> None:
     second.close()
 
 
+def test_two_logs_taking_turns_keep_one_chain(sqlite_url: str) -> None:
+    """A log appends after the tail it wrote last without reading it; when another process
+    appended meanwhile, the primary key refuses the insert and it appends after the real
+    tail: alternating writers still make one gapless chain."""
+    first, second = AuditLog(make_engine(sqlite_url)), AuditLog(make_engine(sqlite_url))
+    for i in range(8):
+        writer = first if i % 3 else second
+        writer.record_many([writer.prepare(_rec(i)), _rec(100 + i)])
+    result = first.verify()
+    assert result.ok and result.checked == 16
+    with first.engine.connect() as conn:
+        seqs = [row[0] for row in conn.execute(text("SELECT seq FROM access_log ORDER BY seq"))]
+    assert seqs == list(range(1, 17))
+    first.close()
+    second.close()
+
+
 def test_unwritable_log_fails_the_record(sqlite_url: str) -> None:
     audit = AuditLog(make_engine(sqlite_url), timeout=10)
     audit.record(_rec(1))
