@@ -10,7 +10,11 @@ other records of that reactor turn. If the commit fails, the held response is dr
 500 SCIM error goes out instead: no record, no answer.
 
 The application finds the hand-over function in the WSGI environ under :data:`HOLD_KEY`
-(absent when the log is not fast: it then calls ``AuditLog.record`` itself).
+(absent when the log is not fast: it then calls ``AuditLog.record`` itself). The hand-over
+costs the event loop nothing of its own: the worker prepares the record and leaves it on the
+request, and the loop takes it up with the response's first write (or its finish, or the
+connection's loss), which twisted.web brings to the loop anyway. Every thread switch the loop
+saves counts, because the loop is what every request passes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request, Site
-from twisted.web.wsgi import WSGIResource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
 from idm_facade.turnlog import turn_log
 
@@ -39,24 +43,50 @@ class HeldRequest(Request):
     _finish_wanted = False
     _error_body: bytes = b""
     _content_type: bytes = b"application/json"
+    _turns: Any = None  # the site's TurnLog, set before the application runs
 
-    def hold(self, turns: Any, rec: Any, error_body: bytes, content_type: bytes) -> None:
-        """Hold writes and finish until ``rec`` is committed (reactor thread)."""
+    def hold_for_record(self, rec: Any, error_body: bytes, content_type: bytes) -> None:
+        """The application's hand-over (:data:`HOLD_KEY`; worker thread): leave ``rec``,
+        prepared here, for the event loop to take up with the response's first write."""
+        pending = (self._turns.audit.prepare(rec), error_body, content_type)
+        self.__dict__["_pending"] = pending
+        if self._disconnected:
+            # The connection is gone: twisted.web may never write or finish this response,
+            # and connectionLost may have looked for the record before it was left here.
+            # Whoever pops it first (this thread or the loop) hands it over, exactly once.
+            mine = self.__dict__.pop("_pending", None)
+            if mine is not None:
+                self._turns.reactor.callFromThread(self._hold, *mine)
+
+    def _take_pending(self) -> None:
+        """Hand a record the application left over to the turn's commit (reactor thread)."""
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None:
+            self._hold(*pending)
+
+    def _hold(self, row: Any, error_body: bytes, content_type: bytes) -> None:
+        """Hold writes and finish until ``row`` is committed (reactor thread)."""
         self._holding, self._held, self._finish_wanted = True, [], False
         self._error_body, self._content_type = error_body, content_type
-        turns.add(rec, self._recorded)
+        self._turns.add(row, self._recorded)
 
     def write(self, data: bytes) -> None:
+        self._take_pending()
         if self._holding:
             self._held.append(data)
         elif not self._failed:
             super().write(data)
 
     def finish(self) -> None:
+        self._take_pending()
         if self._holding:
             self._finish_wanted = True
         elif not (self._failed and (self.finished or self._disconnected)):
             super().finish()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._take_pending()  # nothing goes out, but the request was answered: record it
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         if not self._failed:  # the application's status arrives after the error was sent
@@ -95,22 +125,13 @@ class _Resource(WSGIResource):
         turns = self._turns
         if turns is None or not isinstance(request, HeldRequest):
             return super().render(request)
-        reactor, app = self._reactor, self._application
-
-        def hold(rec: Any, error_body: bytes, content_type: bytes) -> None:
-            reactor.callFromThread(request.hold, turns, rec, error_body, content_type)
-
-        def with_hold(environ: dict, start_response: Callable) -> Any:
-            environ[HOLD_KEY] = hold
-            return app(environ, start_response)
-
-        # twisted.web builds the per-request response object from ``_application`` inside
-        # render (reactor thread only, so swapping it around the call is safe).
-        self._application = with_hold
-        try:
-            return super().render(request)
-        finally:
-            self._application = app
+        # WSGIResource.render, with the hand-over added to the environ it builds (twisted.web
+        # offers no hook for that; its response class is private, the e2e tests cover it).
+        response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
+        request._turns = turns
+        response.environ[HOLD_KEY] = request.hold_for_record
+        response.start()
+        return NOT_DONE_YET
 
 
 def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:

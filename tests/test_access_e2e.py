@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -139,6 +141,38 @@ def test_cpr_disclosure_is_marked(store: Store, server: Served) -> None:
     audit = AuditLog(make_engine(store.url))
     mine = audit.query(subject=target.first("personId"), client="hr")
     assert any(r.seq == record.seq for r in mine)
+
+
+def test_client_hanging_up_early_still_leaves_one_record(store: Store, server: Served) -> None:
+    """The record goes with the response to the event loop; a client that hangs up at once
+    (before, during or after the answer is produced; with a body, a 304 without one, and a
+    HEAD) must still leave exactly one record per request, and the server keeps serving."""
+    account = store.accounts[0]
+    headers = {"Authorization": f"Bearer {store.tokens['crm']}"}
+    etag = httpx.get(f"{server.base}/Users/{account.id}", headers=headers).headers["ETag"]
+    host, port = server.base.removeprefix("http://").split("/")[0].split(":")
+    markers = []
+    for round_ in range(12):
+        marker = uuid.uuid4().hex
+        markers.append(marker)
+        method, extra = [("GET", ""), ("GET", f"If-None-Match: {etag}\r\n"),
+                         ("HEAD", "")][round_ % 3]
+        request = (f"{method} /scim/v2/Users/{account.id}?probe={marker} HTTP/1.1\r\n"
+                   f"Host: {host}:{port}\r\nAuthorization: {headers['Authorization']}\r\n"
+                   f"{extra}\r\n").encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(request)
+            time.sleep(0.002 * (round_ % 4))  # hang up at different points
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.time() + 15
+    while True:
+        counts = [len(_records_with(store.url, marker)) for marker in markers]
+        if counts == [1] * len(markers) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert counts == [1] * len(markers)
+    assert httpx.get(f"{server.base}/Users/{account.id}", headers=headers).status_code == 200
+    assert AuditLog(make_engine(store.url)).verify().ok
 
 
 def test_revoked_token_stops_working_in_running_server(store: Store, server: Served) -> None:
