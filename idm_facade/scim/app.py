@@ -168,7 +168,10 @@ class ScimService:
 
     def handle(self, path: str) -> Response:
         """Answer one request under /scim/v2 and record it."""
-        environ = request.environ
+        # The request object itself, once: every ``flask.request.x`` goes through a context
+        # proxy, and the hot path (a repeated query) is short enough for that to show.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
         method = environ["REQUEST_METHOD"]
         path = path.strip("/")
         client = None
@@ -178,14 +181,14 @@ class ScimService:
             if client is None:
                 raise unauthorized() if token is None else unauthorized(
                     "the bearer token is not valid")
-            outcome = self.dispatch(client, method, path)
+            outcome = self.dispatch(client, method, path, req)
         except ScimError as exc:
             outcome = Outcome(json.dumps(exc.body()), exc.status, exc.headers)
         except Exception:  # noqa: BLE001 - a bug must not take the answer's audit with it
             log.exception("SCIM request failed: %s %s", method, request.full_path)
             err = ScimError(500, "internal error")
             outcome = Outcome(json.dumps(err.body()), 500)
-        query = outcome.query or request.query_string.decode("utf-8", "replace")
+        query = outcome.query or req.query_string.decode("utf-8", "replace")
         rec = self._record_type(
             client=client.name if client is not None else "-",
             source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
@@ -206,9 +209,9 @@ class ScimService:
             response.headers.update(outcome.headers)
         return response
 
-    def base(self) -> str:
+    def base(self, req: Any = None) -> str:
         """``scheme://host/scim/v2`` of this request (werkzeug's host_url, kept per Host)."""
-        env = request.environ
+        env = (req or request).environ
         key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
                env.get("SERVER_PORT"))
         found = self._bases.get(key)
@@ -221,18 +224,18 @@ class ScimService:
 
     # ------------------------------------------------------------------ routing
 
-    def dispatch(self, client: Any, method: str, path: str) -> Outcome:
+    def dispatch(self, client: Any, method: str, path: str, req: Any) -> Outcome:
         parts = path.split("/") if path else []
         head = parts[0].lower() if parts else ""
         if method in ("GET", "HEAD"):
             if not parts:
-                return self.list(client, _ALL, None, request.query_string)
+                return self.list(client, _ALL, None, req.query_string, req)
             if head == "serviceproviderconfig" and len(parts) == 1:
                 return Outcome(self.discovery.documents(self.base())["spc"])
             if head in ("resourcetypes", "schemas") and len(parts) <= 2:
                 return self.discovery_doc(head, parts[1] if len(parts) == 2 else None)
             if head in _RESOURCES and len(parts) == 1:
-                return self.list(client, _RESOURCES[head], None, request.query_string)
+                return self.list(client, _RESOURCES[head], None, req.query_string, req)
             if head in _RESOURCES and len(parts) == 2:
                 return self.get(client, _RESOURCES[head][0], parts[1])
             if head in ("me", "bulk"):
@@ -315,7 +318,7 @@ class ScimService:
         return outcome
 
     def list(self, client: Any, resources: tuple[str, ...], params: Any | None,
-             raw: bytes | None = None) -> Outcome:
+             raw: bytes | None = None, req: Any = None) -> Outcome:
         """A ListResponse; ``raw`` (the query string or the SearchRequest's canonical JSON)
         keys the snapshot's body cache: the same raw query gives the same parameters.
         ``params`` None means the request's query arguments (parsed only on a cache miss)."""
@@ -326,7 +329,7 @@ class ScimService:
             cache = snap.extra.get(_BODY_CACHE_KEY)
             if cache is None:
                 cache = snap.extra.setdefault(_BODY_CACHE_KEY, BodyCache(self.cache_bytes))
-            key = (resources, raw, self.base(), policy)
+            key = (resources, raw, self.base(req), policy)
             hit = cache.get(key)
             if hit is not None:
                 outcome = Outcome(hit[0])
@@ -396,6 +399,12 @@ def create_app(facade: Any) -> Flask:
     @app.route(f"{PREFIX}/<path:path>", methods=methods)
     def scim(path: str) -> Response:
         return service.handle(path)
+
+    # The two list endpoints also as plain rules: matching a rule without a converter costs
+    # less, and they are the requests clients repeat most. Same handler, same answers.
+    for name in ("Users", "Groups"):
+        app.add_url_rule(f"{PREFIX}/{name}", f"scim_{name.lower()}",
+                         lambda name=name: service.handle(name), methods=methods)
 
     try:
         from idm_facade.roleapi import blueprint
