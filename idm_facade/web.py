@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
@@ -44,6 +45,34 @@ class HeldRequest(Request):
     _error_body: bytes = b""
     _content_type: bytes = b"application/json"
     _turns: Any = None  # the site's TurnLog, set before the application runs
+
+    # twisted.web parses every query string into ``request.args``, in the event loop that
+    # every request passes; a WSGI application reads QUERY_STRING instead and nothing here
+    # reads ``args``. So the query is kept aside and parsed only if ``args`` is asked for.
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        bare, sep, query = path.partition(b"?")
+        if sep:
+            self.__dict__["_query"], self.__dict__["_uri"] = query, path
+        super().requestReceived(command, bare, version)
+
+    def process(self) -> None:
+        uri = self.__dict__.pop("_uri", None)
+        if uri is not None:
+            self.uri = uri  # the full URI again, for the WSGI environ's QUERY_STRING
+        super().process()
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]] | None:  # type: ignore[override]
+        args = self.__dict__.get("_args")
+        query = self.__dict__.pop("_query", None)
+        if query is not None and args is not None:
+            for key, values in parse_qs(query, 1).items():  # query values first, as twisted
+                args[key] = values + args.get(key, [])
+        return args
+
+    @args.setter
+    def args(self, value: dict[bytes, list[bytes]] | None) -> None:
+        self.__dict__["_args"] = value
 
     def hold_for_record(self, rec: Any, error_body: bytes, content_type: bytes) -> None:
         """The application's hand-over (:data:`HOLD_KEY`; worker thread): leave ``rec``,
