@@ -116,6 +116,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.engine import Connection, make_url
 
@@ -1030,6 +1031,7 @@ class AuditLog:
         moved under it."""
         by_subject: dict[str, list[int]] = {}
         by_client: dict[str, list[int]] = {}
+        decoded: dict[str, list[str]] = {}
         records = pairs = 0
         first_seq: int | None = None
         low = high = None
@@ -1039,7 +1041,7 @@ class AuditLog:
             while after < upto and records < self.RUN_RECORDS and pairs < self.RUN_PAIRS:
                 rows = conn.execute(
                     select(access_log.c.seq, access_log.c.time, access_log.c.client,
-                           access_log.c.subjects)
+                           type_coerce(access_log.c.subjects, Text))
                     .where(access_log.c.seq > after, access_log.c.seq <= upto)
                     .order_by(access_log.c.seq)
                     .limit(min(1000, self.RUN_RECORDS - records))).all()
@@ -1048,7 +1050,14 @@ class AuditLog:
                 for seq, time, client, subjects in rows:
                     seq = int(seq)
                     if isinstance(subjects, str):
-                        subjects = json.loads(subjects)
+                        # Records repeat their subject lists (a client re-reading the same
+                        # people): decode each distinct text once per run.
+                        text_ = subjects
+                        subjects = decoded.get(text_)
+                        if subjects is None:
+                            if len(decoded) >= 10_000:
+                                decoded.clear()
+                            subjects = decoded[text_] = json.loads(text_)
                     for subject in subjects:
                         by_subject.setdefault(subject, []).append(seq)
                     by_client.setdefault(client, []).append(seq)
