@@ -277,6 +277,10 @@ class ClientRegistry:
         self._base: str | None = None
         #: name -> (kind, policy name) of clients with cached verifications.
         self._meta: dict[str, tuple[str, str]] = {}
+        #: name -> the Client built from ``_meta`` and its policy, reused by every request;
+        #: dropped whenever either changes (``_epoch`` counts those changes).
+        self._clients: dict[str, Client] = {}
+        self._epoch = 0
         AuthBase.metadata.create_all(engine)
 
     # ------------------------------------------------------------------ policies
@@ -470,6 +474,8 @@ class ClientRegistry:
             for key in [k for k, v in self._cache.items() if v.name == name]:
                 del self._cache[key]
             self._resolved.clear()
+            self._clients.clear()
+            self._epoch += 1
 
     def _cached(self, key: bytes) -> Client | None:
         """A cached verification still valid (re-checking the row's generation when due)."""
@@ -489,12 +495,19 @@ class ClientRegistry:
                     self._cache.pop(key, None)
                     return None
                 hit.checked = now
-                self._meta[hit.name] = meta
+                if self._meta.get(hit.name) != meta:
+                    self._meta[hit.name] = meta
+                    self._clients.pop(hit.name, None)
+                    self._epoch += 1
         return self._client(hit.name)
 
     def _client(self, name: str) -> Client | None:
+        found = self._clients.get(name)  # a plain dict read: atomic, no lock needed
+        if found is not None:
+            return found
         with self._lock:
             meta = self._meta.get(name)
+            epoch = self._epoch
         if meta is None:
             return None
         kind, policy_name = meta
@@ -503,14 +516,21 @@ class ClientRegistry:
         except ClientError:
             log.error("client %s has unknown policy %r: refused", name, policy_name)
             return None
-        return Client(name, kind, policy, self.bind_dn_of(name) if kind == LDAP else None)
+        client = Client(name, kind, policy, self.bind_dn_of(name) if kind == LDAP else None)
+        with self._lock:
+            if self._epoch == epoch:  # nothing changed while it was built
+                self._clients[name] = client
+        return client
 
     def _remember(self, key: bytes, row: ClientRow) -> Client | None:
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = _Cached(row.name, row.generation, time.monotonic())
-            self._meta[row.name] = (row.kind, row.policy)
+            if self._meta.get(row.name) != (row.kind, row.policy):
+                self._meta[row.name] = (row.kind, row.policy)
+                self._clients.pop(row.name, None)
+                self._epoch += 1
         return self._client(row.name)
 
     def authenticate_token(self, token: str) -> Client | None:
