@@ -292,16 +292,20 @@ def request_urls(base: str, user: str, mail: str, group: str) -> dict[str, str]:
 
 
 def paired(hello_url: str, url: str, token: str, connections: int, seconds: int,
-           rounds: int = 5) -> list[float]:
-    """``url`` against the hello-world app, measured alternately (hello, facade, hello, ...):
-    each ratio compares two runs seconds apart, so drift of the shared machine cancels."""
+           rounds: int = 9) -> list[float]:
+    """``url`` against the hello-world app, measured alternately (hello, facade, hello,
+    facade, ..., hello): each facade run is compared with the mean of the hello-world runs
+    just before and just after it, so drift of the shared machine cancels to first order."""
     ratios = []
+    before = wrk(hello_url, None, seconds, connections)[0]
     for _ in range(rounds):
-        hello_rps = wrk(hello_url, None, seconds, connections)[0]
         ours = wrk(url, token, seconds, connections)[0]
+        after = wrk(hello_url, None, seconds, connections)[0]
+        hello_rps = (before + after) / 2
         ratios.append(ours / hello_rps)
-        print(f"paired: hello-world {hello_rps:.0f} req/s, facade {ours:.0f} req/s "
-              f"({ours / hello_rps:.0%})", flush=True)
+        print(f"paired: hello-world {before:.0f} / {after:.0f} req/s around facade "
+              f"{ours:.0f} req/s ({ours / hello_rps:.0%})", flush=True)
+        before = after
     return ratios
 
 
@@ -337,6 +341,8 @@ def main() -> None:
                         choices=["full", "normal"],
                         help="[audit] sync of the facade; several are measured one after "
                              "the other")
+    parser.add_argument("--pairs", type=int, default=9,
+                        help="facade userName eq runs measured between hello-world runs")
     parser.add_argument("--peer", action="store_true", help="also measure scim2-server")
     parser.add_argument("--peer-connections", type=int, default=4,
                         help="wrk connections for the peer (its slow requests run one after "
@@ -389,7 +395,8 @@ def main() -> None:
                                 facade_rows(base, token, t, args).items()})
                 by_name = request_urls(base, t["userName"], t["mail"], t["group"])["userName eq"]
                 paired_ratios["userName eq" + suffix] = paired(
-                    hello_url, by_name, token, args.connections, max(args.duration // 2, 3))
+                    hello_url, by_name, token, args.connections, max(args.duration // 2, 3),
+                    args.pairs)
             finally:
                 stop(server)
     finally:
@@ -420,8 +427,11 @@ def main() -> None:
               f"| {times} |")
     print()
     for label, ratios in paired_ratios.items():
-        print(f"{label} / hello-world, measured in turn ({len(ratios)} pairs): "
-              f"{', '.join(f'{r:.0%}' for r in ratios)}; median {statistics.median(ratios):.0%}")
+        ordered = sorted(ratios)
+        print(f"{label} / hello-world, measured in turn ({len(ratios)} runs, each against the "
+              f"hello-world runs around it): {', '.join(f'{r:.0%}' for r in ratios)}; median "
+              f"{statistics.median(ratios):.0%}, middle half {ordered[len(ordered) // 4]:.0%}-"
+              f"{ordered[(3 * len(ordered)) // 4]:.0%}")
 
 
 if __name__ == "__main__":
