@@ -387,7 +387,7 @@ class _Row:
     """
 
     __slots__ = ("time", "client", "source", "operation", "query", "status",
-                 "subjects_json", "sensitive_json", "head", "middle", "tail")
+                 "subjects_json", "sensitive_json", "head", "middle", "tail", "sqlite_columns")
 
     def __init__(self, rec: AccessRecord) -> None:
         time = rec.time if rec.time is not None else _now()
@@ -401,6 +401,11 @@ class _Row:
             _fragments.__wrapped__(*key)
         self.subjects_json, self.sensitive_json, self.head, self.middle, tail = fragments
         self.tail = f'{tail}"{time.isoformat(timespec="microseconds")}"}}'
+        # The SQLite columns between seq and prev_hash, ready here (in the caller's thread)
+        # so the single writer only chains, hashes and inserts.
+        self.sqlite_columns = (time.isoformat(" ", "microseconds"), self.client, self.source,
+                               self.operation, self.query, self.status, self.subjects_json,
+                               self.sensitive_json)
 
     def hash(self, seq: int, prev_hash: str) -> str:
         payload = self.head + _encode(prev_hash) + self.middle + str(seq) + self.tail
@@ -883,9 +888,10 @@ class AuditLog:
         for row in rows:
             seq += 1
             digest = row.hash(seq, prev)
-            values += (seq, row.time.isoformat(" ", "microseconds"), row.client, row.source,
-                       row.operation, row.query, row.status, row.subjects_json,
-                       row.sensitive_json, prev, digest)
+            values.append(seq)
+            values += row.sqlite_columns
+            values.append(prev)
+            values.append(digest)
             prev = digest
         sql = self._sql_insert_rows.get(len(rows))
         if sql is None:
