@@ -41,6 +41,24 @@ def _settle() -> None:
     """
     gc.collect()
     gc.freeze()
+    if _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
+
+
+def _freeze_survivors(phase: str, info: dict) -> None:
+    """After every full collection, freeze what survived it.
+
+    What the front ends build from a snapshot after it was frozen (the LDAP layout, rendered
+    resources, answer caches) is long-lived too. Left in the collector's oldest generation,
+    it was walked by every full collection: at the largest size under SCIM load, full
+    collections took 0.1-2 s of every 10 s, holding the interpreter lock, so every request
+    waited. What survives a full collection is, at that moment, reachable; freezing it costs
+    nothing but this: a frozen object that later becomes part of garbage cycle stays until the
+    next full directory build unfreezes and collects everything (acyclic garbage is freed by
+    reference counting as always).
+    """
+    if phase == "stop" and info.get("generation") == 2:
+        gc.freeze()
 
 Clock = Callable[[], datetime]
 
