@@ -35,9 +35,10 @@ Tamper evidence: each record stores ``prev_hash`` and ``hash = SHA-256(canonical
 fields + prev_hash)``; ``idm-facade audit verify`` recomputes the chain. The writer takes a
 database lock per batch (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock) and reads the
 chain's tail inside it, so several facade processes can share one log. On SQLite, once a
-process knows the tail it wrote last, it appends the next batch with one INSERT statement; the
-``seq`` primary key refuses it when another process appended meanwhile, and the batch is then
-appended after the real tail.
+process knows the tail it wrote last, it appends the next batch with one INSERT statement that
+inserts only if the chain still ends there; when another process appended meanwhile (or a
+purge emptied the log past it), nothing is inserted and the batch is appended after the real
+tail.
 
 Retention: :meth:`AuditLog.purge` deletes the oldest records (a prefix of the chain) and
 stores the last deleted record's seq and hash in ``access_log_anchor``; verification starts
@@ -850,10 +851,9 @@ class AuditLog:
             for row in rows:
                 seq += 1
                 digest = row.hash(seq, prev)
-                time = row.time.isoformat(" ", "microseconds") if sqlite else row.time
-                values.append((seq, time, row.client, row.source, row.operation, row.query,
-                               row.status, row.subjects_json, row.sensitive_json, prev,
-                               digest))
+                values.append((seq, *row.sqlite_columns, prev, digest) if sqlite else (
+                    seq, row.time, row.client, row.source, row.operation, row.query,
+                    row.status, row.subjects_json, row.sensitive_json, prev, digest))
                 prev = digest
             cursor.executemany(self._sql_insert, values)
             if sqlite:
@@ -878,11 +878,12 @@ class AuditLog:
 
     def _append_after_tail(self, cursor: Any, rows: list[_Row]) -> bool:
         """Append ``rows`` after the tail this process committed last, as ONE autocommit
-        INSERT: one statement instead of lock, read, insert and commit, which matters most
-        where an event loop commits (each SQLite call hands the interpreter lock to other
-        threads and must wait to get it back). Another process sharing the log makes the
-        insert fail on the ``seq`` primary key (the statement changes nothing then): the
-        tail is forgotten and False returned, so the caller appends after the real tail."""
+        statement instead of lock, read, insert and commit, which matters most where an event
+        loop commits (each SQLite call hands the interpreter lock to other threads and must
+        wait to get it back). The statement inserts only if the chain still ends where this
+        process left it (the greatest seq, or the purge anchor when purge emptied the log):
+        when another process appended meanwhile it changes nothing, the tail is forgotten and
+        False returned, so the caller appends after the real tail."""
         seq, prev = self._known_tail  # type: ignore[misc]
         values: list[Any] = []
         for row in rows:
@@ -893,13 +894,20 @@ class AuditLog:
             values.append(prev)
             values.append(digest)
             prev = digest
+        values.append(self._known_tail[0])  # type: ignore[index]
         sql = self._sql_insert_rows.get(len(rows))
         if sql is None:
-            sql = self._sql_insert_rows[len(rows)] = self._sql_insert + "".join(
-                [", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * (len(rows) - 1))
+            sql = self._sql_insert_rows[len(rows)] = (
+                f"INSERT INTO access_log ({_COLUMNS}) SELECT * FROM (VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+                + ") WHERE coalesce((SELECT max(seq) FROM access_log), (SELECT seq FROM "
+                  "access_log_anchor WHERE id = 1), 0) = ?")
         try:
             cursor.execute(sql, values)
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError:  # cannot happen with the guard; kept as a backstop
+            self._known_tail = None
+            return False
+        if cursor.rowcount != len(rows):
             self._known_tail = None
             return False
         self._known_tail = (seq, prev)

@@ -221,6 +221,24 @@ def test_two_logs_taking_turns_keep_one_chain(sqlite_url: str) -> None:
     second.close()
 
 
+def test_stale_tail_after_purge_emptied_the_log(sqlite_url: str) -> None:
+    """A process whose last known tail was purged (with everything after it) must not
+    append after it: the chain continues after the anchor."""
+    first, second = AuditLog(make_engine(sqlite_url)), AuditLog(make_engine(sqlite_url))
+    first.record_many([_rec(1), _rec(2), _rec(3)])
+    second.record_many([_rec(4)])  # first's known tail (3) is stale now
+    assert first.purge(datetime.now() + timedelta(days=1)) == 4
+    first.record_many([_rec(5)])
+    second.record_many([_rec(6)])
+    result = first.verify()
+    assert result.ok and result.anchor_seq == 4 and result.checked == 2
+    with first.engine.connect() as conn:
+        seqs = [row[0] for row in conn.execute(text("SELECT seq FROM access_log ORDER BY seq"))]
+    assert seqs == [5, 6]
+    first.close()
+    second.close()
+
+
 def test_unwritable_log_fails_the_record(sqlite_url: str) -> None:
     audit = AuditLog(make_engine(sqlite_url), timeout=10)
     audit.record(_rec(1))
