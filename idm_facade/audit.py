@@ -657,9 +657,7 @@ class AuditLog:
         next batch. Others wait on their batch's condition. A lone caller so writes its own
         record with no thread hop, and while one batch commits the next one fills.
         """
-        if rec.time is None:
-            rec.time = _now()
-        self._append([_Row(rec)])
+        self._append([self.prepare(rec)])
 
     def _append(self, rows: list[_Row]) -> None:
         """Join ``rows`` to the open batch and wait for (or lead) its commit; when nobody
@@ -719,9 +717,7 @@ class AuditLog:
         runs in the thread that wrote the batch (or in the caller's when the log is closed),
         so it must only hand the outcome over, e.g. to the event loop.
         """
-        if rec.time is None:
-            rec.time = _now()
-        row = _Row(rec)
+        row = self.prepare(rec)
         with self._lock:
             closed = self._closed or self._sync_failed is not None
             if not closed:
@@ -833,9 +829,10 @@ class AuditLog:
         try:
             cursor = conn.cursor()
             if sqlite and self._known_tail is not None and len(rows) <= self.LEAN_ROWS:
-                if self._append_after_tail(cursor, rows):
+                seq = self._append_after_tail(cursor, rows)
+                if seq is not None:
                     cursor.close()
-                    self._written(rows)
+                    self._written(rows, seq)
                     return
             if sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
@@ -866,8 +863,7 @@ class AuditLog:
             self._known_tail = None
             self._drop_or_rollback(conn)
             raise
-        self.written_seq = seq
-        self._written(rows)
+        self._written(rows, seq)
 
     #: Batches up to this size are appended by one multi-row INSERT (SQLite's limit on
     #: statement parameters stays far away; larger batches take the general path).
@@ -876,14 +872,14 @@ class AuditLog:
     #: unknown (start, after an error, after another process appended).
     _known_tail: tuple[int, str] | None = None
 
-    def _append_after_tail(self, cursor: Any, rows: list[_Row]) -> bool:
+    def _append_after_tail(self, cursor: Any, rows: list[_Row]) -> int | None:
         """Append ``rows`` after the tail this process committed last, as ONE autocommit
         statement instead of lock, read, insert and commit, which matters most where an event
         loop commits (each SQLite call hands the interpreter lock to other threads and must
         wait to get it back). The statement inserts only if the chain still ends where this
         process left it (the greatest seq, or the purge anchor when purge emptied the log):
         when another process appended meanwhile it changes nothing, the tail is forgotten and
-        False returned, so the caller appends after the real tail."""
+        None returned, so the caller appends after the real tail. Returns the last seq."""
         seq, prev = self._known_tail  # type: ignore[misc]
         values: list[Any] = []
         for row in rows:
@@ -906,16 +902,17 @@ class AuditLog:
             cursor.execute(sql, values)
         except sqlite3.IntegrityError:  # cannot happen with the guard; kept as a backstop
             self._known_tail = None
-            return False
+            return None
         if cursor.rowcount != len(rows):
             self._known_tail = None
-            return False
+            return None
         self._known_tail = (seq, prev)
-        self.written_seq = seq
-        return True
+        return seq
 
-    def _written(self, rows: list[_Row]) -> None:
-        """Count a committed batch; have it synced (``normal``) and indexed later."""
+    def _written(self, rows: list[_Row], seq: int) -> None:
+        """Count a committed batch ending at ``seq``; have it synced (``normal``) and indexed
+        later."""
+        self.written_seq = seq
         self.batches += 1
         self.written += len(rows)
         if self._wal is not None:

@@ -53,7 +53,7 @@ def _freeze_survivors(phase: str, info: dict) -> None:
     it was walked by every full collection: at the largest size under SCIM load, full
     collections took 0.1-2 s of every 10 s, holding the interpreter lock, so every request
     waited. What survives a full collection is, at that moment, reachable; freezing it costs
-    nothing but this: a frozen object that later becomes part of garbage cycle stays until the
+    nothing but this: a frozen object that later becomes part of a garbage cycle stays until the
     next full directory build unfreezes and collects everything (acyclic garbage is freed by
     reference counting as always).
     """
