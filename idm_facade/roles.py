@@ -164,7 +164,8 @@ def _unit_assignment_applies(data: Any, assignment: Any, account_id: str, engage
 
 
 def effective_roles(data: Any, account_id: str) -> list[Grant]:
-    """Every grant of every job-function role the account holds at ``data.at``."""
+    """Every grant of every job-function role the account holds at ``data.at``, in the
+    canonical order of :func:`_grant_order`."""
     account = data.accounts.get(account_id)
     if account is None:
         return []
@@ -195,7 +196,22 @@ def effective_roles(data: Any, account_id: str) -> list[Grant]:
                             assignment.id, ()):
                         continue
                     grants.extend(_expand(data, assignment, MANAGER, unit_id, None))
-    return grants
+    return sorted(grants, key=_grant_order)
+
+
+_VIA_RANK = {DIRECT: 0, UNIT: 1, MANAGER: 2}
+
+
+def _grant_order(grant: Grant) -> tuple:
+    """The canonical order of an account's grants: by role id, then direct before unit
+    before manager grants, then by the unit, role group, assignment and engagement ids.
+
+    It depends on the grants alone, never on the order rows were loaded or patched in, so a
+    full build and an incremental refresh list roles (and ``memberOf``) identically, and so do
+    replicas: SCIM bodies, ETags and LDAP answers are byte-identical across them.
+    """
+    return (grant.role_id, _VIA_RANK.get(grant.via, 3), grant.unit_id or "",
+            grant.role_group_id or "", grant.assignment_id, grant.engagement_id or "")
 
 
 def roles_by_id(grants: list[Grant]) -> dict[str, list[Grant]]:

@@ -8,9 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from store.demo import default_reference
 from tests.pg import PostgresUnavailable, create_database, temporary_postgres
 
 _db_counter = itertools.count()
+
+#: The demo's reference day, fixed once per run: the demo's validity dates are relative to
+#: it, so tests that move a clock move it from here, never from the day they run.
+DEMO_REFERENCE = default_reference()
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +62,6 @@ def demo_db(tmp_path_factory) -> str:
 
     url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'idm.db'}"
     engine = make_engine(url)
-    import_document(engine, generate("S", seed=1), actor="demo")
+    import_document(engine, generate("S", seed=1, reference=DEMO_REFERENCE), actor="demo")
     engine.dispose()
     return url

@@ -225,8 +225,9 @@ class EntryBuilder:
         # Primary group: the primary unit's group; accounts without a unit share a fixed gid.
         gid = self.numbers.gid(primary_unit) if primary_unit in data.units \
             else self.numbers.range.no_unit_gid
+        # Canonical order (docs/scim.md, "Order of values"): roles and role groups by id.
         role_ids = list(dict.fromkeys(g.role_id for g in grants))
-        rolegroup_ids = list(dict.fromkeys(g.role_group_id for g in grants if g.role_group_id))
+        rolegroup_ids = sorted({g.role_group_id for g in grants if g.role_group_id})
         member_units = list(units)
         if account.person_id:
             for assoc in self._associations_by_person().get(account.person_id, ()):

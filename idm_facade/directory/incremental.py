@@ -26,7 +26,7 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from idm_facade.directory.entries import DERIVED_DEPENDS, Entry, EntryBuilder, _version
-from idm_facade.directory.load import OrgData, next_boundary
+from idm_facade.directory.load import OrgData, next_boundary, system_role_links
 from idm_facade.directory.snapshot import Snapshot
 from idm_facade.roles import unit_chains
 from schemas.attributes import ACCOUNT, UNIT
@@ -133,33 +133,41 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
         if table not in _TABLES:
             continue
         attr, model = _TABLES[table]
-        rows = dict(getattr(data, attr))
-        for row_id in ids:
-            rows.pop(row_id, None)
         query = select(model.__table__).where(model.id.in_(ids), model.valid_at(at))
-        for row in session.execute(query):
-            rows[row.id] = row
-        setattr(new, attr, rows)
+        fresh = {row.id: row for row in session.execute(query)}
+        setattr(new, attr, _replaced(getattr(data, attr), ids, fresh))
     if touched.keys() & {"job_role", "job_role_system_role"}:
-        bundled: dict[str, list[Any]] = defaultdict(list)
-        for row in session.execute(select(m.JobRoleSystemRole.__table__)):
-            bundled[row.job_role_id].append(row)
-        new.job_role_system_roles = bundled
+        new.job_role_system_roles = system_role_links(session)
     for owner, attr, table, owner_col, target_col, as_set in _LINKS:
         ids = touched.get(owner)
         if not ids:
             continue
-        links = dict(getattr(data, attr))
-        for row_id in ids:
-            links.pop(row_id, None)
         found: dict[str, list[str]] = defaultdict(list)
         for row in session.execute(select(table.c[owner_col], table.c[target_col])
                                    .where(table.c[owner_col].in_(ids))):
             found[row[0]].append(row[1])
-        for key, values in found.items():
-            links[key] = set(values) if as_set else sorted(values)
-        setattr(new, attr, links)
+        values = {key: set(v) if as_set else sorted(v) for key, v in found.items()}
+        setattr(new, attr, _replaced(getattr(data, attr), ids, values))
     return new
+
+
+def _replaced(old: dict[str, Any], ids: set[str], fresh: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the rows named by ``ids`` replaced by ``fresh`` (or dropped), in id order.
+
+    A full build holds every table in id order (``load.by_id``), and multi-valued attributes
+    follow that order; so must a patched table, or an incremental refresh would list the same
+    values in another order than a full build. A replaced row keeps its place; only a row new
+    to the table forces a re-sort.
+    """
+    rows = dict(old)
+    added = False
+    for row_id in ids:
+        if row_id in fresh:
+            added = added or row_id not in rows
+            rows[row_id] = fresh[row_id]
+        else:
+            rows.pop(row_id, None)
+    return dict(sorted(rows.items())) if added else rows
 
 
 def _subtree(chains: dict[str, tuple[str, ...]], roots: set[str]) -> set[str]:

@@ -9,8 +9,10 @@ the directory knows when to rebuild even when nobody writes.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Engine, func, select, union_all
@@ -19,7 +21,9 @@ from sqlalchemy.orm import Session
 from store import models as m
 from store.changelog import last_seq
 
-_VALIDITY_MODELS = (
+_ID = attrgetter("id")
+
+VALIDITY_MODELS = (
     m.Klasse, m.OrgUnit, m.RelatedUnit, m.Person, m.Engagement, m.Association, m.Manager,
     m.Leave, m.ItSystem, m.Account, m.Address, m.Kle, m.SystemRole, m.JobRole, m.RoleGroup,
     m.AccountRoleAssignment, m.UnitRoleAssignment,
@@ -68,9 +72,21 @@ class OrgData:
 
 
 def _rows(session: Session, model: type, at: datetime) -> dict[str, Any]:
+    """Rows in effect at ``at``, keyed by id *in id order*.
+
+    Every look-up derived from these maps iterates them, so their order becomes the order of
+    multi-valued attributes (addresses, managers, assignments). Sorting here, rather than
+    trusting the database, makes that order a function of the data alone: PostgreSQL returns
+    heap order, which moves with updates, and an incremental refresh re-inserts rows.
+    """
     table = model.__table__
     query = select(table).where(model.valid_at(at))
-    return {r.id: r for r in session.execute(query)}
+    return by_id(session.execute(query))
+
+
+def by_id(rows: Iterable[Any]) -> dict[str, Any]:
+    """Rows keyed by id, in id order (the canonical order of every loaded table)."""
+    return {r.id: r for r in sorted(rows, key=_ID)}
 
 
 def _links(session: Session, table, key: str, value: str) -> dict[str, list[str]]:
@@ -85,7 +101,7 @@ def _links(session: Session, table, key: str, value: str) -> dict[str, list[str]
 def next_boundary(session: Session, at: datetime) -> datetime | None:
     """The earliest ``valid_from`` or ``valid_to`` after ``at`` in any table."""
     parts = []
-    for model in _VALIDITY_MODELS:
+    for model in VALIDITY_MODELS:
         parts.append(select(func.min(model.valid_from).label("t")).where(model.valid_from > at))
         parts.append(select(func.min(model.valid_to).label("t")).where(model.valid_to > at))
     sub = union_all(*parts).subquery()
@@ -132,9 +148,16 @@ def load(engine: Engine, at: datetime) -> OrgData:
             unit_assignment_excepted_units=_set_links(
                 session, m.unit_assignment_excepted_unit, "org_unit_id"),
         )
-        for link in session.execute(select(m.JobRoleSystemRole.__table__)):
-            data.job_role_system_roles[link.job_role_id].append(link)
+        data.job_role_system_roles = system_role_links(session)
     return data
+
+
+def system_role_links(session: Session) -> dict[str, list[Any]]:
+    """Job role -> its system-role links, in link id order."""
+    bundled: dict[str, list[Any]] = defaultdict(list)
+    for link in by_id(session.execute(select(m.JobRoleSystemRole.__table__))).values():
+        bundled[link.job_role_id].append(link)
+    return bundled
 
 
 def _set_links(session: Session, table, value: str) -> dict[str, set[str]]:
