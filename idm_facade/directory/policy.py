@@ -11,6 +11,8 @@ one means.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from schemas.attributes import ACCOUNT, ALL_KINDS, ATTRIBUTES, VISIBILITIES
@@ -45,6 +47,22 @@ class Policy:
     def __hash__(self) -> int:
         return hash((self.name, self.kinds, self.subtrees, self.attributes, self.cpr,
                      self.max_visibility, self.sensitive_titles))
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what this policy lets a client see, equal in every process.
+
+        ``hash()`` would not do: string hashing is salted per process and ``hash(None)``
+        follows an address, so two replicas behind a load balancer would disagree about the
+        same policy (and refuse each other's SCIM cursors). Every field that changes what the
+        client sees is in it, so a cursor issued under another policy is refused.
+        """
+        parts = [self.name, sorted(self.kinds),
+                 list(self.subtrees) if self.subtrees is not None else None,
+                 sorted(self.attributes) if self.attributes is not None else None,
+                 self.cpr, self.max_visibility, self.sensitive_titles, self.internal]
+        text = json.dumps(parts, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def visibilities(self) -> tuple[str, ...]:

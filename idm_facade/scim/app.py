@@ -361,7 +361,8 @@ class ScimService:
         kinds = frozenset().union(*(s.KINDS[r] for r in resources))
         results = snap.search(flt, kinds=kinds, policy=policy, sort_by=sort_by,
                               descending=order == "descending")
-        digest = query_digest(text, resources, sort_by, order, client.name, hash(policy)) \
+        digest = query_digest(text, resources, sort_by, order, client.name,
+                              policy.fingerprint) \
             if params.get("cursor") is not None else ""
         page = self.pager.page(results, params, digest, f"{snap.seq}:{snap.at.isoformat()}")
         base = self.base()
