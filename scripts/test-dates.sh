@@ -22,9 +22,9 @@ offsets=("$@")
 status=0
 for days in "${offsets[@]}"; do
   echo "== date moved by +${days} days: $(LD_PRELOAD=$lib FAKETIME="+${days}d" date -u +%F)"
-  # Monotonic clocks stay real: timeouts and deadlines in the tests and servers use them.
-  if ! LD_PRELOAD="$lib" FAKETIME="+${days}d" FAKETIME_DONT_FAKE_MONOTONIC=1 \
-      .venv/bin/pytest -q -p no:cacheprovider; then
+  # Monotonic clocks move by the same offset (FAKETIME_DONT_FAKE_MONOTONIC would break
+  # time.sleep: libfaketime 0.9.10 rejects its absolute monotonic deadlines with EINVAL).
+  if ! LD_PRELOAD="$lib" FAKETIME="+${days}d" .venv/bin/pytest -q -p no:cacheprovider; then
     echo "== FAILED with the date moved by +${days} days" >&2
     status=1
   fi
