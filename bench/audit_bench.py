@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from idm_facade.audit import AccessRecord, AuditLog
+from idm_facade.access.audit import AccessRecord, AuditLog
 from idm_facade.config import Config
 from store.engine import make_engine
 

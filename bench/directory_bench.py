@@ -33,8 +33,7 @@ def measure(size: str) -> dict:
     from pathlib import Path
 
     from bench.datasets import demo_store
-    from idm_facade import roles
-    from idm_facade.directory import Directory, Policy
+    from idm_facade.directory import Directory, Policy, roles
     from idm_facade.directory import filters as f
     from schemas.attributes import ACCOUNT
     from store import models as m

@@ -199,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.ldap_ldif import export_ldif
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
     from idm_facade.directory import Directory
     from store import demo, exchange

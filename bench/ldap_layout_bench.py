@@ -79,7 +79,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"{args.size}: {entries} entries; dit.build_layout best of 3: {build_s * 1000:.0f} ms")
 
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
     from store.engine import make_engine, write_session
     from store.models import Person

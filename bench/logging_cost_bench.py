@@ -1,8 +1,8 @@
 """What the access log costs end to end: SCIM throughput with and without it.
 
-The same facade (``idm_facade.serve.build_facade`` + ``listen``: Flask in twisted.web's
+The same facade (``idm_facade.runtime.serve.build_facade`` + ``listen``: Flask in twisted.web's
 WSGIResource on a 32-thread pool, one process) is served twice on the same demo store: once
-with the real :class:`~idm_facade.audit.AuditLog` (its default location, durable commit per
+with the real :class:`~idm_facade.access.audit.AuditLog` (its default location, durable commit per
 batch) and once with :class:`NullSink`, a do-nothing stand-in that exists only in this
 benchmark (the product has no way to turn the log off). wrk on loopback requests
 ``GET /Users?filter=userName eq "..."``; the hello-world Flask app served the same way gives
@@ -36,7 +36,7 @@ def serve(db: str, sink: str) -> None:
     """Child process: serve SCIM on an OS-chosen port, with the real log or the null sink."""
     from twisted.internet import reactor
 
-    from idm_facade.serve import build_facade, listen
+    from idm_facade.runtime.serve import build_facade, listen
 
     facade = build_facade(db)
     if sink == "none":
@@ -64,8 +64,8 @@ def main() -> None:
         print("wrk is not installed and cannot be installed here: skipping")
         return
     url = ensure_db(args.size, path)
-    from idm_facade.audit import AuditLog
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.audit import AuditLog
+    from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
     from idm_facade.directory import Directory
     from store.engine import make_engine

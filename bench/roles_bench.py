@@ -57,14 +57,14 @@ def main() -> None:
     from flask import Flask
     from waitress.server import create_server
 
-    from idm_facade.audit import AuditLog
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.audit import AuditLog
+    from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
-    from idm_facade.context import Facade
     from idm_facade.directory import Directory
     from idm_facade.directory.policy import Policy
-    from idm_facade.roleapi import blueprint, role_view, roles_json
-    from idm_facade.roles import effective_roles
+    from idm_facade.directory.roles import effective_roles
+    from idm_facade.roleapi.api import blueprint, role_view, roles_json
+    from idm_facade.runtime.context import Facade
     from schemas.attributes import ACCOUNT
     from store.engine import make_engine
 

@@ -51,7 +51,7 @@ HELLO = """
 import sys
 from flask import Flask
 from twisted.internet import reactor
-from idm_facade.web import http_site
+from idm_facade.runtime.http import http_site
 app = Flask("hello")
 @app.get("/hello")
 def hello():
@@ -356,7 +356,7 @@ def main() -> None:
         import atexit
 
         atexit.register(shutil.rmtree, Path(url.removeprefix("sqlite:///")).parent, True)
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
     from store.engine import make_engine
 

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from idm_facade.audit import AuditLog, access_log
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.audit import AuditLog, access_log
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT

@@ -24,7 +24,7 @@ import ldap
 import pytest
 from ldap.controls import SimplePagedResultsControl
 
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from idm_facade.ldap.dit import parse_dn

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
-from idm_facade.audit import (
+from idm_facade.access.audit import (
     GENESIS,
     AccessRecord,
     AuditLog,
@@ -44,7 +44,7 @@ def _sql(audit: AuditLog, statement: str) -> None:
 
 def _pairs(audit: AuditLog) -> set[tuple[str, int]]:
     """Every (subject, seq) pair the postings hold, read behind the log's back."""
-    from idm_facade.audit import decode_seqs
+    from idm_facade.access.audit import decode_seqs
 
     with audit.index_engine.connect() as conn:
         rows = conn.execute(text("SELECT subject, first_seq, seqs FROM access_log_postings"))
@@ -422,7 +422,7 @@ def test_erase_person(sqlite_url: str) -> None:
                                   "emoji \U0001F600", ""])
 def test_prepared_hash_is_the_canonical_hash(text: str) -> None:
     """The writer's precomputed payload hashes exactly what ``verify`` recomputes."""
-    from idm_facade.audit import _Row, record_hash
+    from idm_facade.access.audit.log import _Row, record_hash
 
     when = datetime(2024, 5, 6, 7, 8, 9)  # microsecond 0 still prints six digits
     rec = AccessRecord(text, text + "src", text + "op", text + "q", text + "st",

@@ -9,8 +9,8 @@ import pytest
 from argon2 import PasswordHasher
 from click.testing import CliRunner
 
-from idm_facade import auth
-from idm_facade.auth import (
+from idm_facade.access import clients as auth
+from idm_facade.access.clients import (
     DEMO_CPR_TOKEN,
     DEMO_LDAP_PASSWORD,
     DEMO_SCIM_TOKEN,

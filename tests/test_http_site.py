@@ -1,4 +1,4 @@
-"""The HTTP site itself (idm_facade.web), served for real over loopback.
+"""The HTTP site itself (idm_facade.runtime.http), served for real over loopback.
 
 The site's request class keeps twisted.web's query parsing out of the event loop until
 someone asks for ``request.args``: the WSGI application must still see the exact query
@@ -21,7 +21,7 @@ from flask import Flask, request
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from idm_facade.web import HeldRequest, http_site
+from idm_facade.runtime.http import HeldRequest, http_site
 
 app = Flask("echo")
 

@@ -22,7 +22,7 @@ import ldap3
 import pytest
 from ldaptor.protocols import pureldap
 
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT

@@ -21,7 +21,7 @@ import ldap
 import pytest
 from ldap.controls import SimplePagedResultsControl
 
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.ldap import dit
 from store.engine import make_engine, write_session

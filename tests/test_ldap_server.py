@@ -23,8 +23,8 @@ import ldap3
 import pytest
 from ldap.controls import SimplePagedResultsControl
 
-from idm_facade.audit import AuditLog
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.audit import AuditLog
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT, GROUP_KINDS

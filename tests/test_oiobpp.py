@@ -8,9 +8,9 @@ import base64
 import pytest
 from sqlalchemy import Engine
 
-from idm_facade import constraints as cons
-from idm_facade import oiobpp
+from idm_facade.directory import constraints as cons
 from idm_facade.directory.load import load
+from idm_facade.roleapi import oiobpp
 from store import models as m
 from store.engine import make_engine, write_session
 from store.validity import utcnow

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import load_config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT

@@ -1,7 +1,7 @@
 """The role API over real HTTP on loopback, against the S demo municipality.
 
 The blueprint is served the way production serves it when the SCIM application exists
-(``idm_facade.scim.app.create_app``), else in a minimal Flask app, by werkzeug's threaded
+(``idm_facade.runtime.http.create_app``), else in a minimal Flask app, by werkzeug's threaded
 server on an OS-chosen port; requests go through httpx.
 """
 
@@ -17,18 +17,18 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
-from idm_facade.context import Facade
 from idm_facade.directory import Directory
 from idm_facade.directory.filters import Eq
 from idm_facade.directory.policy import ACCOUNTS_ONLY, TRUSTED
-from idm_facade.roleapi import blueprint
+from idm_facade.roleapi.api import blueprint
+from idm_facade.runtime.context import Facade
 from schemas.attributes import ACCOUNT
 from store import demo, exchange
 from store.engine import make_engine
 
-audit_module = pytest.importorskip("idm_facade.audit")
+audit_module = pytest.importorskip("idm_facade.access.audit")
 
 NS = "{http://itst.dk/oiosaml/basic_privilege_profile}"
 
@@ -36,7 +36,7 @@ NS = "{http://itst.dk/oiosaml/basic_privilege_profile}"
 def make_app(facade: Facade) -> Flask:
     """The production app when it exists, else the blueprint alone."""
     try:
-        from idm_facade.scim.app import create_app
+        from idm_facade.runtime.http import create_app
     except ImportError:
         app = Flask("roleapi-test")
         app.register_blueprint(blueprint(facade), url_prefix="/api")

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from idm_facade.cli import main
 from idm_facade.directory import Directory
 from idm_facade.directory.load import load
-from idm_facade.roles import DIRECT, MANAGER, UNIT, effective_roles
+from idm_facade.directory.roles import DIRECT, MANAGER, UNIT, effective_roles
 from store.engine import make_engine
 from store.validity import utcnow
 from tests.orgbuilder import OrgBuilder

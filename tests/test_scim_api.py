@@ -26,8 +26,8 @@ from scim2_client.engines.httpx2 import SyncSCIMClient  # noqa: E402
 from scim2_models import Context, Error, ListResponse, SearchRequest  # noqa: E402
 from scim2_tester import Status, check_server  # noqa: E402
 
-from idm_facade import audit as audit_module  # noqa: E402
-from idm_facade.auth import ClientRegistry  # noqa: E402
+from idm_facade.access import audit as audit_module  # noqa: E402
+from idm_facade.access.clients import ClientRegistry  # noqa: E402
 from idm_facade.config import Config  # noqa: E402
 from idm_facade.directory import Directory  # noqa: E402
 from schemas.attributes import ACCOUNT, MUNICIPAL_USER  # noqa: E402

@@ -24,8 +24,8 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from idm_facade.audit import AuditLog
-from idm_facade.auth import ClientRegistry
+from idm_facade.access.audit import AuditLog
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT

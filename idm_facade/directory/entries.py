@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from idm_facade import roles as role_calc
+from idm_facade.directory import roles as role_calc
 from idm_facade.directory.load import OrgData
 from idm_facade.directory.policy import SENSITIVE_TITLE
 from idm_facade.directory.posix import PosixNumbers

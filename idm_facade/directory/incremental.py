@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from idm_facade.directory.entries import DERIVED_DEPENDS, Entry, EntryBuilder, _version
 from idm_facade.directory.load import OrgData, next_boundary, system_role_links
+from idm_facade.directory.roles import unit_chains
 from idm_facade.directory.snapshot import Snapshot
-from idm_facade.roles import unit_chains
 from schemas.attributes import ACCOUNT, UNIT
 from store import models as m
 from store.changelog import changes_since, last_seq

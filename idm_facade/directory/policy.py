@@ -5,8 +5,8 @@ is the set of entries the policy admits, and every attribute the client may not 
 rewritten to "absent" before the filter runs. So totals, result sets and page boundaries never
 depend on hidden data, and a filter cannot probe a hidden attribute.
 
-Policies are loaded and attached to clients by ``idm_facade.auth``; this module only says what
-one means.
+Policies are loaded and attached to clients by ``idm_facade.access.clients``; this module
+only says what one means.
 """
 
 from __future__ import annotations

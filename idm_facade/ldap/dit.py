@@ -377,7 +377,7 @@ def base_dn_for(config: Any, snapshot: Any) -> str:
     """The base DN: the access-control module's rule when present, else ``[ldap] base_dn``,
     else ``dc=<organisation user_key>,dc=dk``."""
     try:
-        from idm_facade import auth
+        from idm_facade.access import clients as auth
 
         helper = getattr(auth, "base_dn", None)
     except ImportError:

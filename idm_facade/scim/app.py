@@ -28,6 +28,7 @@ import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec er
 from flask import Flask, Response, request
 from werkzeug.datastructures import ImmutableMultiDict
 
+from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.directory import filters as f
 from idm_facade.scim import schema as s
 from idm_facade.scim.discovery import Discovery
@@ -42,7 +43,6 @@ from idm_facade.scim.errors import (
 from idm_facade.scim.filters import sort_attribute, translate
 from idm_facade.scim.paging import Pager, PagingConfig, query_digest
 from idm_facade.scim.render import render, selection
-from idm_facade.web import HOLD_KEY
 from schemas.attributes import ACCOUNT
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class ScimService:
         self.cache_bytes = int(float(section.get("response_cache_mb",
                                                  DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
         self._bases: dict[tuple, str] = {}
-        from idm_facade.audit import AccessRecord, AuditUnavailable
+        from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
         self._record_type = AccessRecord
         self._audit_error = AuditUnavailable
@@ -197,7 +197,7 @@ class ScimService:
         hold = environ.get(HOLD_KEY)
         if hold is not None:
             # The server holds this response until the record is committed in its event
-            # loop, and sends this error instead if it cannot be (idm_facade.web).
+            # loop, and sends this error instead if it cannot be (idm_facade.runtime.http).
             hold(rec, _LOG_UNAVAILABLE_BODY, _SCIM_JSON_BYTES)
         else:
             try:
@@ -388,10 +388,8 @@ class ScimService:
         return outcome
 
 
-def create_app(facade: Any) -> Flask:
-    """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api."""
-    app = Flask("idm_facade")
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+def register(app: Flask, facade: Any) -> ScimService:
+    """Add SCIM's routes (everything under /scim/v2) for ``facade`` to ``app``."""
     service = ScimService(facade)
     app.extensions["scim"] = service
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -406,11 +404,4 @@ def create_app(facade: Any) -> Flask:
     for name in ("Users", "Groups"):
         app.add_url_rule(f"{PREFIX}/{name}", f"scim_{name.lower()}",
                          lambda name=name: service.handle(name), methods=methods)
-
-    try:
-        from idm_facade.roleapi import blueprint
-    except ImportError:  # pragma: no cover - the role API ships with the package
-        pass
-    else:
-        app.register_blueprint(blueprint(facade), url_prefix="/api")
-    return app
+    return service

@@ -1,30 +1,14 @@
-"""The ``idm-facade`` command: data management, diagnostics and the servers.
-
-Every command takes ``--db URL`` (or ``IDM_FACADE_DB``); the default is the embedded SQLite
-file ``var/idm.db``.
-"""
+"""Commands that fill and dump the store: ``init-db``, ``import``, ``export``, ``demo-data``."""
 
 from __future__ import annotations
 
 import click
 
+from idm_facade.cli.options import db_option
 from store.engine import database_url
 
-db_option = click.option(
-    "--db",
-    "db",
-    envvar="IDM_FACADE_DB",
-    default=None,
-    help="Database URL (sqlite:///var/idm.db, postgresql+psycopg://user@host/db).",
-)
 
-
-@click.group()
-def main() -> None:
-    """idm-facade: one organisation store served as SCIM 2.0, LDAP v3 and role lookup."""
-
-
-@main.command("init-db")
+@click.command("init-db")
 @db_option
 def init_db(db: str | None) -> None:
     """Create the store's tables (idempotent)."""
@@ -61,7 +45,7 @@ def _import_with_progress(db: str | None, doc: dict, replace: bool, actor: str) 
             engine.dispose()
 
 
-@main.command("import")
+@click.command("import")
 @db_option
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--replace", is_flag=True,
@@ -82,7 +66,7 @@ def import_command(db: str | None, file, replace: bool, actor: str) -> None:  # 
     _print_counts(counts)
 
 
-@main.command("export")
+@click.command("export")
 @db_option
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 def export_command(db: str | None, file: str) -> None:
@@ -106,7 +90,7 @@ def export_command(db: str | None, file: str) -> None:
     click.echo(f"exported {rows:,} objects to {file}")
 
 
-@main.command("demo-data")
+@click.command("demo-data")
 @db_option
 @click.option("--size", type=click.Choice(["S", "M", "L", "XL"], case_sensitive=False),
               default="S", show_default=True,
@@ -131,16 +115,4 @@ def demo_data(db: str | None, size: str, seed: int, reference, replace: bool) ->
     _print_counts(counts)
 
 
-from idm_facade.roleapi import roles_command  # noqa: E402  (the role-lookup command)
-
-main.add_command(roles_command)
-
-from idm_facade.access_cli import COMMANDS as _ACCESS_COMMANDS  # noqa: E402  (clients, audit)
-
-for _command in _ACCESS_COMMANDS:
-    main.add_command(_command)
-
-from idm_facade.serve import COMMANDS as _SERVE_COMMANDS  # noqa: E402  (serve, demo)
-
-for _command in _SERVE_COMMANDS:
-    main.add_command(_command)
+COMMANDS = (init_db, import_command, export_command, demo_data)

@@ -21,6 +21,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: WSGI environ key of ``hold(record, error_body, content_type)``: commit ``record`` in the
+#: reactor before the response leaves; send ``error_body`` (bytes of a 500 response of
+#: ``content_type``) instead when it cannot be committed. The HTTP site puts it there
+#: (``runtime.http``); the SCIM and role-API applications take it from there.
+HOLD_KEY = "idm_facade.hold_for_record"
+
 #: {access log: {reactor: TurnLog}}; weak so a closed log's turn logs go with it.
 _TURN_LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -12,12 +12,7 @@ from datetime import datetime
 
 import click
 
-from idm_facade.cli import db_option
-
-config_option = click.option(
-    "--config", "config_path", envvar="IDM_FACADE_CONFIG", default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Facade configuration file (TOML): policies, [ldap], [audit].")
+from idm_facade.cli.options import config_option, db_option
 
 
 def _config(path: str | None):  # noqa: ANN202 - Config, imported lazily
@@ -30,7 +25,7 @@ def _config(path: str | None):  # noqa: ANN202 - Config, imported lazily
 
 
 def _registry(db: str | None, config_path: str | None):  # noqa: ANN202
-    from idm_facade.auth import ClientRegistry, PolicyError
+    from idm_facade.access.clients import ClientRegistry, PolicyError
     from store.engine import make_engine
 
     try:
@@ -40,7 +35,7 @@ def _registry(db: str | None, config_path: str | None):  # noqa: ANN202
 
 
 def _audit(db: str | None, config_path: str | None):  # noqa: ANN202
-    from idm_facade.audit import AuditLog
+    from idm_facade.access.audit import AuditLog
     from store.engine import make_engine
 
     try:
@@ -68,7 +63,7 @@ def clients() -> None:
 def clients_add(name: str, kind: str | None, policy: str, db: str | None,
                 config_path: str | None) -> None:
     """Register client NAME; prints its secret once."""
-    from idm_facade.auth import LDAP, ClientError
+    from idm_facade.access.clients import LDAP, ClientError
 
     if kind is None:
         raise click.UsageError("say --scim or --ldap")
@@ -114,7 +109,7 @@ def clients_list(db: str | None, config_path: str | None, as_json: bool) -> None
 @config_option
 def clients_revoke(name: str, db: str | None, config_path: str | None) -> None:
     """Revoke client NAME: its credentials stop working (running servers: within ~1 s)."""
-    from idm_facade.auth import ClientError
+    from idm_facade.access.clients import ClientError
 
     try:
         _registry(db, config_path).revoke(name)
@@ -129,7 +124,7 @@ def clients_revoke(name: str, db: str | None, config_path: str | None) -> None:
 @config_option
 def clients_rotate(name: str, db: str | None, config_path: str | None) -> None:
     """Give client NAME a new secret (printed once); the old one stops working."""
-    from idm_facade.auth import LDAP, ClientError
+    from idm_facade.access.clients import LDAP, ClientError
 
     registry = _registry(db, config_path)
     try:
@@ -216,7 +211,7 @@ def audit_query(subject: str | None, client: str | None, since: str | None, unti
 @config_option
 def audit_purge(older_than: str | None, db: str | None, config_path: str | None) -> None:
     """Delete records older than the retention period; the chain stays verifiable."""
-    from idm_facade.audit import cutoff_for
+    from idm_facade.access.audit import cutoff_for
 
     log = _audit(db, config_path)
     spec = older_than or log.retention
@@ -238,7 +233,7 @@ def audit_purge(older_than: str | None, db: str | None, config_path: str | None)
 @config_option
 def erase_person(person_id: str, yes: bool, db: str | None, config_path: str | None) -> None:
     """Remove PERSON_ID's personal data from the store and record the erasure."""
-    from idm_facade.audit import AccessRecord, AuditLog, AuditUnavailable
+    from idm_facade.access.audit import AccessRecord, AuditLog, AuditUnavailable
     from store.engine import make_engine
     from store.erasure import UnknownPerson
     from store.erasure import erase_person as erase

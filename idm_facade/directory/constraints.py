@@ -33,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from idm_facade import roles as role_calc
+from idm_facade.directory import roles as role_calc
 
 ORG_UNIT_TYPES = frozenset({
     "http://sts.kombit.dk/constraints/orgenhed/1",

@@ -1,17 +1,8 @@
-"""``idm-facade serve`` and ``idm-facade demo``: one process, one Twisted reactor.
+"""``idm-facade serve`` and ``idm-facade demo``: the servers, from the command line.
 
-The reactor runs every listener of the facade:
-- HTTP (SCIM at ``/scim/v2``, role lookup at ``/api``): the Flask application in
-  ``twisted.web.wsgi.WSGIResource`` on a reactor-managed thread pool, so slow requests (an
-  access-log commit) do not hold up the event loop;
-- LDAP and LDAPS via ``idm_facade.ldap.server.listen`` (ldaptor);
-- the directory's background refresh thread.
-
-One process serves the largest municipality from memory; more capacity means more such
-processes (each with its own directory, all refreshed from the same change log) behind an
-ordinary TCP/HTTP load balancer. Set ``[scim] cursor_secret`` so cursors from one process are
-accepted by the others. On one machine, ``--workers N`` runs N such processes behind the same
-ports without a load balancer (``idm_facade.workers``: the parent binds, the workers adopt).
+What serving means (listeners, reactor, workers) lives in :mod:`idm_facade.runtime.serve`;
+this module only parses options, prints what ``demo`` made, and turns start-up failures into
+one-line errors.
 """
 
 from __future__ import annotations
@@ -19,125 +10,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from idm_facade.context import Facade
+import click
 
-if TYPE_CHECKING:
-    from idm_facade.workers import Sockets
-
-log = logging.getLogger(__name__)
-
-#: Worker threads for WSGI requests (with ``[audit] sync = "full"`` they wait for the access
-#: log's group commit; otherwise the reactor holds each answer for its record).
-DEFAULT_THREADS = 32
-
-
-class LdapUnavailable(RuntimeError):
-    """LDAP was asked for but this installation has no LDAP listener."""
-
-
-def build_facade(db: str | None, config_path: str | None = None) -> Facade:
-    """The store, directory (built now), client registry and access log of one process."""
-    from idm_facade.audit import AuditLog
-    from idm_facade.auth import ClientRegistry
-    from idm_facade.config import load_config
-    from idm_facade.directory import Directory
-    from idm_facade.directory.posix import PosixRange
-    from store.engine import make_engine
-
-    config = load_config(config_path)
-    engine = make_engine(db)
-    directory = Directory(engine, directory_system=config.directory_system,
-                          posix=PosixRange.from_config(config))
-    clients = ClientRegistry(engine, config)
-    audit = AuditLog(engine, config)
-    return Facade(directory=directory, clients=clients, audit=audit, config=config)
-
-
-@dataclass
-class Listening:
-    """What is being served (ports resolved when 0 was asked for)."""
-
-    host: str
-    http_port: int
-    ldap_ports: list[int] = field(default_factory=list)
-    ports: list[Any] = field(default_factory=list)
-
-
-def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
-           ldap_port: int | None = None, ldaps_port: int | None = None,
-           threads: int = DEFAULT_THREADS, sockets: Sockets | None = None) -> Listening:
-    """Open every listener on ``reactor`` (call before ``reactor.run()``); with ``sockets``
-    (a ``--workers`` worker), serve on those already-listening sockets instead."""
-    from idm_facade.scim.app import create_app
-    from idm_facade.web import http_site
-
-    app = create_app(facade)
-    site = http_site(reactor, app, threads, facade.audit)
-    port = (reactor.listenTCP(scim_port, site, interface=host) if sockets is None
-            else sockets.adopt_http(reactor, site))
-    listening = Listening(host, port.getHost().port, ports=[port])
-    if ldap_port is not None or ldaps_port is not None:
-        try:
-            from idm_facade.ldap import server as ldap_server
-        except ImportError as exc:
-            raise LdapUnavailable(
-                f"LDAP was requested (--ldap-port/--ldaps-port) but the LDAP server is not "
-                f"available in this installation: {exc}") from exc
-        ports = (ldap_server.listen(reactor, facade, host, ldap_port, ldaps_port)
-                 if sockets is None else sockets.adopt_ldap(reactor, facade))
-        listening.ports.extend(ports)
-        listening.ldap_ports = [p.getHost().port for p in ports]
-    return listening
-
-
-def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
-        ldaps_port: int | None = None, threads: int = DEFAULT_THREADS,
-        announce: Callable[[Listening], None] | None = None,
-        sockets: Sockets | None = None) -> None:
-    """Serve until interrupted: listeners, directory refresh, then the reactor loop."""
-    from twisted.internet import reactor
-
-    listening = listen(reactor, facade, host, scim_port, ldap_port, ldaps_port, threads,
-                       sockets)
-    facade.directory.start()
-    reactor.addSystemEventTrigger("before", "shutdown", facade.directory.stop)
-    close = getattr(facade.audit, "close", None)
-    if callable(close):
-        reactor.addSystemEventTrigger("after", "shutdown", close)
-    (announce or announce_listening)(listening)
-    reactor.run()  # type: ignore[attr-defined]
-
-
-def announce_listening(listening: Listening) -> None:
-    """Print one line per listener (scripts and tests read the ports from them)."""
-    host = listening.host
-    print(f"SCIM      http://{host}:{listening.http_port}/scim/v2", flush=True)
-    print(f"role API  http://{host}:{listening.http_port}/api", flush=True)
-    for port in listening.ldap_ports:
-        print(f"LDAP      {host}:{port}", flush=True)
-    sys.stdout.flush()
-
-
-# --------------------------------------------------------------------------- commands
-
-import click  # noqa: E402
-
-# The same option as idm_facade.cli.db_option, spelled here so that importing this module
-# (e.g. for listen) does not import the CLI, which imports this module.
-db_option = click.option(
-    "--db", "db", envvar="IDM_FACADE_DB", default=None,
-    help="Database URL (sqlite:///var/idm.db, postgresql+psycopg://user@host/db).")
+from idm_facade.cli.options import config_option, db_option
+from idm_facade.runtime.context import Facade
+from idm_facade.runtime.serve import DEFAULT_THREADS, LdapUnavailable, build_facade, run
 
 
 def _serve_options(func: Callable) -> Callable:
     func = click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True,
                         help="WSGI worker threads.")(func)
-    func = click.option("--config", "config_path", default=None,
-                        help="TOML configuration file (or IDM_FACADE_CONFIG).")(func)
-    return func
+    return config_option(func)
 
 
 def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: int | None,
@@ -145,7 +29,7 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
                    db: str | None = None, config_path: str | None = None) -> None:
     try:
         if workers > 1:  # this process only supervises; each worker builds its own facade
-            from idm_facade.workers import serve_workers
+            from idm_facade.runtime.workers import serve_workers
 
             sys.exit(serve_workers(workers, db, config_path, host, scim_port, ldap_port,
                                    ldaps_port, threads))
@@ -214,7 +98,7 @@ def demo_command(db: str | None, size: str, host: str, scim_port: int, ldap_port
     ldap = creds.get("demo-ldap", {})
     base = f"http://{host}:{scim_port}"
     try:
-        from idm_facade.auth import base_dn
+        from idm_facade.access.clients import base_dn
 
         dn = base_dn(facade.config, snap)
     except Exception:  # noqa: BLE001 - only for the printed example
@@ -253,6 +137,7 @@ def demo_command(db: str | None, size: str, host: str, scim_port: int, ldap_port
         ldap_on = False
     _serve_or_fail(facade, host, scim_port, ldap_port if ldap_on else None,
                    ldaps_port if ldap_on else None, threads)
+
 
 
 COMMANDS = (serve_command, demo_command)

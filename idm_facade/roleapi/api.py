@@ -33,14 +33,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import click
 from flask import Blueprint, Response, jsonify, request
 
-from idm_facade import oiobpp
-from idm_facade import roles as role_calc
 from idm_facade.directory import filters as f
+from idm_facade.directory import roles as role_calc
 from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
 from idm_facade.directory.view import visible_complex, visible_values
+from idm_facade.roleapi import oiobpp
 
 _CACHE_KEY = "roleapi"
 _ACCOUNT_CACHE = 100_000
@@ -287,7 +286,7 @@ def _token() -> str | None:
 
 def blueprint(facade: Any) -> Blueprint:
     """The role API, to be registered at ``/api``."""
-    from idm_facade.audit import AccessRecord, AuditUnavailable
+    from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
     bp = Blueprint("roleapi", __name__)
 
@@ -405,38 +404,3 @@ def describe_roles(data: Any, account_id: str, explain: bool) -> list[str]:
             for grant in role_grants:
                 lines.append(f"\t- {grant.explain(data)}")
     return lines
-
-
-@click.command("roles")
-@click.argument("username")
-@click.option("--explain", is_flag=True, help="Show why the account holds each role.")
-@click.option("--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              default=None, help="Compute the roles as of this date (default: now, UTC).")
-@click.option("--db", "db", envvar="IDM_FACADE_DB", default=None, help="Database URL.")
-@click.option("--system", "directory_system", default="AD", show_default=True,
-              help="IT system whose accounts are the directory's users.")
-def roles_command(username: str, explain: bool, at: datetime | None, db: str | None,
-                  directory_system: str) -> None:
-    """Print USERNAME's effective job-function roles (tab-separated: system, identifier,
-    name)."""
-    from idm_facade.directory.load import load
-    from store.engine import make_engine
-    from store.validity import utcnow
-
-    engine = make_engine(db, create=False)
-    try:
-        data = load(engine, at or utcnow())
-    finally:
-        engine.dispose()
-    systems = {s.id for s in data.it_systems.values() if s.user_key == directory_system}
-    wanted = username.casefold()
-    account = next((a for a in data.accounts.values()
-                    if a.it_system_id in systems and a.username.casefold() == wanted), None)
-    if account is None:
-        raise click.ClickException(f"unknown user: {username} (in {directory_system} at "
-                                   f"{data.at.isoformat()})")
-    lines = describe_roles(data, account.id, explain)
-    if not lines:
-        click.echo(f"{account.username} holds no roles at {data.at.isoformat()}", err=True)
-    for line in lines:
-        click.echo(line)

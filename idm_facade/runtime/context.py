@@ -14,8 +14,8 @@ from idm_facade.config import Config
 from idm_facade.directory import Directory
 
 if TYPE_CHECKING:  # the modules below import the directory too
-    from idm_facade.audit import AuditLog
-    from idm_facade.auth import ClientRegistry
+    from idm_facade.access.audit import AuditLog
+    from idm_facade.access.clients import ClientRegistry
 
 
 @dataclass

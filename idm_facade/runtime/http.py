@@ -3,11 +3,11 @@
 The WSGI application runs in a thread pool (``twisted.web.wsgi``). Every SCIM answer needs
 its access record committed first. Waiting for that commit in the worker thread costs one
 more thread switch per request than serving any Flask request does (a third more on two
-cores). With a fast log (:mod:`idm_facade.turnlog`) the worker instead hands the record to
-the reactor and returns at once; the response's bytes, which twisted.web writes from the
-reactor anyway, are held by :class:`HeldRequest` until the record is committed with the
-other records of that reactor turn. If the commit fails, the held response is dropped and a
-500 SCIM error goes out instead: no record, no answer.
+cores). With a fast log (:mod:`idm_facade.access.audit.turnlog`) the worker instead hands
+the record to the reactor and returns at once; the response's bytes, which twisted.web
+writes from the reactor anyway, are held by :class:`HeldRequest` until the record is
+committed with the other records of that reactor turn. If the commit fails, the held
+response is dropped and a 500 SCIM error goes out instead: no record, no answer.
 
 The application finds the hand-over function in the WSGI environ under :data:`HOLD_KEY`
 (absent when the log is not fast: it then calls ``AuditLog.record`` itself). The hand-over
@@ -22,17 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
 from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
-from idm_facade.turnlog import turn_log
-
-#: WSGI environ key of ``hold(record, error_body, content_type)``: commit ``record`` in the
-#: reactor before the response leaves; send ``error_body`` (bytes of a 500 response of
-#: ``content_type``) instead when it cannot be committed.
-HOLD_KEY = "idm_facade.hold_for_record"
+from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
+from idm_facade.roleapi import api as roleapi
+from idm_facade.scim import app as scim_app
 
 
 class HeldRequest(Request):
@@ -175,3 +173,14 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     site.displayTracebacks = False
     site.log = lambda request: None  # no per-request log line: the access log is the record
     return site
+
+
+def create_app(facade: Any) -> Flask:
+    """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api.
+
+    Assembled here, above both front ends, so neither imports the other."""
+    app = Flask("idm_facade")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    scim_app.register(app, facade)
+    app.register_blueprint(roleapi.blueprint(facade), url_prefix="/api")
+    return app

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from idm_facade import constraints as cons
+from idm_facade.directory import constraints as cons
 
 NAMESPACE = "http://itst.dk/oiosaml/basic_privilege_profile"
 SCOPE_PREFIX = "urn:dk:gov:saml:cvrNumberIdentifier:"

@@ -3,7 +3,7 @@
 One facade process is one Python interpreter, so its reactor thread is bound to one core. To use
 more cores on one machine without an external load balancer, the parent process binds the
 listening sockets (HTTP, LDAP, LDAPS) itself and forks N workers. Each worker builds its own
-:class:`~idm_facade.context.Facade` *after* the fork (directory, client registry and access
+:class:`~idm_facade.runtime.context.Facade` *after* the fork (directory, client registry and access
 log, so no database connection or thread is ever shared between processes) and adopts the
 inherited listening sockets with ``reactor.adoptStreamPort``. The kernel hands each new
 connection to whichever worker accepts it first. Every worker's directory refreshes itself from
@@ -308,8 +308,8 @@ def serve_workers(count: int, db: str | None, config_path: str | None, host: str
     Raises OSError when a port cannot be bound and the serve module's ``LdapUnavailable``
     when LDAP was asked for but is not installed (both before any worker starts).
     """
-    from idm_facade import serve
     from idm_facade.config import load_config
+    from idm_facade.runtime import serve
 
     config = load_config(config_path)
     if ldap_port is not None or ldaps_port is not None:

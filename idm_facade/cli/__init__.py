@@ -1,0 +1,22 @@
+"""The ``idm-facade`` command: data management, diagnostics and the servers.
+
+Every command takes ``--db URL`` (or ``IDM_FACADE_DB``); the default is the embedded SQLite
+file ``var/idm.db``. One module per group of commands; nothing outside this package imports
+it (it is the top of the import order: cli -> runtime -> front ends -> directory/access).
+"""
+
+from __future__ import annotations
+
+import click
+
+from idm_facade.cli import access, data, roles, serve
+
+
+@click.group()
+def main() -> None:
+    """idm-facade: one organisation store served as SCIM 2.0, LDAP v3 and role lookup."""
+
+
+for _module in (data, roles, access, serve):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,629 @@
+"""One LDAP client connection: framing, dispatch, binds, extended operations, and the
+conversation of a search (record what is disclosed, then send it).
+
+ldaptor (``BaseLDAPServer``) is used as the request codec only. Framing is our own (a
+maximum PDU size, no quadratic buffering, garbage or a TLS hello on the plain port closes the
+connection); requests go to ``handle_<ldaptor request class>`` methods, as in ldaptor's own
+server; replies are encoded by :mod:`idm_facade.ldap.ber`, so a search answer is mostly
+cached bytes. What a search answers is worked out by :mod:`idm_facade.ldap.search`, which
+knows nothing of sockets; results are sent in chunks, giving the reactor back between
+chunks, so one large search never stalls other clients.
+
+Access (RFC 4513): simple binds of service accounts; an anonymous bind succeeds (§5.1.1) but
+an anonymous search of anything but the rootDSE and the subschema entry is answered 50
+insufficientAccessRights unless anonymous access is configured, so a misconfigured client sees
+a clear error instead of an empty directory. Unauthenticated binds (DN without password) get
+53 (§5.1.2), SASL 7, LDAPv2 2. Every bind and every search is recorded in the access log before
+the result is sent; if the log cannot be written the operation fails with 80 and nothing is
+disclosed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
+from twisted.internet import defer, protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from idm_facade.directory.policy import Policy
+from idm_facade.ldap import ber, controls, dit
+from idm_facade.ldap.filters import matches_static, to_text
+from idm_facade.ldap.search import (
+    AUTH_METHOD_NOT_SUPPORTED,
+    INSUFFICIENT_ACCESS,
+    INVALID_CREDENTIALS,
+    INVALID_DN,
+    NO_SUCH_OBJECT,
+    OPERATIONS_ERROR,
+    OTHER,
+    PROTOCOL_ERROR,
+    SCOPE_BASE,
+    SCOPE_ONE,
+    SUCCESS,
+    TIME_LIMIT,
+    UNAVAILABLE,
+    UNWILLING,
+    Abort,
+    Answer,
+    Cut,
+    SearchRequest,
+    cut,
+    deadline,
+    disclosed,
+    plan,
+    signature,
+)
+
+if TYPE_CHECKING:
+    from idm_facade.ldap.server import LDAPFactory
+
+log = logging.getLogger(__name__)
+
+#: Entries sent per reactor turn.
+CHUNK = 200
+
+#: Finished answers kept per snapshot (see :class:`~idm_facade.ldap.search.Answer`); the
+#: table is emptied when full.
+ANSWER_CACHE_ENTRIES = 50_000
+#: Answers larger than this many bytes are not kept.
+ANSWER_CACHE_MAX_BYTES = 64 << 10
+
+_WRITE_RESPONSES = {
+    "LDAPAddRequest": ber.ADD_RESPONSE,
+    "LDAPModifyRequest": ber.MODIFY_RESPONSE,
+    "LDAPDelRequest": ber.DEL_RESPONSE,
+    "LDAPModifyDNRequest": ber.MODDN_RESPONSE,
+    "LDAPCompareRequest": ber.COMPARE_RESPONSE,
+}
+
+
+_AUDIT_TYPES: tuple[Any, Any] | None = None
+
+
+def _audit_types() -> tuple[Any, Any]:
+    global _AUDIT_TYPES
+    if _AUDIT_TYPES is None:
+        from idm_facade.access.audit import AccessRecord, AuditUnavailable
+
+        _AUDIT_TYPES = (AccessRecord, AuditUnavailable)
+    return _AUDIT_TYPES
+
+
+
+class LDAPConnection(BaseLDAPServer, TimeoutMixin):
+    """One client connection."""
+
+    factory: LDAPFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = bytearray()
+        self.client: Any = None
+        self.tls_active = False
+        self.closing = False
+        self.active: dict[int, bool] = {}  # msgid -> still wanted (False once abandoned)
+        self.pages: controls.PagedSearches | None = None
+        self._held = False
+        self._queued: list = []
+        #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
+        self._answer_key: tuple | None = None
+
+    # ------------------------------------------------------------------ transport
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        settings = self.factory.settings
+        self.setTimeout(settings.idle_timeout or None)
+        self.pages = controls.PagedSearches(settings.page_ttl, settings.max_pages)
+        if getattr(self, "_ldaps", False):
+            self.tls_active = True
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self.setTimeout(None)
+        for msgid in list(self.active):
+            self.active[msgid] = False
+        if self.pages is not None:
+            self.pages.clear()
+
+    def timeoutConnection(self) -> None:
+        self._disconnect(UNAVAILABLE, "idle timeout")
+
+    def _disconnect(self, code: int, message: str) -> None:
+        """Send a notice of disconnection (RFC 4511 §4.4.1) and close."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.transport.write(ber.message(0, ber.extended_response(
+                code, message, name=ber.NOTICE_OF_DISCONNECTION)))
+        finally:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.resetTimeout()
+        self._buf += data
+        buf = self._buf
+        pos = 0
+        max_pdu = self.factory.settings.max_pdu
+        while not self.closing:
+            try:
+                header = ber.pdu_length(buf, pos)
+            except ber.BERError:
+                log.info("LDAP: closing connection from %s: not LDAP", self._peer())
+                self._disconnect(PROTOCOL_ERROR, "malformed LDAP message")
+                return
+            if header is None:
+                break
+            head, size = header
+            if size > max_pdu:
+                self._disconnect(PROTOCOL_ERROR, f"message larger than {max_pdu} bytes")
+                return
+            end = pos + head + size
+            if end > len(buf):
+                break
+            pdu = bytes(buf[pos:end])
+            pos = end
+            key = None
+            if not self._held:
+                key = self._cached_search(pdu, head)
+                if key is True:
+                    continue
+            try:
+                msg, used = pureber.berDecodeObject(self.berdecoder, pdu)
+                if msg is None or used != len(pdu) or not isinstance(
+                        msg, pureldap.LDAPMessage) or not isinstance(
+                        msg.value, pureldap.LDAPProtocolRequest):
+                    raise ValueError("not an LDAP request")
+            except Exception as exc:  # ldaptor raises many kinds on bad input
+                log.info("LDAP: undecodable message from %s: %s", self._peer(), exc)
+                self._disconnect(PROTOCOL_ERROR, "undecodable LDAP message")
+                return
+            if self._held:
+                self._queued.append(msg)
+                continue
+            self._answer_key = key
+            try:
+                self._dispatch_safely(msg)
+            finally:
+                self._answer_key = None
+        del buf[:pos]
+
+    def _cached_search(self, pdu: bytes, head: int) -> Any:
+        """Answer a search request from the answer cache without decoding it.
+
+        Returns True when answered, else the request's cache key (None when it is not a
+        search request or its envelope is unusual; ldaptor then decodes it as usual).
+        """
+        pos = head
+        if len(pdu) < pos + 3 or pdu[pos] != 0x02:
+            return None
+        n = pdu[pos + 1]
+        if not 1 <= n <= 4 or len(pdu) < pos + 3 + n or pdu[pos + 2 + n] != 0x63:
+            return None
+        msgid = int.from_bytes(pdu[pos + 2:pos + 2 + n], "big", signed=True)
+        if msgid <= 0:
+            return None
+        key = (pdu[pos + 2 + n:], self.client)
+        _, layout = self.factory.current()
+        answer = self.factory.answers_for(layout).get(key)
+        if answer is None:
+            return key
+        self.active[msgid] = True
+        self._send_answer(msgid, answer)
+        return True
+
+    def _send_answer(self, msgid: int, answer: Answer) -> None:
+        """Record a finished answer, then write it in one go."""
+        def send() -> None:
+            if self.connected and not self.closing:
+                envelope = ber.integer(msgid)
+                out = [ber.tlv(0x30, envelope + op) for op in answer.ops]
+                out.append(ber.tlv(0x30, envelope + answer.done + answer.done_ctrls))
+                self.active.pop(msgid, None)
+                self._write_now(b"".join(out))
+
+        self._after_audit(msgid, answer.query, answer.status, list(answer.subjects),
+                          list(answer.sensitive), send)
+
+    def _dispatch_safely(self, msg: Any) -> None:
+        try:
+            self.dispatch(msg)
+        except Exception:
+            log.exception("LDAP: failed handling %r", type(msg.value).__name__)
+            self._disconnect(OTHER, "internal error")
+
+    def hold(self) -> None:
+        """Queue further requests until :meth:`release` (a bind is in progress: RFC 4511
+        §4.2.1 says nothing else may run meanwhile)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Run the requests that arrived during a bind."""
+        self._held = False
+        while self._queued and not self._held and not self.closing:
+            self._dispatch_safely(self._queued.pop(0))
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "unknown"
+
+    def _write_now(self, data: bytes) -> None:
+        """Write to the socket at once when nothing is queued on a plain TCP transport.
+
+        ``transport.write`` only buffers: the bytes leave on the next reactor turn, after
+        registering for writability and before unregistering again (two epoll_ctl calls and
+        a loop turn per answer). A small answer on an idle connection fits the socket buffer,
+        so it is sent here; whatever is not accepted goes through the transport as usual.
+        """
+        t = self.transport
+        sock = getattr(t, "socket", None)
+        if (sock is not None and not self.tls_active and not getattr(t, "TLS", False)
+                and not t.dataBuffer and not t._tempDataBuffer and not t.disconnecting):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport notices the error itself
+            if sent >= len(data):
+                return
+            data = data[sent:]
+        t.write(data)
+
+    def send(self, msgid: int, op: bytes, ctrls: bytes = b"") -> None:
+        """Write one response message."""
+        if self.connected and not self.closing:
+            self.transport.write(ber.message(msgid, op, ctrls))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, msg: Any) -> None:
+        """Hand the request to ``handle_<ldaptor class name>`` (as ldaptor's own server
+        does); write requests and compare get 53, anything else protocolError."""
+        op = msg.value
+        name = type(op).__name__
+        handler = getattr(self, f"handle_{name}", None)
+        if handler is not None:
+            handler(msg.id, op, msg.controls)
+        elif isinstance(op, pureldap.LDAPExtendedRequest):
+            self.handle_LDAPExtendedRequest(msg.id, op, msg.controls)
+        elif name in _WRITE_RESPONSES:
+            verb = "compare" if name == "LDAPCompareRequest" else "write"
+            self.send(msg.id, ber.result(_WRITE_RESPONSES[name], UNWILLING,
+                                         f"this directory is read-only ({verb} refused)"
+                                         if verb == "write" else
+                                         "compare is not supported; use a search"))
+        else:
+            self.send(msg.id, ber.extended_response(PROTOCOL_ERROR,
+                                                    f"unsupported operation {name}"))
+
+    def handle_LDAPUnbindRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
+        self.closing = True
+        self.transport.loseConnection()
+
+    def handle_LDAPAbandonRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
+        target = op.value
+        if target in self.active:
+            self.active[target] = False  # no reply to an abandon (RFC 4511 §4.11)
+
+    # ------------------------------------------------------------------ audit
+
+    def _audit(self, operation: str, query: str, status: str, subjects: list[str],
+               sensitive: list[str], client: Any = None,
+               done: Callable[[bool], None] | None = None) -> defer.Deferred | None:
+        """Record one access (submitted to the log without blocking the reactor; the answer
+        waits until the record is durable, and concurrent records share one commit); fires
+        True, or False when the log is unavailable (the caller then answers 80 and
+        discloses nothing)."""
+        audit = self.factory.facade.audit
+        if audit is None:
+            if done is not None:
+                done(True)
+                return None
+            return defer.succeed(True)
+        record_cls, unavailable = _audit_types()
+        who = client if client is not None else self.client
+        name = who.name if who is not None else "anonymous"
+        rec = record_cls(client=name, source=f"ldap:{self._peer()}", operation=operation,
+                         query=query, status=status, subjects=subjects, sensitive=sensitive)
+
+        def failed(failure: Any) -> bool:
+            if failure.check(unavailable) is None:
+                log.error("LDAP: access log error: %s", failure.getErrorMessage())
+            else:
+                log.error("LDAP: access log unavailable; refusing %s", operation)
+            return False
+
+        if hasattr(audit, "submit"):
+            # Non-blocking: no pool thread waits for the commit.
+            d = None
+            if done is None:
+                d = defer.Deferred()
+                done = d.callback
+
+            def outcome(error: Any) -> None:
+                done(True if error is None else failed(Failure(error)))
+
+            self.factory.submit_record(audit, rec, outcome)
+            return d
+        d = self.factory.in_thread(audit.record, rec)
+        d.addCallbacks(lambda _: True, failed)
+        if done is not None:
+            d.addCallback(done)
+            d.addErrback(lambda f: log.error("LDAP: %s", f.getTraceback()))
+            return None
+        return d
+
+    # ------------------------------------------------------------------ bind
+
+    def handle_LDAPBindRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
+        dn = op.dn.decode("utf-8", "replace") if isinstance(op.dn, bytes) else str(op.dn)
+        query = f"dn={dn}"
+        try:
+            controls.parse(ctrls, frozenset())
+        except controls.ControlError as exc:
+            self.send(msgid, ber.result(ber.BIND_RESPONSE, exc.code, exc.message))
+            return
+        self.client = None  # a bind, even a failed one, starts from anonymous
+        password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
+        if op.version != 3:
+            verdict = defer.succeed((PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
+                                     None))
+        elif op.sasl:
+            verdict = defer.succeed((AUTH_METHOD_NOT_SUPPORTED,
+                                     "SASL is not supported; use a simple bind", None))
+        elif not dn and not password:
+            verdict = defer.succeed((SUCCESS, "", None))  # anonymous (RFC 4513 §5.1.1)
+        elif not password:
+            verdict = defer.succeed((UNWILLING, "unauthenticated bind (DN without password) "
+                                     "is not allowed", None))
+        else:
+            def check(client: Any) -> tuple[int, str, Any]:
+                if client is None:
+                    return INVALID_CREDENTIALS, "invalid credentials", None
+                return SUCCESS, "", client
+
+            verdict = self.factory.in_thread(self.factory.facade.clients.authenticate_bind,
+                                             dn, password.decode("utf-8", "replace"))
+            verdict.addCallback(check)
+        self.hold()
+
+        def audited(ok: bool, code: int, message: str, client: Any) -> None:
+            if not ok:
+                self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
+            else:
+                if code == SUCCESS:
+                    self.client = client
+                self.send(msgid, ber.result(ber.BIND_RESPONSE, code, message))
+
+        def decided(result: tuple[int, str, Any]) -> defer.Deferred | None:
+            code, message, client = result
+            status = "success" if code == SUCCESS else f"{code}"
+            d = self._audit("bind", query, status, [], [], client=client)
+            d.addCallback(audited, code, message, client)
+            return d
+
+        verdict.addCallback(decided)
+        verdict.addErrback(self._internal_error, msgid, ber.BIND_RESPONSE)
+        verdict.addBoth(lambda _: self.release())
+
+    def _internal_error(self, failure: Any, msgid: int, tag: int) -> None:
+        log.error("LDAP: internal error: %s", failure.getTraceback())
+        self.send(msgid, ber.result(tag, OTHER, "internal error"))
+
+    # ------------------------------------------------------------------ extended
+
+    def handle_LDAPExtendedRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
+        oid = op.requestName if isinstance(op.requestName, bytes) else \
+            str(op.requestName).encode()
+        try:
+            controls.parse(ctrls, frozenset())
+        except controls.ControlError as exc:
+            self.send(msgid, ber.extended_response(exc.code, exc.message))
+            return
+        if oid == dit.WHOAMI_OID:
+            who = self.client.bind_dn if self.client is not None and self.client.bind_dn \
+                else ""
+            authz = f"dn:{who}" if who else ""
+            self.send(msgid, ber.extended_response(SUCCESS, value=authz.encode()))
+        elif oid == dit.STARTTLS_OID:
+            if self.tls_active:
+                self.send(msgid, ber.extended_response(OPERATIONS_ERROR, "TLS already active",
+                                                       name=oid))
+                return
+            if self.factory.tls is None:
+                self.send(msgid, ber.extended_response(UNAVAILABLE, "TLS is not configured",
+                                                       name=oid))
+                return
+            self.send(msgid, ber.extended_response(SUCCESS, name=oid))
+            self.transport.startTLS(self.factory.tls)
+            self.tls_active = True
+        elif oid == b"1.3.6.1.4.1.4203.1.11.1":
+            self.send(msgid, ber.extended_response(UNWILLING,
+                                                   "this directory is read-only"))
+        else:
+            self.send(msgid, ber.extended_response(
+                PROTOCOL_ERROR, f"unsupported extended operation {oid.decode(errors='replace')}"))
+
+    # ------------------------------------------------------------------ search
+
+    def _done(self, msgid: int, code: int, message: str = "", matched: str = "",
+              ctrls: bytes = b"") -> None:
+        self.active.pop(msgid, None)
+        self.send(msgid, ber.result(ber.SEARCH_DONE, code, message, matched),
+                  ber.controls(ctrls) if ctrls else b"")
+
+    def handle_LDAPSearchRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
+        try:
+            parsed = controls.parse(ctrls, controls.SEARCH_CONTROLS)
+        except controls.ControlError as exc:
+            self._done(msgid, exc.code, exc.message)
+            return
+        base = op.baseObject.decode("utf-8", "replace") if isinstance(op.baseObject, bytes) \
+            else str(op.baseObject)
+        selection = dit.Selection.parse(op.attributes, bool(op.typesOnly))
+        query = SearchRequest(msgid, base, op.scope, op.sizeLimit, op.timeLimit,
+                              bool(op.typesOnly), op.filter, list(op.attributes), selection,
+                              to_text(op.filter))
+        self.active[msgid] = True
+        try:
+            self._search(query, parsed)
+        except Abort as exc:
+            self._done(msgid, exc.code, exc.message, exc.matched)
+
+    def _search(self, q: SearchRequest, parsed: controls.SearchControls) -> None:
+        snapshot, layout = self.factory.current()
+        try:
+            norm = dit.parse_dn(q.base)
+        except dit.InvalidDN as exc:
+            raise Abort(INVALID_DN, f"invalid base DN: {exc}") from exc
+        # The rootDSE and the subschema entry are readable by everyone.
+        if not norm or norm == (((("cn", "subschema"),)),):
+            self._search_static(q, layout, norm)
+            return
+        policy = self._policy()
+        if policy is None:
+            message = ("anonymous access is disabled: bind as a service account "
+                       f"(cn=<name>,ou=clients,{layout.base})")
+            self._after_audit(q.msgid, q.query_text(), f"{INSUFFICIENT_ACCESS}", [], [],
+                              lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
+            return
+        # A paged search keeps the snapshot (and layout) of its first page, so a refresh
+        # between pages neither breaks the search nor shifts its pages (RFC 2696 needs one
+        # consistent result set); the snapshot lives as long as the cookie.
+        signed = signature(q, parsed)
+        sort_ctrl = b""
+        state = None
+        if parsed.paged is not None and parsed.paged.cookie:
+            try:
+                state = self.pages.take(parsed.paged.cookie, signed)  # type: ignore[union-attr]
+            except controls.ControlError as exc:
+                raise Abort(exc.code, exc.message) from exc
+            results = state.results
+            statics = state.extra["statics"]
+            snapshot, layout = state.extra["snapshot"], state.extra["layout"]
+        else:
+            statics, results, sort_ctrl = plan(q, parsed, snapshot, layout, policy, norm,
+                                               self.client)
+        page = cut(q, parsed, statics, results, sort_ctrl, state,
+                   self.factory.settings.size_limit,
+                   lambda: controls.PageState(signed, results, 0, 0.0,
+                                              len(statics) + len(results),
+                                              {"statics": statics, "snapshot": snapshot,
+                                               "layout": layout}),
+                   self.pages.keep)  # type: ignore[union-attr]
+        self._answer(q, page, parsed.paged is None, snapshot, layout, policy)
+
+    def _search_static(self, q: SearchRequest, layout: dit.Layout, norm: dit.NormDN) -> None:
+        """Answer a search of the rootDSE or the subschema entry (readable by everyone)."""
+        if not norm and q.scope != SCOPE_BASE:
+            raise Abort(NO_SUCH_OBJECT, "search the naming context "
+                        f"{layout.base} (the root DSE has base scope only)")
+        dn, attrs = ("", dit.root_dse(layout)) if not norm else dit.subschema(layout)
+        hit = q.scope != SCOPE_ONE and matches_static(q.filter, attrs)
+        sel = q.selection
+        if not norm and sel.user and not sel.names:
+            sel = dit.Selection(True, True, sel.names, sel.types_only)
+
+        def answer() -> None:
+            if hit:
+                self.send(q.msgid, dit.encode_static(dn, attrs, sel))
+            self._done(q.msgid, SUCCESS)
+
+        self._after_audit(q.msgid, q.query_text(), "success", [], [], answer)
+
+    def _answer(self, q: SearchRequest, page: Cut, cacheable: bool, snapshot: Any,
+                layout: dit.Layout, policy: Policy) -> None:
+        """Record what ``page`` discloses, then send it: in one write (and kept for the same
+        request) when it is small and complete, else a chunk per reactor turn."""
+        subjects, sensitive = disclosed(page.page, policy, snapshot, q.selection)
+        status = "success" if page.code == SUCCESS else f"{page.code}"
+        key = self._answer_key
+        if cacheable and key is not None and len(page.statics) + len(page.page) <= CHUNK:
+            ops = tuple([dit.encode_static(dn, attrs, q.selection)
+                         for dn, attrs in page.statics]
+                        + [dit.encode_entry(layout, view, entry, policy, snapshot,
+                                            q.selection).op for view, entry in page.page])
+            finished = Answer(ops, ber.result(ber.SEARCH_DONE, page.code, page.message),
+                              ber.controls(page.done_ctrls) if page.done_ctrls else b"",
+                              q.query_text(), status, tuple(subjects), tuple(sensitive))
+            if sum(map(len, ops)) <= ANSWER_CACHE_MAX_BYTES:
+                answers = self.factory.answers_for(layout)
+                if len(answers) >= ANSWER_CACHE_ENTRIES:
+                    answers.clear()
+                answers[key] = finished
+            self._send_answer(q.msgid, finished)
+            return
+        ends = deadline(q, self.factory.settings.time_limit)
+
+        def answer() -> None:
+            for dn, attrs in page.statics:
+                self.send(q.msgid, dit.encode_static(dn, attrs, q.selection))
+            self._send_entries(q, page.page, 0, layout, policy, snapshot, page.code,
+                               page.message, page.done_ctrls, ends)
+
+        self._after_audit(q.msgid, q.query_text(), status, subjects, sensitive, answer)
+
+    def _after_audit(self, msgid: int, query: str, status: str, subjects: list[str],
+                     sensitive: list[str], answer: Callable[[], None]) -> None:
+        """Record the search, then answer; 80 and nothing else when the log fails."""
+        def recorded(ok: bool) -> None:
+            if not self.active.get(msgid):
+                self.active.pop(msgid, None)  # abandoned meanwhile: no reply
+                return
+            if ok:
+                answer()
+            else:
+                self._done(msgid, OTHER, "access log unavailable")
+
+        def guarded(ok: bool) -> None:
+            try:
+                recorded(ok)
+            except Exception:
+                self._internal_error(Failure(), msgid, ber.SEARCH_DONE)
+
+        self._audit("search", query, status, subjects, sensitive, done=guarded)
+
+    def _send_entries(self, q: SearchRequest, page: list, start: int, layout: dit.Layout,
+                      policy: Policy, snapshot: Any, code: int, message: str,
+                      done_ctrls: bytes, deadline: float | None) -> None:
+        """Send ``page[start:]`` a chunk per reactor turn, then SearchResultDone."""
+        if not self.active.get(q.msgid) or not self.connected or self.closing:
+            self.active.pop(q.msgid, None)  # abandoned or gone: no reply at all
+            return
+        stop = min(len(page), start + CHUNK)
+        write = self.transport.write
+        msgid = q.msgid
+        selection = q.selection
+        envelope = ber.integer(msgid)
+        for i in range(start, stop):
+            view, entry = page[i]
+            op = dit.encode_entry(layout, view, entry, policy, snapshot, selection).op
+            write(ber.tlv(0x30, envelope + op))
+        if stop < len(page):
+            if deadline is not None and time.monotonic() > deadline:
+                self._done(msgid, TIME_LIMIT, "time limit exceeded", ctrls=done_ctrls)
+                return
+            self.resetTimeout()
+            self.factory.reactor.callLater(0, self._send_entries, q, page, stop, layout,
+                                           policy, snapshot, code, message, done_ctrls,
+                                           deadline)
+            return
+        self._done(msgid, code, message, ctrls=done_ctrls)
+
+    def _policy(self) -> Policy | None:
+        if self.client is not None:
+            return self.client.policy
+        return self.factory.facade.clients.anonymous_policy()

@@ -1,0 +1,309 @@
+"""An LDAP search, apart from the connection: plan it, cut the page, apply the limits.
+
+Nothing here touches a socket, the reactor or the access log: given a decoded request, the
+snapshot and DIT layout it is answered from, and the client's policy, these functions say
+which entries answer it, which of them go out on this page, with which result code, and whose
+data that discloses. :mod:`idm_facade.ldap.protocol` does the talking; keeping the two apart
+lets the planning be tested without a server and read without the framing.
+
+Planning: the base DN and scope become a *region* filter per view (people, units, groups),
+the LDAP filter is translated per view (:mod:`idm_facade.ldap.filters`), and
+``snapshot.search`` answers with the client's policy applied before anything is counted,
+limited or paged. Fixed entries (the base, the containers, the client's own entry) are
+matched here against their static attributes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from idm_facade.directory import filters as f
+from idm_facade.directory import view as dview
+from idm_facade.directory.policy import Policy
+from idm_facade.ldap import controls, dit
+from idm_facade.ldap.filters import Translator, matches_static
+from schemas.attributes import ATTRIBUTES, normalise
+
+SUCCESS, OPERATIONS_ERROR, PROTOCOL_ERROR, TIME_LIMIT, SIZE_LIMIT = 0, 1, 2, 3, 4
+AUTH_METHOD_NOT_SUPPORTED, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT, INVALID_DN = 7, 16, 32, 34
+INAPPROPRIATE_AUTH, INVALID_CREDENTIALS, INSUFFICIENT_ACCESS = 48, 49, 50
+UNAVAILABLE, UNWILLING, OTHER = 52, 53, 80
+
+SCOPE_BASE, SCOPE_ONE, SCOPE_SUB = 0, 1, 2
+_SCOPES = {0: "base", 1: "one", 2: "sub", 3: "children"}
+
+
+@dataclass
+class SearchRequest:
+    """One search request, decoded."""
+
+    msgid: int
+    base: str
+    scope: int
+    size_limit: int
+    time_limit: int
+    types_only: bool
+    filter: Any
+    attributes: list
+    selection: dit.Selection
+    text: str
+
+    def query_text(self) -> str:
+        """The request as the access log records it."""
+        attrs = ",".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+                         for a in self.attributes)
+        return (f"base={self.base} scope={_SCOPES.get(self.scope, self.scope)} "
+                f"filter={self.text}" + (f" attrs={attrs}" if attrs else ""))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished small search: its encoded response ops (without message envelopes) and its
+    access record's fields.
+
+    Kept per (snapshot, exact request bytes after the message id, client): the request bytes
+    hold base, scope, limits, typesOnly, filter, attributes and controls, the client fixes
+    policy and its own entry, and the snapshot fixes the data, so the same request gets the
+    same answer. A repeated request then skips ldaptor's decoder, filter translation, the
+    planner and the disclosure walk; it still gets its own access record before anything is
+    sent.
+    """
+
+    ops: tuple[bytes, ...]
+    done: bytes
+    done_ctrls: bytes
+    query: str
+    status: str
+    subjects: tuple[str, ...]
+    sensitive: tuple[str, ...]
+
+
+class Abort(Exception):
+    """The search ends with this result code and message (and matchedDN) at once."""
+
+    def __init__(self, code: int, message: str, matched: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message, self.matched = code, message, matched
+
+
+@dataclass
+class Cut:
+    """What one response sends: the fixed and directory entries of the page, and the
+    SearchResultDone's code, message and controls."""
+
+    statics: list
+    page: list
+    code: int
+    message: str
+    done_ctrls: bytes
+
+
+def signature(q: SearchRequest, parsed: controls.SearchControls) -> tuple:
+    """What a paging cookie is bound to: the same search, page after page (RFC 2696)."""
+    return (q.base, q.scope, q.text, tuple(q.attributes), q.types_only,
+            (parsed.sort.attribute, parsed.sort.reverse) if parsed.sort else None)
+
+
+def cut(q: SearchRequest, parsed: controls.SearchControls, statics: list, results: list,
+        done_ctrls: bytes, state: controls.PageState | None, server_size_limit: int,
+        new_state: Callable[[], controls.PageState],
+        keep: Callable[[controls.PageState], bytes]) -> Cut:
+    """The page this response sends, paged (RFC 2696) or limited by sizeLimit.
+
+    ``state``: the paging state the request's cookie named (None on a first page). When
+    more pages follow, the state (``new_state()`` on a first page) is advanced and handed
+    to ``keep``, which stores it and returns its cookie."""
+    total = len(statics) + len(results)
+    paged = parsed.paged
+    if paged is None:
+        limit = q.size_limit
+        if server_size_limit and (not limit or limit > server_size_limit):
+            limit = server_size_limit
+        if limit and total > limit:
+            return Cut(statics[:limit], results[:max(0, limit - len(statics))], SIZE_LIMIT,
+                       f"size limit of {limit} entries exceeded", done_ctrls)
+        return Cut(statics, results, SUCCESS, "", done_ctrls)
+    if paged.size == 0:
+        return Cut([], [], SUCCESS, "", done_ctrls + controls.paged_response(total, b""))
+    offset = state.offset if state is not None else 0
+    stop = offset + paged.size
+    page_statics = statics[offset:stop]
+    page = results[max(0, offset - len(statics)):max(0, stop - len(statics))]
+    cookie = b""
+    if stop < total:
+        state = state or new_state()
+        state.offset = stop
+        cookie = keep(state)
+    return Cut(page_statics, page, SUCCESS, "",
+               done_ctrls + controls.paged_response(total, cookie))
+
+
+def deadline(q: SearchRequest, server_time_limit: float) -> float | None:
+    """The monotonic time after which sending stops with timeLimitExceeded (or None)."""
+    limit = q.time_limit or 0
+    if server_time_limit and (not limit or limit > server_time_limit):
+        limit = server_time_limit
+    return time.monotonic() + limit if limit else None
+
+
+def disclosed(page: list, policy: Policy, snapshot: Any,
+              selection: dit.Selection) -> tuple[list[str], list[str]]:
+    """(persons, sensitive attributes) that sending ``page`` discloses, for the record."""
+    if selection.types_only or not page:
+        return ([], [])
+    entries = [e for _, e in page]
+    members = any(selection.wants(n) for n in ("member", "uniqueMember", "memberUid"))
+    groups = [e for v, e in page if v == dit.GROUPS]
+    subjects = set(dview.disclosed_subjects([e for e in entries if e.kind == "account"],
+                                            policy))
+    if members and groups:
+        subjects.update(dview.disclosed_subjects(groups, policy, snapshot=snapshot,
+                                                 members=True))
+    sensitive = []
+    if policy.cpr and selection.wants("idmCprNumber") and any(
+            e.attrs.get("cpr") for e in entries if e.kind == "account"):
+        sensitive.append("cpr")
+    return sorted(subjects), sensitive
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Any,
+         layout: dit.Layout, policy: Policy, norm: dit.NormDN, client: Any
+         ) -> tuple[list, list, bytes]:
+    """(static entries, [(view, entry)], sort response control) for a search of ``norm``
+    (the parsed base DN) by ``client`` (None when anonymous)."""
+    statics, views = _regions(q, snapshot, layout, policy, norm, client)
+    sort_attr: dict[str, str | None] = {}
+    sort_ctrl = b""
+    descending = False
+    if parsed.sort is not None and views:
+        descending = parsed.sort.reverse
+        for view, _ in views:
+            mapped = dit.directory_attrs(view, parsed.sort.attribute, layout.options.posix)
+            sort_attr[view] = mapped[1][0] if mapped else None
+        if not any(sort_attr.values()):
+            if parsed.sort.critical:
+                raise Abort(controls.UNAVAILABLE_CRITICAL,
+                            f"cannot sort by {parsed.sort.attribute}: unknown attribute")
+            sort_ctrl = controls.sort_response(NO_SUCH_ATTRIBUTE, parsed.sort.attribute)
+        else:
+            sort_ctrl = controls.sort_response(SUCCESS)
+    per_view = []
+    for view, region in views:
+        translated = Translator(layout, view, snapshot)(q.filter)
+        if translated == f.FALSE or region == f.FALSE:
+            continue
+        parts = [p for p in (region, translated) if p != f.TRUE]
+        flt = f.And(tuple(parts)) if len(parts) > 1 else parts[0] if parts else f.TRUE
+        found_entries = snapshot.search(flt, kinds=dit.VIEW_KINDS[view], policy=policy,
+                                        sort_by=sort_attr.get(view), descending=descending)
+        per_view.append((view, found_entries))
+    results: list = []
+    if len(per_view) == 1 or not any(sort_attr.values()):
+        for view, found_entries in per_view:
+            results.extend((view, e) for e in found_entries)
+    else:
+        results = list(heapq.merge(
+            *[[(view, e) for e in found] for view, found in per_view],
+            key=_merge_key(sort_attr, policy), reverse=descending))
+    return statics, results, sort_ctrl
+
+
+def _regions(q: SearchRequest, snapshot: Any, layout: dit.Layout, policy: Policy,
+             norm: dit.NormDN, client: Any) -> tuple[list, list[tuple[str, f.Filter]]]:
+    """The fixed entries that match, and the (view, region filter) pairs to search, for the
+    base DN and scope. One branch per kind of base: the naming context, a container
+    (``ou=people`` ...), or an entry below one; the branches are the DIT's shape, so the
+    function stays whole (a reason for its length)."""
+    n = len(layout.base_norm)
+    if len(norm) < n or norm[len(norm) - n:] != layout.base_norm:
+        raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base} is outside {layout.base}")
+    rel = norm[:len(norm) - n]
+    scope = q.scope
+    statics: list[tuple[str, list]] = []
+    views: list[tuple[str, f.Filter]] = []
+    containers = {(("ou", v),): v for v in (dit.PEOPLE, dit.UNITS, dit.GROUPS, dit.CLIENTS)}
+    root_units = f.Eq("ancestor", layout.line_root) if layout.line_root else f.FALSE
+
+    def add_static(which: str) -> None:
+        dn, attrs = dit.static_entry(layout, which, client.name if client else None)
+        if matches_static(q.filter, attrs):
+            statics.append((dn, attrs))
+
+    def client_entry() -> None:
+        if client is not None and client.bind_dn:
+            add_static(dit.CLIENTS + ":self")
+
+    if not rel:
+        if scope == SCOPE_BASE:
+            add_static("base")
+        else:
+            if scope == SCOPE_SUB:
+                add_static("base")
+            for v in (dit.PEOPLE, dit.UNITS, dit.GROUPS, dit.CLIENTS):
+                add_static(v)
+            if scope != SCOPE_ONE:
+                views = [(dit.PEOPLE, f.TRUE), (dit.UNITS, root_units), (dit.GROUPS, f.TRUE)]
+                client_entry()
+    elif len(rel) == 1 and rel[0] in containers:
+        which = containers[rel[0]]
+        if scope in (SCOPE_BASE, SCOPE_SUB):
+            add_static(which)
+        if scope != SCOPE_BASE:
+            if which == dit.CLIENTS:
+                client_entry()
+            elif which == dit.UNITS:
+                region = root_units if scope == SCOPE_SUB else (
+                    f.Eq("id", layout.line_root) if layout.line_root else f.FALSE)
+                views = [(dit.UNITS, region)]
+            else:
+                views = [(which, f.TRUE)]
+    else:
+        top = rel[-1]
+        found = layout.id_of_dn(norm)
+        if top == (("ou", dit.CLIENTS),) and len(rel) == 2:
+            own = client.bind_dn if client is not None else None
+            if own and dit.parse_dn(own) == norm:
+                if scope != SCOPE_ONE:
+                    add_static(dit.CLIENTS + ":self")
+            else:
+                raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}",
+                            matched=f"ou={dit.CLIENTS},{layout.base}")
+        elif found is None:
+            raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}", matched=layout.base)
+        else:
+            view, entry_id = found
+            # The entry must be visible to this client, or it does not exist for it.
+            if not snapshot.search(f.Eq("id", entry_id), kinds=dit.VIEW_KINDS[view],
+                                   policy=policy):
+                raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}", matched=layout.base)
+            if view == dit.UNITS:
+                region = {SCOPE_BASE: f.Eq("id", entry_id),
+                          SCOPE_ONE: f.Eq("parent", entry_id),
+                          SCOPE_SUB: f.Eq("ancestor", entry_id)}.get(scope, f.And((
+                              f.Eq("ancestor", entry_id), f.Not(f.Eq("id", entry_id)))))
+                views = [(dit.UNITS, f.And((root_units, region)))]
+            elif scope != SCOPE_ONE:
+                views = [(view, f.Eq("id", entry_id))]
+    return statics, views
+
+
+def _merge_key(sort_attr: dict[str, str | None], policy: Policy) -> Callable:
+    def key(item: tuple[str, Any]) -> tuple:
+        view, entry = item
+        attr = sort_attr.get(view)
+        if attr:
+            for name in policy.physical(attr):
+                values = entry.attrs.get(name)
+                if values:
+                    spec = ATTRIBUTES[attr]
+                    return (0, str(normalise(spec.type, spec.case_exact, values[0])), entry.id)
+        return (1, "", entry.id)
+
+    return key
