@@ -24,6 +24,7 @@ demo: os-packages venv
 
 test: os-packages venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # The suite again with the machine's date moved by about 1, 6, 13 and 25 months (libfaketime).
@@ -35,6 +36,7 @@ bench: os-packages venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -67,7 +67,7 @@ def measure(size: str) -> dict:
 
     and_us = _time(and_query, 50) * 1e6
     matched = len(snap.select(f.Eq("unit", unit), snap.visible_handles(policy, kinds)))
-    data = snap.extra["data"]
+    data = snap.data
     sample = [e.id for e in accounts[:: max(1, len(accounts) // 500)]]
 
     def role_calc() -> None:

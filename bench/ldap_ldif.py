@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from idm_facade.directory.policy import Policy
-from idm_facade.ldap import dit
+from idm_facade.ldap import dit, subschema
 from schemas.attributes import ACCOUNT, ATTRIBUTES, GROUP_KINDS, UNIT
 
 _SKIP = {"memberof", *(n.lower() for n in dit.OPERATIONAL)}
@@ -42,21 +42,21 @@ def schema_text() -> str:
     """slapd.conf-style attributetype / objectclass lines for the idm* schema."""
     lines = []
     idm = {}
-    for definition in dit.attribute_type_definitions():
+    for definition in subschema.attribute_type_definitions():
         name = definition.split("NAME '", 1)[1].split("'", 1)[0]
         if name.startswith("idm"):
             idm[name] = definition
             lines.append(f"attributetype {definition}")
 
     def may(kinds: frozenset[str], extra: list[str]) -> str:
-        names = [n for n in idm if ATTRIBUTES[dit._ldap_to_dir(n)].kinds & kinds]
+        names = [n for n in idm if ATTRIBUTES[subschema._ldap_to_dir(n)].kinds & kinds]
         return " $ ".join(names + extra)
 
-    lines.append(f"objectclass ( {dit.private_oid('oc', 'idmPerson')} NAME 'idmPerson' "
+    lines.append(f"objectclass ( {subschema.private_oid('oc', 'idmPerson')} NAME 'idmPerson' "
                  f"SUP top AUXILIARY MAY ( {may(frozenset({ACCOUNT}), [])} ) )")
-    lines.append(f"objectclass ( {dit.private_oid('oc', 'idmGroup')} NAME 'idmGroup' "
+    lines.append(f"objectclass ( {subschema.private_oid('oc', 'idmGroup')} NAME 'idmGroup' "
                  f"SUP top AUXILIARY MAY ( {may(GROUP_KINDS, ['displayName', 'uniqueMember', 'memberUid', 'mail', 'telephoneNumber'])} ) )")  # noqa: E501
-    lines.append(f"objectclass ( {dit.private_oid('oc', 'idmOrgUnit')} NAME 'idmOrgUnit' "
+    lines.append(f"objectclass ( {subschema.private_oid('oc', 'idmOrgUnit')} NAME 'idmOrgUnit' "
                  f"SUP top AUXILIARY MAY ( {may(frozenset({UNIT}), ['displayName', 'mail', 'telephoneNumber'])} ) )")  # noqa: E501
     return "\n".join(lines) + "\n"
 

@@ -59,12 +59,12 @@ def main() -> None:
 
     from idm_facade.access.audit import AuditLog
     from idm_facade.access.clients import ClientRegistry
+    from idm_facade.access.facade import Facade
     from idm_facade.config import Config
     from idm_facade.directory import Directory
     from idm_facade.directory.policy import Policy
     from idm_facade.directory.roles import effective_roles
     from idm_facade.roleapi.api import blueprint, role_view, roles_json
-    from idm_facade.runtime.context import Facade
     from schemas.attributes import ACCOUNT
     from store.engine import make_engine
 
@@ -74,7 +74,7 @@ def main() -> None:
     directory = Directory(engine)
     build = time.perf_counter() - started
     snap = directory.snapshot
-    data = snap.extra["data"]
+    data = snap.data
     accounts = [e for e in snap.entries if e.kind == ACCOUNT]
     rng = random.Random(7)
     sample = rng.sample(accounts, min(2000, len(accounts)))

@@ -27,7 +27,7 @@ from ldap.controls import SimplePagedResultsControl
 from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
-from idm_facade.ldap.dit import parse_dn
+from idm_facade.ldap.syntax import parse_dn
 from schemas.attributes import ACCOUNT, ROLE
 from store.engine import make_engine
 from tests.serving import Serving, copy_store, start_serve

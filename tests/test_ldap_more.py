@@ -28,6 +28,7 @@ from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT
 from store.engine import make_engine, write_session
 from store.models import Person
+from tests.picks import sole_account
 from tests.serving import Serving, copy_store, start_serve
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
@@ -254,7 +255,7 @@ def test_idle_connection_is_closed_with_a_notice(ctx):
 
 
 def test_a_change_in_the_store_is_visible_without_restart(ctx):
-    account = next(e for e in ctx.accounts if e.attrs.get("personId"))
+    account = sole_account(ctx.accounts)
     uid, person_id = account.first("userName"), account.first("personId")
     new_name = "Zacharias-Livetest"
     with write_session(ctx.engine, "test") as session:

@@ -30,6 +30,7 @@ from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT, GROUP_KINDS
 from store import demo, exchange
 from store.engine import make_engine
+from tests.picks import sole_account
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
@@ -481,7 +482,7 @@ def test_ordering_and_substring_and_unknown_attribute(server):
 
 
 def test_cpr_only_with_the_grant(server):
-    acc = next(e for e in server.accounts if e.attrs.get("cpr"))
+    acc = sole_account(server.accounts, needs="cpr")
     uid, cpr = acc.first("userName"), acc.first("cpr")
     plain = server.ldapsearch("-b", server.base, f"(uid={uid})", "*", "idmCprNumber")
     assert "idmCprNumber" not in plain.stdout and _dns(plain.stdout)

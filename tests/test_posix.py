@@ -126,7 +126,7 @@ def test_tight_range_refresh_keeps_numbers_and_matches_full_build(store_copy: st
         assert all(new_uids[i] == n for i, n in old_uids.items() if i in new_uids)
         assert all(new_gids[i] == n for i, n in old_gids.items() if i in new_gids)
         # The incremental patch equals a full build that keeps the numbers handed out.
-        full = build_snapshot(engine, snap.at, numbers=old.extra["posix"].child())
+        full = build_snapshot(engine, snap.at, numbers=old.posix.child())
         assert not _debug(snap, full)
         _same(snap, full)
     ended = set(start_uids) - set(_numbers(directory.snapshot)[0])

@@ -18,15 +18,16 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from idm_facade.access.clients import ClientRegistry
+from idm_facade.access.facade import Facade
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from idm_facade.directory.filters import Eq
 from idm_facade.directory.policy import ACCOUNTS_ONLY, TRUSTED
 from idm_facade.roleapi.api import blueprint
-from idm_facade.runtime.context import Facade
 from schemas.attributes import ACCOUNT
 from store import demo, exchange
 from store.engine import make_engine
+from tests.test_directory import populated_directorate
 
 audit_module = pytest.importorskip("idm_facade.access.audit")
 
@@ -67,9 +68,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     engine = make_engine(f"sqlite:///{path}")
     exchange.import_document(engine, demo.generate("S", 1), actor="test")
     directory = Directory(engine)
-    data = directory.snapshot.extra["data"]
-    top = next(u for u in sorted(data.units.values(), key=lambda u: u.id)
-               if u.parent_id and data.units[u.parent_id].parent_id is None)
+    top = populated_directorate(directory.snapshot)
     config = Config({"policies": {"one-directorate": {"subtrees": [top.id]}}})
     clients = ClientRegistry(engine, config)
     tokens = {"all": clients.add("roles-all", "scim", "default"),
@@ -114,7 +113,7 @@ def test_roles_json_shape_and_provenance(served):
     assert body["account"]["id"] == entry.id
     assert body["account"]["userName"] == entry.first("userName")
     assert body["account"]["personId"] == entry.first("personId")
-    data = served.snapshot.extra["data"]
+    data = served.snapshot.data
     seen = set()
     for system in body["itSystems"]:
         assert set(system) == {"identifier", "name", "jobRoles", "systemRoles"}
@@ -150,7 +149,7 @@ def test_unknown_user_is_404(served):
 
 
 def test_oiobpp_endpoint(served):
-    data = served.snapshot.extra["data"]
+    data = served.snapshot.data
     kombit = [e for e in with_roles(served)
               if any(data.it_systems[data.job_roles[r].it_system_id].system_type == "KOMBIT"
                      for r in e.attrs["role"])]
@@ -171,7 +170,7 @@ def test_oiobpp_endpoint(served):
 
 
 def test_roles_as_list_and_has_user_role(served):
-    data = served.snapshot.extra["data"]
+    data = served.snapshot.data
     entry = with_roles(served)[0]
     name = entry.first("userName")
     body = served.get(f"/user/{name}/rolesAsList").json()
@@ -187,7 +186,7 @@ def test_roles_as_list_and_has_user_role(served):
 
 
 def test_itsystem_users_paged(served):
-    data = served.snapshot.extra["data"]
+    data = served.snapshot.data
     held = {data.job_roles[r].it_system_id for e in with_roles(served) for r in e.attrs["role"]}
     system = data.it_systems[sorted(held)[0]]
     roles = {r.id for r in data.job_roles.values() if r.it_system_id == system.id}

@@ -33,6 +33,7 @@ from idm_facade.directory import Directory  # noqa: E402
 from schemas.attributes import ACCOUNT, MUNICIPAL_USER  # noqa: E402
 from store import demo, exchange  # noqa: E402
 from store.engine import make_engine  # noqa: E402
+from tests.picks import sole_account  # noqa: E402
 
 MUNI_USER = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:User"
 MUNI_GROUP = "urn:idm-facade:params:scim:schemas:extension:municipal:1.0:Group"
@@ -76,7 +77,7 @@ def scim(tmp_path_factory) -> Iterator[Server]:
     engine = make_engine(url)
     exchange.import_document(engine, demo.generate("S", 1), actor="test")
     snap = Directory(engine).snapshot
-    data = snap.extra["data"]
+    data = snap.data
     top = next(u for u in sorted(data.units.values(), key=lambda u: u.id)
                if u.parent_id and data.units[u.parent_id].parent_id is None
                and any(top_id == u.id for e in snap.entries if e.kind == ACCOUNT
@@ -404,7 +405,7 @@ def test_search_endpoints_and_root(scim):
 
 
 def test_cpr_only_with_grant_and_filter_behaves_as_absent(scim):
-    target = next(e for e in scim.accounts if e.attrs.get("cpr"))
+    target = sole_account(scim.accounts, needs="cpr")
     cpr = target.first("cpr")
     flt = f'{MUNI_USER}:cprNumber eq "{cpr}"'
     plain = users(scim, flt)

@@ -31,6 +31,7 @@ from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT
 from store.engine import make_engine, write_session
 from store.models import Person
+from tests.picks import sole_account
 from tests.serving import Serving, copy_store, start_serve
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
@@ -219,7 +220,7 @@ def test_cursor_pages_are_accepted_by_every_worker(ctx):
 
 
 def test_a_write_becomes_visible_through_every_worker(ctx):
-    account = next(e for e in ctx.accounts if e.attrs.get("personId"))
+    account = sole_account(ctx.accounts)
     uid, person_id = account.first("userName"), account.first("personId")
     new_name = "Xenia-Workertest"
     engine = make_engine(ctx.db)

@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from idm_facade.config import Config
 from idm_facade.directory.policy import Policy
+from idm_facade.directory.snapshot import Snapshot
 from schemas.attributes import ALL_KINDS, ATTRIBUTES, COMPLEX, VISIBILITIES
 from store.validity import utcnow
 
@@ -153,10 +154,10 @@ def load_policies(config: Config) -> dict[str, Policy]:
 # --------------------------------------------------------------------------- base DN
 
 
-def base_dn(config: Config, snapshot: Any = None) -> str:
+def base_dn(config: Config, snapshot: Snapshot | None = None) -> str:
     """The LDAP base DN: ``[ldap] base_dn``, else ``dc=<municipality user_key>,dc=dk``.
 
-    ``snapshot`` is a directory snapshot (its ``extra['data'].organisation`` names the
+    ``snapshot`` is a directory snapshot (its ``data.organisation`` names the
     municipality); without one or without an organisation the default is ``dc=kommune,dc=dk``.
     """
     configured = config.get("ldap", "base_dn")
@@ -164,8 +165,7 @@ def base_dn(config: Config, snapshot: Any = None) -> str:
         return str(configured)
     org = None
     if snapshot is not None:
-        data = getattr(snapshot, "extra", {}).get("data")
-        org = getattr(data, "organisation", None)
+        org = getattr(snapshot.data, "organisation", None)
     return _dn_from_org_key(org.user_key if org is not None else None)
 
 

@@ -80,7 +80,8 @@ def export_command(db: str | None, file: str) -> None:
     finally:
         engine.dispose()
     if file == "-":
-        stream = click.get_text_stream("stdout", encoding="utf-8")
+        # click 8.5 declares get_text_stream in a way mypy reads as a plain object.
+        stream = click.get_text_stream("stdout", encoding="utf-8")  # type: ignore[operator]
         exchange.write(doc, stream)
         stream.flush()
         return
@@ -108,8 +109,12 @@ def demo_data(db: str | None, size: str, seed: int, reference, replace: bool) ->
 
     size = size.upper()
     with tqdm(total=len(demo.PHASES), desc=f"generate {size}", disable=None, leave=False) as bar:
-        doc = demo.generate(size, seed, reference,
-                            progress=lambda step: (bar.set_postfix_str(step), bar.update(1)))
+
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(1)
+
+        doc = demo.generate(size, seed, reference, progress=progress)
     counts = _import_with_progress(db, doc, replace, "demo-data")
     click.echo(f"demo municipality {size} (seed {seed}) imported into {database_url(db)}:")
     _print_counts(counts)

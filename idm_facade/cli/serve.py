@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import click
 
+from idm_facade.access.facade import Facade
 from idm_facade.cli.options import config_option, db_option
-from idm_facade.runtime.context import Facade
 from idm_facade.runtime.serve import DEFAULT_THREADS, LdapUnavailable, build_facade, run
 
 

@@ -71,7 +71,7 @@ def build_snapshot(engine: Engine, at: datetime,
     data = load(engine, at)
     entries, builder = build_entries(data, directory_system, numbers)
     return Snapshot(entries, at=at, seq=data.seq, next_boundary=data.next_boundary,
-                    extra={"data": data, "grants": builder.grants, "posix": builder.numbers})
+                    data=data, grants=builder.grants, posix=builder.numbers)
 
 
 class Directory:
@@ -97,7 +97,7 @@ class Directory:
         gc.unfreeze()  # let the collector see (and free) what older snapshots left behind
         # A rebuild keeps every posix number handed out so far in this process.
         previous = getattr(self, "snapshot", None)
-        handed_out = previous.extra.get("posix") if previous is not None else None
+        handed_out = previous.posix if previous is not None else None
         numbers = handed_out.child() if handed_out is not None else PosixNumbers(self.posix)
         snapshot = build_snapshot(self.engine, self.clock(), self.directory_system, numbers)
         _settle()

@@ -211,7 +211,7 @@ class EntryBuilder:
             if cls is not None and cls.sensitive:
                 title_attr = SENSITIVE_TITLE
         primary_unit = primary.org_unit_id if primary else None
-        chain = self.chains.get(primary_unit, ()) if primary_unit else ()
+        chain: tuple[str, ...] = self.chains.get(primary_unit, ()) if primary_unit else ()
         division = data.units[chain[-2]].name if len(chain) >= 2 else (
             data.units[chain[-1]].name if chain else None)
         unit_row = data.units.get(primary_unit) if primary_unit else None

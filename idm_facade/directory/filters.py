@@ -16,10 +16,20 @@ Semantics (the same for both protocols):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from schemas.attributes import ATTRIBUTES, COMPLEX, normalise
+from schemas.attributes import (
+    ATTRIBUTES,
+    BOOLEAN,
+    COMPLEX,
+    DATETIME,
+    INTEGER,
+    REFERENCE,
+    STRING,
+    normalise,
+)
 
 
 class Filter:
@@ -109,6 +119,55 @@ class Const(Filter):
 
 TRUE, FALSE = Const(True), Const(False)
 
+#: Nodes that compare one attribute's values: what ``_leaf`` evaluates.
+Comparison = Eq | Substring | Ge | Le | Gt
+Leaf = Comparison | Present
+
+_ORDERINGS = frozenset({Ge, Le, Gt, Lt})
+
+#: Which comparisons are defined for which attribute type, for both protocols: SCIM answers
+#: an undefined one with 400 invalidFilter (RFC 7644 §3.4.2.2), LDAP treats it as Undefined
+#: (RFC 4511 §4.5.1.7: no matching rule for it). Substrings are for strings; booleans have
+#: equality only; presence is defined for every type.
+DEFINED: dict[str, frozenset[type]] = {
+    STRING: frozenset({Eq, Substring, Present, *_ORDERINGS}),
+    REFERENCE: frozenset({Eq, Substring, Present, *_ORDERINGS}),
+    INTEGER: frozenset({Eq, Present, *_ORDERINGS}),
+    DATETIME: frozenset({Eq, Present, *_ORDERINGS}),
+    BOOLEAN: frozenset({Eq, Present}),
+}
+
+
+def defined(node_type: type, attr_type: str) -> bool:
+    """Is a ``node_type`` comparison (Eq, Substring, Ge, ...) defined for ``attr_type``?"""
+    return node_type in DEFINED.get(attr_type, DEFINED[STRING])
+
+
+def all_of(parts: Iterable[Filter]) -> Filter:
+    """The conjunction of ``parts``, folded the same way for both protocols: nested ``And``
+    merged, TRUE dropped, FALSE absorbing, one part is itself, no part is TRUE."""
+    kept: list[Filter] = []
+    for part in parts:
+        if part == FALSE:
+            return FALSE
+        if part == TRUE:
+            continue
+        kept.extend(part.parts if isinstance(part, And) else (part,))
+    return kept[0] if len(kept) == 1 else And(tuple(kept)) if kept else TRUE
+
+
+def any_of(parts: Iterable[Filter]) -> Filter:
+    """The disjunction of ``parts``: nested ``Or`` merged, FALSE dropped, TRUE absorbing,
+    one part is itself, no part is FALSE."""
+    kept: list[Filter] = []
+    for part in parts:
+        if part == TRUE:
+            return TRUE
+        if part == FALSE:
+            continue
+        kept.extend(part.parts if isinstance(part, Or) else (part,))
+    return kept[0] if len(kept) == 1 else Or(tuple(kept)) if kept else FALSE
+
 #: Element keys the directory keeps for policy checks inside value paths.
 _ELEMENT_KEYS = frozenset({"visibility", "titleSensitive"})
 
@@ -159,7 +218,7 @@ def substring_match(text: str, initial: str | None, any_: tuple[str, ...],
     return True
 
 
-def _leaf(node: Filter, values: tuple, type_: str, exact: bool) -> bool:
+def _leaf(node: Leaf, values: tuple, type_: str, exact: bool) -> bool:
     if isinstance(node, Present):
         return bool(values)
     if not values:
@@ -170,7 +229,7 @@ def _leaf(node: Filter, values: tuple, type_: str, exact: bool) -> bool:
         return False  # a value that cannot be compared under the attribute's rules
 
 
-def _compare(node: Filter, values: tuple, type_: str, exact: bool) -> bool:
+def _compare(node: Comparison, values: tuple, type_: str, exact: bool) -> bool:
     norm = [normalise(type_, exact, v) for v in values]
     if isinstance(node, Eq):
         key = normalise(type_, exact, node.value)
@@ -209,8 +268,9 @@ def matches(entry: Any, node: Filter) -> bool:
     if isinstance(node, Any_):
         return any(element_matches(el, node.complex, node.part)
                    for el in entry.complex.get(node.complex, ()))
-    type_, exact = _rules(node.attr)
-    return _leaf(node, entry.attrs.get(node.attr, ()), type_, exact)
+    leaf = cast(Leaf, node)  # every other node kind is handled above
+    type_, exact = _rules(leaf.attr)
+    return _leaf(leaf, entry.attrs.get(leaf.attr, ()), type_, exact)
 
 
 def element_matches(element: dict, complex_name: str, node: Filter) -> bool:
@@ -225,11 +285,12 @@ def element_matches(element: dict, complex_name: str, node: Filter) -> bool:
         return node.value
     if isinstance(node, Any_):
         return False
-    if node.attr not in COMPLEX.get(complex_name, ()) and node.attr not in _ELEMENT_KEYS:
+    leaf = cast(Leaf, node)  # every other node kind is handled above
+    if leaf.attr not in COMPLEX.get(complex_name, ()) and leaf.attr not in _ELEMENT_KEYS:
         return False
-    value = element.get(node.attr)
+    value = element.get(leaf.attr)
     values = () if value is None else (value,)
-    type_, exact = _rules(f"{complex_name}.{node.attr}")
-    if node.attr in ("primary", "titleSensitive"):
+    type_, exact = _rules(f"{complex_name}.{leaf.attr}")
+    if leaf.attr in ("primary", "titleSensitive"):
         type_ = "boolean"
-    return _leaf(node, values, type_, exact)
+    return _leaf(leaf, values, type_, exact)

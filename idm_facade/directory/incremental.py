@@ -34,7 +34,7 @@ from store import models as m
 from store.changelog import changes_since, last_seq
 
 #: Store table -> (OrgData attribute, model) for the tables refreshed row by row.
-_TABLES: dict[str, tuple[str, type]] = {
+_TABLES: dict[str, tuple[str, Any]] = {
     "person": ("persons", m.Person),
     "engagement": ("engagements", m.Engagement),
     "association": ("associations", m.Association),
@@ -53,7 +53,7 @@ _TABLES: dict[str, tuple[str, type]] = {
 
 #: Link tables reloaded with their owner: (owner table, OrgData attribute, table, owner
 #: column, target column, as set).
-_LINKS = (
+_LINKS: tuple[tuple[str, str, Any, str, str, bool], ...] = (
     ("manager", "manager_responsibilities", m.manager_responsibility, "manager_id",
      "class_id", False),
     ("account", "account_engagements", m.account_engagement, "account_id", "engagement_id",
@@ -79,7 +79,7 @@ MAX_TOUCHED = 2000
 def refresh(engine: Engine, old: Snapshot, at: datetime, directory_system: str
             ) -> Snapshot | None:
     """A new snapshot patched from ``old`` for the store as of ``at``; None = build fully."""
-    data: OrgData | None = old.extra.get("data")
+    data = old.data
     if data is None:
         return None
     with Session(engine) as session, session.begin():
@@ -138,16 +138,16 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
         setattr(new, attr, _replaced(getattr(data, attr), ids, fresh))
     if touched.keys() & {"job_role", "job_role_system_role"}:
         new.job_role_system_roles = system_role_links(session)
-    for owner, attr, table, owner_col, target_col, as_set in _LINKS:
-        ids = touched.get(owner)
-        if not ids:
+    for owner, attr, link_table, owner_col, target_col, as_set in _LINKS:
+        link_ids = touched.get(owner)
+        if not link_ids:
             continue
         found: dict[str, list[str]] = defaultdict(list)
-        for row in session.execute(select(table.c[owner_col], table.c[target_col])
-                                   .where(table.c[owner_col].in_(ids))):
+        for row in session.execute(select(link_table.c[owner_col], link_table.c[target_col])
+                                   .where(link_table.c[owner_col].in_(link_ids))):
             found[row[0]].append(row[1])
         values = {key: set(v) if as_set else sorted(v) for key, v in found.items()}
-        setattr(new, attr, _replaced(getattr(data, attr), ids, values))
+        setattr(new, attr, _replaced(getattr(data, attr), link_ids, values))
     return new
 
 
@@ -176,7 +176,7 @@ def _subtree(chains: dict[str, tuple[str, ...]], roots: set[str]) -> set[str]:
 
 def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, set[str]],
            at: datetime, directory_system: str) -> Snapshot | None:
-    numbers = old.extra.get("posix")
+    numbers = old.posix
     if numbers is None:
         return None  # no record of the posix numbers handed out: rebuild fully
     builder = EntryBuilder(new, directory_system, numbers.child())
@@ -271,7 +271,7 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
     changed: list[Entry] = []
     removed: set[str] = set()
     moved: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
-    grants = dict(old.extra.get("grants", {}))
+    grants = dict(old.grants)
     for account_id in accounts:
         before = old.get(account_id)
         row = new.accounts.get(account_id)
@@ -291,7 +291,7 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
             grants.pop(account_id, None)
     # Units: rebuild the scoped ones with patched members; other groups: patch members only.
     rebuild_units = units | direct_units | {g for g in moved if g in new.units or
-                                            (old.get(g) is not None and old.get(g).kind == UNIT)}
+                                            getattr(old.get(g), "kind", None) == UNIT}
     for unit_id in rebuild_units:
         before = old.get(unit_id)
         members = set(before.attrs.get("member", ())) if before else set()
@@ -335,5 +335,4 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         if entry.kind == ACCOUNT and entry.id in removed:
             removed.discard(entry.id)
     return old.patched(changed, removed, at=at, seq=new.seq, next_boundary=new.next_boundary,
-                       extra={"data": new, "grants": grants,
-                              "posix": builder.numbers})
+                       data=new, grants=grants, posix=builder.numbers)

@@ -23,7 +23,8 @@ from store.changelog import last_seq
 
 _ID = attrgetter("id")
 
-VALIDITY_MODELS = (
+#: Every model with a validity (``valid_from``/``valid_to``): what a boundary can come from.
+VALIDITY_MODELS: tuple[Any, ...] = (
     m.Klasse, m.OrgUnit, m.RelatedUnit, m.Person, m.Engagement, m.Association, m.Manager,
     m.Leave, m.ItSystem, m.Account, m.Address, m.Kle, m.SystemRole, m.JobRole, m.RoleGroup,
     m.AccountRoleAssignment, m.UnitRoleAssignment,
@@ -71,7 +72,7 @@ class OrgData:
         return row.name if row else None
 
 
-def _rows(session: Session, model: type, at: datetime) -> dict[str, Any]:
+def _rows(session: Session, model: Any, at: datetime) -> dict[str, Any]:
     """Rows in effect at ``at``, keyed by id *in id order*.
 
     Every look-up derived from these maps iterates them, so their order becomes the order of
@@ -100,7 +101,7 @@ def _links(session: Session, table, key: str, value: str) -> dict[str, list[str]
 
 def next_boundary(session: Session, at: datetime) -> datetime | None:
     """The earliest ``valid_from`` or ``valid_to`` after ``at`` in any table."""
-    parts = []
+    parts: list[Any] = []
     for model in VALIDITY_MODELS:
         parts.append(select(func.min(model.valid_from).label("t")).where(model.valid_from > at))
         parts.append(select(func.min(model.valid_to).label("t")).where(model.valid_to > at))

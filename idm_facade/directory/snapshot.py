@@ -17,16 +17,43 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from threading import Lock
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from idm_facade.directory import filters as f
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.policy import Policy
 from schemas.attributes import ALL_KINDS, ATTRIBUTES, REFERENCE, normalise
+
+if TYPE_CHECKING:
+    from idm_facade.directory.load import OrgData
+    from idm_facade.directory.posix import PosixNumbers
+    from idm_facade.directory.roles import Grant
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class CacheKey(Generic[T]):
+    """Names one per-snapshot cache slot and says what it holds.
+
+    Front ends keep what they derive from a snapshot (rendered resources, finished list
+    bodies, the LDAP tree, the role API's look-ups) with the snapshot it was derived from, so
+    it goes away with it and can never be served from another one. Each defines its own key
+    (``CacheKey[BodyCache]("scim.bodies")``): the snapshot knows nothing of SCIM or LDAP, and
+    a reader of the key knows the type of what comes back.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"CacheKey({self.name!r})"
 
 _MAX = "\U0010ffff"
 #: Reference attributes naming the entry itself or its person, not another entry.
@@ -47,12 +74,13 @@ class Snapshot:
     """Entries, their indexes and the planner. Thread-safe to read; never mutated."""
 
     def __init__(self, entries: Iterable[Entry], *, at: datetime, seq: int,
-                 next_boundary: datetime | None, extra: dict[str, Any] | None = None) -> None:
+                 next_boundary: datetime | None, data: OrgData | None = None,
+                 grants: dict[str, list[Grant]] | None = None,
+                 posix: PosixNumbers | None = None) -> None:
         self.at = at
         self.seq = seq
         self.next_boundary = next_boundary
-        #: Whatever the build wants to keep beside the entries (grants, org data).
-        self.extra = extra or {}
+        self._keep(data, grants, posix)
         self.entries: list[Entry] = sorted(entries, key=lambda e: e.id)
         self.by_id: dict[str, int] = {e.id: h for h, e in enumerate(self.entries)}
         self.equality: dict[str, dict[Any, set[int]]] = defaultdict(dict)
@@ -119,7 +147,8 @@ class Snapshot:
                     ordered_changes[attr].append((sign, (key, handle)))
 
     def patched(self, changed: list[Entry], removed: set[str], *, at: datetime, seq: int,
-                next_boundary: datetime | None, extra: dict[str, Any]) -> Snapshot:
+                next_boundary: datetime | None, data: OrgData | None,
+                grants: dict[str, list[Grant]], posix: PosixNumbers | None) -> Snapshot:
         """A new snapshot with ``changed`` entries replaced or added and ``removed`` ones
         dropped, its indexes patched copy-on-write (cost proportional to the change, no store
         access). This snapshot is left untouched.
@@ -136,9 +165,10 @@ class Snapshot:
             keep = {e.id: e for e in self.entries if e.kind != REMOVED and e.id not in removed}
             keep.update({e.id: e for e in changed})
             return Snapshot(keep.values(), at=at, seq=seq, next_boundary=next_boundary,
-                            extra=extra)
+                            data=data, grants=grants, posix=posix)
         snap = object.__new__(Snapshot)
-        snap.at, snap.seq, snap.next_boundary, snap.extra = at, seq, next_boundary, extra
+        snap.at, snap.seq, snap.next_boundary = at, seq, next_boundary
+        snap._keep(data, grants, posix)
         snap.drift = drift
         snap.entries = list(self.entries)
         snap.by_id = self.by_id
@@ -160,8 +190,8 @@ class Snapshot:
             snap.by_kind[old.kind].discard(handle)
             snap.entries[handle] = Entry(entry_id, REMOVED, {}, {})
         for entry in changed:
-            handle = snap.by_id.get(entry.id)
-            if handle is None:
+            known = snap.by_id.get(entry.id)
+            if known is None:
                 handle = len(snap.entries)
                 snap.entries.append(entry)
                 snap.by_id[entry.id] = handle
@@ -169,6 +199,7 @@ class Snapshot:
                 snap._index_entry(handle, entry, 1, copied, ordered_changes)
                 continue
             # Index only what changed: a group's member list moves by one, not thousands.
+            handle = known
             before = self.entries[handle]
             gone, came = _attr_diff(before, entry)
             snap._index_entry(handle, gone, -1, copied, ordered_changes)
@@ -314,13 +345,16 @@ class Snapshot:
 
     # ------------------------------------------------------------------ planner
 
-    def select(self, node: f.Filter, universe: frozenset[int] | set[int]) -> set[int]:
+    def select(self, node: f.Filter, universe: frozenset[int] | set[int]
+               ) -> set[int] | frozenset[int]:
         """Handles in ``universe`` matching ``node`` (physical names), using indexes."""
         exact = self._indexed(node)
         if exact is not None:
             return exact & universe if len(exact) < len(universe) else universe & exact
         if isinstance(node, f.And):
-            indexed, rest = [], []
+            indexed: list[set[int]] = []
+            rest: list[f.Filter] = []
+            candidates: set[int] | frozenset[int]
             for part in node.parts:
                 found = self._indexed(part)
                 (indexed.append(found) if found is not None else rest.append(part))
@@ -342,10 +376,10 @@ class Snapshot:
                 candidates = self.select(part, candidates)
             return candidates
         if isinstance(node, f.Or):
-            found: set[int] = set()
+            either: set[int] = set()
             for part in node.parts:
-                found |= self.select(part, universe)
-            return found
+                either |= self.select(part, universe)
+            return either
         if isinstance(node, f.Not):
             return set(universe) - self.select(node.part, universe)
         if isinstance(node, f.Const):
@@ -386,11 +420,12 @@ class Snapshot:
             return self._range(node.attr, None, False, key, False)
         if isinstance(node, f.Or):
             parts = [self._indexed(p) for p in node.parts]
-            if all(p is not None for p in parts):
-                found: set[int] = set()
-                for p in parts:
-                    found |= p  # type: ignore[operator]
-                return found
+            union: set[int] = set()
+            for p in parts:
+                if p is None:
+                    return None
+                union |= p
+            return union
         return None
 
     def _range(self, attr: str, low: Any, low_incl: bool, high: Any, high_incl: bool
@@ -419,10 +454,37 @@ class Snapshot:
         """The oracle: check every entry of ``universe`` one by one."""
         return {h for h in universe if f.matches(self.entries[h], node)}
 
-    def with_extra(self, **extra: Any) -> Snapshot:
-        """The same snapshot object with more build data attached (no copy of entries)."""
-        self.extra.update(extra)
-        return self
+    # ------------------------------------------------------------------ build products, caches
+
+    def _keep(self, data: OrgData | None, grants: dict[str, list[Grant]] | None,
+              posix: PosixNumbers | None) -> None:
+        #: The store rows as of ``at`` the entries were built from (the role API's
+        #: catalogues and constraints, and the next incremental refresh, read them).
+        self.data = data
+        #: Effective role grants per account id, with provenance.
+        self.grants: dict[str, list[Grant]] = grants or {}
+        #: POSIX numbers handed out so far (kept across refreshes in one process).
+        self.posix = posix
+        self._caches: dict[CacheKey[Any], Any] = {}
+
+    def cached(self, key: CacheKey[T], make: Callable[[], T]) -> T:
+        """The value under ``key`` for this snapshot, made by ``make`` on first use.
+
+        Two threads may both make it the first time; one value wins and both get it, so no
+        lock is held while making (a slow make must not stall unrelated readers)."""
+        found = self._caches.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._caches.setdefault(key, make())
+        return found
+
+    def peek(self, key: CacheKey[T]) -> T | None:
+        """The value under ``key`` if it was made already, else None."""
+        return self._caches.get(key)
+
+    def keep(self, key: CacheKey[T], value: T) -> T:
+        """Store ``value`` under ``key`` (replacing what was there); returns it."""
+        self._caches[key] = value
+        return value
 
 
 def _attr_diff(before: Entry, after: Entry) -> tuple[Entry, Entry]:
@@ -454,8 +516,9 @@ def _flatten_any(node: f.Any_) -> f.Filter | None:
             kept = [w for w in (walk(p) for p in part.parts) if w is not None]
             return f.And(tuple(kept)) if kept else None
         if isinstance(part, f.Or):
-            kept = [walk(p) for p in part.parts]
-            return None if any(k is None for k in kept) else f.Or(tuple(kept))  # type: ignore
+            alternatives = [walk(p) for p in part.parts]
+            ok = [k for k in alternatives if k is not None]
+            return f.Or(tuple(ok)) if len(ok) == len(alternatives) else None
         if isinstance(part, f.LEAVES) and f"{node.complex}.{part.attr}" in ATTRIBUTES:
             return replace(part, attr=f"{node.complex}.{part.attr}")
         return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from idm_facade.ldap import ber
-from idm_facade.ldap.dit import PAGED_OID, SORT_OID, SORT_RESPONSE_OID
+from idm_facade.ldap.subschema import PAGED_OID, SORT_OID, SORT_RESPONSE_OID
 
 UNAVAILABLE_CRITICAL = 12
 PROTOCOL_ERROR = 2

@@ -16,13 +16,15 @@ afterwards by the directory's planner, so a hidden attribute also behaves as abs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
 from ldaptor.protocols import pureldap
 
 from idm_facade.directory import filters as f
-from idm_facade.ldap import dit
+from idm_facade.directory.snapshot import Snapshot
+from idm_facade.ldap import dit, syntax
 from schemas.attributes import ATTRIBUTES, BOOLEAN, DATETIME, INTEGER
 
 #: LDAP_MATCHING_RULE_IN_CHAIN (Active Directory's transitive membership rule).
@@ -63,7 +65,7 @@ def _name(node: Any) -> str:
 class Translator:
     """Translates one search's filter for one view."""
 
-    def __init__(self, layout: dit.Layout, view: str, snapshot: Any) -> None:
+    def __init__(self, layout: dit.Layout, view: str, snapshot: Snapshot) -> None:
         self.layout = layout
         self.view = view
         self.snapshot = snapshot
@@ -77,20 +79,21 @@ class Translator:
     # -------------------------------------------------------------- structure
 
     def node(self, node: Any) -> f.Filter:
+        # Three-valued logic (RFC 4511 §4.5.1): Undefined parts decide only when nothing
+        # else does; otherwise the folding is the one SCIM uses (``all_of`` / ``any_of``).
         if isinstance(node, pureldap.LDAPFilter_and):
             parts = [self.node(p) for p in node.data]
             if any(p is UNDEFINED or p == f.FALSE for p in parts):
                 return f.FALSE if any(p == f.FALSE for p in parts) else UNDEFINED
-            parts = [p for p in parts if p != f.TRUE]
-            return f.And(tuple(parts)) if len(parts) != 1 else parts[0] if parts else f.TRUE
+            return f.all_of(parts)
         if isinstance(node, pureldap.LDAPFilter_or):
             parts = [self.node(p) for p in node.data]
             if any(p == f.TRUE for p in parts):
                 return f.TRUE
-            kept = [p for p in parts if p is not UNDEFINED and p != f.FALSE]
-            if not kept:
+            kept = [p for p in parts if p is not UNDEFINED]
+            if not any(p != f.FALSE for p in kept):
                 return UNDEFINED if any(p is UNDEFINED for p in parts) else f.FALSE
-            return f.Or(tuple(kept)) if len(kept) > 1 else kept[0]
+            return f.any_of(kept)
         if isinstance(node, pureldap.LDAPFilter_not):
             inner = self.node(node.value)
             if inner is UNDEFINED:
@@ -129,13 +132,13 @@ class Translator:
             return UNDEFINED
         return self._any([f.Present(a) for a in mapped[1]])
 
-    def _any(self, parts: list[f.Filter]) -> f.Filter:
-        return parts[0] if len(parts) == 1 else f.Or(tuple(parts))
+    def _any(self, parts: Sequence[f.Filter]) -> f.Filter:
+        return f.any_of(parts)
 
     def _resolve_dn(self, raw: Any, view: str | None) -> str | None:
         try:
-            norm = dit.parse_dn(_text(raw))
-        except dit.InvalidDN:
+            norm = syntax.parse_dn(_text(raw))
+        except syntax.InvalidDN:
             return None
         found = self.layout.id_of_dn(norm)
         if found is None or (view is not None and found[0] != view
@@ -167,7 +170,7 @@ class Translator:
         mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
             return UNDEFINED
-        parts = []
+        parts: list[f.Filter] = []
         for attr in mapped[1]:
             if attr in dit.DN_ATTRS:
                 if cls is not f.Eq:
@@ -198,7 +201,7 @@ class Translator:
                 return upper == "TRUE"
             if type_ == DATETIME:
                 # The directory keeps instants as naive UTC.
-                return dit.parse_generalized_time(text).astimezone(UTC).replace(tzinfo=None)
+                return syntax.parse_generalized_time(text).astimezone(UTC).replace(tzinfo=None)
         except ValueError:
             return None
         return text
@@ -211,7 +214,7 @@ class Translator:
             return self._local_substring(self.classes, initial, tuple(any_), final)
         if lower == "memberuid" and self.view == dit.GROUPS:
             ids = [aid for uid, aid in self.layout.account_by_uid.items()
-                   if f.substring_match(uid, _fold(initial), tuple(_fold(a) for a in any_),
+                   if f.substring_match(uid, _fold(initial), tuple(a.casefold() for a in any_),
                                         _fold(final))]
             if not ids:
                 return f.FALSE
@@ -222,7 +225,7 @@ class Translator:
         parts = []
         for attr in mapped[1]:
             spec = ATTRIBUTES.get(attr)
-            if attr in dit.DN_ATTRS or (spec and spec.type != "string"):
+            if attr in dit.DN_ATTRS or (spec and not f.defined(f.Substring, spec.type)):
                 continue  # substring matching is defined for strings only
             parts.append(f.Substring(attr, initial, tuple(any_), final))
         return self._any(parts) if parts else UNDEFINED
@@ -230,7 +233,7 @@ class Translator:
     @staticmethod
     def _local_substring(values: set[str], initial: str | None, any_: tuple[str, ...],
                          final: str | None) -> f.Filter:
-        hit = any(f.substring_match(v, _fold(initial), tuple(_fold(a) for a in any_),
+        hit = any(f.substring_match(v, _fold(initial), tuple(a.casefold() for a in any_),
                                     _fold(final)) for v in values)
         return f.TRUE if hit else f.FALSE
 

@@ -31,8 +31,10 @@ from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from idm_facade.access.clients import Client
 from idm_facade.directory.policy import Policy
-from idm_facade.ldap import ber, controls, dit
+from idm_facade.directory.snapshot import Snapshot
+from idm_facade.ldap import ber, controls, dit, subschema, syntax
 from idm_facade.ldap.filters import matches_static, to_text
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
@@ -104,7 +106,9 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
     def __init__(self) -> None:
         super().__init__()
         self._buf = bytearray()
-        self.client: Any = None
+        self.client: Client | None = None
+        #: Set by the LDAPS listener's factory: TLS from the first byte.
+        self._ldaps = False
         self.tls_active = False
         self.closing = False
         self.active: dict[int, bool] = {}  # msgid -> still wanted (False once abandoned)
@@ -121,7 +125,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         settings = self.factory.settings
         self.setTimeout(settings.idle_timeout or None)
         self.pages = controls.PagedSearches(settings.page_ttl, settings.max_pages)
-        if getattr(self, "_ldaps", False):
+        if self._ldaps:
             self.tls_active = True
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
@@ -321,7 +325,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
     # ------------------------------------------------------------------ audit
 
     def _audit(self, operation: str, query: str, status: str, subjects: list[str],
-               sensitive: list[str], client: Any = None,
+               sensitive: list[str], client: Client | None = None,
                done: Callable[[bool], None] | None = None) -> defer.Deferred | None:
         """Record one access (submitted to the log without blocking the reactor; the answer
         waits until the record is durable, and concurrent records share one commit); fires
@@ -348,7 +352,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
 
         if hasattr(audit, "submit"):
             # Non-blocking: no pool thread waits for the commit.
-            d = None
+            d: defer.Deferred[bool] | None = None
             if done is None:
                 d = defer.Deferred()
                 done = d.callback
@@ -378,6 +382,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             return
         self.client = None  # a bind, even a failed one, starts from anonymous
         password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
+        verdict: defer.Deferred[Any]
         if op.version != 3:
             verdict = defer.succeed((PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
                                      None))
@@ -390,7 +395,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             verdict = defer.succeed((UNWILLING, "unauthenticated bind (DN without password) "
                                      "is not allowed", None))
         else:
-            def check(client: Any) -> tuple[int, str, Any]:
+            def check(client: Client | None) -> tuple[int, str, Any]:
                 if client is None:
                     return INVALID_CREDENTIALS, "invalid credentials", None
                 return SUCCESS, "", client
@@ -400,7 +405,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             verdict.addCallback(check)
         self.hold()
 
-        def audited(ok: bool, code: int, message: str, client: Any) -> None:
+        def audited(ok: bool, code: int, message: str, client: Client | None) -> None:
             if not ok:
                 self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
             else:
@@ -412,6 +417,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             code, message, client = result
             status = "success" if code == SUCCESS else f"{code}"
             d = self._audit("bind", query, status, [], [], client=client)
+            assert d is not None  # no ``done`` given: the Deferred is returned
             d.addCallback(audited, code, message, client)
             return d
 
@@ -433,12 +439,12 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         except controls.ControlError as exc:
             self.send(msgid, ber.extended_response(exc.code, exc.message))
             return
-        if oid == dit.WHOAMI_OID:
+        if oid == subschema.WHOAMI_OID:
             who = self.client.bind_dn if self.client is not None and self.client.bind_dn \
                 else ""
             authz = f"dn:{who}" if who else ""
             self.send(msgid, ber.extended_response(SUCCESS, value=authz.encode()))
-        elif oid == dit.STARTTLS_OID:
+        elif oid == subschema.STARTTLS_OID:
             if self.tls_active:
                 self.send(msgid, ber.extended_response(OPERATIONS_ERROR, "TLS already active",
                                                        name=oid))
@@ -486,8 +492,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
     def _search(self, q: SearchRequest, parsed: controls.SearchControls) -> None:
         snapshot, layout = self.factory.current()
         try:
-            norm = dit.parse_dn(q.base)
-        except dit.InvalidDN as exc:
+            norm = syntax.parse_dn(q.base)
+        except syntax.InvalidDN as exc:
             raise Abort(INVALID_DN, f"invalid base DN: {exc}") from exc
         # The rootDSE and the subschema entry are readable by everyone.
         if not norm or norm == (((("cn", "subschema"),)),):
@@ -526,12 +532,12 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                    self.pages.keep)  # type: ignore[union-attr]
         self._answer(q, page, parsed.paged is None, snapshot, layout, policy)
 
-    def _search_static(self, q: SearchRequest, layout: dit.Layout, norm: dit.NormDN) -> None:
+    def _search_static(self, q: SearchRequest, layout: dit.Layout, norm: syntax.NormDN) -> None:
         """Answer a search of the rootDSE or the subschema entry (readable by everyone)."""
         if not norm and q.scope != SCOPE_BASE:
             raise Abort(NO_SUCH_OBJECT, "search the naming context "
                         f"{layout.base} (the root DSE has base scope only)")
-        dn, attrs = ("", dit.root_dse(layout)) if not norm else dit.subschema(layout)
+        dn, attrs = ("", subschema.root_dse(layout)) if not norm else subschema.subschema(layout)
         hit = q.scope != SCOPE_ONE and matches_static(q.filter, attrs)
         sel = q.selection
         if not norm and sel.user and not sel.names:
@@ -544,7 +550,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
 
         self._after_audit(q.msgid, q.query_text(), "success", [], [], answer)
 
-    def _answer(self, q: SearchRequest, page: Cut, cacheable: bool, snapshot: Any,
+    def _answer(self, q: SearchRequest, page: Cut, cacheable: bool, snapshot: Snapshot,
                 layout: dit.Layout, policy: Policy) -> None:
         """Record what ``page`` discloses, then send it: in one write (and kept for the same
         request) when it is small and complete, else a chunk per reactor turn."""
@@ -597,7 +603,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self._audit("search", query, status, subjects, sensitive, done=guarded)
 
     def _send_entries(self, q: SearchRequest, page: list, start: int, layout: dit.Layout,
-                      policy: Policy, snapshot: Any, code: int, message: str,
+                      policy: Policy, snapshot: Snapshot, code: int, message: str,
                       done_ctrls: bytes, deadline: float | None) -> None:
         """Send ``page[start:]`` a chunk per reactor turn, then SearchResultDone."""
         if not self.active.get(q.msgid) or not self.connected or self.closing:

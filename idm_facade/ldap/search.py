@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from idm_facade.access.clients import Client
 from idm_facade.directory import filters as f
 from idm_facade.directory import view as dview
 from idm_facade.directory.policy import Policy
-from idm_facade.ldap import controls, dit
+from idm_facade.directory.snapshot import Snapshot
+from idm_facade.ldap import controls, dit, syntax
 from idm_facade.ldap.filters import Translator, matches_static
 from schemas.attributes import ATTRIBUTES, normalise
 
@@ -144,13 +146,13 @@ def cut(q: SearchRequest, parsed: controls.SearchControls, statics: list, result
 
 def deadline(q: SearchRequest, server_time_limit: float) -> float | None:
     """The monotonic time after which sending stops with timeLimitExceeded (or None)."""
-    limit = q.time_limit or 0
+    limit: float = q.time_limit or 0
     if server_time_limit and (not limit or limit > server_time_limit):
         limit = server_time_limit
     return time.monotonic() + limit if limit else None
 
 
-def disclosed(page: list, policy: Policy, snapshot: Any,
+def disclosed(page: list, policy: Policy, snapshot: Snapshot,
               selection: dit.Selection) -> tuple[list[str], list[str]]:
     """(persons, sensitive attributes) that sending ``page`` discloses, for the record."""
     if selection.types_only or not page:
@@ -173,8 +175,8 @@ def disclosed(page: list, policy: Policy, snapshot: Any,
 # ---------------------------------------------------------------------------- planning
 
 
-def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Any,
-         layout: dit.Layout, policy: Policy, norm: dit.NormDN, client: Any
+def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Snapshot,
+         layout: dit.Layout, policy: Policy, norm: syntax.NormDN, client: Client | None
          ) -> tuple[list, list, bytes]:
     """(static entries, [(view, entry)], sort response control) for a search of ``norm``
     (the parsed base DN) by ``client`` (None when anonymous)."""
@@ -215,8 +217,8 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Any,
     return statics, results, sort_ctrl
 
 
-def _regions(q: SearchRequest, snapshot: Any, layout: dit.Layout, policy: Policy,
-             norm: dit.NormDN, client: Any) -> tuple[list, list[tuple[str, f.Filter]]]:
+def _regions(q: SearchRequest, snapshot: Snapshot, layout: dit.Layout, policy: Policy,
+             norm: syntax.NormDN, client: Client | None) -> tuple[list, list[tuple[str, f.Filter]]]:
     """The fixed entries that match, and the (view, region filter) pairs to search, for the
     base DN and scope. One branch per kind of base: the naming context, a container
     (``ou=people`` ...), or an entry below one; the branches are the DIT's shape, so the
@@ -259,7 +261,7 @@ def _regions(q: SearchRequest, snapshot: Any, layout: dit.Layout, policy: Policy
             if which == dit.CLIENTS:
                 client_entry()
             elif which == dit.UNITS:
-                region = root_units if scope == SCOPE_SUB else (
+                region: f.Filter = root_units if scope == SCOPE_SUB else (
                     f.Eq("id", layout.line_root) if layout.line_root else f.FALSE)
                 views = [(dit.UNITS, region)]
             else:
@@ -269,7 +271,7 @@ def _regions(q: SearchRequest, snapshot: Any, layout: dit.Layout, policy: Policy
         found = layout.id_of_dn(norm)
         if top == (("ou", dit.CLIENTS),) and len(rel) == 2:
             own = client.bind_dn if client is not None else None
-            if own and dit.parse_dn(own) == norm:
+            if own and syntax.parse_dn(own) == norm:
                 if scope != SCOPE_ONE:
                     add_static(dit.CLIENTS + ":self")
             else:
@@ -284,10 +286,11 @@ def _regions(q: SearchRequest, snapshot: Any, layout: dit.Layout, policy: Policy
                                    policy=policy):
                 raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}", matched=layout.base)
             if view == dit.UNITS:
-                region = {SCOPE_BASE: f.Eq("id", entry_id),
-                          SCOPE_ONE: f.Eq("parent", entry_id),
-                          SCOPE_SUB: f.Eq("ancestor", entry_id)}.get(scope, f.And((
-                              f.Eq("ancestor", entry_id), f.Not(f.Eq("id", entry_id)))))
+                by_scope: dict[int, f.Filter] = {SCOPE_BASE: f.Eq("id", entry_id),
+                                                 SCOPE_ONE: f.Eq("parent", entry_id),
+                                                 SCOPE_SUB: f.Eq("ancestor", entry_id)}
+                region = by_scope.get(scope, f.And((  # 3: children (subordinates only)
+                    f.Eq("ancestor", entry_id), f.Not(f.Eq("id", entry_id)))))
                 views = [(dit.UNITS, f.And((root_units, region)))]
             elif scope != SCOPE_ONE:
                 views = [(view, f.Eq("id", entry_id))]

@@ -20,6 +20,8 @@ from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IListeningPort
 
 from idm_facade.access.audit.turnlog import turn_log
+from idm_facade.access.facade import Facade
+from idm_facade.directory.snapshot import Snapshot
 from idm_facade.ldap import dit
 from idm_facade.ldap.protocol import LDAPConnection
 from idm_facade.ldap.search import Answer
@@ -57,7 +59,7 @@ class Settings:
 class LDAPFactory(protocol.ServerFactory):
     """Builds one :class:`LDAPConnection` per client connection."""
 
-    def __init__(self, facade: Any, reactor: Any = None, tls: Any = None) -> None:
+    def __init__(self, facade: Facade, reactor: Any = None, tls: Any = None) -> None:
         self.facade = facade
         self.settings = Settings.from_config(facade.config)
         self.tls = tls
@@ -158,12 +160,10 @@ class LDAPFactory(protocol.ServerFactory):
         proto.factory = self
         return proto
 
-    def layout(self, snapshot: Any) -> dit.Layout:
+    def layout(self, snapshot: Snapshot) -> dit.Layout:
         """The DIT of a snapshot (options read once per snapshot)."""
-        options = snapshot.extra.get("ldap_options")
-        if options is None:
-            options = dit.options_from(self.facade.config, snapshot)
-            snapshot.extra["ldap_options"] = options
+        options = snapshot.cached(dit.OPTIONS_KEY,
+                                  lambda: dit.options_from(self.facade.config, snapshot))
         return dit.layout_for(snapshot, options)
 
     def current(self) -> tuple[Any, dit.Layout]:
@@ -182,8 +182,8 @@ class LDAPFactory(protocol.ServerFactory):
             return served
         self._gen += 1
         gen = self._gen
-        ready = latest.extra.get("ldap_layout")
-        if ready is not None and ready.options == latest.extra.get("ldap_options"):
+        ready = latest.peek(dit.LAYOUT_KEY)
+        if ready is not None and ready.options == latest.peek(dit.OPTIONS_KEY):
             self._swap(ready, latest, gen)  # another listener built it already
             return self._served
         self._building = latest
@@ -200,14 +200,14 @@ class LDAPFactory(protocol.ServerFactory):
             self._answers_layout = layout
         return self._answers
 
-    def _swap(self, layout: dit.Layout, snapshot: Any, gen: int) -> None:
+    def _swap(self, layout: dit.Layout, snapshot: Snapshot, gen: int) -> None:
         if self._building is snapshot:
             self._building = None
         if gen > self._served_gen:  # never go back to an older snapshot
             self._served = (snapshot, layout)
             self._served_gen = gen
 
-    def _layout_failed(self, failure: Any, snapshot: Any) -> None:
+    def _layout_failed(self, failure: Any, snapshot: Snapshot) -> None:
         if self._building is snapshot:
             self._building = None
         log.error("LDAP: building the DIT of a new snapshot failed; serving the previous "
@@ -217,11 +217,11 @@ class LDAPFactory(protocol.ServerFactory):
 class _LDAPSFactory(LDAPFactory):
     def buildProtocol(self, addr: Any) -> LDAPConnection:
         proto = super().buildProtocol(addr)
-        proto._ldaps = True  # type: ignore[attr-defined]
+        proto._ldaps = True
         return proto
 
 
-def factories(reactor: Any, facade: Any, ldap: bool, ldaps: bool
+def factories(reactor: Any, facade: Facade, ldap: bool, ldaps: bool
               ) -> tuple[Any, LDAPFactory | None, LDAPFactory | None]:
     """The TLS context and the factories of the plain and the LDAPS listener (None when not
     wanted); shared by :func:`listen` and ``serve --workers``, which adopts listening sockets."""
@@ -232,7 +232,7 @@ def factories(reactor: Any, facade: Any, ldap: bool, ldaps: bool
             _LDAPSFactory(facade, reactor, context) if ldaps else None)
 
 
-def listen(reactor: Any, facade: Any, host: str, port: int,
+def listen(reactor: Any, facade: Facade, host: str, port: int | None,
            ldaps_port: int | None = None) -> list[IListeningPort]:
     """Start the LDAP listener (and LDAPS when ``ldaps_port`` is given) on ``host``."""
     context, plain, secure = factories(reactor, facade, port is not None,

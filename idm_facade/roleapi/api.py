@@ -35,13 +35,15 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
 from idm_facade.directory import roles as role_calc
 from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
+from idm_facade.directory.snapshot import CacheKey, Snapshot
 from idm_facade.directory.view import visible_complex, visible_values
 from idm_facade.roleapi import oiobpp
 
-_CACHE_KEY = "roleapi"
+_VIEW_KEY: CacheKey[RoleView] = CacheKey("roleapi.view")
 _ACCOUNT_CACHE = 100_000
 MAX_COUNT = 1000
 DEFAULT_COUNT = 100
@@ -66,9 +68,10 @@ def _iso(value: Any) -> str | None:
 class RoleView:
     """Catalogue look-ups and per-account answers derived from one snapshot."""
 
-    def __init__(self, snapshot: Any) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self.data = snapshot.extra["data"]
+        assert snapshot.data is not None, "a snapshot built from the store"
+        self.data = snapshot.data
         data = self.data
         self.systems_by_key = {s.user_key: s for s in data.it_systems.values()}
         self.system_roles_of: dict[str, list[Any]] = {}
@@ -130,22 +133,21 @@ class RoleView:
 _VIEW_LOCK = threading.Lock()
 
 
-def role_view(snapshot: Any) -> RoleView:
+def role_view(snapshot: Snapshot) -> RoleView:
     """The :class:`RoleView` of a snapshot, built once per snapshot."""
-    view = snapshot.extra.get(_CACHE_KEY)
+    view = snapshot.peek(_VIEW_KEY)
     if view is None:
-        with _VIEW_LOCK:
-            view = snapshot.extra.get(_CACHE_KEY)
+        with _VIEW_LOCK:  # built once: it walks the whole role catalogue
+            view = snapshot.peek(_VIEW_KEY)
             if view is None:
-                view = RoleView(snapshot)
-                snapshot.extra[_CACHE_KEY] = view
+                view = snapshot.keep(_VIEW_KEY, RoleView(snapshot))
     return view
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def find_account(snapshot: Any, username: str, policy: Policy) -> Any:
+def find_account(snapshot: Snapshot, username: str, policy: Policy) -> Any:
     """The account with this userName (case-insensitive) visible to the policy."""
     found = snapshot.search(f.Eq("userName", username), kinds=ACCOUNTS_ONLY, policy=policy)
     if not found:
@@ -153,12 +155,12 @@ def find_account(snapshot: Any, username: str, policy: Policy) -> Any:
     return found[0]
 
 
-def _first(entry: Any, attr: str, policy: Policy, snapshot: Any) -> Any:
+def _first(entry: Any, attr: str, policy: Policy, snapshot: Snapshot) -> Any:
     values = visible_values(entry, attr, policy, snapshot)
     return values[0] if values else None
 
 
-def account_json(entry: Any, policy: Policy, snapshot: Any) -> dict:
+def account_json(entry: Any, policy: Policy, snapshot: Snapshot) -> dict:
     """The account summary every response starts with."""
     return {"id": entry.id, "userName": entry.first("userName"),
             "displayName": _first(entry, "displayName", policy, snapshot),
@@ -176,7 +178,7 @@ def roles_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | N
         if role is None:
             continue
         system = data.it_systems.get(role.it_system_id)
-        key = system.user_key if system else element.get("itSystem")
+        key = str(system.user_key if system else element.get("itSystem"))
         if systems is not None and key not in systems:
             continue
         block = by_system.get(key)
@@ -284,16 +286,18 @@ def _token() -> str | None:
     return api_key.strip() if api_key else None
 
 
-def blueprint(facade: Any) -> Blueprint:
+def blueprint(facade: Facade) -> Blueprint:
     """The role API, to be registered at ``/api``."""
     from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
     bp = Blueprint("roleapi", __name__)
 
-    def run(operation: str, handler: Callable[[Any, Any, Policy], tuple[Any, list[str]]]
+    def run(operation: str,
+            handler: Callable[[Snapshot, RoleView, Policy], tuple[Any, list[str]]]
             ) -> Response:
         client = None
-        status, body, subjects = 200, None, []
+        status, body = 200, None
+        subjects: list[str] = []
         try:
             token = _token()
             client = facade.clients.authenticate_token(token) if token else None
@@ -324,7 +328,7 @@ def blueprint(facade: Any) -> Blueprint:
 
     def per_account(operation: str, user: str, render: Callable[..., Any]) -> Response:
         """One account's roles in one shape, for the IT systems asked for (``?system=``)."""
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
             entry = find_account(snapshot, user, policy)
             systems = view.systems_matching(request.args.getlist("system"))
             return render(view, entry, policy, systems), subjects_of(entry)
@@ -344,7 +348,7 @@ def blueprint(facade: Any) -> Blueprint:
 
     @bp.get("/user/<user_id>/hasUserRole/<role_id>")
     def has_user_role(user_id: str, role_id: str) -> Response:
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
             entry = find_account(snapshot, user_id, policy)
             data = view.data
             held = False
@@ -358,7 +362,7 @@ def blueprint(facade: Any) -> Blueprint:
 
     @bp.get("/itsystem/<identifier>/users")
     def system_users(identifier: str) -> Response:
-        def handle(snapshot: Any, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
+        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
             matches = [s for s in view.data.it_systems.values()
                        if s.user_key.casefold() == identifier.casefold()]
             if not matches:

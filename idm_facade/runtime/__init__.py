@@ -1,3 +1,3 @@
-"""Running the facade: configuration into a :class:`~idm_facade.runtime.context.Facade`,
+"""Running the facade: configuration into a :class:`~idm_facade.access.facade.Facade`,
 listeners (HTTP for SCIM and the role API, LDAP), forked workers, and the HTTP site that
 holds each answer until its access record is committed."""

@@ -29,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
+from idm_facade.access.facade import Facade
 from idm_facade.roleapi import api as roleapi
 from idm_facade.scim import app as scim_app
 
@@ -59,8 +60,8 @@ class HeldRequest(Request):
             self.uri = uri  # the full URI again, for the WSGI environ's QUERY_STRING
         super().process()
 
-    @property
-    def args(self) -> dict[bytes, list[bytes]] | None:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def args(self) -> dict[bytes, list[bytes]] | None:
         args = self.__dict__.get("_args")
         query = self.__dict__.pop("_query", None)
         if query is not None and args is not None:
@@ -171,11 +172,12 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     site = Site(_Resource(reactor, pool, app, audit), requestFactory=HeldRequest)
     site.displayTracebacks = False
-    site.log = lambda request: None  # no per-request log line: the access log is the record
+    # No per-request log line: the access log is the record.
+    site.log = lambda request: None  # type: ignore[method-assign]
     return site
 
 
-def create_app(facade: Any) -> Flask:
+def create_app(facade: Facade) -> Flask:
     """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api.
 
     Assembled here, above both front ends, so neither imports the other."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from idm_facade.runtime.context import Facade
+from idm_facade.access.facade import Facade
 
 if TYPE_CHECKING:
     from idm_facade.runtime.workers import Sockets
@@ -88,7 +88,7 @@ def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
         ports = (ldap_server.listen(reactor, facade, host, ldap_port, ldaps_port)
                  if sockets is None else sockets.adopt_ldap(reactor, facade))
         listening.ports.extend(ports)
-        listening.ldap_ports = [p.getHost().port for p in ports]
+        listening.ldap_ports = [p.getHost().port for p in ports]  # type: ignore[misc]
     return listening
 
 
@@ -97,8 +97,9 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
         announce: Callable[[Listening], None] | None = None,
         sockets: Sockets | None = None) -> None:
     """Serve until interrupted: listeners, directory refresh, then the reactor loop."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    reactor: Any = global_reactor  # the module's stub types it as a bare interface
     listening = listen(reactor, facade, host, scim_port, ldap_port, ldaps_port, threads,
                        sockets)
     facade.directory.start()
@@ -107,7 +108,7 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
     if callable(close):
         reactor.addSystemEventTrigger("after", "shutdown", close)
     (announce or announce_listening)(listening)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def announce_listening(listening: Listening) -> None:

@@ -3,7 +3,7 @@
 One facade process is one Python interpreter, so its reactor thread is bound to one core. To use
 more cores on one machine without an external load balancer, the parent process binds the
 listening sockets (HTTP, LDAP, LDAPS) itself and forks N workers. Each worker builds its own
-:class:`~idm_facade.runtime.context.Facade` *after* the fork (directory, client registry and access
+:class:`~idm_facade.access.facade.Facade` *after* the fork (directory, client registry and access
 log, so no database connection or thread is ever shared between processes) and adopts the
 inherited listening sockets with ``reactor.adoptStreamPort``. The kernel hands each new
 connection to whichever worker accepts it first. Every worker's directory refreshes itself from
@@ -36,6 +36,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from idm_facade.access.facade import Facade
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ class Sockets:
         """Serve ``site`` on the shared HTTP socket (in a worker)."""
         return reactor.adoptStreamPort(self.http.fileno(), self.family, site)
 
-    def adopt_ldap(self, reactor: Any, facade: Any) -> list[Any]:
+    def adopt_ldap(self, reactor: Any, facade: Facade) -> list[Any]:
         """Serve LDAP (and LDAPS, TLS in memory) on the shared sockets (in a worker)."""
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -113,7 +115,9 @@ class Sockets:
             ports.append(reactor.adoptStreamPort(self.ldap.fileno(), self.family, plain))
         if secure is not None and self.ldaps is not None:
             ports.append(reactor.adoptStreamPort(
-                self.ldaps.fileno(), self.family, TLSMemoryBIOFactory(context, False, secure)))
+                self.ldaps.fileno(), self.family,
+                # mypy cannot see zope's @implementer(IProtocolFactory) on ServerFactory.
+                TLSMemoryBIOFactory(context, False, secure)))  # type: ignore[arg-type]
         return ports
 
     def close(self) -> None:

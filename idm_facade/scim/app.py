@@ -29,7 +29,10 @@ from flask import Flask, Response, request
 from werkzeug.datastructures import ImmutableMultiDict
 
 from idm_facade.access.audit.turnlog import HOLD_KEY
+from idm_facade.access.clients import Client
+from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
+from idm_facade.directory.snapshot import CacheKey, Snapshot
 from idm_facade.scim import schema as s
 from idm_facade.scim.discovery import Discovery
 from idm_facade.scim.errors import (
@@ -55,7 +58,7 @@ _ALL = (s.USER, s.GROUP)
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-_BODY_CACHE_KEY = "scim.bodies"
+_BODY_CACHE_KEY: CacheKey[BodyCache] = CacheKey("scim.bodies")
 #: The answer when the request's access record cannot be written: nothing is disclosed.
 _LOG_UNAVAILABLE = ScimError(500, "the access log is unavailable: nothing is disclosed")
 _LOG_UNAVAILABLE_BODY = json.dumps(_LOG_UNAVAILABLE.body()).encode()
@@ -83,8 +86,8 @@ class Outcome:
 class BodyCache:
     """LRU of finished list-response bodies for ONE snapshot, bounded in bytes.
 
-    Values are (body bytes, sorted subjects, cpr). Kept in ``snapshot.extra`` so it goes
-    away with the snapshot it was computed from.
+    Values are (body bytes, sorted subjects, cpr). Kept with the snapshot
+    (``Snapshot.cached``) so it goes away with the snapshot it was computed from.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -150,7 +153,7 @@ def _weak_equal(header: str, tag: str) -> bool:
 class ScimService:
     """The SCIM request handlers of one facade."""
 
-    def __init__(self, facade: Any) -> None:
+    def __init__(self, facade: Facade) -> None:
         self.facade = facade
         self.paging = PagingConfig.from_config(facade.config.section("scim"))
         self.pager = Pager(self.paging)
@@ -224,7 +227,7 @@ class ScimService:
 
     # ------------------------------------------------------------------ routing
 
-    def dispatch(self, client: Any, method: str, path: str, req: Any) -> Outcome:
+    def dispatch(self, client: Client, method: str, path: str, req: Any) -> Outcome:
         parts = path.split("/") if path else []
         head = parts[0].lower() if parts else ""
         if method in ("GET", "HEAD"):
@@ -270,7 +273,7 @@ class ScimService:
 
     # ------------------------------------------------------------------ resources
 
-    def get(self, client: Any, resource: str, ident: str) -> Outcome:
+    def get(self, client: Client, resource: str, ident: str) -> Outcome:
         snap = self.facade.directory.snapshot
         handle = snap.by_id.get(ident)
         entry = snap.entries[handle] if handle is not None else None
@@ -287,11 +290,11 @@ class ScimService:
         if match and _weak_equal(match, rendered.version):
             return Outcome(None, 304, headers)
         outcome = Outcome(rendered.json, 200, headers)
-        outcome.subjects.update(rendered.subjects)
+        outcome.subjects = set(rendered.subjects)
         outcome.cpr = rendered.cpr
         return outcome
 
-    def search(self, client: Any, resources: tuple[str, ...]) -> Outcome:
+    def search(self, client: Client, resources: tuple[str, ...]) -> Outcome:
         raw = request.get_data(cache=False)
         try:
             body = json.loads(raw or b"{}")
@@ -317,7 +320,7 @@ class ScimService:
         outcome.query = query
         return outcome
 
-    def list(self, client: Any, resources: tuple[str, ...], params: Any | None,
+    def list(self, client: Client, resources: tuple[str, ...], params: Any | None,
              raw: bytes | None = None, req: Any = None) -> Outcome:
         """A ListResponse; ``raw`` (the query string or the SearchRequest's canonical JSON)
         keys the snapshot's body cache: the same raw query gives the same parameters.
@@ -326,9 +329,7 @@ class ScimService:
         policy = client.policy
         cache = key = None
         if raw is not None and self.cache_bytes > 0:
-            cache = snap.extra.get(_BODY_CACHE_KEY)
-            if cache is None:
-                cache = snap.extra.setdefault(_BODY_CACHE_KEY, BodyCache(self.cache_bytes))
+            cache = snap.cached(_BODY_CACHE_KEY, lambda: BodyCache(self.cache_bytes))
             key = (resources, raw, self.base(req), policy)
             hit = cache.get(key)
             if hit is not None:
@@ -347,7 +348,7 @@ class ScimService:
             cache.put(key, (body or b"", subjects, outcome.cpr))  # type: ignore[arg-type]
         return outcome
 
-    def _list(self, snap: Any, client: Any, resources: tuple[str, ...],
+    def _list(self, snap: Snapshot, client: Client, resources: tuple[str, ...],
               params: Any) -> Outcome:
         text = params.get("filter")
         flt = translate(str(text), resources) if text not in (None, "") else f.TRUE
@@ -377,18 +378,20 @@ class ScimService:
         parts.append(',"Resources":[')
         outcome = Outcome(None)
         texts = []
+        subjects: set[str] = set()
         for entry in page.items:
             rendered = render(snap, entry, policy, base, sel)
             texts.append(rendered.json)
-            outcome.subjects.update(rendered.subjects)
+            subjects.update(rendered.subjects)
             outcome.cpr = outcome.cpr or rendered.cpr
+        outcome.subjects = subjects
         parts.append(",".join(texts))
         parts.append("]}")
         outcome.body = "".join(parts)
         return outcome
 
 
-def register(app: Flask, facade: Any) -> ScimService:
+def register(app: Flask, facade: Facade) -> ScimService:
     """Add SCIM's routes (everything under /scim/v2) for ``facade`` to ``app``."""
     service = ScimService(facade)
     app.extensions["scim"] = service

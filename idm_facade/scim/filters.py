@@ -39,6 +39,9 @@ from schemas.attributes import ACCOUNT, BOOLEAN, DATETIME, INTEGER, STRING, norm
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _NUMBER = re.compile(r"(?<![\w.$:-])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.:])")
 _ORDERING = {"gt": f.Gt, "ge": f.Ge, "lt": f.Lt, "le": f.Le}
+#: The filter node each comparison operator becomes (for the operator x type table).
+_NODE: dict[str, type] = {"eq": f.Eq, "ne": f.Eq, "co": f.Substring, "sw": f.Substring,
+                          "ew": f.Substring, **_ORDERING}
 _KNOWN_OPS = {"eq", "ne", "co", "sw", "ew", "pr", "gt", "ge", "lt", "le"}
 _NULL = object()
 
@@ -130,13 +133,8 @@ class _Translator:
                 inner = self.node(tree.expr)
             return f.Not(inner) if tree.negated else inner
         if isinstance(tree, ast.LogExpr):
-            left, right = self.node(tree.expr1), self.node(tree.expr2)
-            op = tree.op.lower()
-            cls = f.And if op == "and" else f.Or
-            parts: list[f.Filter] = []
-            for part in (left, right):
-                parts.extend(part.parts if isinstance(part, cls) else (part,))
-            return cls(tuple(parts))
+            both = (self.node(tree.expr1), self.node(tree.expr2))
+            return f.all_of(both) if tree.op.lower() == "and" else f.any_of(both)
         if isinstance(tree, ast.AttrExpr):
             path = tree.attr_path
             if isinstance(path.attr_name, ast.Filter):  # emails[type eq "work"].value eq "x"
@@ -184,9 +182,9 @@ class _Translator:
             inner = self.sub_filter(resource, attr, tree.expr)
             return f.Not(inner) if tree.negated else inner
         if isinstance(tree, ast.LogExpr):
-            cls = f.And if tree.op.lower() == "and" else f.Or
-            return cls((self.sub_filter(resource, attr, tree.expr1),
-                        self.sub_filter(resource, attr, tree.expr2)))
+            both = (self.sub_filter(resource, attr, tree.expr1),
+                    self.sub_filter(resource, attr, tree.expr2))
+            return f.all_of(both) if tree.op.lower() == "and" else f.any_of(both)
         if isinstance(tree, ast.AttrExpr):
             path = tree.attr_path
             if not isinstance(path.attr_name, str) or path.sub_attr is not None or path.uri:
@@ -219,17 +217,15 @@ class _Translator:
             if op == "ne":
                 return f.Present(key)
             raise invalid_filter(f"{op} cannot compare {label} with null")
+        if not f.defined(_NODE[op], type_):
+            raise invalid_filter(f"{op} is not defined for {type_} attribute {label}")
         if type_ == BOOLEAN:
-            if op in _ORDERING or op in ("co", "sw", "ew"):
-                raise invalid_filter(f"{op} is not defined for boolean attribute {label}")
             if not isinstance(value, bool):
                 raise invalid_filter(f"{label} is boolean: compare with true or false")
         elif type_ == INTEGER:
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise invalid_filter(f"{label} is an integer: compare with a number")
         elif type_ == DATETIME:
-            if op in ("co", "sw", "ew"):
-                raise invalid_filter(f"{op} is not defined for dateTime attribute {label}")
             try:
                 normalise(DATETIME, True, str(value))
             except (TypeError, ValueError):

@@ -150,10 +150,11 @@ class Pager:
                     time.time() - issued > self.config.cursor_timeout:
                 raise ScimError(400, "the cursor has expired; start again with cursor=",
                                 "expiredCursor")
-            offset = payload.get("o")
-            if not isinstance(offset, int) or offset < 0:
+            claimed = payload.get("o")
+            if not isinstance(claimed, int) or claimed < 0:
                 raise ScimError(400, "the cursor is not valid for this server",
                                 "invalidCursor")
+            offset = claimed
             after = payload.get("a")
             if payload.get("s") != snapshot_id and after:
                 offset = _resume_after(results, after, offset)

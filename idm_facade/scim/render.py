@@ -21,12 +21,14 @@ from typing import Any
 
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.policy import Policy
+from idm_facade.directory.snapshot import CacheKey, Snapshot
 from idm_facade.directory.view import visible_complex, visible_values
 from idm_facade.scim import schema as s
 from idm_facade.scim.errors import invalid_value
 from schemas.attributes import ACCOUNT, BOOLEAN, DATETIME, MUNICIPAL_GROUP
 
-_CACHE_KEY = "scim.render"
+#: Rendered resources of one snapshot: {(id, version, policy, selection, base): Rendered}.
+_CACHE_KEY: CacheKey[dict[tuple, Rendered]] = CacheKey("scim.render")
 _CACHE_LIMIT = 200_000
 
 
@@ -193,7 +195,7 @@ class _Context:
 
     __slots__ = ("snap", "policy", "base", "subjects", "cpr")
 
-    def __init__(self, snap: Any, policy: Policy, base: str) -> None:
+    def __init__(self, snap: Snapshot, policy: Policy, base: str) -> None:
         self.snap = snap
         self.policy = policy
         self.base = base
@@ -335,11 +337,9 @@ def etag(entry: Entry) -> str:
     return f'W/"{entry.version}"'
 
 
-def render(snap: Any, entry: Entry, policy: Policy, base: str, sel: Selection) -> Rendered:
+def render(snap: Snapshot, entry: Entry, policy: Policy, base: str, sel: Selection) -> Rendered:
     """Render (or fetch from the per-snapshot cache) one resource."""
-    cache = snap.extra.get(_CACHE_KEY)
-    if cache is None:
-        cache = snap.extra.setdefault(_CACHE_KEY, {})
+    cache = snap.cached(_CACHE_KEY, dict)
     key = (entry.id, entry.version, policy, sel.key, base)
     found = cache.get(key)
     if found is not None:

@@ -151,14 +151,16 @@ def _build(resource: str) -> dict[str, dict[str, ScimAttr]]:
         if not spec.scim or spec.scim.startswith("meta.") or not (spec.kinds & kinds):
             continue
         top, _, sub = spec.scim.partition(".")
-        urn = _urn_for(resource, spec.scim_schema, top)
-        if urn is None:
+        found_urn = _urn_for(resource, spec.scim_schema, top)
+        if found_urn is None:
             continue
+        urn = found_urn
         if sub:
-            attr = table[urn].get(top.lower())
-            if attr is None:  # a complex attribute only the map spells (members of groups)
-                attr = ScimAttr(urn, top, COMPLEX_TYPE, multi=top in _MULTI_COMPLEX)
-                table[urn][attr.key] = attr
+            known = table[urn].get(top.lower())
+            if known is None:  # a complex attribute only the map spells (members of groups)
+                known = ScimAttr(urn, top, COMPLEX_TYPE, multi=top in _MULTI_COMPLEX)
+                table[urn][known.key] = known
+            attr = known
             found = attr.subs.get(sub.lower())
             if found is None:
                 found = attr.subs[sub.lower()] = Sub(sub, _sub_type(sub))

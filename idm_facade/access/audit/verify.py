@@ -136,10 +136,10 @@ class VerifyMixin(DatabaseMixin):
             if broken:
                 return fail(*broken)
             if pending or clients:
-                stray = min((*pending, *clients))
-                which = "subject" if stray in pending else "client"
-                return fail(stray, f"{which} index names record {stray}, which does not "
-                                   f"exist")
+                orphan = min((*pending, *clients))
+                which = "subject" if orphan in pending else "client"
+                return fail(orphan, f"{which} index names record {orphan}, which does not "
+                                    f"exist")
         return VerifyResult(True, checked, first, prev_seq or None, prev_hash, anchor_seq)
 
 

@@ -1,4 +1,4 @@
-"""The parts one facade process shares between its front ends.
+"""The parts one facade process shares between its front ends (built by ``runtime``).
 
 SCIM, LDAP and the role-lookup API each get the same :class:`Facade`: the directory to read,
 the client registry to authenticate against, the access log to record in, and the
