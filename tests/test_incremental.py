@@ -145,6 +145,57 @@ def _end_job_role(s) -> None:  # noqa: ANN001
     _first(s, m.JobRole).valid_to = utcnow()
 
 
+def _manager_of_two(s) -> None:  # noqa: ANN001
+    """The person managing the first managed unit takes over a second unit in another
+    directorate (vacating that unit's own manager post), so one person manages two subtrees."""
+    now = utcnow()
+    first = _first(s, m.Manager, m.Manager.person_id.isnot(None), m.Manager.valid_at(now))
+    chain_top = _top(s, first.org_unit_id)
+    other = next(u for u in s.scalars(select(m.OrgUnit).where(m.OrgUnit.valid_at(now))
+                                      .order_by(m.OrgUnit.id))
+                 if u.parent_id and _top(s, u.id) == chain_top and
+                 not _within(s, u.id, first.org_unit_id) and
+                 not _within(s, first.org_unit_id, u.id))
+    for post in s.scalars(select(m.Manager).where(m.Manager.org_unit_id == other.id)):
+        post.person_id = None
+    s.add(m.Manager(person_id=first.person_id, org_unit_id=other.id))
+
+
+def _end_two_unit_managers_account(s) -> None:  # noqa: ANN001
+    """That person's AD accounts end: everyone below both units gets a new manager (the next
+    manager up). An incremental refresh once followed only one of the managed units."""
+    now = utcnow()
+    person = _two_unit_manager(s)
+    for account in s.scalars(select(m.Account).where(
+            m.Account.person_id == person, m.Account.it_system_id == _ad(s),
+            m.Account.valid_at(now))):
+        account.valid_to = now
+
+
+def _two_unit_manager(s) -> str:  # noqa: ANN001
+    counts: dict[str, int] = {}
+    for mgr in s.scalars(select(m.Manager).where(m.Manager.person_id.isnot(None),
+                                                 m.Manager.valid_at(utcnow()))):
+        counts[mgr.person_id] = counts.get(mgr.person_id, 0) + 1
+    return next(p for p, n in sorted(counts.items()) if n >= 2)
+
+
+def _top(s, unit_id: str) -> str:  # noqa: ANN001
+    unit = s.get(m.OrgUnit, unit_id)
+    while unit.parent_id:
+        unit = s.get(m.OrgUnit, unit.parent_id)
+    return unit.id
+
+
+def _within(s, unit_id: str, ancestor: str) -> bool:  # noqa: ANN001
+    unit = s.get(m.OrgUnit, unit_id)
+    while unit is not None:
+        if unit.id == ancestor:
+            return True
+        unit = s.get(m.OrgUnit, unit.parent_id) if unit.parent_id else None
+    return False
+
+
 WRITES: dict[str, Callable] = {
     "rename person": _rename_person, "move engagement": _move_engagement,
     "add address": _add_address, "vacate manager": _vacate_manager,
@@ -154,12 +205,15 @@ WRITES: dict[str, Callable] = {
     "rename role": _rename_role, "grow role group": _grow_role_group,
     "shrink role group": _shrink_role_group, "new role group on unit": _new_role_group_on_unit,
     "constrain system role": _constrain_system_role, "end job role": _end_job_role,
+    "manager of two units": _manager_of_two,
+    "end two-unit manager's account": _end_two_unit_managers_account,
 }
 
 
 #: Writes that only modify entries: their patched snapshot has no drift to show for it.
 NO_DRIFT = frozenset({"rename person", "move engagement", "add address", "vacate manager",
-                      "assign unit role", "rename unit", "move unit", "direct role group"})
+                      "assign unit role", "rename unit", "move unit", "direct role group",
+                      "manager of two units"})
 
 
 @pytest.fixture

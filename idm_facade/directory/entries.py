@@ -182,7 +182,10 @@ class EntryBuilder:
     # ------------------------------------------------------------------ accounts
 
     def account(self, account: Any) -> Entry:
-        """The entry of one directory account."""
+        """The entry of one directory account.
+
+        Longer than most on purpose: the account's attributes are assembled in one place so
+        the whole entry reads top to bottom; each look-up it needs is a helper."""
         data = self.data
         person = data.persons.get(account.person_id) if account.person_id else None
         engagements = role_calc.account_engagements(data, self.role_index, account)
@@ -193,27 +196,13 @@ class EntryBuilder:
         family = person.surname if person else ""
         nick = " ".join(_t(person.nickname_given_name, person.nickname_surname)) if person else ""
         formatted = f"{given} {family}".strip()
-        units = []
-        for eng in engagements:
-            if eng.org_unit_id not in units:
-                units.append(eng.org_unit_id)
-        ancestors: list[str] = []
-        for unit in units:
-            for anc in self.chains.get(unit, ()):
-                if anc not in ancestors:
-                    ancestors.append(anc)
+        units = list(dict.fromkeys(eng.org_unit_id for eng in engagements))
+        ancestors = list(dict.fromkeys(anc for unit in units
+                                       for anc in self.chains.get(unit, ())))
         kle = sorted({k for u in units for k in self.kle_by_unit.get(u, ())})
-        title_attr = "title"
-        title = None
-        if primary is not None:
-            title = data.class_name(primary.job_function_id)
-            cls = data.classes.get(primary.job_function_id)
-            if cls is not None and cls.sensitive:
-                title_attr = SENSITIVE_TITLE
+        title_attr, title = self._title(primary)
         primary_unit = primary.org_unit_id if primary else None
-        chain: tuple[str, ...] = self.chains.get(primary_unit, ()) if primary_unit else ()
-        division = data.units[chain[-2]].name if len(chain) >= 2 else (
-            data.units[chain[-1]].name if chain else None)
+        division = self._division(primary_unit)
         unit_row = data.units.get(primary_unit) if primary_unit else None
         manager = self.unit_manager_account(primary_unit, account.person_id) \
             if primary_unit else None
@@ -283,6 +272,23 @@ class EntryBuilder:
         entry = Entry(account.id, ACCOUNT, {k: v for k, v in attrs.items() if v}, complex_)
         entry.version = _version(entry)
         return entry
+
+    def _title(self, primary: Any) -> tuple[str, str | None]:
+        """(physical attribute, title) of the primary engagement's job function: a
+        sensitive title is kept apart (masked unless the client is granted it)."""
+        if primary is None:
+            return "title", None
+        cls = self.data.classes.get(primary.job_function_id)
+        attr = SENSITIVE_TITLE if cls is not None and cls.sensitive else "title"
+        return attr, self.data.class_name(primary.job_function_id)
+
+    def _division(self, unit_id: str | None) -> str | None:
+        """The directorate: the unit right below the root of the unit's hierarchy (the root
+        itself for a unit directly under it)."""
+        chain: tuple[str, ...] = self.chains.get(unit_id, ()) if unit_id else ()
+        if len(chain) >= 2:
+            return self.data.units[chain[-2]].name
+        return self.data.units[chain[-1]].name if chain else None
 
     def _associations_by_person(self) -> dict[str, list[str]]:
         """Units where each person holds an association (MED, TR, ...)."""

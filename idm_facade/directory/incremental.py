@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -174,6 +175,19 @@ def _subtree(chains: dict[str, tuple[str, ...]], roots: set[str]) -> set[str]:
     return {unit for unit, chain in chains.items() if roots.intersection(chain)}
 
 
+@dataclass
+class _Reach:
+    """Which entries a batch of changes can affect (ids), worked out from the changed rows."""
+
+    persons: set[str] = field(default_factory=set)
+    accounts: set[str] = field(default_factory=set)
+    unit_roots: set[str] = field(default_factory=set)  # their whole subtrees are affected
+    direct_units: set[str] = field(default_factory=set)  # only the unit itself
+    units: set[str] = field(default_factory=set)  # unit_roots with their subtrees
+    role_ids: set[str] = field(default_factory=set)
+    group_ids: set[str] = field(default_factory=set)
+
+
 def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, set[str]],
            at: datetime, directory_system: str) -> Snapshot | None:
     numbers = old.posix
@@ -182,101 +196,134 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
     builder = EntryBuilder(new, directory_system, numbers.child())
     chains = new.derived["chains"]
     old_chains = old_data.derived.get("chains") or unit_chains(old_data.units)
-    persons: set[str] = set(touched.get("person", ()))
-    accounts: set[str] = set(touched.get("account", ()))
-    unit_roots: set[str] = set()
-    direct_units: set[str] = set()
+    reach = _rows_reach(old_data, new, touched)
+    _catalogue_reach(old, old_data, new, touched, reach)
+    _spread(old_data, new, chains, old_chains, reach)
+    # New accounts and units get posix numbers in sorted id order, as a full build gives them.
+    system_id = builder.system_id
+    builder.numbers.allocate(
+        (a for a in reach.accounts
+         if getattr(new.accounts.get(a), "it_system_id", None) == system_id),
+        [*(u for u in (reach.units | reach.direct_units | reach.unit_roots) if u in new.units),
+         *(r for r in reach.role_ids if r in new.job_roles),
+         *(g for g in reach.group_ids if g in new.role_groups)])
+    changed: list[Entry] = []
+    removed: set[str] = set()
+    grants = dict(old.grants)
+    moved = _rebuild_accounts(old, new, builder, reach, changed, removed, grants)
+    if not _rebuild_groups(old, new, builder, reach, moved, changed, removed):
+        return None
+    for entry in changed:
+        if entry.kind == ACCOUNT and entry.id in removed:
+            removed.discard(entry.id)
+    return old.patched(changed, removed, at=at, seq=new.seq, next_boundary=new.next_boundary,
+                       data=new, grants=grants, posix=builder.numbers)
+
+
+def _rows_reach(old_data: OrgData, new: OrgData, touched: dict[str, set[str]]) -> _Reach:
+    """The persons, accounts and units the changed rows name, before and after the change."""
+    reach = _Reach(persons=set(touched.get("person", ())),
+                   accounts=set(touched.get("account", ())))
 
     def both(attr: str, row_id: str) -> list[Any]:
         return [r for r in (getattr(old_data, attr).get(row_id), getattr(new, attr).get(row_id))
                 if r is not None]
 
     for row_id in touched.get("engagement", ()):
-        persons.update(r.person_id for r in both("engagements", row_id))
+        reach.persons.update(r.person_id for r in both("engagements", row_id))
     for row_id in touched.get("association", ()):
-        persons.update(r.person_id for r in both("associations", row_id) if r.person_id)
+        reach.persons.update(r.person_id for r in both("associations", row_id) if r.person_id)
     for row_id in touched.get("account", ()):
-        persons.update(r.person_id for r in both("accounts", row_id) if r.person_id)
+        reach.persons.update(r.person_id for r in both("accounts", row_id) if r.person_id)
     for row_id in touched.get("address", ()):
         for row in both("addresses", row_id):
             if row.person_id:
-                persons.add(row.person_id)
+                reach.persons.add(row.person_id)
             if row.account_id:
-                accounts.add(row.account_id)
+                reach.accounts.add(row.account_id)
             if row.engagement_id:
                 for eng in both("engagements", row.engagement_id):
-                    persons.add(eng.person_id)
+                    reach.persons.add(eng.person_id)
             if row.org_unit_id:
-                direct_units.add(row.org_unit_id)
+                reach.direct_units.add(row.org_unit_id)
     for row_id in touched.get("account_role_assignment", ()):
-        accounts.update(r.account_id for r in both("account_assignments", row_id))
+        reach.accounts.update(r.account_id for r in both("account_assignments", row_id))
     for row_id in touched.get("manager", ()):
         for row in both("managers", row_id):
-            unit_roots.add(row.org_unit_id)
+            reach.unit_roots.add(row.org_unit_id)
             if row.person_id:
-                persons.add(row.person_id)
+                reach.persons.add(row.person_id)
     for row_id in touched.get("kle", ()):
-        unit_roots.update(r.org_unit_id for r in both("kles", row_id))
+        reach.unit_roots.update(r.org_unit_id for r in both("kles", row_id))
     for row_id in touched.get("unit_role_assignment", ()):
-        unit_roots.update(r.org_unit_id for r in both("unit_assignments", row_id))
-    unit_roots.update(touched.get("org_unit", ()))
-    # Role catalogue: whoever held, or is assigned, a changed role or role group (directly,
-    # through a unit, or through a role group bundling a changed role) is re-derived.
-    role_ids = set(touched.get("job_role", ()))
-    group_ids = set(touched.get("role_group", ()))
+        reach.unit_roots.update(r.org_unit_id for r in both("unit_assignments", row_id))
+    reach.unit_roots.update(touched.get("org_unit", ()))
+    return reach
+
+
+def _catalogue_reach(old: Snapshot, old_data: OrgData, new: OrgData,
+                     touched: dict[str, set[str]], reach: _Reach) -> None:
+    """Role catalogue: whoever held, or is assigned, a changed role or role group (directly,
+    through a unit, or through a role group bundling a changed role) is re-derived."""
+    reach.role_ids = role_ids = set(touched.get("job_role", ()))
+    reach.group_ids = group_ids = set(touched.get("role_group", ()))
     bundles = {g for data in (old_data, new) for g, members in data.role_group_members.items()
                if role_ids.intersection(members)}
     for catalogue_id in role_ids | group_ids | bundles:
         before = old.get(catalogue_id)
         if before is not None:
-            accounts.update(before.attrs.get("member", ()))
+            reach.accounts.update(before.attrs.get("member", ()))
     if role_ids or group_ids:
         reach_groups = group_ids | bundles
         for data in (old_data, new):
             for a in data.account_assignments.values():
                 if a.job_role_id in role_ids or a.role_group_id in reach_groups:
-                    accounts.add(a.account_id)
+                    reach.accounts.add(a.account_id)
             for a in data.unit_assignments.values():
                 if a.job_role_id in role_ids or a.role_group_id in reach_groups:
-                    unit_roots.add(a.org_unit_id)
-    # A changed person who manages units changes the "manager" of everyone below them.
-    managers_of = {mgr.person_id: mgr.org_unit_id for data in (old_data, new)
-                   for mgr in data.managers.values() if mgr.person_id}
-    for person in list(persons):
-        if person in managers_of:
-            unit_roots.add(managers_of[person])
-    units = _subtree(chains, unit_roots) | _subtree(old_chains, unit_roots)
-    if unit_roots:
+                    reach.unit_roots.add(a.org_unit_id)
+
+
+def _spread(old_data: OrgData, new: OrgData, chains: dict[str, tuple[str, ...]],
+            old_chains: dict[str, tuple[str, ...]], reach: _Reach) -> None:
+    """From the named rows to every entry that shows them: units below a changed unit, the
+    people working there, their managers, and every account of an affected person."""
+    # A changed person who manages units changes the "manager" of everyone below each of them.
+    managed: dict[str, set[str]] = defaultdict(set)
+    for data in (old_data, new):
+        for mgr in data.managers.values():
+            if mgr.person_id:
+                managed[mgr.person_id].add(mgr.org_unit_id)
+    for person in list(reach.persons):
+        reach.unit_roots.update(managed.get(person, ()))
+    reach.units = _subtree(chains, reach.unit_roots) | _subtree(old_chains, reach.unit_roots)
+    if reach.unit_roots:
         # Managers of units in the subtree may gain or lose manager-only roles.
         for data in (old_data, new):
             for mgr in data.managers.values():
-                if mgr.person_id and mgr.org_unit_id in units:
-                    persons.add(mgr.person_id)
+                if mgr.person_id and mgr.org_unit_id in reach.units:
+                    reach.persons.add(mgr.person_id)
         for data, data_chains in ((old_data, old_chains), (new, chains)):
             for eng in data.engagements.values():
-                if units.intersection(data_chains.get(eng.org_unit_id, ())):
-                    persons.add(eng.person_id)
+                if reach.units.intersection(data_chains.get(eng.org_unit_id, ())):
+                    reach.persons.add(eng.person_id)
     for data in (old_data, new):
         for acc in data.accounts.values():
-            if acc.person_id in persons:
-                accounts.add(acc.id)
-    # New accounts and units get posix numbers in sorted id order, as a full build gives them.
-    system_id = builder.system_id
-    builder.numbers.allocate(
-        (a for a in accounts if getattr(new.accounts.get(a), "it_system_id", None) == system_id),
-        [*(u for u in (units | direct_units | unit_roots) if u in new.units),
-         *(r for r in role_ids if r in new.job_roles),
-         *(g for g in group_ids if g in new.role_groups)])
-    # Rebuild the accounts; compare memberships to find the groups that move.
-    changed: list[Entry] = []
-    removed: set[str] = set()
+            if acc.person_id in reach.persons:
+                reach.accounts.add(acc.id)
+
+
+def _rebuild_accounts(old: Snapshot, new: OrgData, builder: EntryBuilder, reach: _Reach,
+                      changed: list[Entry], removed: set[str],
+                      grants: dict[str, list[Any]]) -> dict[str, tuple[set[str], set[str]]]:
+    """Rebuild the affected accounts; returns the groups whose members move: {group id:
+    (accounts joining, accounts leaving)}."""
     moved: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
-    grants = dict(old.grants)
-    for account_id in accounts:
+    for account_id in reach.accounts:
         before = old.get(account_id)
         row = new.accounts.get(account_id)
-        after = builder.account(row) if row is not None and row.it_system_id == system_id \
-            else None
+        after = builder.account(row) if row is not None and \
+            row.it_system_id == builder.system_id else None
         old_groups = set(before.attrs.get("memberOf", ())) if before else set()
         new_groups = set(after.attrs.get("memberOf", ())) if after else set()
         for group in new_groups - old_groups:
@@ -289,9 +336,17 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         elif before is not None:
             removed.add(account_id)
             grants.pop(account_id, None)
-    # Units: rebuild the scoped ones with patched members; other groups: patch members only.
-    rebuild_units = units | direct_units | {g for g in moved if g in new.units or
-                                            getattr(old.get(g), "kind", None) == UNIT}
+    return moved
+
+
+def _rebuild_groups(old: Snapshot, new: OrgData, builder: EntryBuilder, reach: _Reach,
+                    moved: dict[str, tuple[set[str], set[str]]], changed: list[Entry],
+                    removed: set[str]) -> bool:
+    """Units in reach are rebuilt with patched members; changed roles and role groups are
+    rebuilt whole; other groups only get their member lists patched. False when a group the
+    old snapshot does not know gains members (the caller then builds fully)."""
+    rebuild_units = reach.units | reach.direct_units | {
+        g for g in moved if g in new.units or getattr(old.get(g), "kind", None) == UNIT}
     for unit_id in rebuild_units:
         before = old.get(unit_id)
         members = set(before.attrs.get("member", ())) if before else set()
@@ -302,11 +357,10 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
             changed.append(builder.unit(row))
         elif before is not None:
             removed.add(unit_id)
-    # Changed roles and role groups: rebuilt whole, with their member lists patched.
     for catalogue_id, rows, build, members_of in (
-            *((r, new.job_roles, builder.role, builder.role_members) for r in role_ids),
+            *((r, new.job_roles, builder.role, builder.role_members) for r in reach.role_ids),
             *((g, new.role_groups, builder.role_group, builder.group_members)
-              for g in group_ids)):
+              for g in reach.group_ids)):
         before = old.get(catalogue_id)
         adds, drops = moved.get(catalogue_id, (set(), set()))
         members_of[catalogue_id] = (
@@ -317,11 +371,12 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         elif before is not None:
             removed.add(catalogue_id)
     for group_id, (adds, drops) in moved.items():
-        if group_id in rebuild_units or group_id in role_ids or group_id in group_ids:
+        if group_id in rebuild_units or group_id in reach.role_ids or \
+                group_id in reach.group_ids:
             continue
         before = old.get(group_id)
         if before is None:
-            return None  # a group the old snapshot does not know: rebuild fully
+            return False
         members = (set(before.attrs.get("member", ())) - drops) | adds
         attrs = dict(before.attrs)
         if members:
@@ -331,8 +386,4 @@ def _patch(old: Snapshot, old_data: OrgData, new: OrgData, touched: dict[str, se
         entry = Entry(before.id, before.kind, attrs, before.complex)
         entry.version = _version(entry)
         changed.append(entry)
-    for entry in changed:
-        if entry.kind == ACCOUNT and entry.id in removed:
-            removed.discard(entry.id)
-    return old.patched(changed, removed, at=at, seq=new.seq, next_boundary=new.next_boundary,
-                       data=new, grants=grants, posix=builder.numbers)
+    return True

@@ -287,7 +287,11 @@ def _token() -> str | None:
 
 
 def blueprint(facade: Facade) -> Blueprint:
-    """The role API, to be registered at ``/api``."""
+    """The role API, to be registered at ``/api``.
+
+    Long because each route is a short closure over ``facade`` and the shared ``run``
+    (authenticate, answer from one snapshot, record), kept together so the whole API surface
+    is visible in one place."""
     from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
     bp = Blueprint("roleapi", __name__)
