@@ -216,7 +216,8 @@ def object_class_definitions() -> list[str]:
                        + ["displayName", "memberUid", "uniqueMember", "mail",
                           "telephoneNumber"])
     unit = " $ ".join([n for n in idm if ATTRIBUTES[_ldap_to_dir(n)].kinds & {UNIT}]
-                      + ["displayName", "mail", "telephoneNumber"])
+                      + ["displayName", "mail", "telephoneNumber", "businessCategory",
+                         "member"])
     return [*_STANDARD_CLASSES,
         f"( {private_oid('oc', 'idmPerson')} NAME 'idmPerson' SUP top AUXILIARY "
         f"MAY ( {person} $ memberOf ) )",
