@@ -346,3 +346,4 @@ def test_planner_on_patched_snapshot(store_copy: str) -> None:
         assert found == sorted(found)
 
     check()
+

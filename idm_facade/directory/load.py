@@ -76,13 +76,22 @@ def _rows(session: Session, model: Any, at: datetime) -> dict[str, Any]:
     """Rows in effect at ``at``, keyed by id *in id order*.
 
     Every look-up derived from these maps iterates them, so their order becomes the order of
-    multi-valued attributes (addresses, managers, assignments). Sorting here, rather than
-    trusting the database, makes that order a function of the data alone: PostgreSQL returns
-    heap order, which moves with updates, and an incremental refresh re-inserts rows.
+    multi-valued attributes (addresses, managers, assignments). Ordering by id, rather than
+    trusting the database's scan order, makes that order a function of the data alone:
+    PostgreSQL returns heap order, which moves with updates, and an incremental refresh
+    re-inserts rows (``incremental._replaced`` keeps them in the same order).
+
+    The database sorts (a Python sort afterwards measured about 15 % slower for the whole
+    build at XL: rows are then visited out of the order they were allocated in), by code
+    point, the order Python's ``sorted`` gives: PostgreSQL's ``C`` collation, SQLite's
+    default ``BINARY``.
     """
     table = model.__table__
-    query = select(table).where(model.valid_at(at))
-    return by_id(session.execute(query))
+    key = table.c.id
+    if session.get_bind().dialect.name == "postgresql":
+        key = key.collate("C")
+    query = select(table).where(model.valid_at(at)).order_by(key)
+    return {r.id: r for r in session.execute(query)}
 
 
 def by_id(rows: Iterable[Any]) -> dict[str, Any]:
