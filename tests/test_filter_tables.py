@@ -133,6 +133,7 @@ LDAP_PEOPLE = [
     ("(createTimestamp>=20240101000000Z)", f.Ge("created", datetime(2024, 1, 1))),
     ("(idmCprNumber=0101011234)", f.Eq("cpr", "0101011234")),
     ("(displayName=*)", f.Present("displayName")),
+    ("(!(memberUid=x))", f.TRUE),
 ]
 
 LDAP_GROUPS = [
@@ -143,6 +144,12 @@ LDAP_GROUPS = [
     ("(displayName=*)", f.Present("displayName")),
     ("(createTimestamp>=20240101000000Z)", f.Ge("created", datetime(2024, 1, 1))),
     ("(sn=Han*)", f.FALSE),
+    # uid is a type the server knows; groups just lack it, so the negation matches every
+    # group (RFC 4511 §4.5.1.7; slapd answers the same), while an unknown type stays
+    # Undefined and its negation matches nothing
+    ("(uid=a)", f.FALSE),
+    ("(!(uid=a))", f.TRUE),
+    ("(!(foo=bar))", f.FALSE),
 ]
 
 

@@ -16,6 +16,7 @@ afterwards by the directory's planner, so a hidden attribute also behaves as abs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -24,7 +25,7 @@ from ldaptor.protocols import pureldap
 
 from idm_facade.directory import filters as f
 from idm_facade.directory.snapshot import Snapshot
-from idm_facade.ldap import dit, syntax
+from idm_facade.ldap import dit, subschema, syntax
 from schemas.attributes import ATTRIBUTES, BOOLEAN, DATETIME, INTEGER
 
 #: LDAP_MATCHING_RULE_IN_CHAIN (Active Directory's transitive membership rule).
@@ -129,7 +130,7 @@ class Translator:
             return f.Present("member")
         mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
-            return UNDEFINED
+            return _lacking(name)
         return self._any([f.Present(a) for a in mapped[1]])
 
     def _any(self, parts: Sequence[f.Filter]) -> f.Filter:
@@ -161,15 +162,17 @@ class Translator:
                 return f.FALSE
             return f.Eq("id", found) if self.layout.dn_of(self.view, found) else f.FALSE
         if lower == "memberuid":
-            if self.view != dit.GROUPS or cls is not f.Eq:
-                return UNDEFINED if self.view != dit.GROUPS else UNDEFINED
+            if self.view != dit.GROUPS:
+                return _lacking(name)
+            if cls is not f.Eq:
+                return UNDEFINED  # memberUid has equality only
             account = self.layout.account_by_uid.get(" ".join(text.split()).casefold())
             return f.Eq("member", account) if account else f.FALSE
         if lower == "hassubordinates":
             return UNDEFINED
         mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
-            return UNDEFINED
+            return _lacking(name)
         parts: list[f.Filter] = []
         for attr in mapped[1]:
             if attr in dit.DN_ATTRS:
@@ -221,7 +224,7 @@ class Translator:
             return self._any([f.Eq("member", i) for i in ids])
         mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
-            return UNDEFINED
+            return _lacking(name)
         parts = []
         for attr in mapped[1]:
             spec = ATTRIBUTES.get(attr)
@@ -303,6 +306,22 @@ def substring_parts(node: Any, fold: Any = None
         else:
             any_.append(value)
     return initial, tuple(any_), final
+
+
+def _known_types() -> frozenset[str]:
+    """Attribute type names the server recognises (its subschema), lower case."""
+    names = re.findall(r"NAME '([^']+)'", " ".join(subschema.attribute_type_definitions()))
+    return frozenset(n.lower() for n in names)
+
+
+_KNOWN_TYPES = _known_types()
+
+
+def _lacking(name: str) -> f.Filter:
+    """An assertion on an attribute this view's entries never carry: FALSE when the server
+    recognises the type (the entries simply lack it, so ``(!(uid=x))`` over groups matches
+    every group, as in slapd), Undefined when it does not (RFC 4511 §4.5.1.7)."""
+    return f.FALSE if name.lower() in _KNOWN_TYPES else UNDEFINED
 
 
 def _fold(value: str | None) -> str | None:
