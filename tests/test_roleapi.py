@@ -69,10 +69,12 @@ def served(tmp_path_factory) -> Iterator[Served]:
     exchange.import_document(engine, demo.generate("S", 1), actor="test")
     directory = Directory(engine)
     top = populated_directorate(directory.snapshot)
-    config = Config({"policies": {"one-directorate": {"subtrees": [top.id]}}})
+    config = Config({"policies": {"one-directorate": {"subtrees": [top.id]},
+                                  "mail-only": {"attributes": ["emails"]}}})
     clients = ClientRegistry(engine, config)
     tokens = {"all": clients.add("roles-all", "scim", "default"),
-              "sub": clients.add("roles-sub", "scim", "one-directorate")}
+              "sub": clients.add("roles-sub", "scim", "one-directorate"),
+              "mail": clients.add("roles-mail", "scim", "mail-only")}
     audit = audit_module.AuditLog(engine, config)
     facade = Facade(directory=directory, clients=clients, audit=audit, config=config)
     server = make_server("127.0.0.1", 0, make_app(facade), threaded=True)
@@ -146,6 +148,23 @@ def test_unknown_user_is_404(served):
         response = served.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"] == "unknown user: nobody-here"
+
+
+def test_name_id_shows_only_what_the_client_may_read(served):
+    """The NameID carries names and the external id; a client whose policy allows neither
+    (here: e-mail addresses only) gets the account's user name and id instead (#19: the
+    role API once built it from the raw entry and the store row)."""
+    entry = next(e for e in accounts(served) if e.attrs.get("externalId")
+                 and e.attrs.get("formattedName"))
+    name, external = entry.first("formattedName"), entry.first("externalId")
+    for path in (f"/user/{entry.first('userName')}/roles",
+                 f"/user/{entry.first('userName')}/rolesAsList"):
+        full = served.get(path).json()["nameID"]
+        assert f"CN={name}," in full and full.endswith(f"Serial={external}")
+        narrow = served.get(path, client="mail").json()["nameID"]
+        assert f"CN={entry.first('userName')}," in narrow
+        assert narrow.endswith(f"Serial={entry.id}")
+        assert external not in narrow and name not in narrow
 
 
 def test_oiobpp_endpoint(served):

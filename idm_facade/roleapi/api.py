@@ -220,12 +220,15 @@ def _filtered_roles(view: RoleView, entry: Any, policy: Policy,
             and data.it_systems[data.job_roles[r].it_system_id].user_key in systems]
 
 
-def _name_id(view: RoleView, entry: Any) -> str:
-    data = view.data
-    account = data.accounts.get(entry.id)
-    serial = (account.external_id if account is not None and account.external_id
-              else entry.id)
-    name = entry.first("formattedName") or entry.first("displayName") or entry.first("userName")
+def _name_id(view: RoleView, entry: Any, policy: Policy) -> str:
+    """OS2rollekatalog's NameID (``C=DK,O=<cvr>,CN=<name>,Serial=<external UUID>``), from
+    what the client may read of the account: a client not allowed the external id gets the
+    account's id as serial, and one not allowed the names gets the user name."""
+    def shown(attr: str) -> Any:
+        return _first(entry, attr, policy, view.snapshot)
+
+    serial = shown("externalId") or entry.id
+    name = shown("formattedName") or shown("displayName") or entry.first("userName")
     return oiobpp.name_id(getattr(view.organisation, "cvr", None), name, serial)
 
 
@@ -233,7 +236,8 @@ def oiobpp_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | 
     """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list."""
     role_ids = _filtered_roles(view, entry, policy, systems)
     groups = oiobpp.privilege_groups(view.data, entry.id, role_ids)
-    return {"nameID": _name_id(view, entry), "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
+    return {"nameID": _name_id(view, entry, policy),
+            "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
 
 
 def roles_as_list_json(view: RoleView, entry: Any, policy: Policy,
@@ -260,7 +264,7 @@ def roles_as_list_json(view: RoleView, entry: Any, policy: Policy,
     active = entry.first("active")
     return {"userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,
             "functionRoles": function_roles, "roleMap": role_map,
-            "nameID": _name_id(view, entry), "disabled": active is False}
+            "nameID": _name_id(view, entry, policy), "disabled": active is False}
 
 
 def _int_arg(name: str, default: int, low: int) -> int:
