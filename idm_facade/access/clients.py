@@ -154,6 +154,15 @@ def load_policies(config: Config) -> dict[str, Policy]:
 # --------------------------------------------------------------------------- base DN
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (the scheme is
+    case-insensitive, RFC 9110 §11.1), or None. One parser for SCIM and the role API."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
 def base_dn(config: Config, snapshot: Snapshot | None = None) -> str:
     """The LDAP base DN: ``[ldap] base_dn``, else ``dc=<municipality user_key>,dc=dk``.
 

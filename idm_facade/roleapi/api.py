@@ -35,6 +35,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
 from idm_facade.directory import roles as role_calc
@@ -282,10 +283,10 @@ def _int_arg(name: str, default: int, low: int) -> int:
 
 
 def _token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    """The bearer token, or OS2rollekatalog's ``ApiKey`` header."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token:
+        return token
     api_key = request.headers.get("ApiKey")
     return api_key.strip() if api_key else None
 

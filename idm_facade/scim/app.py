@@ -29,7 +29,7 @@ from flask import Flask, Response, request
 from werkzeug.datastructures import ImmutableMultiDict
 
 from idm_facade.access.audit.turnlog import HOLD_KEY
-from idm_facade.access.clients import Client
+from idm_facade.access.clients import Client, bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
 from idm_facade.directory.snapshot import CacheKey, Snapshot
@@ -130,14 +130,6 @@ def _args() -> ImmutableMultiDict:
     return _parse_args(request.query_string)
 
 
-def _bearer(environ: dict) -> str | None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
 def _weak_equal(header: str, tag: str) -> bool:
     """RFC 9110 weak comparison against an If-None-Match list."""
     bare = tag[2:] if tag.startswith("W/") else tag
@@ -179,7 +171,7 @@ class ScimService:
         path = path.strip("/")
         client = None
         try:
-            token = _bearer(environ)
+            token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             client = self.facade.clients.authenticate_token(token) if token else None
             if client is None:
                 raise unauthorized() if token is None else unauthorized(
