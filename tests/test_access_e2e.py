@@ -45,8 +45,8 @@ def _serve(url: str, config: Path | None = None) -> Served:
          "--host", "127.0.0.1", "--scim-port", "0",
          *(["--config", str(config)] if config is not None else [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
@@ -164,10 +164,10 @@ def test_client_hanging_up_early_still_leaves_one_record(store: Store, server: S
             sock.sendall(request)
             time.sleep(0.002 * (round_ % 4))  # hang up at different points
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    deadline = time.time() + 15
+    deadline = time.monotonic() + 15
     while True:
         counts = [len(_records_with(store.url, marker)) for marker in markers]
-        if counts == [1] * len(markers) or time.time() > deadline:
+        if counts == [1] * len(markers) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert counts == [1] * len(markers)
@@ -215,8 +215,8 @@ def test_sigkill_during_load_leaves_verifiable_complete_log(store: Store, tmp_pa
     workers = [threading.Thread(target=load, args=(n,)) for n in range(8)]
     for w in workers:
         w.start()
-    deadline = time.time() + 20
-    while time.time() < deadline and len(answered) < 150:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(answered) < 150:
         time.sleep(0.05)
     served.proc.send_signal(signal.SIGKILL)
     served.proc.wait(timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -58,9 +59,9 @@ def _mark(audit: AuditLog) -> int:
 
 
 def _wait_for(condition, seconds: float = 10) -> bool:  # noqa: ANN001 - a callable
-    deadline = datetime.now() + timedelta(seconds=seconds)
+    deadline = time.monotonic() + seconds
     while not condition():
-        if datetime.now() > deadline:
+        if time.monotonic() > deadline:
             return False
         threading.Event().wait(0.02)
     return True
@@ -500,8 +501,8 @@ def test_sync_normal_commits_then_syncs_within_the_interval(sqlite_url: str) -> 
     assert _hammer(audit, 8, 25) == []
     audit.record_many([_rec(i, subjects=(f"p{i % 3}",)) for i in range(1, 51)])
     assert audit.count() == 251 and audit.written_seq == 251
-    deadline = datetime.now() + timedelta(seconds=10)
-    while audit.synced_seq < audit.written_seq and datetime.now() < deadline:
+    deadline = time.monotonic() + 10
+    while audit.synced_seq < audit.written_seq and time.monotonic() < deadline:
         threading.Event().wait(0.02)
     assert audit.synced_seq == 251  # the syncer flushed every committed record
     result = audit.verify()

@@ -96,8 +96,8 @@ def scim(tmp_path_factory) -> Iterator[Server]:
          "--host", "127.0.0.1", "--scim-port", "0", "--config", str(config_file)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     base = None
-    deadline = time.time() + 60
-    while time.time() < deadline and base is None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and base is None:
         line = proc.stdout.readline()
         if not line:
             break
