@@ -283,8 +283,8 @@ class EntryBuilder:
         return attr, self.data.class_name(primary.job_function_id)
 
     def _division(self, unit_id: str | None) -> str | None:
-        """The directorate: the unit right below the root of the unit's hierarchy (the root
-        itself for a unit directly under it)."""
+        """The directorate: the unit on ``unit_id``'s path right below the root of its
+        hierarchy (the root itself when ``unit_id`` is the root)."""
         chain: tuple[str, ...] = self.chains.get(unit_id, ()) if unit_id else ()
         if len(chain) >= 2:
             return self.data.units[chain[-2]].name

@@ -120,7 +120,7 @@ class Const(Filter):
 TRUE, FALSE = Const(True), Const(False)
 
 #: Nodes that compare one attribute's values: what ``_leaf`` evaluates.
-Comparison = Eq | Substring | Ge | Le | Gt
+Comparison = Eq | Substring | Ge | Le | Gt | Lt
 Leaf = Comparison | Present
 
 _ORDERINGS = frozenset({Ge, Le, Gt, Lt})
@@ -146,27 +146,25 @@ def defined(node_type: type, attr_type: str) -> bool:
 def all_of(parts: Iterable[Filter]) -> Filter:
     """The conjunction of ``parts``, folded the same way for both protocols: nested ``And``
     merged, TRUE dropped, FALSE absorbing, one part is itself, no part is TRUE."""
-    kept: list[Filter] = []
-    for part in parts:
-        if part == FALSE:
-            return FALSE
-        if part == TRUE:
-            continue
-        kept.extend(part.parts if isinstance(part, And) else (part,))
-    return kept[0] if len(kept) == 1 else And(tuple(kept)) if kept else TRUE
+    return _fold(And, parts, TRUE, FALSE)
 
 
 def any_of(parts: Iterable[Filter]) -> Filter:
     """The disjunction of ``parts``: nested ``Or`` merged, FALSE dropped, TRUE absorbing,
     one part is itself, no part is FALSE."""
+    return _fold(Or, parts, FALSE, TRUE)
+
+
+def _fold(cls: type[And] | type[Or], parts: Iterable[Filter], neutral: Const,
+          absorbing: Const) -> Filter:
     kept: list[Filter] = []
     for part in parts:
-        if part == TRUE:
-            return TRUE
-        if part == FALSE:
+        if part == absorbing:
+            return absorbing
+        if part == neutral:
             continue
-        kept.extend(part.parts if isinstance(part, Or) else (part,))
-    return kept[0] if len(kept) == 1 else Or(tuple(kept)) if kept else FALSE
+        kept.extend(part.parts if isinstance(part, cls) else (part,))
+    return kept[0] if len(kept) == 1 else cls(tuple(kept)) if kept else neutral
 
 #: Element keys the directory keeps for policy checks inside value paths.
 _ELEMENT_KEYS = frozenset({"visibility", "titleSensitive"})

@@ -155,7 +155,7 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
 def _replaced(old: dict[str, Any], ids: set[str], fresh: dict[str, Any]) -> dict[str, Any]:
     """``old`` with the rows named by ``ids`` replaced by ``fresh`` (or dropped), in id order.
 
-    A full build holds every table in id order (``load.by_id``), and multi-valued attributes
+    A full build holds every table in id order (``load._by_id``), and multi-valued attributes
     follow that order; so must a patched table, or an incremental refresh would list the same
     values in another order than a full build. A replaced row keeps its place; only a row new
     to the table forces a re-sort.

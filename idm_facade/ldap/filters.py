@@ -16,7 +16,6 @@ afterwards by the directory's planner, so a hidden attribute also behaves as abs
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -308,13 +307,7 @@ def substring_parts(node: Any, fold: Any = None
     return initial, tuple(any_), final
 
 
-def _known_types() -> frozenset[str]:
-    """Attribute type names the server recognises (its subschema), lower case."""
-    names = re.findall(r"NAME '([^']+)'", " ".join(subschema.attribute_type_definitions()))
-    return frozenset(n.lower() for n in names)
-
-
-_KNOWN_TYPES = _known_types()
+_KNOWN_TYPES = subschema.attribute_type_names()
 
 
 def _lacking(name: str) -> f.Filter:

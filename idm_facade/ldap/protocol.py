@@ -31,6 +31,7 @@ from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from idm_facade.access.audit import AccessRecord, AuditUnavailable
 from idm_facade.access.clients import Client
 from idm_facade.directory.policy import Policy
 from idm_facade.directory.snapshot import Snapshot
@@ -85,16 +86,6 @@ _WRITE_RESPONSES = {
 }
 
 
-_AUDIT_TYPES: tuple[Any, Any] | None = None
-
-
-def _audit_types() -> tuple[Any, Any]:
-    global _AUDIT_TYPES
-    if _AUDIT_TYPES is None:
-        from idm_facade.access.audit import AccessRecord, AuditUnavailable
-
-        _AUDIT_TYPES = (AccessRecord, AuditUnavailable)
-    return _AUDIT_TYPES
 
 
 
@@ -337,14 +328,13 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 done(True)
                 return None
             return defer.succeed(True)
-        record_cls, unavailable = _audit_types()
         who = client if client is not None else self.client
         name = who.name if who is not None else "anonymous"
-        rec = record_cls(client=name, source=f"ldap:{self._peer()}", operation=operation,
+        rec = AccessRecord(client=name, source=f"ldap:{self._peer()}", operation=operation,
                          query=query, status=status, subjects=subjects, sensitive=sensitive)
 
         def failed(failure: Any) -> bool:
-            if failure.check(unavailable) is None:
+            if failure.check(AuditUnavailable) is None:
                 log.error("LDAP: access log error: %s", failure.getErrorMessage())
             else:
                 log.error("LDAP: access log unavailable; refusing %s", operation)

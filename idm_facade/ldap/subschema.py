@@ -179,6 +179,12 @@ def _idm_attribute_types() -> list[tuple[str, Attribute]]:
     return sorted(seen.items())
 
 
+def attribute_type_names() -> frozenset[str]:
+    """Names (lower case) of every attribute type the server recognises: the standard ones it
+    serves and its own idm* ones."""
+    return frozenset(n.lower() for n in (*_STANDARD, *(n for n, _ in _idm_attribute_types())))
+
+
 def attribute_type_definitions() -> list[str]:
     """RFC 4512 AttributeTypeDescriptions: standard types we serve plus our own idm* types."""
     out = []
