@@ -98,6 +98,13 @@ def _records_with(url: str, marker: str) -> list:
     return rows
 
 
+def _person_and_manager(store: Store, account) -> list[str]:
+    people = {a.id: a.first("personId") for a in store.accounts}
+    found = {account.first("personId")}
+    found.update(people[m] for m in account.attrs.get("manager", ()))
+    return sorted(found)
+
+
 def test_one_record_per_request_with_subjects(store: Store, server: Served) -> None:
     http = httpx.Client(base_url=server.base, timeout=30,
                         headers={"Authorization": f"Bearer {store.tokens['crm']}"})
@@ -109,7 +116,9 @@ def test_one_record_per_request_with_subjects(store: Store, server: Served) -> N
         assert response.status_code == 200 and response.json()["totalResults"] == 1
         (record,) = _records_with(store.url, marker)
         assert record.client == "crm" and record.status == "200"
-        assert record.subjects == [account.first("personId")] and record.sensitive == []
+        # the account's person, and its manager's: the answer names the manager (#19)
+        assert record.subjects == _person_and_manager(store, account)
+        assert record.sensitive == []
     # a search matching nothing discloses nobody, and is still recorded
     marker = uuid.uuid4().hex
     response = http.get("/Users", params={"filter": 'userName eq "no-such-user"',

@@ -277,19 +277,22 @@ def test_sensitive_titles_cannot_be_probed_in_value_paths(tmp_path) -> None:
 def test_references_to_hidden_entries_cannot_be_probed(directory: Directory) -> None:
     """A subtree-limited client filtering groups by a hidden account's id finds nothing,
     as if the reference did not exist; by a visible account's id it finds its groups."""
+    from idm_facade.directory.view import ClientView
     from schemas.attributes import ROLE
 
     snap = directory.snapshot
     unit = populated_directorate(snap)
-    limited = Policy(name="subtree", subtrees=(unit.id,))
-    inside = snap.search(f.Present("role"), kinds=ACCOUNTS, policy=limited)[0]
+    limited = ClientView.of(snap, Policy(name="subtree", subtrees=(unit.id,)))
+    everything = ClientView.of(snap, Policy())
+    inside = limited.search(f.Present("role"), kinds=ACCOUNTS)[0]
     outside = next(e for e in snap.live() if e.kind == ACCOUNT and e.attrs.get("role")
                    and unit.id not in e.attrs.get("ancestor", ()))
     roles = frozenset({ROLE})
-    assert snap.search(f.Eq("member", outside.id), kinds=roles, policy=Policy())
-    assert snap.search(f.Eq("member", outside.id), kinds=roles, policy=limited) == []
-    assert snap.search(f.Eq("member", inside.id), kinds=roles, policy=limited)
-    assert snap.search(f.Eq("manager", outside.id), kinds=ACCOUNTS, policy=limited) == []
+    assert everything.search(f.Eq("member", outside.id), kinds=roles)
+    assert limited.search(f.Eq("member", outside.id), kinds=roles) == []
+    assert limited.search(f.Substring("member", outside.id[:8], (), None), kinds=roles) == []
+    assert limited.search(f.Eq("member", inside.id), kinds=roles)
+    assert limited.search(f.Eq("manager", outside.id), kinds=ACCOUNTS) == []
 
 
 def test_survivors_of_full_collections_are_frozen(directory: Directory) -> None:

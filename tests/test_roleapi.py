@@ -70,11 +70,16 @@ def served(tmp_path_factory) -> Iterator[Served]:
     directory = Directory(engine)
     top = populated_directorate(directory.snapshot)
     config = Config({"policies": {"one-directorate": {"subtrees": [top.id]},
-                                  "mail-only": {"attributes": ["emails"]}}})
+                                  "mail-only": {"attributes": ["emails"]},
+                                  "contact": {"attributes": ["displayName", "emails",
+                                                             "phoneNumbers", "department"]},
+                                  "people-only": {"kinds": ["account"]}}})
     clients = ClientRegistry(engine, config)
     tokens = {"all": clients.add("roles-all", "scim", "default"),
               "sub": clients.add("roles-sub", "scim", "one-directorate"),
-              "mail": clients.add("roles-mail", "scim", "mail-only")}
+              "mail": clients.add("roles-mail", "scim", "mail-only"),
+              "contact": clients.add("roles-contact", "scim", "contact"),
+              "people": clients.add("roles-people", "scim", "people-only")}
     audit = audit_module.AuditLog(engine, config)
     facade = Facade(directory=directory, clients=clients, audit=audit, config=config)
     server = make_server("127.0.0.1", 0, make_app(facade), threaded=True)
@@ -291,3 +296,50 @@ def test_no_access_record_no_answer(served):
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def test_attribute_restrictions_hold_in_the_role_api(served):
+    """A client allowed only contact attributes (#19): no external id in the NameID, no
+    ``disabled`` (it may not read ``active``), and no role holders where ``roles pr`` finds
+    none, since it may not read roles either."""
+    data = served.snapshot.data
+    entry = next(e for e in with_roles(served) if e.attrs.get("externalId"))
+    name = entry.first("userName")
+    body = served.get(f"/user/{name}/rolesAsList", client="contact").json()
+    assert "disabled" not in body and body["userRoles"] == []
+    assert not body["nameID"].endswith(entry.first("externalId"))
+    assert served.get(f"/user/{name}/hasUserRole/{entry.attrs['role'][0]}",
+                      client="contact").json() is False
+    system = data.it_systems[data.job_roles[entry.attrs["role"][0]].it_system_id]
+    holders = served.get(f"/itsystem/{system.user_key}/users", client="contact").json()
+    assert holders["totalResults"] == 0 and holders["users"] == []
+    assert served.get(f"/itsystem/{system.user_key}/users").json()["totalResults"] > 0
+
+
+def test_a_client_that_may_not_read_roles_is_refused(served):
+    entry = with_roles(served)[0]
+    response = served.get(f"/roles/{entry.first('userName')}", client="people")
+    assert response.status_code == 403
+    assert "may not read roles" in response.json()["error"]
+
+
+def test_oiobpp_constraints_name_only_visible_units(served):
+    """A subtree-limited client's OIOBPP constraints list no unit outside its subtree (#19:
+    they once listed the account's hidden units)."""
+    snap = served.snapshot
+    under = {e.id for e in snap.search(Eq("ancestor", served.top_unit), kinds=frozenset({"unit"}),
+                                       policy=TRUSTED)}
+    all_units = {e.id for e in snap.entries if e.kind == "unit"}
+    checked = 0
+    for entry in with_roles(served):
+        if not set(entry.attrs.get("ancestor", ())) & {served.top_unit}:
+            continue
+        for client in ("all", "sub"):
+            body = served.get(f"/user/{entry.first('userName')}/roles", client=client).json()
+            root = ET.fromstring(base64.b64decode(body["oioBPP"]))
+            values = {v for c in root.iter("Constraint") for v in (c.text or "").split(",")}
+            named = values & all_units
+            if client == "sub":
+                assert named <= under, entry.first("userName")
+            checked += bool(named)
+    assert checked, "no account in the directorate has an org-unit constraint"

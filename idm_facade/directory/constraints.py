@@ -51,6 +51,9 @@ PERFORMING, INTEREST = "performing", "interest"
 _ASPECTS = {"udfoerende": PERFORMING, "udførende": PERFORMING, "performing": PERFORMING,
             "indsigt": INTEREST, "interest": INTEREST}
 
+#: Units a restricted client may see (None: all of them).
+Visible = frozenset[str] | None
+
 
 @dataclass
 class ConstraintIndex:
@@ -121,21 +124,27 @@ def subtree(index: ConstraintIndex, unit_id: str) -> tuple[str, ...]:
     return result
 
 
-def engagement_units(data: Any, account_id: str) -> tuple[list[str], bool]:
+def engagement_units(data: Any, account_id: str, visible: Visible = None
+                     ) -> tuple[list[str], bool]:
     """Units of the account's engagements in effect (first seen order), and whether any of
-    those engagements is marked do-not-inherit."""
+    those engagements is marked do-not-inherit; only engagements in ``visible`` units count
+    when it is given."""
     account = data.accounts.get(account_id)
     if account is None:
         return [], False
     engagements = role_calc.account_engagements(data, role_calc.build_index(data), account)
+    if visible is not None:
+        engagements = [e for e in engagements if e.org_unit_id in visible]
     units = list(dict.fromkeys(e.org_unit_id for e in engagements if e.org_unit_id in data.units))
     return units, any(e.do_not_inherit for e in engagements)
 
 
-def org_unit_values(data: Any, account_id: str, value_type: str) -> list[str]:
-    """Unit ids an org-unit constraint of ``value_type`` resolves to for the account."""
+def org_unit_values(data: Any, account_id: str, value_type: str, visible: Visible = None
+                    ) -> list[str]:
+    """Unit ids an org-unit constraint of ``value_type`` resolves to for the account (only
+    ``visible`` ones when given)."""
     index = build_index(data)
-    units, _ = engagement_units(data, account_id)
+    units, _ = engagement_units(data, account_id, visible)
     found: dict[str, None] = {}
     if value_type == "INHERITED":
         found.update(dict.fromkeys(units))
@@ -152,18 +161,23 @@ def org_unit_values(data: Any, account_id: str, value_type: str) -> list[str]:
                 found[unit] = None
             else:
                 found.update(dict.fromkeys(subtree(index, anchor)))
+    if visible is not None:
+        return [u for u in found if u in visible]
     return list(found)
 
 
-def kle_values(data: Any, account_id: str, aspect: str) -> list[str]:
-    """KLE numbers of ``aspect`` (performing/interest) the account has through its units."""
+def kle_values(data: Any, account_id: str, aspect: str, visible: Visible = None) -> list[str]:
+    """KLE numbers of ``aspect`` (performing/interest) the account has through its units
+    (only ``visible`` ones when given)."""
     index = build_index(data)
-    units, blocked = engagement_units(data, account_id)
+    units, blocked = engagement_units(data, account_id, visible)
     if blocked:
         return []
     found: dict[str, None] = {}
     for unit in units:
         for position, current in enumerate(index.chains.get(unit, (unit,))):
+            if visible is not None and current not in visible:
+                break
             if position > 0 and not data.units[current].inherit_kle:
                 continue
             found.update(dict.fromkeys(index.kle.get(current, {}).get(aspect, ())))
@@ -183,36 +197,39 @@ def compress_kle(codes: list[str]) -> list[str]:
 
 
 def constraint_value(data: Any, account_id: str, constraint_type: str | None,
-                     value_type: str | None, literal: str | None) -> str | None:
+                     value_type: str | None, literal: str | None, visible: Visible = None
+                     ) -> str | None:
     """The comma-joined value of one constraint for the account; None when the row carries
-    no constraint (or one of a kind computed elsewhere that resolves to nothing)."""
+    no constraint (or one of a kind computed elsewhere that resolves to nothing). With
+    ``visible``, computed as if only those units existed."""
     if not constraint_type or not value_type:
         return None
     if value_type == "VALUE":
         return literal or ""
     if constraint_type in KLE_TYPES:
         if value_type == "INHERITED":
-            codes = kle_values(data, account_id, PERFORMING)
+            codes = kle_values(data, account_id, PERFORMING, visible)
         elif value_type == "EXTENDED_INHERITED":
-            codes = kle_values(data, account_id, INTEREST)
+            codes = kle_values(data, account_id, INTEREST, visible)
         elif value_type == "READ_AND_WRITE":
-            codes = compress_kle(kle_values(data, account_id, PERFORMING)
-                                 + kle_values(data, account_id, INTEREST))
+            codes = compress_kle(kle_values(data, account_id, PERFORMING, visible)
+                                 + kle_values(data, account_id, INTEREST, visible))
         else:
             codes = [literal] if literal else []
         return ",".join(codes) if codes else EMPTY_KLE
     if constraint_type in ORG_UNIT_TYPES:
-        values = org_unit_values(data, account_id, value_type)
+        values = org_unit_values(data, account_id, value_type, visible)
         if not values and literal:
             return literal
         return ",".join(values)
     return literal
 
 
-def system_role_constraints(data: Any, account_id: str, job_role_id: str
+def system_role_constraints(data: Any, account_id: str, job_role_id: str,
+                            visible: Visible = None
                             ) -> list[tuple[Any, list[tuple[str, str]]]]:
     """The system roles of a job role, each with its (constraint type, value) pairs for the
-    account."""
+    account (as if only ``visible`` units existed, when given)."""
     result = []
     for link in data.job_role_system_roles.get(job_role_id, ()):
         system_role = data.system_roles.get(link.system_role_id)
@@ -220,7 +237,7 @@ def system_role_constraints(data: Any, account_id: str, job_role_id: str
             continue
         pairs: list[tuple[str, str]] = []
         value = constraint_value(data, account_id, link.constraint_type,
-                                 link.constraint_value_type, link.constraint_value)
+                                 link.constraint_value_type, link.constraint_value, visible)
         if value is not None:
             pairs.append((link.constraint_type, value))
         result.append((link, pairs))

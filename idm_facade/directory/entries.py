@@ -188,7 +188,7 @@ class EntryBuilder:
         the whole entry reads top to bottom; each look-up it needs is a helper."""
         data = self.data
         person = data.persons.get(account.person_id) if account.person_id else None
-        engagements = role_calc.account_engagements(data, self.role_index, account)
+        engagements = self._engagements(account)
         primary = engagements[0] if engagements else None
         grants = role_calc.effective_roles(data, account.id)
         self.grants[account.id] = grants
@@ -273,6 +273,10 @@ class EntryBuilder:
         entry.version = _version(entry)
         return entry
 
+    def _engagements(self, account: Any) -> list[Any]:
+        """The account's engagements in effect, the primary one first."""
+        return role_calc.account_engagements(self.data, self.role_index, account)
+
     def _title(self, primary: Any) -> tuple[str, str | None]:
         """(physical attribute, title) of the primary engagement's job function: a
         sensitive title is kept apart (masked unless the client is granted it)."""
@@ -283,12 +287,23 @@ class EntryBuilder:
         return attr, self.data.class_name(primary.job_function_id)
 
     def _division(self, unit_id: str | None) -> str | None:
+        """The name of ``unit_id``'s directorate (see :meth:`_directorate`)."""
+        directorate = self._directorate(unit_id)
+        return self.data.units[directorate].name if directorate else None
+
+    def _directorate(self, unit_id: str | None,
+                     chains: dict[str, tuple[str, ...]] | None = None) -> str | None:
         """The directorate: the unit on ``unit_id``'s path right below the root of its
         hierarchy (the root itself when ``unit_id`` is the root)."""
-        chain: tuple[str, ...] = self.chains.get(unit_id, ()) if unit_id else ()
+        chain = (chains or self.chains).get(unit_id, ()) if unit_id else ()
         if len(chain) >= 2:
-            return self.data.units[chain[-2]].name
-        return self.data.units[chain[-1]].name if chain else None
+            return chain[-2]
+        return chain[-1] if chain else None
+
+    def _hierarchy(self, unit_id: str) -> str | None:
+        """The name of the hierarchy ``unit_id`` belongs to: its root unit's name."""
+        chain = self.chains.get(unit_id, (unit_id,))
+        return self.data.units[chain[-1]].name
 
     def _associations_by_person(self) -> dict[str, list[str]]:
         """Units where each person holds an association (MED, TR, ...)."""
@@ -326,7 +341,6 @@ class EntryBuilder:
         """The entry of one org unit (call after all accounts, for members)."""
         data = self.data
         chain = self.chains.get(unit.id, (unit.id,))
-        root = data.units[chain[-1]]
         addr_attrs, emails, phones, others = self._addresses([("org_unit_id", unit.id)])
         attrs: dict[str, tuple] = {
             "id": (unit.id,),
@@ -337,7 +351,7 @@ class EntryBuilder:
             "ancestor": chain,
             "orgUnitPath": _t(self.paths.get(unit.id)),
             "unitType": _t(data.class_name(unit.unit_type_id)),
-            "hierarchy": (root.name,),
+            "hierarchy": _t(self._hierarchy(unit.id)),
             "managerId": _t(self.unit_manager_account(unit.id)),
             "kle": tuple(sorted(self.kle_by_unit.get(unit.id, ()))),
             "member": tuple(sorted(self.unit_members.get(unit.id, ()))),

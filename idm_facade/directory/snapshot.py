@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from idm_facade.directory import filters as f
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.policy import Policy
-from schemas.attributes import ALL_KINDS, ATTRIBUTES, REFERENCE, normalise
+from schemas.attributes import ATTRIBUTES, normalise
 
 if TYPE_CHECKING:
     from idm_facade.directory.load import OrgData
@@ -56,8 +56,6 @@ class CacheKey(Generic[T]):
         return f"CacheKey({self.name!r})"
 
 _MAX = "\U0010ffff"
-#: Reference attributes naming the entry itself or its person, not another entry.
-_OWN_IDS = frozenset({"id", "personId"})
 #: Kind of the tombstone left at a removed entry's handle by :meth:`Snapshot.patched`.
 REMOVED = "removed"
 _CACHE_SIZE = 256
@@ -274,6 +272,10 @@ class Snapshot:
         """All entries of ``kinds`` visible to ``policy`` that match ``flt``, in a stable
         order: by ``sort_by`` (a directory attribute; missing values last) then id.
 
+        Entries are admitted and attributes hidden here; references to hidden entries are
+        not: a restricted client reads its projection of the snapshot
+        (:class:`~idm_facade.directory.view.ClientView`), where they do not exist.
+
         Results are cached per (filter, kinds, policy, sort) for the life of the snapshot,
         so paging through a large result costs one evaluation.
         """
@@ -285,8 +287,6 @@ class Snapshot:
                 return cached
         universe = self.visible_handles(policy, kinds)
         rewritten = rewrite(flt, policy)
-        if policy.subtrees is not None or policy.kinds != ALL_KINDS:
-            rewritten = self._hide_references(rewritten, policy)
         handles = self.select(rewritten, universe)
         result = self._order(handles, sort_by, descending, policy)
         with self._lock:
@@ -294,22 +294,6 @@ class Snapshot:
             if len(self._result_cache) > _CACHE_SIZE:
                 self._result_cache.popitem(last=False)
         return result
-
-    def _hide_references(self, node: f.Filter, policy: Policy) -> f.Filter:
-        """Comparisons with ids of entries the policy cannot see become false, as the
-        rendered entries omit such references: a subtree-limited client cannot ask "is
-        hidden account X a member of role R" by filtering on X's id."""
-        if isinstance(node, (f.And, f.Or)):
-            return type(node)(tuple(self._hide_references(p, policy) for p in node.parts))
-        if isinstance(node, f.Not):
-            return f.Not(self._hide_references(node.part, policy))
-        if isinstance(node, f.Eq):
-            spec = ATTRIBUTES.get(node.attr.split("@", 1)[0])
-            if spec is not None and spec.type == REFERENCE and node.attr not in _OWN_IDS:
-                handle = self.by_id.get(str(node.value).lower(), self.by_id.get(str(node.value)))
-                if handle is None or handle not in self.visible_handles(policy, ALL_KINDS):
-                    return f.FALSE
-        return node
 
     def count(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy) -> int:
         """How many entries :meth:`search` would return."""

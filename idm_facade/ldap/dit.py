@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
 
-from idm_facade.directory import view as dview
 from idm_facade.directory.entries import Entry
-from idm_facade.directory.policy import Policy
 from idm_facade.directory.snapshot import CacheKey, Snapshot
+from idm_facade.directory.view import ClientView
 from idm_facade.ldap import ber
 from idm_facade.ldap.syntax import (
     NormDN,
@@ -379,16 +378,16 @@ def build_layout(snapshot: Snapshot, options: LdapOptions) -> Layout:
 # ------------------------------------------------------------------ rendering
 
 
-def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
-                      snapshot: Snapshot) -> list[tuple[str, list[str], bool]]:
+def render_attributes(layout: Layout, view: str, entry: Entry, seen: ClientView
+                      ) -> list[tuple[str, list[str], bool]]:
     """(canonical LDAP name, values, operational) of an entry as a client sees it."""
     opts = layout.options
     out: list[tuple[str, list[str], bool]] = [
         ("objectClass", list(_objectclasses(opts)[view]), False)]
-    values_of = dview.visible_values
+    values_of = seen.values
 
     def refs(attr: str, target: str) -> list[str]:
-        ids = values_of(entry, attr, policy, snapshot)
+        ids = values_of(entry, attr)
         dns = []
         for ref in ids:
             dn = layout.dn_of(target, str(ref))
@@ -397,12 +396,12 @@ def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
         return dns
 
     if view == PEOPLE:
-        out.append(("cn", [str(v) for v in values_of(entry, "displayName", policy)], False))
-        out.append(("ou", [str(v) for v in values_of(entry, "department", policy)], False))
+        out.append(("cn", [str(v) for v in values_of(entry, "displayName")], False))
+        out.append(("ou", [str(v) for v in values_of(entry, "department")], False))
     elif view == UNITS:
-        out.append(("ou", [str(v) for v in values_of(entry, "displayName", policy)], False))
+        out.append(("ou", [str(v) for v in values_of(entry, "displayName")], False))
     else:
-        cn = [str(v) for v in values_of(entry, "userKey", policy)]
+        cn = [str(v) for v in values_of(entry, "userKey")]
         dn = layout.group_dn.get(entry.id, "")
         rdn_value = parse_dn(dn)[0][0][1] if dn else ""
         if not cn or cn[0].casefold() != rdn_value:
@@ -416,37 +415,34 @@ def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
         if spec.name in DN_ATTRS:
             values = refs(spec.name, DN_ATTRS[spec.name])
         else:
-            values = [ldap_value(spec.type, v)
-                      for v in values_of(entry, spec.name, policy, snapshot)]
+            values = [ldap_value(spec.type, v) for v in values_of(entry, spec.name)]
         if values:
             out.append((name, values, False))
     if view == GROUPS:
-        members = values_of(entry, "member", policy, snapshot)
+        members = values_of(entry, "member")
         if "uniqueMember" in opts.member_attributes:
             out.append(("uniqueMember", [d for d in (layout.account_dn.get(str(m))
                                                      for m in members) if d], False))
         if "memberUid" in opts.member_attributes:
             uids = []
             for m in members:
-                acc = snapshot.get(str(m))
+                acc = seen.get(str(m))
                 if acc is not None:
-                    uids.append(str(acc.first("userName", "")))
+                    uids.append(str(seen.first(acc, "userName", "")))
             out.append(("memberUid", uids, False))
         if "member" not in opts.member_attributes:
             out = [a for a in out if a[0] != "member"]
     if view == PEOPLE and opts.posix:
         # uidNumber and gidNumber come from the entry (above); these two follow from uid.
-        uid = str(entry.first("userName", ""))
+        uid = str(seen.first(entry, "userName", ""))
         out += [("homeDirectory", [f"/home/{uid}"], False),
                 ("loginShell", ["/bin/bash"], False)]
     dn = layout.dn_of(view, entry.id) or ""
     has_subs = view == UNITS and entry.id in layout.unit_children
     out += [
         ("entryUUID", [entry.id], True),
-        ("createTimestamp", [ldap_value(DATETIME, v) for v in entry.attrs.get("created", ())],
-         True),
-        ("modifyTimestamp", [ldap_value(DATETIME, v) for v in entry.attrs.get("modified", ())],
-         True),
+        ("createTimestamp", [ldap_value(DATETIME, v) for v in values_of(entry, "created")], True),
+        ("modifyTimestamp", [ldap_value(DATETIME, v) for v in values_of(entry, "modified")], True),
         ("entryDN", [dn], True),
         ("hasSubordinates", ["TRUE" if has_subs else "FALSE"], True),
         ("subschemaSubentry", [SUBSCHEMA_DN], True),
@@ -455,17 +451,17 @@ def render_attributes(layout: Layout, view: str, entry: Entry, policy: Policy,
     return [a for a in out if a[1]]
 
 
-def encode_entry(layout: Layout, view: str, entry: Entry, policy: Policy, snapshot: Snapshot,
+def encode_entry(layout: Layout, view: str, entry: Entry, seen: ClientView,
                  selection: Selection) -> Rendered:
     """The encoded SearchResultEntry (cached per snapshot, entry, view, policy, selection)."""
-    key = (entry.id, view, policy, selection)
+    key = (entry.id, view, seen.policy, selection)
     found = layout.cache.get(key)
     if found is not None:
         return found
-    attrs = render_attributes(layout, view, entry, policy, snapshot)
+    attrs = render_attributes(layout, view, entry, seen)
     pairs: list[tuple[bytes, list[bytes]]] = []
     cpr = False
-    members_sent = False
+    members_sent = managers_sent = False
     for name, values, operational in attrs:
         if not selection.wants(name, operational):
             continue
@@ -473,13 +469,14 @@ def encode_entry(layout: Layout, view: str, entry: Entry, policy: Policy, snapsh
             cpr = True
         if name in ("member", "uniqueMember", "memberUid"):
             members_sent = True
+        managers_sent = managers_sent or name == "manager"
         pairs.append((name.encode(), [] if selection.types_only else
                       [v.encode() for v in values]))
     if selection.types_only:
         cpr = False  # no value was disclosed
-    subjects = tuple(dview.disclosed_subjects([entry], policy, snapshot=snapshot,
-                                              members=members_sent and not
-                                              selection.types_only))
+    shown = not selection.types_only
+    subjects = tuple(seen.subjects([entry], members=members_sent and shown,
+                                   managers=managers_sent and shown))
     dn = layout.dn_of(view, entry.id) or ""
     rendered = Rendered(ber.search_entry(dn.encode(), pairs), subjects, cpr)
     if len(layout.cache) > 400_000:

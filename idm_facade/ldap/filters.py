@@ -23,7 +23,7 @@ from typing import Any
 from ldaptor.protocols import pureldap
 
 from idm_facade.directory import filters as f
-from idm_facade.directory.snapshot import Snapshot
+from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit, subschema, syntax
 from schemas.attributes import ATTRIBUTES, BOOLEAN, DATETIME, INTEGER
 
@@ -65,10 +65,10 @@ def _name(node: Any) -> str:
 class Translator:
     """Translates one search's filter for one view."""
 
-    def __init__(self, layout: dit.Layout, view: str, snapshot: Snapshot) -> None:
+    def __init__(self, layout: dit.Layout, view: str, seen: ClientView) -> None:
         self.layout = layout
         self.view = view
-        self.snapshot = snapshot
+        self.seen = seen
         self.classes = {c.lower() for c in dit._objectclasses(layout.options)[view]}
         self.posix = layout.options.posix
 
@@ -278,11 +278,11 @@ class Translator:
         seen = {start}
         frontier = [start]
         while frontier:
-            current = self.snapshot.get(frontier.pop())
+            current = self.seen.get(frontier.pop())
             if current is None:
                 continue
-            for member in current.attrs.get("member", ()):
-                child = self.snapshot.get(str(member))
+            for member in self.seen.values(current, "member"):
+                child = self.seen.get(str(member))
                 if child is not None and child.kind != "account" and child.id not in seen:
                     seen.add(child.id)
                     frontier.append(child.id)

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from idm_facade.access.audit import AccessRecord, AuditUnavailable
 from idm_facade.access.clients import Client
 from idm_facade.directory.policy import Policy
-from idm_facade.directory.snapshot import Snapshot
+from idm_facade.directory.view import ClientView
 from idm_facade.ldap import ber, controls, dit, subschema, syntax
 from idm_facade.ldap.filters import matches_static, to_text
 from idm_facade.ldap.search import (
@@ -511,8 +511,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             statics = state.extra["statics"]
             snapshot, layout = state.extra["snapshot"], state.extra["layout"]
         else:
-            statics, results, sort_ctrl = plan(q, parsed, snapshot, layout, policy, norm,
-                                               self.client)
+            statics, results, sort_ctrl = plan(q, parsed, ClientView.of(snapshot, policy),
+                                               layout, norm, self.client)
         page = cut(q, parsed, statics, results, sort_ctrl, state,
                    self.factory.settings.size_limit,
                    lambda: controls.PageState(signed, results, 0, 0.0,
@@ -520,7 +520,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                                               {"statics": statics, "snapshot": snapshot,
                                                "layout": layout}),
                    self.pages.keep)  # type: ignore[union-attr]
-        self._answer(q, page, parsed.paged is None, snapshot, layout, policy)
+        self._answer(q, page, parsed.paged is None, ClientView.of(snapshot, policy), layout)
 
     def _search_static(self, q: SearchRequest, layout: dit.Layout, norm: syntax.NormDN) -> None:
         """Answer a search of the rootDSE or the subschema entry (readable by everyone)."""
@@ -540,18 +540,18 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
 
         self._after_audit(q.msgid, q.query_text(), "success", [], [], answer)
 
-    def _answer(self, q: SearchRequest, page: Cut, cacheable: bool, snapshot: Snapshot,
-                layout: dit.Layout, policy: Policy) -> None:
+    def _answer(self, q: SearchRequest, page: Cut, cacheable: bool, seen: ClientView,
+                layout: dit.Layout) -> None:
         """Record what ``page`` discloses, then send it: in one write (and kept for the same
         request) when it is small and complete, else a chunk per reactor turn."""
-        subjects, sensitive = disclosed(page.page, policy, snapshot, q.selection)
+        subjects, sensitive = disclosed(page.page, seen, q.selection)
         status = "success" if page.code == SUCCESS else f"{page.code}"
         key = self._answer_key
         if cacheable and key is not None and len(page.statics) + len(page.page) <= CHUNK:
             ops = tuple([dit.encode_static(dn, attrs, q.selection)
                          for dn, attrs in page.statics]
-                        + [dit.encode_entry(layout, view, entry, policy, snapshot,
-                                            q.selection).op for view, entry in page.page])
+                        + [dit.encode_entry(layout, view, entry, seen, q.selection).op
+                           for view, entry in page.page])
             finished = Answer(ops, ber.result(ber.SEARCH_DONE, page.code, page.message),
                               ber.controls(page.done_ctrls) if page.done_ctrls else b"",
                               q.query_text(), status, tuple(subjects), tuple(sensitive))
@@ -567,7 +567,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         def answer() -> None:
             for dn, attrs in page.statics:
                 self.send(q.msgid, dit.encode_static(dn, attrs, q.selection))
-            self._send_entries(q, page.page, 0, layout, policy, snapshot, page.code,
+            self._send_entries(q, page.page, 0, layout, seen, page.code,
                                page.message, page.done_ctrls, ends)
 
         self._after_audit(q.msgid, q.query_text(), status, subjects, sensitive, answer)
@@ -593,7 +593,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self._audit("search", query, status, subjects, sensitive, done=guarded)
 
     def _send_entries(self, q: SearchRequest, page: list, start: int, layout: dit.Layout,
-                      policy: Policy, snapshot: Snapshot, code: int, message: str,
+                      seen: ClientView, code: int, message: str,
                       done_ctrls: bytes, deadline: float | None) -> None:
         """Send ``page[start:]`` a chunk per reactor turn, then SearchResultDone."""
         if not self.active.get(q.msgid) or not self.connected or self.closing:
@@ -606,7 +606,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         envelope = ber.integer(msgid)
         for i in range(start, stop):
             view, entry = page[i]
-            op = dit.encode_entry(layout, view, entry, policy, snapshot, selection).op
+            op = dit.encode_entry(layout, view, entry, seen, selection).op
             write(ber.tlv(0x30, envelope + op))
         if stop < len(page):
             if deadline is not None and time.monotonic() > deadline:
@@ -614,8 +614,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                 return
             self.resetTimeout()
             self.factory.reactor.callLater(0, self._send_entries, q, page, stop, layout,
-                                           policy, snapshot, code, message, done_ctrls,
-                                           deadline)
+                                           seen, code, message, done_ctrls, deadline)
             return
         self._done(msgid, code, message, ctrls=done_ctrls)
 

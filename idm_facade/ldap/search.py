@@ -23,9 +23,7 @@ from typing import Any
 
 from idm_facade.access.clients import Client
 from idm_facade.directory import filters as f
-from idm_facade.directory import view as dview
-from idm_facade.directory.policy import Policy
-from idm_facade.directory.snapshot import Snapshot
+from idm_facade.directory.view import ClientView
 from idm_facade.ldap import controls, dit, syntax
 from idm_facade.ldap.filters import Translator, matches_static
 from schemas.attributes import ATTRIBUTES, normalise
@@ -152,7 +150,7 @@ def deadline(q: SearchRequest, server_time_limit: float) -> float | None:
     return time.monotonic() + limit if limit else None
 
 
-def disclosed(page: list, policy: Policy, snapshot: Snapshot,
+def disclosed(page: list, seen: ClientView,
               selection: dit.Selection) -> tuple[list[str], list[str]]:
     """(persons, sensitive attributes) that sending ``page`` discloses, for the record."""
     if selection.types_only or not page:
@@ -160,27 +158,34 @@ def disclosed(page: list, policy: Policy, snapshot: Snapshot,
     entries = [e for _, e in page]
     members = any(selection.wants(n) for n in ("member", "uniqueMember", "memberUid"))
     groups = [e for v, e in page if v == dit.GROUPS]
-    subjects = set(dview.disclosed_subjects([e for e in entries if e.kind == "account"],
-                                            policy))
+    subjects = set(seen.subjects([e for e in entries if e.kind == "account"],
+                                 managers=selection.wants("manager")))
     if members and groups:
-        subjects.update(dview.disclosed_subjects(groups, policy, snapshot=snapshot,
-                                                 members=True))
-    sensitive = []
-    if policy.cpr and selection.wants("idmCprNumber") and any(
-            e.attrs.get("cpr") for e in entries if e.kind == "account"):
-        sensitive.append("cpr")
-    return sorted(subjects), sensitive
+        subjects.update(seen.subjects(groups, members=True))
+    return sorted(subjects), seen.sensitive(entries, _returned(selection))
+
+
+def _returned(selection: dit.Selection) -> list[str] | None:
+    """The directory attributes of people a selection returns (None: all user attributes)."""
+    if selection.user:
+        return None
+    names: list[str] = []
+    for name in selection.names:
+        mapped = dit.directory_attrs(dit.PEOPLE, name, True)
+        if mapped:
+            names.extend(mapped[1])
+    return names
 
 
 # ---------------------------------------------------------------------------- planning
 
 
-def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Snapshot,
-         layout: dit.Layout, policy: Policy, norm: syntax.NormDN, client: Client | None
+def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
+         layout: dit.Layout, norm: syntax.NormDN, client: Client | None
          ) -> tuple[list, list, bytes]:
     """(static entries, [(view, entry)], sort response control) for a search of ``norm``
-    (the parsed base DN) by ``client`` (None when anonymous)."""
-    statics, views = _regions(q, snapshot, layout, policy, norm, client)
+    (the parsed base DN) by ``client`` (None when anonymous) reading through ``seen``."""
+    statics, views = _regions(q, seen, layout, norm, client)
     sort_attr: dict[str, str | None] = {}
     sort_ctrl = b""
     descending = False
@@ -198,13 +203,13 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Snapshot,
             sort_ctrl = controls.sort_response(SUCCESS)
     per_view = []
     for view, region in views:
-        translated = Translator(layout, view, snapshot)(q.filter)
+        translated = Translator(layout, view, seen)(q.filter)
         if translated == f.FALSE or region == f.FALSE:
             continue
         parts = [p for p in (region, translated) if p != f.TRUE]
         flt = f.And(tuple(parts)) if len(parts) > 1 else parts[0] if parts else f.TRUE
-        found_entries = snapshot.search(flt, kinds=dit.VIEW_KINDS[view], policy=policy,
-                                        sort_by=sort_attr.get(view), descending=descending)
+        found_entries = seen.search(flt, kinds=dit.VIEW_KINDS[view],
+                                    sort_by=sort_attr.get(view), descending=descending)
         per_view.append((view, found_entries))
     results: list = []
     if len(per_view) == 1 or not any(sort_attr.values()):
@@ -213,12 +218,12 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Snapshot,
     else:
         results = list(heapq.merge(
             *[[(view, e) for e in found] for view, found in per_view],
-            key=_merge_key(sort_attr, policy), reverse=descending))
+            key=_merge_key(sort_attr, seen), reverse=descending))
     return statics, results, sort_ctrl
 
 
-def _regions(q: SearchRequest, snapshot: Snapshot, layout: dit.Layout, policy: Policy,
-             norm: syntax.NormDN, client: Client | None) -> tuple[list, list[tuple[str, f.Filter]]]:
+def _regions(q: SearchRequest, seen: ClientView, layout: dit.Layout, norm: syntax.NormDN,
+             client: Client | None) -> tuple[list, list[tuple[str, f.Filter]]]:
     """The fixed entries that match, and the (view, region filter) pairs to search, for the
     base DN and scope. One branch per kind of base: the naming context, a container
     (``ou=people`` ...), or an entry below one; the branches are the DIT's shape, so the
@@ -282,8 +287,7 @@ def _regions(q: SearchRequest, snapshot: Snapshot, layout: dit.Layout, policy: P
         else:
             view, entry_id = found
             # The entry must be visible to this client, or it does not exist for it.
-            if not snapshot.search(f.Eq("id", entry_id), kinds=dit.VIEW_KINDS[view],
-                                   policy=policy):
+            if not seen.search(f.Eq("id", entry_id), kinds=dit.VIEW_KINDS[view]):
                 raise Abort(NO_SUCH_OBJECT, f"no such entry: {q.base}", matched=layout.base)
             if view == dit.UNITS:
                 by_scope: dict[int, f.Filter] = {SCOPE_BASE: f.Eq("id", entry_id),
@@ -297,16 +301,15 @@ def _regions(q: SearchRequest, snapshot: Snapshot, layout: dit.Layout, policy: P
     return statics, views
 
 
-def _merge_key(sort_attr: dict[str, str | None], policy: Policy) -> Callable:
+def _merge_key(sort_attr: dict[str, str | None], seen: ClientView) -> Callable:
     def key(item: tuple[str, Any]) -> tuple:
         view, entry = item
         attr = sort_attr.get(view)
         if attr:
-            for name in policy.physical(attr):
-                values = entry.attrs.get(name)
-                if values:
-                    spec = ATTRIBUTES[attr]
-                    return (0, str(normalise(spec.type, spec.case_exact, values[0])), entry.id)
+            values = seen.values(entry, attr)
+            if values:
+                spec = ATTRIBUTES[attr]
+                return (0, str(normalise(spec.type, spec.case_exact, values[0])), entry.id)
         return (1, "", entry.id)
 
     return key

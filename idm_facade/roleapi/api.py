@@ -40,9 +40,10 @@ from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
 from idm_facade.directory import roles as role_calc
 from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
-from idm_facade.directory.snapshot import CacheKey, Snapshot
-from idm_facade.directory.view import visible_complex, visible_values
+from idm_facade.directory.snapshot import CacheKey
+from idm_facade.directory.view import ClientView
 from idm_facade.roleapi import oiobpp
+from schemas.attributes import ROLE
 
 _VIEW_KEY: CacheKey[RoleView] = CacheKey("roleapi.view")
 _ACCOUNT_CACHE = 100_000
@@ -67,12 +68,11 @@ def _iso(value: Any) -> str | None:
 
 
 class RoleView:
-    """Catalogue look-ups and per-account answers derived from one snapshot."""
+    """Catalogue look-ups derived from one snapshot, and per-account answers cached per
+    policy (kept with the snapshot the client reads)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        assert snapshot.data is not None, "a snapshot built from the store"
-        self.data = snapshot.data
+    def __init__(self, view: ClientView) -> None:
+        self.data = view.catalogue
         data = self.data
         self.systems_by_key = {s.user_key: s for s in data.it_systems.values()}
         self.system_roles_of: dict[str, list[Any]] = {}
@@ -86,7 +86,7 @@ class RoleView:
         self.organisation = data.organisation
         self._lock = threading.Lock()
         self._accounts: OrderedDict = OrderedDict()
-        self._holders: dict[str, list[int]] = {}
+        self._holders: dict[tuple[str, Policy], list[Any]] = {}
 
     def systems_matching(self, wanted: list[str]) -> set[str] | None:
         """Keys of the IT systems a ``system=`` filter selects (None = no filter)."""
@@ -97,14 +97,14 @@ class RoleView:
                 if s.user_key.casefold() in folded
                 or (s.system_type or "").casefold() in folded}
 
-    def role_ids(self, entry: Any, policy: Policy) -> list[str]:
-        """Distinct job-role ids the account holds, in grant order, as the policy shows."""
-        key = (entry.id, entry.version, policy)
+    def role_ids(self, view: ClientView, entry: Any) -> list[str]:
+        """Distinct job-role ids the account holds, in grant order, as the client sees."""
+        key = (entry.id, entry.version, view.policy)
         with self._lock:
             cached = self._accounts.get(key)
         if cached is not None:
             return cached
-        elements = visible_complex(entry, "roles", policy, self.snapshot)
+        elements = view.complex(entry, "roles")
         result = list(dict.fromkeys(e["value"] for e in elements))
         with self._lock:
             self._accounts[key] = result
@@ -112,69 +112,54 @@ class RoleView:
                 self._accounts.popitem(last=False)
         return result
 
-    def holders(self, system_key: str) -> list[int]:
-        """Handles (id order) of accounts holding any role in the system."""
+    def holders(self, view: ClientView, system_key: str) -> list[Any]:
+        """Accounts (id order) holding a role in the system, as the client sees them: a
+        client that may not read ``role`` finds no holder, as with ``roles pr``."""
+        key = (system_key, view.policy)
         with self._lock:
-            cached = self._holders.get(system_key)
+            cached = self._holders.get(key)
         if cached is not None:
             return cached
-        roles = {r.id for r in self.data.job_roles.values()
-                 if self.data.it_systems.get(r.it_system_id) is not None
-                 and self.data.it_systems[r.it_system_id].user_key == system_key}
-        index = self.snapshot.equality.get("role", {})
-        handles: set[int] = set()
-        for role_id in roles:
-            handles |= index.get(str(role_id).lower(), set()) | index.get(role_id, set())
-        result = sorted(handles)
+        roles = sorted(r.id for r in self.data.job_roles.values()
+                       if self.data.it_systems.get(r.it_system_id) is not None
+                       and self.data.it_systems[r.it_system_id].user_key == system_key)
+        result = view.search(f.any_of([f.Eq("role", r) for r in roles]),
+                             kinds=ACCOUNTS_ONLY) if roles else []
         with self._lock:
-            self._holders[system_key] = result
+            self._holders[key] = result
         return result
 
 
-_VIEW_LOCK = threading.Lock()
-
-
-def role_view(snapshot: Snapshot) -> RoleView:
-    """The :class:`RoleView` of a snapshot, built once per snapshot."""
-    view = snapshot.peek(_VIEW_KEY)
-    if view is None:
-        with _VIEW_LOCK:  # built once: it walks the whole role catalogue
-            view = snapshot.peek(_VIEW_KEY)
-            if view is None:
-                view = snapshot.keep(_VIEW_KEY, RoleView(snapshot))
-    return view
+def role_view(view: ClientView) -> RoleView:
+    """The :class:`RoleView` of the snapshot ``view`` reads, built once per snapshot."""
+    return view.cached(_VIEW_KEY, lambda: RoleView(view))
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def find_account(snapshot: Snapshot, username: str, policy: Policy) -> Any:
-    """The account with this userName (case-insensitive) visible to the policy."""
-    found = snapshot.search(f.Eq("userName", username), kinds=ACCOUNTS_ONLY, policy=policy)
+def find_account(view: ClientView, username: str) -> Any:
+    """The account with this userName (case-insensitive) the client may see."""
+    found = view.search(f.Eq("userName", username), kinds=ACCOUNTS_ONLY)
     if not found:
         raise ApiError(404, f"unknown user: {username}")
     return found[0]
 
 
-def _first(entry: Any, attr: str, policy: Policy, snapshot: Snapshot) -> Any:
-    values = visible_values(entry, attr, policy, snapshot)
-    return values[0] if values else None
-
-
-def account_json(entry: Any, policy: Policy, snapshot: Snapshot) -> dict:
+def account_json(view: ClientView, entry: Any) -> dict:
     """The account summary every response starts with."""
-    return {"id": entry.id, "userName": entry.first("userName"),
-            "displayName": _first(entry, "displayName", policy, snapshot),
-            "personId": _first(entry, "personId", policy, snapshot)}
+    return {"id": entry.id, "userName": view.first(entry, "userName"),
+            "displayName": view.first(entry, "displayName"),
+            "personId": view.first(entry, "personId")}
 
 
-def roles_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | None) -> dict:
+def roles_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str] | None
+               ) -> dict:
     """``/api/roles/{username}``: roles grouped per IT system with provenance."""
-    data = view.data
-    snapshot = view.snapshot
+    data = roles.data
     by_system: dict[str, dict] = {}
     per_role: dict[str, dict] = {}
-    for element in visible_complex(entry, "roles", policy, snapshot):
+    for element in view.complex(entry, "roles"):
         role = data.job_roles.get(element["value"])
         if role is None:
             continue
@@ -191,7 +176,7 @@ def roles_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | N
             item = per_role[role.id] = {"id": role.id, "identifier": role.identifier,
                                         "name": role.name, "provenance": []}
             block["jobRoles"].append(item)
-            for system_role in view.system_roles_of.get(role.id, ()):
+            for system_role in roles.system_roles_of.get(role.id, ()):
                 shown = {"identifier": system_role.identifier, "name": system_role.name}
                 if shown not in block["systemRoles"]:
                     block["systemRoles"].append(shown)
@@ -206,55 +191,55 @@ def roles_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | N
             "validFrom": _iso(element.get("validFrom")),
             "validTo": _iso(element.get("validTo")),
         })
-    return {"account": account_json(entry, policy, snapshot),
-            "itSystems": list(by_system.values())}
+    return {"account": account_json(view, entry), "itSystems": list(by_system.values())}
 
 
-def _filtered_roles(view: RoleView, entry: Any, policy: Policy,
+def _filtered_roles(roles: RoleView, view: ClientView, entry: Any,
                     systems: set[str] | None) -> list[str]:
-    ids = view.role_ids(entry, policy)
+    ids = roles.role_ids(view, entry)
     if systems is None:
         return ids
-    data = view.data
+    data = roles.data
     return [r for r in ids if r in data.job_roles
             and data.it_systems.get(data.job_roles[r].it_system_id) is not None
             and data.it_systems[data.job_roles[r].it_system_id].user_key in systems]
 
 
-def _name_id(view: RoleView, entry: Any, policy: Policy) -> str:
+def _name_id(roles: RoleView, view: ClientView, entry: Any) -> str:
     """OS2rollekatalog's NameID (``C=DK,O=<cvr>,CN=<name>,Serial=<external UUID>``), from
     what the client may read of the account: a client not allowed the external id gets the
     account's id as serial, and one not allowed the names gets the user name."""
-    def shown(attr: str) -> Any:
-        return _first(entry, attr, policy, view.snapshot)
-
-    serial = shown("externalId") or entry.id
-    name = shown("formattedName") or shown("displayName") or entry.first("userName")
-    return oiobpp.name_id(getattr(view.organisation, "cvr", None), name, serial)
+    serial = view.first(entry, "externalId") or entry.id
+    name = view.first(entry, "formattedName") or view.first(entry, "displayName") \
+        or view.first(entry, "userName")
+    return oiobpp.name_id(getattr(roles.organisation, "cvr", None), str(name), str(serial))
 
 
-def oiobpp_json(view: RoleView, entry: Any, policy: Policy, systems: set[str] | None) -> dict:
-    """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list."""
-    role_ids = _filtered_roles(view, entry, policy, systems)
-    groups = oiobpp.privilege_groups(view.data, entry.id, role_ids)
-    return {"nameID": _name_id(view, entry, policy),
+def oiobpp_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str] | None
+                ) -> dict:
+    """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list, with
+    org-unit constraint values limited to the units the client may see."""
+    role_ids = _filtered_roles(roles, view, entry, systems)
+    groups = oiobpp.privilege_groups(roles.data, entry.id, role_ids, view.unit_ids())
+    return {"nameID": _name_id(roles, view, entry),
             "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
 
 
-def roles_as_list_json(view: RoleView, entry: Any, policy: Policy,
+def roles_as_list_json(roles: RoleView, view: ClientView, entry: Any,
                        systems: set[str] | None) -> dict:
-    """``/api/user/{userId}/rolesAsList``, in OS2rollekatalog's shape."""
-    data = view.data
+    """``/api/user/{userId}/rolesAsList``, in OS2rollekatalog's shape (``disabled`` only
+    when the client may read ``active``)."""
+    data = roles.data
     user_roles: list[str] = []
     role_map: dict[str, str] = {}
     system_roles: list[str] = []
     data_roles: list[str] = []
     function_roles: list[str] = []
-    for role_id in _filtered_roles(view, entry, policy, systems):
+    for role_id in _filtered_roles(roles, view, entry, systems):
         role = data.job_roles[role_id]
         user_roles.append(role.identifier)
         role_map[role.identifier] = role.name
-        for system_role in view.system_roles_of.get(role_id, ()):
+        for system_role in roles.system_roles_of.get(role_id, ()):
             if system_role.identifier in system_roles:
                 continue
             system_roles.append(system_role.identifier)
@@ -262,10 +247,14 @@ def roles_as_list_json(view: RoleView, entry: Any, policy: Policy,
                 data_roles.append(system_role.identifier)
             if system_role.role_type in ("FUNCTION_ROLE", "BOTH"):
                 function_roles.append(system_role.identifier)
-    active = entry.first("active")
-    return {"userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,
-            "functionRoles": function_roles, "roleMap": role_map,
-            "nameID": _name_id(view, entry, policy), "disabled": active is False}
+    body: dict[str, Any] = {
+        "userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,
+        "functionRoles": function_roles, "roleMap": role_map,
+        "nameID": _name_id(roles, view, entry)}
+    active = view.values(entry, "active")
+    if active:
+        body["disabled"] = active[0] is False
+    return body
 
 
 def _int_arg(name: str, default: int, low: int) -> int:
@@ -302,7 +291,7 @@ def blueprint(facade: Facade) -> Blueprint:
     bp = Blueprint("roleapi", __name__)
 
     def run(operation: str,
-            handler: Callable[[Snapshot, RoleView, Policy], tuple[Any, list[str]]]
+            handler: Callable[[ClientView, RoleView], tuple[Any, list[str]]]
             ) -> Response:
         client = None
         status, body = 200, None
@@ -312,8 +301,10 @@ def blueprint(facade: Facade) -> Blueprint:
             client = facade.clients.authenticate_token(token) if token else None
             if client is None:
                 raise ApiError(401, "a valid bearer token is required")
-            snapshot = facade.directory.snapshot
-            body, subjects = handler(snapshot, role_view(snapshot), client.policy)
+            if ROLE not in client.policy.kinds:
+                raise ApiError(403, f"client {client.name} may not read roles")
+            view = ClientView.of(facade.directory.snapshot, client.policy)
+            body, subjects = handler(view, role_view(view))
         except ApiError as exc:
             status, body, subjects = exc.status, {"error": exc.message,
                                                   "status": exc.status}, []
@@ -332,15 +323,12 @@ def blueprint(facade: Facade) -> Blueprint:
             response.headers["WWW-Authenticate"] = 'Bearer realm="idm-facade"'
         return response
 
-    def subjects_of(entry: Any) -> list[str]:
-        return [str(p) for p in entry.attrs.get("personId", ())]
-
     def per_account(operation: str, user: str, render: Callable[..., Any]) -> Response:
         """One account's roles in one shape, for the IT systems asked for (``?system=``)."""
-        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            entry = find_account(snapshot, user, policy)
-            systems = view.systems_matching(request.args.getlist("system"))
-            return render(view, entry, policy, systems), subjects_of(entry)
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            entry = find_account(view, user)
+            systems = roles.systems_matching(request.args.getlist("system"))
+            return render(roles, view, entry, systems), view.subjects([entry])
         return run(operation, handle)
 
     @bp.get("/roles/<username>")
@@ -357,42 +345,41 @@ def blueprint(facade: Facade) -> Blueprint:
 
     @bp.get("/user/<user_id>/hasUserRole/<role_id>")
     def has_user_role(user_id: str, role_id: str) -> Response:
-        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            entry = find_account(snapshot, user_id, policy)
-            data = view.data
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            entry = find_account(view, user_id)
+            data = roles.data
             held = False
-            for rid in view.role_ids(entry, policy):
+            for rid in roles.role_ids(view, entry):
                 role = data.job_roles.get(rid)
                 if role is not None and role_id in (role.id, role.identifier):
                     held = True
                     break
-            return held, subjects_of(entry)
+            return held, view.subjects([entry])
         return run("roles.has", handle)
 
     @bp.get("/itsystem/<identifier>/users")
     def system_users(identifier: str) -> Response:
-        def handle(snapshot: Snapshot, view: RoleView, policy: Policy) -> tuple[Any, list[str]]:
-            matches = [s for s in view.data.it_systems.values()
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            matches = [s for s in roles.data.it_systems.values()
                        if s.user_key.casefold() == identifier.casefold()]
             if not matches:
                 raise ApiError(404, f"unknown IT system: {identifier}")
             system = matches[0]
             start = _int_arg("startIndex", 1, 1)
             count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
-            visible = snapshot.visible_handles(policy, ACCOUNTS_ONLY)
-            handles = [h for h in view.holders(system.user_key) if h in visible]
-            page = [snapshot.entries[h] for h in handles[start - 1:start - 1 + count]]
+            holders = roles.holders(view, system.user_key)
+            page = holders[start - 1:start - 1 + count]
             users = []
             for entry in page:
-                item = account_json(entry, policy, snapshot)
-                item["roles"] = [view.data.job_roles[r].identifier
-                                 for r in _filtered_roles(view, entry, policy,
+                item = account_json(view, entry)
+                item["roles"] = [roles.data.job_roles[r].identifier
+                                 for r in _filtered_roles(roles, view, entry,
                                                           {system.user_key})]
                 users.append(item)
             body = {"itSystem": {"identifier": system.user_key, "name": system.name},
-                    "totalResults": len(handles), "startIndex": start,
+                    "totalResults": len(holders), "startIndex": start,
                     "itemsPerPage": len(users), "users": users}
-            return body, sorted({p for e in page for p in subjects_of(e)})
+            return body, view.subjects(page)
         return run("roles.itsystem", handle)
 
     return bp

@@ -79,9 +79,11 @@ def scope(cvr: str | None) -> str:
     return SCOPE_PREFIX + (cvr or "")
 
 
-def privilege_groups(data: Any, account_id: str, job_role_ids: list[str]) -> list[PrivilegeGroup]:
+def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
+                     visible_units: frozenset[str] | None = None) -> list[PrivilegeGroup]:
     """The privilege groups of the account for these job roles (already filtered by
-    system), with constraint values computed from ``data``."""
+    system), with constraint values computed from ``data`` as if only ``visible_units``
+    existed (None: every unit)."""
     organisation = data.organisation
     base = kombit_base(organisation)
     the_scope = scope(getattr(organisation, "cvr", None))
@@ -101,7 +103,7 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str]) -> lis
             continue
         system = data.it_systems.get(role.it_system_id)
         kombit = system is not None and (system.system_type or "").upper() == KOMBIT
-        links = cons.system_role_constraints(data, account_id, role_id)
+        links = cons.system_role_constraints(data, account_id, role_id, visible_units)
         if kombit:
             named = [(parametric_name(base, link.system_role_id, link.id, ctype), value)
                      for link, pairs in links for ctype, value in pairs]

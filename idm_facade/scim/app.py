@@ -5,13 +5,13 @@ not, any method) passes the same steps: authenticate the bearer token, answer fr
 snapshot, write exactly one access record, and only then let the response leave. If the access
 log cannot be written the answer is a 500 SCIM error that discloses nothing.
 
-Lists are answered by ``snapshot.search`` (filter, policy, sort, all inside the directory);
-this module only pages the ordered result and joins the cached JSON of each resource. The
-finished body of a list response is kept per snapshot (an LRU bounded in bytes, keyed by
-resource types, the raw query, base URL and policy): a snapshot never changes, so a repeated
-query is answered with the same bytes without parsing, searching or joining again. Cursor
-pages are not kept (their cursors carry the time they were issued). The access record is
-still written for every request, cache hit or not.
+Lists are answered by the client's view (``ClientView.search``: filter, policy, sort, all
+inside the directory); this module only pages the ordered result and joins the cached JSON of
+each resource. The finished body of a list response is kept per snapshot (an LRU bounded in
+bytes, keyed by resource types, the raw query, base URL and policy): a snapshot never
+changes, so a repeated query is answered with the same bytes without parsing, searching or
+joining again. Cursor pages are not kept (their cursors carry the time they were issued). The
+access record is still written for every request, cache hit or not.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import Client, bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
-from idm_facade.directory.snapshot import CacheKey, Snapshot
+from idm_facade.directory.snapshot import CacheKey
+from idm_facade.directory.view import ClientView
 from idm_facade.scim import schema as s
 from idm_facade.scim.discovery import Discovery
 from idm_facade.scim.errors import (
@@ -266,16 +267,13 @@ class ScimService:
     # ------------------------------------------------------------------ resources
 
     def get(self, client: Client, resource: str, ident: str) -> Outcome:
-        snap = self.facade.directory.snapshot
-        handle = snap.by_id.get(ident)
-        entry = snap.entries[handle] if handle is not None else None
-        policy = client.policy
-        if entry is None or (entry.kind == ACCOUNT) != (resource == s.USER) or \
-                not snap.is_visible(entry, policy):
+        view = ClientView.of(self.facade.directory.snapshot, client.policy)
+        entry = view.get(ident)
+        if entry is None or (entry.kind == ACCOUNT) != (resource == s.USER):
             raise not_found(f"{resource} {ident} not found")
         args = _args()
         sel = selection(args.get("attributes"), args.get("excludedAttributes"))
-        rendered = render(snap, entry, policy, self.base(), sel)
+        rendered = render(view, entry, self.base(), sel)
         headers = {"ETag": rendered.version,
                    "Location": f"{self.base()}/{s.ENDPOINTS[resource]}/{entry.id}"}
         match = request.environ.get("HTTP_IF_NONE_MATCH")
@@ -317,12 +315,11 @@ class ScimService:
         """A ListResponse; ``raw`` (the query string or the SearchRequest's canonical JSON)
         keys the snapshot's body cache: the same raw query gives the same parameters.
         ``params`` None means the request's query arguments (parsed only on a cache miss)."""
-        snap = self.facade.directory.snapshot
-        policy = client.policy
+        view = ClientView.of(self.facade.directory.snapshot, client.policy)
         cache = key = None
         if raw is not None and self.cache_bytes > 0:
-            cache = snap.cached(_BODY_CACHE_KEY, lambda: BodyCache(self.cache_bytes))
-            key = (resources, raw, self.base(req), policy)
+            cache = view.cached(_BODY_CACHE_KEY, lambda: BodyCache(self.cache_bytes))
+            key = (resources, raw, self.base(req), client.policy)
             hit = cache.get(key)
             if hit is not None:
                 outcome = Outcome(hit[0])
@@ -331,7 +328,7 @@ class ScimService:
                 return outcome
         if params is None:
             params = _args()
-        outcome = self._list(snap, client, resources, params)
+        outcome = self._list(view, client, resources, params)
         if cache is not None and params.get("cursor") is None:
             body = outcome.body.encode() if isinstance(outcome.body, str) else outcome.body
             outcome.body = body
@@ -340,7 +337,7 @@ class ScimService:
             cache.put(key, (body or b"", subjects, outcome.cpr))  # type: ignore[arg-type]
         return outcome
 
-    def _list(self, snap: Snapshot, client: Client, resources: tuple[str, ...],
+    def _list(self, view: ClientView, client: Client, resources: tuple[str, ...],
               params: Any) -> Outcome:
         text = params.get("filter")
         flt = translate(str(text), resources) if text not in (None, "") else f.TRUE
@@ -352,12 +349,12 @@ class ScimService:
         sel = selection(params.get("attributes"), params.get("excludedAttributes"))
         policy = client.policy
         kinds = frozenset().union(*(s.KINDS[r] for r in resources))
-        results = snap.search(flt, kinds=kinds, policy=policy, sort_by=sort_by,
+        results = view.search(flt, kinds=kinds, sort_by=sort_by,
                               descending=order == "descending")
         digest = query_digest(text, resources, sort_by, order, client.name,
                               policy.fingerprint) \
             if params.get("cursor") is not None else ""
-        page = self.pager.page(results, params, digest, f"{snap.seq}:{snap.at.isoformat()}")
+        page = self.pager.page(results, params, digest, f"{view.seq}:{view.at.isoformat()}")
         base = self.base()
         parts = [_LIST_HEAD, f',"totalResults":{page.total}']
         if not page.cursor_mode:
@@ -372,7 +369,7 @@ class ScimService:
         texts = []
         subjects: set[str] = set()
         for entry in page.items:
-            rendered = render(snap, entry, policy, base, sel)
+            rendered = render(view, entry, base, sel)
             texts.append(rendered.json)
             subjects.update(rendered.subjects)
             outcome.cpr = outcome.cpr or rendered.cpr

@@ -1,14 +1,15 @@
 """Directory entries -> SCIM User / Group JSON, through the client's policy.
 
-Every value goes through ``idm_facade.directory.view`` (the one policy projection shared with
-LDAP and the role API), so CPR, address visibility, sensitive titles and references to hidden
-entries follow the same rules everywhere. Attribute selection (``attributes`` /
+Every entry and value comes from the client's view (``idm_facade.directory.view``, the one
+policy projection shared with LDAP and the role API), so CPR, address visibility, sensitive
+titles and hidden entries follow the same rules everywhere. Attribute selection (``attributes`` /
 ``excludedAttributes`` with the ``returned`` characteristic) decides *before* building which
 attributes are produced: a group's member list is never built when ``members`` is not
 returned.
 
-Rendering is cached per snapshot, keyed by (entry id, entry version, policy, selection, base
-URL); the cache holds the JSON text, so a list response is assembled by joining strings.
+Rendering is cached per snapshot as the client sees it, keyed by (entry id, entry version,
+policy, selection, base URL); the cache holds the JSON text, so a list response is assembled
+by joining strings.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from functools import lru_cache
 from typing import Any
 
 from idm_facade.directory.entries import Entry
-from idm_facade.directory.policy import Policy
-from idm_facade.directory.snapshot import CacheKey, Snapshot
-from idm_facade.directory.view import visible_complex, visible_values
+from idm_facade.directory.snapshot import CacheKey
+from idm_facade.directory.view import ClientView
 from idm_facade.scim import schema as s
 from idm_facade.scim.errors import invalid_value
 from schemas.attributes import ACCOUNT, BOOLEAN, DATETIME, MUNICIPAL_GROUP
@@ -193,18 +193,13 @@ def _clean(element: dict, keys: tuple[str, ...] | None = None) -> dict:
 class _Context:
     """Per-request rendering inputs."""
 
-    __slots__ = ("snap", "policy", "base", "subjects", "cpr")
+    __slots__ = ("view", "base", "subjects", "cpr")
 
-    def __init__(self, snap: Snapshot, policy: Policy, base: str) -> None:
-        self.snap = snap
-        self.policy = policy
+    def __init__(self, view: ClientView, base: str) -> None:
+        self.view = view
         self.base = base
         self.subjects: set[str] = set()
         self.cpr = False
-
-    def entry(self, entry_id: str) -> Entry | None:
-        handle = self.snap.by_id.get(entry_id)
-        return self.snap.entries[handle] if handle is not None else None
 
     def location(self, entry: Entry) -> str:
         endpoint = "Users" if entry.kind == ACCOUNT else "Groups"
@@ -214,49 +209,49 @@ class _Context:
 def _complex(ctx: _Context, entry: Entry, attr: s.ScimAttr, urn: str) -> Any:
     """Build one complex attribute's value (None when empty)."""
     name = attr.name
-    policy, snap = ctx.policy, ctx.snap
+    view = ctx.view
     if name == "name":
         parts = {"formatted": "formattedName", "familyName": "familyName",
                  "givenName": "givenName"}
         out = {}
         for key, directory in parts.items():
-            values = visible_values(entry, directory, policy)
+            values = view.values(entry, directory)
             if values:
                 out[key] = values[0]
         return out or None
     if name == "manager":
-        values = visible_values(entry, "manager", policy, snap)
+        values = view.values(entry, "manager")
         if not values:
             return None
-        target = ctx.entry(str(values[0]))
+        target = view.get(str(values[0]))
         out = {"value": values[0]}
+        ctx.subjects.update(view.subjects([entry], managers=True))
         if target is not None:
             out["$ref"] = ctx.location(target)
-            shown = visible_values(target, "displayName", policy)
+            shown = view.values(target, "displayName")
             if shown:
                 out["displayName"] = shown[0]
         return out
     if name in ("groups", "members"):
         directory = "memberOf" if name == "groups" else "member"
         out_list = []
-        for ref in visible_values(entry, directory, policy, snap):
-            target = ctx.entry(str(ref))
+        for ref in view.values(entry, directory):
+            target = view.get(str(ref))
             if target is None:
                 continue
             element: dict = {"value": target.id, "$ref": ctx.location(target)}
-            shown = visible_values(target, "displayName", policy)
+            shown = view.values(target, "displayName")
             if shown:
                 element["display"] = shown[0]
             if name == "members":
                 element["type"] = "User"
-                for person in target.attrs.get("personId", ()):
-                    ctx.subjects.add(str(person))
+                ctx.subjects.update(view.subjects([target]))
             else:
                 element["type"] = "direct"
             out_list.append(element)
         return out_list or None
     if attr.complex:
-        elements = visible_complex(entry, attr.complex, policy, snap)
+        elements = view.complex(entry, attr.complex)
         if not elements:
             return None
         if name == "roles" and urn != MUNICIPAL_GROUP and urn == s.CORE[s.USER]:
@@ -274,7 +269,7 @@ def _complex(ctx: _Context, entry: Entry, attr: s.ScimAttr, urn: str) -> Any:
 def _attribute(ctx: _Context, entry: Entry, urn: str, attr: s.ScimAttr) -> Any:
     if attr.type == s.COMPLEX_TYPE:
         return _complex(ctx, entry, attr, urn)
-    values = visible_values(entry, attr.directory or "", ctx.policy, ctx.snap)
+    values = ctx.view.values(entry, attr.directory or "")
     if not values:
         return None
     if attr.directory == "cpr":
@@ -320,15 +315,14 @@ def build(ctx: _Context, entry: Entry, sel: Selection) -> dict:
             doc["schemas"].append(urn)
             doc[urn] = target
     if sel.wants_meta():
-        created = entry.attrs.get("created", (None,))[0]
-        modified = entry.attrs.get("modified", (created,))[0]
+        created = ctx.view.first(entry, "created")
+        modified = ctx.view.first(entry, "modified", created)
         doc["meta"] = {"resourceType": resource, "created": _timestamp(created),
                        "lastModified": _timestamp(modified), "location": ctx.location(entry),
                        "version": etag(entry)}
         doc["meta"] = {k: v for k, v in doc["meta"].items() if v is not None}
     if entry.kind == ACCOUNT:
-        for person in entry.attrs.get("personId", ()):
-            ctx.subjects.add(str(person))
+        ctx.subjects.update(ctx.view.subjects([entry]))
     return doc
 
 
@@ -337,14 +331,14 @@ def etag(entry: Entry) -> str:
     return f'W/"{entry.version}"'
 
 
-def render(snap: Snapshot, entry: Entry, policy: Policy, base: str, sel: Selection) -> Rendered:
-    """Render (or fetch from the per-snapshot cache) one resource."""
-    cache = snap.cached(_CACHE_KEY, dict)
-    key = (entry.id, entry.version, policy, sel.key, base)
+def render(view: ClientView, entry: Entry, base: str, sel: Selection) -> Rendered:
+    """Render (or fetch from the per-snapshot cache) one resource as the client sees it."""
+    cache = view.cached(_CACHE_KEY, dict)
+    key = (entry.id, entry.version, view.policy, sel.key, base)
     found = cache.get(key)
     if found is not None:
         return found
-    ctx = _Context(snap, policy, base)
+    ctx = _Context(view, base)
     doc = build(ctx, entry, sel)
     rendered = Rendered(json.dumps(doc, separators=(",", ":"), ensure_ascii=False),
                         tuple(sorted(ctx.subjects)), ctx.cpr, etag(entry))
