@@ -125,3 +125,81 @@ def test_no_import_cycles_between_modules():
 def _package_reexport(cycle: str) -> bool:
     first, second = cycle.split(" -> ")[:2]
     return second.startswith(first + ".") or first.startswith(second + ".")
+
+
+# --------------------------------------------------------------------------- the client view
+
+#: What a stored entry or a snapshot exposes that a front end must not read itself: values
+#: come from the client's view (``ClientView.values/complex/first``), entries from its
+#: ``search``/``get``.
+RAW_READS = frozenset({"attrs", "entries", "by_id", "by_kind", "equality", "ordered",
+                       "grants", "visible_handles", "is_visible", "live"})
+
+#: Functions of a front end allowed to read the whole snapshot, and why.
+STRUCTURE = {
+    # Every entry's DN must be the same for every client, so the DIT is laid out once from
+    # the whole snapshot; it reads names and parents and answers nothing itself.
+    ("idm_facade.ldap.dit", "build_layout"),
+    ("idm_facade.ldap.dit", "_pick_root"),
+}
+
+
+def _raw_reads(path: Path, module: str) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[str] = []
+
+    def walk(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        if (module, function) not in STRUCTURE:
+            where = f"{module}:{getattr(node, 'lineno', '?')} in {function}"
+            if isinstance(node, ast.Attribute) and node.attr in RAW_READS:
+                found.append(f"{where}: .{node.attr}")
+            # entry.complex[...] / entry.complex.get(...): reading the stored elements
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                    and node.value.attr == "complex":
+                found.append(f"{where}: .complex.{node.attr}")
+            # entry.first("name"): Entry.first takes the attribute first; the view's
+            # first(entry, "name") takes the entry
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "first" and node.args \
+                    and isinstance(node.args[0], ast.Constant):
+                found.append(f"{where}: Entry.first")
+            # Snapshot.search(..., policy=...): the view's search takes no policy
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("search", "count") \
+                    and any(k.arg == "policy" for k in node.keywords):
+                found.append(f"{where}: Snapshot.{node.func.attr}")
+        for child in ast.iter_child_nodes(node):
+            walk(child, function)
+
+    walk(tree, "<module>")
+    return found
+
+
+def test_front_ends_read_entries_only_through_the_client_view():
+    """SCIM, LDAP and the role API never read a stored entry or the snapshot's indexes
+    themselves: everything they show comes through ``ClientView``, which applies the
+    client's policy (tests/test_view.py and the e2e suites check what it shows)."""
+    found = []
+    for name, path in _modules().items():
+        if _group(name) in ("idm_facade.scim", "idm_facade.ldap", "idm_facade.roleapi"):
+            found += _raw_reads(path, name)
+    assert not found, "\n".join(found)
+
+
+def test_the_raw_read_check_catches_raw_reads(tmp_path):
+    """The check above finds each form it looks for (so it cannot pass by finding nothing)."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "def f(entry, snap, view):\n"
+        "    entry.attrs.get('cpr')\n"
+        "    entry.complex.get('emails')\n"
+        "    entry.first('userName')\n"
+        "    snap.search(None, kinds=None, policy=None)\n"
+        "    snap.entries[0]\n"
+        "    view.first(entry, 'userName')\n"
+        "    view.complex(entry, 'emails')\n")
+    found = _raw_reads(sample, "sample")
+    assert [f.split(": ", 1)[1] for f in found] == [
+        ".attrs", ".complex.get", "Entry.first", "Snapshot.search", ".entries"]

@@ -73,10 +73,16 @@ def projected(base: Snapshot, policy: Policy) -> Snapshot:
 class _VisibleUnitsBuilder(EntryBuilder):
     """An entry builder for which the units outside ``visible`` do not exist."""
 
-    def __init__(self, base: Snapshot, visible: frozenset[str]) -> None:
+    def __init__(self, base: Snapshot, visible: frozenset[str],
+                 accounts: frozenset[str]) -> None:
         assert base.data is not None
         super().__init__(base.data, numbers=base.posix)
         self.visible = visible
+        # A manager whose account the client cannot see is a vacant post to it: the walk
+        # goes on up, as it would if that account did not exist.
+        self.accounts_by_person = {
+            person: [a for a in ids if a in accounts]
+            for person, ids in self.accounts_by_person.items()}
         self.full_chains = self.chains
         self.chains = {u: _visible_part(chain, visible) for u, chain in self.chains.items()
                        if u in visible}
@@ -135,7 +141,8 @@ def _rebuild_in_subtrees(base: Snapshot, policy: Policy, kept: list[Entry]) -> l
             entry = base.entries[handle]
             if entry.kind == UNIT:
                 visible.add(entry.id)
-    builder = _VisibleUnitsBuilder(base, frozenset(visible))
+    accounts = frozenset(e.id for e in kept if e.kind == ACCOUNT)
+    builder = _VisibleUnitsBuilder(base, frozenset(visible), accounts)
     data = base.data
     assert data is not None
     out: list[Entry] = []

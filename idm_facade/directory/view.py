@@ -100,16 +100,6 @@ class ClientView:
         so two policies with different projections never share it)."""
         return self._snap.cached(key, make)
 
-    def shared(self, key: CacheKey[T], make: Callable[[], T]) -> T:
-        """A per-snapshot cache slot shared by every client (structure that must be the
-        same for all of them, such as every entry's LDAP DN)."""
-        return self._base.cached(key, make)
-
-    def structure(self) -> Snapshot:
-        """The whole snapshot, for building structure every client shares (DNs); never
-        for answering a request."""
-        return self._base
-
     # ------------------------------------------------------------------ entries
 
     def search(self, flt: f.Filter, *, kinds: frozenset[str], sort_by: str | None = None,
