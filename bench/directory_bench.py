@@ -75,6 +75,7 @@ def measure(size: str) -> dict:
             roles.effective_roles(data, account_id)
 
     roles_us = _time(role_calc, 3) / len(sample) * 1e6
+    subtree_s, accounts_only_s, subtree_size = _projections(snap)
     target = accounts[len(accounts) // 2]
     started = time.perf_counter()
     with write_session(engine, actor="bench") as session:
@@ -106,7 +107,30 @@ def measure(size: str) -> dict:
         "full_refresh_s": round(full_refresh, 2),
         "added_visible_s": round(added, 3),
         "write_s": round(committed - started, 3),
+        "subtree_projection_s": round(subtree_s, 2), "subtree_entries": subtree_size,
+        "accounts_only_projection_s": round(accounts_only_s, 2),
     }
+
+
+def _projections(snap) -> tuple[float, float, int]:
+    """Seconds to build a restricted client's projection (once per snapshot and policy):
+    for the directorate with the most entries under it, and for accounts only."""
+    from idm_facade.directory import Policy
+    from idm_facade.directory.policy import ACCOUNTS_ONLY
+    from idm_facade.directory.projection import project
+    from schemas.attributes import UNIT
+
+    index = snap.equality["ancestor"]
+    units = [e for e in snap.entries if e.kind == UNIT]
+    roots = {e.id for e in units if not e.attrs.get("parent")}
+    directorates = [e.id for e in units if set(e.attrs.get("parent", ())) & roots]
+    top = max(directorates, key=lambda u: len(index.get(u.lower(), ())))
+    started = time.perf_counter()
+    projected = project(snap, Policy(name="bench-subtree", subtrees=(top,)))
+    subtree = time.perf_counter() - started
+    started = time.perf_counter()
+    project(snap, Policy(name="bench-accounts", kinds=ACCOUNTS_ONLY))
+    return subtree, time.perf_counter() - started, len(projected)
 
 
 def main() -> None:
@@ -125,13 +149,15 @@ def main() -> None:
     print("| size | accounts | entries | build (s) | peak RSS (MB) | userName eq (µs) "
           "| unit eq AND familyName co (µs, matched) | effective roles / account (µs) "
           "| change -> visible, incremental (s) | new account -> visible (s) "
-          "| forced full rebuild (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| forced full rebuild (s) | subtree projection (s, entries) "
+          "| accounts-only projection (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['accounts']} | {r['entries']} | {r['build_s']} "
               f"| {r['peak_rss_mb']} | {r['eq_us']} | {r['and_us']} ({r['and_matched']}) "
               f"| {r['roles_us']} | {r['change_visible_s']} | {r['added_visible_s']} "
-              f"| {r['full_refresh_s']} |")
+              f"| {r['full_refresh_s']} | {r['subtree_projection_s']} "
+              f"({r['subtree_entries']}) | {r['accounts_only_projection_s']} |")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ def restricted(policy: Policy) -> bool:
     return policy.subtrees is not None or policy.kinds != ALL_KINDS
 
 
+def is_projected(base: Snapshot, policy: Policy) -> bool:
+    """Is the snapshot ``policy`` reads ready (so reading it costs no projection build)?"""
+    if not restricted(policy):
+        return True
+    found = base.peek(_PROJECTIONS)
+    return found is not None and policy.fingerprint in found
+
+
 def projected(base: Snapshot, policy: Policy) -> Snapshot:
     """The snapshot ``policy`` reads: ``base`` itself when nothing is hidden, otherwise the
     projection (made once per snapshot and policy; concurrent first users wait for one)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from idm_facade.directory import filters as f
 from idm_facade.directory.entries import Entry
+from idm_facade.directory.limits import NO_DEADLINE, Deadline
 from idm_facade.directory.policy import Policy
 from schemas.attributes import ATTRIBUTES, normalise
 
@@ -59,6 +60,8 @@ _MAX = "\U0010ffff"
 #: Kind of the tombstone left at a removed entry's handle by :meth:`Snapshot.patched`.
 REMOVED = "removed"
 _CACHE_SIZE = 256
+#: Entries checked one by one between two looks at the deadline.
+_CHECK_EVERY = 2048
 
 
 def _spec_rules(attr: str) -> tuple[str, bool, bool, bool]:
@@ -268,7 +271,8 @@ class Snapshot:
     # ------------------------------------------------------------------ queries
 
     def search(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy,
-               sort_by: str | None = None, descending: bool = False) -> list[Entry]:
+               sort_by: str | None = None, descending: bool = False,
+               deadline: Deadline = NO_DEADLINE) -> list[Entry]:
         """All entries of ``kinds`` visible to ``policy`` that match ``flt``, in a stable
         order: by ``sort_by`` (a directory attribute; missing values last) then id.
 
@@ -277,7 +281,8 @@ class Snapshot:
         (:class:`~idm_facade.directory.view.ClientView`), where they do not exist.
 
         Results are cached per (filter, kinds, policy, sort) for the life of the snapshot,
-        so paging through a large result costs one evaluation.
+        so paging through a large result costs one evaluation. Checking entries one by one
+        stops with :class:`~idm_facade.directory.limits.TooLong` past ``deadline``.
         """
         key = (flt, kinds, policy, sort_by, descending)
         with self._lock:
@@ -287,7 +292,7 @@ class Snapshot:
                 return cached
         universe = self.visible_handles(policy, kinds)
         rewritten = rewrite(flt, policy)
-        handles = self.select(rewritten, universe)
+        handles = self.select(rewritten, universe, deadline)
         result = self._order(handles, sort_by, descending, policy)
         with self._lock:
             self._result_cache[key] = result
@@ -329,8 +334,8 @@ class Snapshot:
 
     # ------------------------------------------------------------------ planner
 
-    def select(self, node: f.Filter, universe: frozenset[int] | set[int]
-               ) -> set[int] | frozenset[int]:
+    def select(self, node: f.Filter, universe: frozenset[int] | set[int],
+               deadline: Deadline = NO_DEADLINE) -> set[int] | frozenset[int]:
         """Handles in ``universe`` matching ``node`` (physical names), using indexes."""
         exact = self._indexed(node)
         if exact is not None:
@@ -352,23 +357,33 @@ class Snapshot:
                 candidates &= universe
             else:
                 # No operand is indexed: narrow with the first operand, then check the rest.
-                candidates = self.select(rest[0], universe)
+                candidates = self.select(rest[0], universe, deadline)
                 rest = rest[1:]
             for part in rest:
                 if not candidates:
                     break
-                candidates = self.select(part, candidates)
+                candidates = self.select(part, candidates, deadline)
             return candidates
         if isinstance(node, f.Or):
             either: set[int] = set()
             for part in node.parts:
-                either |= self.select(part, universe)
+                either |= self.select(part, universe, deadline)
             return either
         if isinstance(node, f.Not):
-            return set(universe) - self.select(node.part, universe)
+            return set(universe) - self.select(node.part, universe, deadline)
         if isinstance(node, f.Const):
             return set(universe) if node.value else set()
-        return {h for h in universe if f.matches(self.entries[h], node)}
+        if deadline.at is None or len(universe) <= _CHECK_EVERY:
+            deadline.check()
+            return {h for h in universe if f.matches(self.entries[h], node)}
+        matched: set[int] = set()
+        entries = self.entries
+        for count, handle in enumerate(universe):
+            if not count % _CHECK_EVERY:
+                deadline.check()
+            if f.matches(entries[handle], node):
+                matched.add(handle)
+        return matched
 
     def _indexed(self, node: f.Filter) -> set[int] | None:
         """The exact answer of ``node`` from indexes alone, or None when they cannot give it."""

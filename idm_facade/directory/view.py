@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from idm_facade.directory import filters as f
 from idm_facade.directory.entries import Entry
+from idm_facade.directory.limits import NO_DEADLINE, Deadline
 from idm_facade.directory.load import OrgData
 from idm_facade.directory.policy import Policy
 from idm_facade.directory.projection import projected, restricted
@@ -103,10 +104,11 @@ class ClientView:
     # ------------------------------------------------------------------ entries
 
     def search(self, flt: f.Filter, *, kinds: frozenset[str], sort_by: str | None = None,
-               descending: bool = False) -> list[Entry]:
-        """Entries of ``kinds`` this client may see matching ``flt``, in a stable order."""
+               descending: bool = False, deadline: Deadline = NO_DEADLINE) -> list[Entry]:
+        """Entries of ``kinds`` this client may see matching ``flt``, in a stable order
+        (:class:`~idm_facade.directory.limits.TooLong` past ``deadline``)."""
         return self._snap.search(flt, kinds=kinds, policy=self.policy, sort_by=sort_by,
-                                 descending=descending)
+                                 descending=descending, deadline=deadline)
 
     def get(self, entry_id: str) -> Entry | None:
         """The entry with this id as the client sees it, or None when hidden or unknown."""

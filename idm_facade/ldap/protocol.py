@@ -33,10 +33,12 @@ from twisted.python.failure import Failure
 
 from idm_facade.access.audit import AccessRecord, AuditUnavailable
 from idm_facade.access.clients import Client
+from idm_facade.directory.limits import Deadline, TooLong
 from idm_facade.directory.policy import Policy
+from idm_facade.directory.projection import is_projected
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import ber, controls, dit, subschema, syntax
-from idm_facade.ldap.filters import matches_static, to_text
+from idm_facade.ldap.filters import cheap, matches_static, to_text
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
     INSUFFICIENT_ACCESS,
@@ -56,10 +58,12 @@ from idm_facade.ldap.search import (
     Answer,
     Cut,
     SearchRequest,
+    check_shape,
     cut,
     deadline,
     disclosed,
     plan,
+    planning_deadline,
     signature,
 )
 
@@ -480,6 +484,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             self._done(msgid, exc.code, exc.message, exc.matched)
 
     def _search(self, q: SearchRequest, parsed: controls.SearchControls) -> None:
+        check_shape(q, self.factory.limits)
         snapshot, layout = self.factory.current()
         try:
             norm = syntax.parse_dn(q.base)
@@ -500,19 +505,57 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         # between pages neither breaks the search nor shifts its pages (RFC 2696 needs one
         # consistent result set); the snapshot lives as long as the cookie.
         signed = signature(q, parsed)
-        sort_ctrl = b""
-        state = None
         if parsed.paged is not None and parsed.paged.cookie:
             try:
                 state = self.pages.take(parsed.paged.cookie, signed)  # type: ignore[union-attr]
             except controls.ControlError as exc:
                 raise Abort(exc.code, exc.message) from exc
-            results = state.results
-            statics = state.extra["statics"]
             snapshot, layout = state.extra["snapshot"], state.extra["layout"]
+            self._planned(q, parsed, signed, snapshot, layout, policy, state,
+                          (state.extra["statics"], state.results, b""))
+            return
+        ends = planning_deadline(q, self.factory.settings.time_limit, self.factory.limits)
+        client = self.client
+        if cheap(q.filter) and is_projected(snapshot, policy):
+            result = self._plan(q, parsed, snapshot, layout, policy, norm, client, ends)
+            self._planned(q, parsed, signed, snapshot, layout, policy, None, result)
+            return
+        # Anything that may take long (substrings, negations, many terms, a restricted
+        # client's first projection) is planned in a pool thread, so one search never holds
+        # up the event loop; the connection's later requests wait, as during a bind.
+        self.hold()
+        planning = self.factory.in_thread(self._plan, q, parsed, snapshot, layout, policy,
+                                          norm, client, ends)
+        planning.addCallback(lambda result: self._planned(q, parsed, signed, snapshot, layout,
+                                                          policy, None, result))
+        planning.addErrback(self._plan_failed, q.msgid)
+        planning.addBoth(lambda _: self.release())
+
+    @staticmethod
+    def _plan(q: SearchRequest, parsed: controls.SearchControls, snapshot: Any,
+              layout: dit.Layout, policy: Policy, norm: syntax.NormDN, client: Client | None,
+              ends: Deadline) -> tuple[list, list, bytes]:
+        """Plan one search (in the event loop or a pool thread): time-limited."""
+        try:
+            return plan(q, parsed, ClientView.of(snapshot, policy), layout, norm, client, ends)
+        except TooLong as exc:
+            raise Abort(TIME_LIMIT, str(exc)) from None
+
+    def _plan_failed(self, failure: Failure, msgid: int) -> None:
+        if failure.check(Abort):
+            exc = failure.value
+            self._done(msgid, exc.code, exc.message, exc.matched)
         else:
-            statics, results, sort_ctrl = plan(q, parsed, ClientView.of(snapshot, policy),
-                                               layout, norm, self.client)
+            self._internal_error(failure, msgid, ber.SEARCH_DONE)
+
+    def _planned(self, q: SearchRequest, parsed: controls.SearchControls, signed: Any,
+                 snapshot: Any, layout: dit.Layout, policy: Policy, state: Any,
+                 result: tuple[list, list, bytes]) -> None:
+        """Cut the page of a planned search and answer it."""
+        if not self.active.get(q.msgid) or not self.connected:
+            self.active.pop(q.msgid, None)  # abandoned or gone while planning
+            return
+        statics, results, sort_ctrl = result
         page = cut(q, parsed, statics, results, sort_ctrl, state,
                    self.factory.settings.size_limit,
                    lambda: controls.PageState(signed, results, 0, 0.0,

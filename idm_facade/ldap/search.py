@@ -23,12 +23,14 @@ from typing import Any
 
 from idm_facade.access.clients import Client
 from idm_facade.directory import filters as f
+from idm_facade.directory.limits import NO_DEADLINE, Deadline, Limits, TooComplex
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import controls, dit, syntax
-from idm_facade.ldap.filters import Translator, matches_static
+from idm_facade.ldap.filters import Translator, matches_static, shape
 from schemas.attributes import ATTRIBUTES, normalise
 
 SUCCESS, OPERATIONS_ERROR, PROTOCOL_ERROR, TIME_LIMIT, SIZE_LIMIT = 0, 1, 2, 3, 4
+ADMIN_LIMIT_EXCEEDED = 11
 AUTH_METHOD_NOT_SUPPORTED, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT, INVALID_DN = 7, 16, 32, 34
 INAPPROPRIATE_AUTH, INVALID_CREDENTIALS, INSUFFICIENT_ACCESS = 48, 49, 50
 UNAVAILABLE, UNWILLING, OTHER = 52, 53, 80
@@ -150,6 +152,24 @@ def deadline(q: SearchRequest, server_time_limit: float) -> float | None:
     return time.monotonic() + limit if limit else None
 
 
+def planning_deadline(q: SearchRequest, server_time_limit: float, limits: Limits) -> Deadline:
+    """When planning must have finished: the search's time limit, the server's, and
+    ``[limits] search_seconds``, whichever comes first."""
+    ends = deadline(q, server_time_limit)
+    planned = limits.deadline().at
+    if ends is None or (planned is not None and planned < ends):
+        ends = planned
+    return Deadline(ends)
+
+
+def check_shape(q: SearchRequest, limits: Limits) -> None:
+    """Refuse a filter over ``[limits]`` with adminLimitExceeded, before it is translated."""
+    try:
+        limits.check(*shape(q.filter))
+    except TooComplex as exc:
+        raise Abort(ADMIN_LIMIT_EXCEEDED, str(exc)) from None
+
+
 def disclosed(page: list, seen: ClientView,
               selection: dit.Selection) -> tuple[list[str], list[str]]:
     """(persons, sensitive attributes) that sending ``page`` discloses, for the record."""
@@ -181,10 +201,11 @@ def _returned(selection: dit.Selection) -> list[str] | None:
 
 
 def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
-         layout: dit.Layout, norm: syntax.NormDN, client: Client | None
-         ) -> tuple[list, list, bytes]:
+         layout: dit.Layout, norm: syntax.NormDN, client: Client | None,
+         ends: Deadline = NO_DEADLINE) -> tuple[list, list, bytes]:
     """(static entries, [(view, entry)], sort response control) for a search of ``norm``
-    (the parsed base DN) by ``client`` (None when anonymous) reading through ``seen``."""
+    (the parsed base DN) by ``client`` (None when anonymous) reading through ``seen``;
+    past ``ends`` it stops with :class:`~idm_facade.directory.limits.TooLong`."""
     statics, views = _regions(q, seen, layout, norm, client)
     sort_attr: dict[str, str | None] = {}
     sort_ctrl = b""
@@ -209,7 +230,8 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
         parts = [p for p in (region, translated) if p != f.TRUE]
         flt = f.And(tuple(parts)) if len(parts) > 1 else parts[0] if parts else f.TRUE
         found_entries = seen.search(flt, kinds=dit.VIEW_KINDS[view],
-                                    sort_by=sort_attr.get(view), descending=descending)
+                                    sort_by=sort_attr.get(view), descending=descending,
+                                    deadline=ends)
         per_view.append((view, found_entries))
     results: list = []
     if len(per_view) == 1 or not any(sort_attr.values()):

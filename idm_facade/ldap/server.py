@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from idm_facade.access.audit.turnlog import turn_log
 from idm_facade.access.facade import Facade
+from idm_facade.directory.limits import Limits
 from idm_facade.directory.snapshot import Snapshot
 from idm_facade.ldap import dit
 from idm_facade.ldap.protocol import LDAPConnection
@@ -62,6 +63,7 @@ class LDAPFactory(protocol.ServerFactory):
     def __init__(self, facade: Facade, reactor: Any = None, tls: Any = None) -> None:
         self.facade = facade
         self.settings = Settings.from_config(facade.config)
+        self.limits = Limits.from_config(facade.config)
         self.tls = tls
         if reactor is None:
             from twisted.internet import reactor as default_reactor

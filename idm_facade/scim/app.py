@@ -32,6 +32,7 @@ from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import Client, bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
+from idm_facade.directory.limits import Limits, TooComplex, TooLong, text_shape
 from idm_facade.directory.snapshot import CacheKey
 from idm_facade.directory.view import ClientView
 from idm_facade.scim import schema as s
@@ -42,6 +43,7 @@ from idm_facade.scim.errors import (
     invalid_value,
     not_found,
     read_only,
+    too_large,
     unauthorized,
 )
 from idm_facade.scim.filters import sort_attribute, translate
@@ -66,6 +68,8 @@ _LOG_UNAVAILABLE_BODY = json.dumps(_LOG_UNAVAILABLE.body()).encode()
 _SCIM_JSON_BYTES = SCIM_JSON.encode()
 #: Default byte budget of the per-snapshot list-response cache (``[scim] response_cache_mb``).
 DEFAULT_RESPONSE_CACHE_MB = 64
+#: Largest SearchRequest body accepted (a filter is limited to 8 KB; the rest is small).
+MAX_SEARCH_BODY = 64 * 1024
 
 
 class Outcome:
@@ -155,6 +159,7 @@ class ScimService:
         self.cache_bytes = int(float(section.get("response_cache_mb",
                                                  DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
         self._bases: dict[tuple, str] = {}
+        self.limits = Limits.from_config(facade.config)
         from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
         self._record_type = AccessRecord
@@ -285,11 +290,17 @@ class ScimService:
         return outcome
 
     def search(self, client: Client, resources: tuple[str, ...]) -> Outcome:
+        length = request.content_length
+        if length is not None and length > MAX_SEARCH_BODY:
+            raise too_large(f"a SearchRequest body is limited to {MAX_SEARCH_BODY} bytes")
         raw = request.get_data(cache=False)
+        if len(raw) > MAX_SEARCH_BODY:
+            raise too_large(f"a SearchRequest body is limited to {MAX_SEARCH_BODY} bytes")
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:
-            raise ScimError(400, "the request body is not JSON", "invalidSyntax") from None
+        except (ValueError, RecursionError):
+            raise ScimError(400, "the request body is not JSON (or is nested too deeply)",
+                            "invalidSyntax") from None
         if not isinstance(body, dict):
             raise ScimError(400, "the request body must be a SearchRequest object",
                             "invalidSyntax")
@@ -298,13 +309,25 @@ class ScimService:
             raise ScimError(400, f"a SearchRequest needs schemas [{SEARCH_SCHEMA}]",
                             "invalidSyntax")
         params: dict[str, Any] = {}
-        for key in ("filter", "sortBy", "sortOrder", "startIndex", "count", "cursor"):
+        for key in ("filter", "sortBy", "sortOrder", "cursor"):
             if body.get(key) is not None:
+                if not isinstance(body[key], str):
+                    raise invalid_value(f"{key} must be a string")
+                params[key] = body[key]
+        for key in ("startIndex", "count"):
+            if body.get(key) is not None:
+                if isinstance(body[key], bool) or not isinstance(body[key], int):
+                    raise invalid_value(f"{key} must be an integer")
                 params[key] = body[key]
         for key in ("attributes", "excludedAttributes"):
             value = body.get(key)
             if value:
-                params[key] = ",".join(value) if isinstance(value, list) else str(value)
+                if isinstance(value, str):
+                    params[key] = value
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    params[key] = ",".join(value)
+                else:
+                    raise invalid_value(f"{key} must be a list of attribute names")
         query = json.dumps(params, sort_keys=True)
         outcome = self.list(client, resources, params, b"POST " + query.encode())
         outcome.query = query
@@ -340,6 +363,11 @@ class ScimService:
     def _list(self, view: ClientView, client: Client, resources: tuple[str, ...],
               params: Any) -> Outcome:
         text = params.get("filter")
+        if text not in (None, ""):
+            try:
+                self.limits.check(*text_shape(str(text)))
+            except TooComplex as exc:
+                raise ScimError(400, str(exc), "tooMany") from None
         flt = translate(str(text), resources) if text not in (None, "") else f.TRUE
         sort_path = params.get("sortBy")
         sort_by = sort_attribute(str(sort_path), resources) if sort_path else None
@@ -349,8 +377,13 @@ class ScimService:
         sel = selection(params.get("attributes"), params.get("excludedAttributes"))
         policy = client.policy
         kinds = frozenset().union(*(s.KINDS[r] for r in resources))
-        results = view.search(flt, kinds=kinds, sort_by=sort_by,
-                              descending=order == "descending")
+        try:
+            results = view.search(flt, kinds=kinds, sort_by=sort_by,
+                                  descending=order == "descending",
+                                  deadline=self.limits.deadline())
+        except TooLong:
+            raise ScimError(400, f"the search took longer than {self.limits.seconds:g} s; "
+                            "narrow the filter", "tooMany") from None
         digest = query_digest(text, resources, sort_by, order, client.name,
                               policy.fingerprint) \
             if params.get("cursor") is not None else ""

@@ -53,6 +53,11 @@ def invalid_value(detail: str) -> ScimError:
     return ScimError(400, detail, "invalidValue")
 
 
+def too_large(detail: str) -> ScimError:
+    """413: a request body over the limit (read no further than needed to know)."""
+    return ScimError(413, detail)
+
+
 def unauthorized(detail: str = "a valid bearer token is required") -> ScimError:
     """401 with the challenge RFC 6750 asks for."""
     return ScimError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="SCIM"'})
