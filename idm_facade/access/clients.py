@@ -243,6 +243,9 @@ class Client:
     kind: str
     policy: Policy
     bind_dn: str | None = None
+    #: The credentials' generation (rotate and revoke increase it): a session bound with
+    #: older credentials is no longer valid (:meth:`ClientRegistry.current`).
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -285,11 +288,13 @@ class ClientRegistry:
         self._resolved: dict[str, Policy] = {}
         self._base: str | None = None
         #: name -> (kind, policy name) of clients with cached verifications.
-        self._meta: dict[str, tuple[str, str]] = {}
+        self._meta: dict[str, tuple[str, str, int]] = {}
         #: name -> the Client built from ``_meta`` and its policy, reused by every request;
         #: dropped whenever either changes (``_epoch`` counts those changes).
         self._clients: dict[str, Client] = {}
         self._epoch = 0
+        #: name -> when its row was last looked at for :meth:`current`.
+        self._live: dict[str, float] = {}
         AuthBase.metadata.create_all(engine)
 
     # ------------------------------------------------------------------ policies
@@ -418,6 +423,17 @@ class ClientRegistry:
             row.token_id = None
         self._forget(name)
 
+    def set_policy(self, name: str, policy_name: str) -> None:
+        """Give client NAME another policy (which must exist); sessions and cursors it holds
+        follow at their next operation (other processes: within :data:`RECHECK_SECONDS`)."""
+        self.policy(policy_name)  # ClientError when unknown
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ClientRow, name)
+            if row is None:
+                raise ClientError(f"no client named {name!r}")
+            row.policy = policy_name
+        self._forget(name)
+
     def rotate(self, name: str) -> str:
         """Give a client a new secret; the old one stops working. Returns the new secret."""
         with Session(self.engine) as session:
@@ -482,6 +498,8 @@ class ClientRegistry:
         with self._lock:
             for key in [k for k, v in self._cache.items() if v.name == name]:
                 del self._cache[key]
+            self._live.pop(name, None)
+            self._meta.pop(name, None)
             self._resolved.clear()
             self._clients.clear()
             self._epoch += 1
@@ -498,7 +516,7 @@ class ClientRegistry:
                 row = session.get(ClientRow, hit.name)
                 fresh = row is not None and row.revoked is None and \
                     row.generation == hit.generation
-                meta = (row.kind, row.policy) if row is not None else None
+                meta = (row.kind, row.policy, row.generation) if row is not None else None
             with self._lock:
                 if not fresh or meta is None:
                     self._cache.pop(key, None)
@@ -519,13 +537,14 @@ class ClientRegistry:
             epoch = self._epoch
         if meta is None:
             return None
-        kind, policy_name = meta
+        kind, policy_name, generation = meta
         try:
             policy = self.policy(policy_name)
         except ClientError:
             log.error("client %s has unknown policy %r: refused", name, policy_name)
             return None
-        client = Client(name, kind, policy, self.bind_dn_of(name) if kind == LDAP else None)
+        client = Client(name, kind, policy, self.bind_dn_of(name) if kind == LDAP else None,
+                        generation)
         with self._lock:
             if self._epoch == epoch:  # nothing changed while it was built
                 self._clients[name] = client
@@ -536,11 +555,41 @@ class ClientRegistry:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = _Cached(row.name, row.generation, time.monotonic())
-            if self._meta.get(row.name) != (row.kind, row.policy):
-                self._meta[row.name] = (row.kind, row.policy)
+            if self._meta.get(row.name) != (row.kind, row.policy, row.generation):
+                self._meta[row.name] = (row.kind, row.policy, row.generation)
                 self._clients.pop(row.name, None)
                 self._epoch += 1
         return self._client(row.name)
+
+    def current(self, client: Client) -> Client | None:
+        """``client`` as it stands now: None when it was revoked or its credentials were
+        rotated since it authenticated, a new Client when its policy changed, else the same.
+
+        For sessions that outlive one request (an LDAP connection's bind): the row is looked
+        at again at most every :data:`RECHECK_SECONDS`, so a revoke, rotate or policy change
+        made by another process takes effect within that time, and at once in this one."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._live.get(client.name)
+            meta = self._meta.get(client.name)
+        if seen is None or now - seen > RECHECK_SECONDS or meta is None:
+            with Session(self.engine) as session:
+                row = session.get(ClientRow, client.name)
+                meta = (row.kind, row.policy, row.generation) \
+                    if row is not None and row.revoked is None else None
+            with self._lock:
+                if meta is None:
+                    self._live.pop(client.name, None)
+                    return None
+                self._live[client.name] = now
+                if self._meta.get(client.name) != meta:
+                    self._meta[client.name] = meta
+                    self._clients.pop(client.name, None)
+                    self._epoch += 1
+        if meta[2] != client.generation:
+            return None
+        fresh = self._client(client.name)
+        return client if fresh == client else fresh
 
     def authenticate_token(self, token: str) -> Client | None:
         """The SCIM client holding bearer ``token``, or None (unknown, wrong, revoked)."""

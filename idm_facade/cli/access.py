@@ -118,6 +118,22 @@ def clients_revoke(name: str, db: str | None, config_path: str | None) -> None:
     click.echo(f"client {name} revoked")
 
 
+@clients.command("policy")
+@click.argument("name")
+@click.argument("policy")
+@db_option
+@config_option
+def clients_policy(name: str, policy: str, db: str | None, config_path: str | None) -> None:
+    """Give client NAME the policy POLICY (running servers: from its next request, ~1 s)."""
+    from idm_facade.access.clients import ClientError
+
+    try:
+        _registry(db, config_path).set_policy(name, policy)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"client {name} now reads through policy {policy}")
+
+
 @clients.command("rotate")
 @click.argument("name")
 @db_option

@@ -102,6 +102,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         super().__init__()
         self._buf = bytearray()
         self.client: Client | None = None
+        #: The bound client was revoked or its credentials rotated: refuse until a new bind.
+        self.unbound_by_revoke = False
         #: Set by the LDAPS listener's factory: TLS from the first byte.
         self._ldaps = False
         self.tls_active = False
@@ -211,6 +213,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         msgid = int.from_bytes(pdu[pos + 2:pos + 2 + n], "big", signed=True)
         if msgid <= 0:
             return None
+        self._refresh_client()
         key = (pdu[pos + 2 + n:], self.client)
         _, layout = self.factory.current()
         answer = self.factory.answers_for(layout).get(key)
@@ -233,8 +236,23 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self._after_audit(msgid, answer.query, answer.status, list(answer.subjects),
                           list(answer.sensitive), send)
 
+    def _refresh_client(self) -> None:
+        """Take a revoke, rotate or policy change of the bound client into account before
+        the next operation (at most a second after it was made anywhere)."""
+        if self.client is None:
+            return
+        fresh = self.factory.facade.clients.current(self.client)
+        if fresh is None:
+            log.info("LDAP: client %s was revoked or rotated; connection from %s unbound",
+                     self.client.name, self._peer())
+            self.client = None
+            self.unbound_by_revoke = True
+        else:
+            self.client = fresh
+
     def _dispatch_safely(self, msg: Any) -> None:
         try:
+            self._refresh_client()
             self.dispatch(msg)
         except Exception:
             log.exception("LDAP: failed handling %r", type(msg.value).__name__)
@@ -375,6 +393,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             self.send(msgid, ber.result(ber.BIND_RESPONSE, exc.code, exc.message))
             return
         self.client = None  # a bind, even a failed one, starts from anonymous
+        self.unbound_by_revoke = False
         password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
         verdict: defer.Deferred[Any]
         if op.version != 3:
@@ -498,6 +517,8 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         if policy is None:
             message = ("anonymous access is disabled: bind as a service account "
                        f"(cn=<name>,ou=clients,{layout.base})")
+            if self.unbound_by_revoke:
+                message = "the bound client was revoked or its credentials rotated: bind again"
             self._after_audit(q.msgid, q.query_text(), f"{INSUFFICIENT_ACCESS}", [], [],
                               lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
             return
@@ -511,6 +532,9 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             except controls.ControlError as exc:
                 raise Abort(exc.code, exc.message) from exc
             snapshot, layout = state.extra["snapshot"], state.extra["layout"]
+            if state.extra.get("policy") != policy:
+                raise Abort(UNWILLING, "the client's policy changed since the first page: "
+                            "start the paged search again")
             self._planned(q, parsed, signed, snapshot, layout, policy, state,
                           (state.extra["statics"], state.results, b""))
             return
@@ -561,7 +585,7 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
                    lambda: controls.PageState(signed, results, 0, 0.0,
                                               len(statics) + len(results),
                                               {"statics": statics, "snapshot": snapshot,
-                                               "layout": layout}),
+                                               "layout": layout, "policy": policy}),
                    self.pages.keep)  # type: ignore[union-attr]
         self._answer(q, page, parsed.paged is None, ClientView.of(snapshot, policy), layout)
 
@@ -664,4 +688,6 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
     def _policy(self) -> Policy | None:
         if self.client is not None:
             return self.client.policy
+        if self.unbound_by_revoke:
+            return None
         return self.factory.facade.clients.anonymous_policy()
