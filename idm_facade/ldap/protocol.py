@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 #: Entries sent per reactor turn.
 CHUNK = 200
+#: Requests decoded and queued while a bind or a plan runs before reading stops.
+MAX_QUEUED = 64
 
 #: Finished answers kept per snapshot (see :class:`~idm_facade.ldap.search.Answer`); the
 #: table is emptied when full.
@@ -114,6 +116,11 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self._queued: list = []
         #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
         self._answer_key: tuple | None = None
+        #: The client stopped reading: the transport's buffer is full (see pauseProducing).
+        self._out_paused = False
+        #: Entry chunks waiting for the client to read.
+        self._waiting: list[Callable[[], None]] = []
+        self._receiving = False
 
     # ------------------------------------------------------------------ transport
 
@@ -124,6 +131,39 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self.pages = controls.PagedSearches(settings.page_ttl, settings.max_pages)
         if self._ldaps:
             self.tls_active = True
+        self.transport.registerProducer(self, True)
+
+    # ------------------------------------------------------------------ back-pressure
+    #
+    # A client that sends requests and does not read the answers must not make the server
+    # hold them all: once the transport's buffer is full it calls pauseProducing, and this
+    # connection stops sending entries and stops reading the socket (TCP back-pressure on
+    # the client) until the buffer has drained. So one connection holds at most the
+    # transport's buffer, one chunk of entries per search in flight and one read of input.
+
+    def pauseProducing(self) -> None:
+        self._out_paused = True
+        self._reading(False)
+
+    def resumeProducing(self) -> None:
+        self._out_paused = False
+        waiting, self._waiting = self._waiting, []
+        for send in waiting:
+            send()
+        if not self._out_paused and not self.closing:
+            self._reading(True)
+            self._go_on()
+
+    def stopProducing(self) -> None:
+        self._waiting.clear()
+
+    def _reading(self, on: bool) -> None:
+        """Start or stop reading the socket (through a TLS layer when there is one)."""
+        transport: Any = self.transport
+        while transport is not None and not hasattr(transport, "stopReading"):
+            transport = getattr(transport, "transport", None)
+        if transport is not None:
+            (transport.startReading if on else transport.stopReading)()
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
@@ -152,10 +192,27 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             return
         self.resetTimeout()
         self._buf += data
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Handle the complete requests in the input buffer (not re-entered: a request
+        handled synchronously may release a hold, which comes back here)."""
+        if self._receiving or not self._buf:
+            return
+        self._receiving = True
+        try:
+            self._receive()
+        finally:
+            self._receiving = False
+
+    def _receive(self) -> None:
         buf = self._buf
         pos = 0
         max_pdu = self.factory.settings.max_pdu
-        while not self.closing:
+        while not self.closing and not self._out_paused:
+            if self._held and len(self._queued) >= MAX_QUEUED:
+                self._reading(False)  # read on when the bind or plan in progress is done
+                break
             try:
                 header = ber.pdu_length(buf, pos)
             except ber.BERError:
@@ -264,10 +321,13 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         self._held = True
 
     def release(self) -> None:
-        """Run the requests that arrived during a bind."""
+        """Run the requests that arrived during a bind (or a plan in a thread)."""
         self._held = False
         while self._queued and not self._held and not self.closing:
             self._dispatch_safely(self._queued.pop(0))
+        if not self._held and not self._out_paused and not self.closing and self.connected:
+            self._reading(True)
+            self._go_on()
 
     def _peer(self) -> str:
         try:
@@ -665,6 +725,10 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         """Send ``page[start:]`` a chunk per reactor turn, then SearchResultDone."""
         if not self.active.get(q.msgid) or not self.connected or self.closing:
             self.active.pop(q.msgid, None)  # abandoned or gone: no reply at all
+            return
+        if self._out_paused:  # the client is not reading: go on when it does
+            self._waiting.append(lambda: self._send_entries(
+                q, page, start, layout, seen, code, message, done_ctrls, deadline))
             return
         stop = min(len(page), start + CHUNK)
         write = self.transport.write

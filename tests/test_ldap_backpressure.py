@@ -1,0 +1,97 @@
+"""A client that sends searches and does not read the answers cannot make the server hold
+them all.
+
+Once, 1,000 pipelined whole-tree searches on one connection (62 KB sent, nothing read) grew
+the server from 174 to 957 MB. Now the connection stops producing entries and stops reading
+requests once the socket's send buffer is full (TCP back-pressure), and goes on when the
+client reads. The test pipelines the searches over a raw socket, measures the server's
+resident memory, then reads every answer to show nothing was lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ldaptor.protocols import pureldap
+
+from idm_facade.access.clients import ClientRegistry
+from idm_facade.config import Config
+from tests.serving import Serving, copy_store, start_serve
+from tests.test_ldap_more import _one_message, _search, _wire
+
+pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
+                                reason="ldap-utils (ldapsearch) is not installed")
+
+SEARCHES = 400
+SEARCH_DONE = 0x65
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def served(demo_db, tmp_path_factory) -> Iterator[tuple[Serving, str, str, str]]:
+    tmp = tmp_path_factory.mktemp("backpressure")
+    db = copy_store(demo_db, tmp / "idm.db")
+    config_path = tmp / "idm.toml"
+    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n[ldap]\ntime_limit = 0\n')
+    from store.engine import make_engine
+
+    engine = make_engine(db)
+    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}}))
+    secret = clients.add("reader", "ldap", "default")
+    serving = start_serve(db, config_path)
+    try:
+        yield serving, clients.base, clients.bind_dn_of("reader"), secret
+    finally:
+        serving.stop()
+        engine.dispose()
+
+
+def test_a_client_that_does_not_read_holds_little_server_memory(served) -> None:
+    serving, base, bind_dn, secret = served
+    sock = socket.create_connection(("127.0.0.1", serving.ldap_ports[0]), timeout=60)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(_wire(1, pureldap.LDAPBindRequest(dn=bind_dn.encode(), auth=secret.encode())))
+    buf = b""
+    while _one_message(buf) is None:
+        buf += sock.recv(65536)
+    # one whole-tree search first, read completely: it warms the caches, so what follows
+    # measures what the connection holds, not what the server keeps anyway
+    sock.sendall(_wire(2, _search(base)))
+    buf = _read_until_done(sock, b"", {2})
+    time.sleep(0.5)
+    before = _rss_mb(serving.proc.pid)
+    sock.sendall(b"".join(_wire(10 + i, _search(base)) for i in range(SEARCHES)))
+    time.sleep(3.0)  # give an unbounded server the time to fill its memory
+    grown = _rss_mb(serving.proc.pid) - before
+    print(f"server memory grew {grown:.1f} MB with {SEARCHES} unread searches")
+    assert grown < 60, f"the server grew {grown:.0f} MB for a client that does not read"
+    # nothing was lost: every search is answered once the client reads
+    _read_until_done(sock, buf, {10 + i for i in range(SEARCHES)})
+    sock.close()
+
+
+def _read_until_done(sock: socket.socket, buf: bytes, pending: set[int]) -> bytes:
+    pending = set(pending)
+    while pending:
+        message = _one_message(buf)
+        if message is None:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"connection closed with {len(pending)} searches unanswered"
+            buf += chunk
+            continue
+        msgid, tag, _body, rest = message
+        buf = rest
+        if tag == SEARCH_DONE:
+            pending.discard(msgid)
+    return buf
