@@ -854,9 +854,13 @@ def test_purge_interrupted_before_the_index_trim(sqlite_url: str) -> None:
     again.close()
 
 
-def test_index_of_a_replaced_log_is_rebuilt(tmp_path) -> None:
-    """The log file was deleted and started afresh beside an old index file: the index is
-    emptied and rebuilt instead of naming the wrong records."""
+def test_a_replaced_log_fails_closed_until_the_loss_is_acknowledged(tmp_path) -> None:
+    """The log file was deleted and started afresh beside an old index file (#19: the index
+    once rebuilt itself silently and ``verify`` said "OK, 0 records"). The fresh log refuses
+    every record, ``verify`` names the loss, and only ``reset_index`` (the CLI's ``audit
+    reset-index``) lets a fresh log start."""
+    from idm_facade.access.audit import AuditUnavailable
+
     url = f"sqlite:///{tmp_path / 'a.db'}"
     audit = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
     audit.record_many([_rec(i, subjects=("anna",)) for i in range(5)])
@@ -865,10 +869,77 @@ def test_index_of_a_replaced_log_is_rebuilt(tmp_path) -> None:
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
     fresh = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
-    fresh.record_many([_rec(i, subjects=("bo",)) for i in range(2)])
-    assert fresh.query(subject="anna") == [] and len(fresh.query(subject="bo")) == 2
-    assert fresh.verify().ok and _pairs(fresh) == {("bo", 1), ("bo", 2)}
+    with pytest.raises(AuditUnavailable, match="records are missing"):
+        fresh.record(_rec(9, subjects=("bo",)))
+    assert fresh.problem and "records are missing" in fresh.problem
+    result = fresh.verify()
+    assert not result.ok and "index covers records up to 5" in result.message
+    fresh.reset_index()
     fresh.close()
+    after = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
+    after.record_many([_rec(i, subjects=("bo",)) for i in range(2)])
+    assert after.query(subject="anna") == [] and len(after.query(subject="bo")) == 2
+    assert after.verify().ok and _pairs(after) == {("bo", 1), ("bo", 2)}
+    after.close()
+
+
+def test_a_log_file_deleted_while_serving_stops_the_records(tmp_path) -> None:
+    """Records must not go into an unlinked file: the writer notices the file's inode is
+    gone and refuses from then on (the server answers 500 / 80)."""
+    from idm_facade.access.audit import AuditUnavailable
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    audit = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
+    audit.record(_rec(1))
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
+    time.sleep(0.3)  # the file is looked at at most every 0.2 s
+    with pytest.raises(AuditUnavailable, match="deleted or replaced"):
+        audit.record(_rec(2))
+    with pytest.raises(AuditUnavailable, match="deleted or replaced"):
+        audit.record(_rec(3))
+    assert "deleted or replaced" in (audit.problem or "")
+    audit.close()
+
+
+def test_a_lock_held_elsewhere_fails_the_record_after_a_bounded_wait(tmp_path) -> None:
+    """Another process holding the log's write lock makes records fail after
+    ``write_timeout`` (not after ``timeout``), and writing resumes when it lets go."""
+    import sqlite3
+
+    from idm_facade.access.audit import AuditUnavailable
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    audit = AuditLog(make_engine(url), _config({"audit": {"db": url, "write_timeout": 0.2,
+                                                          "timeout": 30}}))
+    audit.record(_rec(1))
+    other = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises((AuditUnavailable, sqlite3.OperationalError)):
+        audit.record(_rec(2))
+    other.execute("ROLLBACK")
+    other.close()
+    audit.record(_rec(3))
+    assert audit.verify().ok and audit.count() == 2
+    audit.close()
+
+
+def test_verify_reports_a_corrupt_database_without_a_traceback(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    audit = AuditLog(make_engine(url), _config({"audit": {"db": url}}))
+    audit.record_many([_rec(i, subjects=("anna",)) for i in range(2000)])
+    audit.close()
+    path = tmp_path / "a.db"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for offset in range(middle, middle + 4096 * 4):
+        data[offset] = 0xA5
+    path.write_bytes(bytes(data))
+    store = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    damaged = AuditLog(store, _config({"audit": {"db": url}}))
+    result = damaged.verify()
+    assert not result.ok and result.message
+    damaged.close()
 
 
 # ------------------------------------------------------------------ by client and by time

@@ -174,9 +174,33 @@ def audit_verify(db: str | None, config_path: str | None) -> None:
         click.echo(f"access log OK: {result.checked} record(s){start}, head seq "
                    f"{result.last_seq or 0} hash {result.head_hash}")
         return
-    click.echo(f"access log BROKEN at seq {result.bad_seq}: {result.message} "
+    where = f" at seq {result.bad_seq}" if result.bad_seq is not None else ""
+    click.echo(f"access log BROKEN{where}: {result.message} "
                f"({result.checked} record(s) verified before it{start})", err=True)
     sys.exit(1)
+
+
+@audit.command("reset-index")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@config_option
+def audit_reset_index(yes: bool, db: str | None, config_path: str | None) -> None:
+    """Acknowledge a lost log: empty the index that still covers its records.
+
+    A log whose index covers records it no longer has (the log file was deleted or replaced)
+    refuses every record, so the server answers nothing. Restore the file if you can; if not,
+    this empties the index so a fresh log can start, and the loss stays on record in the
+    server's log and in this command's output."""
+    audit = _audit(db, config_path)
+    result = audit.verify()
+    if result.ok:
+        click.echo("the access log and its index agree: nothing to reset")
+        return
+    click.echo(f"access log BROKEN: {result.message}", err=True)
+    if not yes:
+        click.confirm("Empty the index and accept the loss?", abort=True)
+    audit.reset_index()
+    click.echo("index emptied; restart the server to take records again")
 
 
 def _when(value: str | None) -> datetime | None:

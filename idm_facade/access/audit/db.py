@@ -112,6 +112,12 @@ class DatabaseMixin:
         anchor whose trim completed)."""
         return cls._mark(conn, 2)
 
+    @classmethod
+    def _seen(cls, conn: Connection) -> int:
+        """The log is known to have reached this seq (own index file: noted by the writing
+        process every indexing interval and at close; evidence should the log be lost)."""
+        return cls._mark(conn, 3)
+
     @staticmethod
     def _set_mark(conn: Connection, seq: int, row: int = 1) -> None:
         moved = conn.execute(access_log_indexed.update().where(access_log_indexed.c.id == row)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from time import monotonic
 from typing import Any
@@ -69,6 +69,10 @@ class IndexMixin(DatabaseMixin):
     # and _split: see DatabaseMixin (this part sets index_engine and _split).
     timeout: float
     _lock: threading.Lock
+    # Provided by WriterMixin (writer.py): refuse every further record in this process; the
+    # highest seq it wrote.
+    fail_closed: Callable[[str], None]
+    written_seq: int
 
     #: One indexing run covers at most this many records and (subject, record) pairs, so the
     #: write lock it takes for its inserts is held briefly; :meth:`index_subjects` loops.
@@ -130,6 +134,20 @@ class IndexMixin(DatabaseMixin):
                 self.index_subjects(stop=self._index_stop)
             except Exception as exc:  # noqa: BLE001 - readers catch up; the next run retries
                 log.warning("access log: indexing subjects failed (readers catch up): %s", exc)
+            self.note_reached()
+
+    def note_reached(self) -> None:
+        """Note in the index file how far this process has written the log, so a log file
+        deleted or replaced later is known to have lost records (:meth:`_check_continuity`)
+        even when they were never indexed."""
+        if not self._split or not self.written_seq:
+            return
+        try:
+            with self.index_engine.connect() as conn, conn.begin():
+                if self._seen(conn) < self.written_seq:
+                    self._set_mark(conn, self.written_seq, 3)
+        except Exception as exc:  # noqa: BLE001 - evidence only; the next interval retries
+            log.warning("access log: could not note the log's progress: %s", exc)
 
     def index_subjects(self, stop: threading.Event | None = None) -> int:
         """Bring the subject index up to the chain's tail as of this call; returns how many
@@ -151,11 +169,10 @@ class IndexMixin(DatabaseMixin):
         if self._split:
             with self.index_engine.connect() as conn, conn.begin():
                 trimmed, mark = self._trimmed(conn), self._mark(conn)
-            if mark > target:  # an index of another (deleted or replaced) log: rebuild it
-                log.warning("access log: the index covers seq %d but the log ends at %d; "
-                            "rebuilding the index", mark, target)
-                self._trim_index(None)
-            elif trimmed < anchor:  # a purge stopped between its two steps: finish it
+            if mark > target:  # the log lost records: say so, never paper over it
+                self.fail_closed(lost_records(mark, target))
+                return 0
+            if trimmed < anchor:  # a purge stopped between its two steps: finish it
                 self._trim_index(anchor)
         total = 0
         while stop is None or not stop.is_set():
@@ -251,6 +268,27 @@ class IndexMixin(DatabaseMixin):
                 for table in (access_log_postings, access_log_client_postings,
                               access_log_indexed):
                     conn.execute(delete(table))
+
+    def _check_continuity(self) -> None:
+        """Fail closed when the index covers records the log no longer has (the log file
+        was deleted or replaced): the records of answers given are gone, and a fresh log
+        must not carry on as if nothing happened. ``idm-facade audit reset-index`` is the
+        operator's acknowledgement (:meth:`reset_index`)."""
+        if not self._split:
+            return
+        with self.engine.connect() as conn:
+            target = self._tail(conn)[0]
+        with self.index_engine.connect() as conn:
+            mark = max(self._mark(conn), self._seen(conn))
+        if mark > target:
+            self.fail_closed(lost_records(mark, target))
+
+    def reset_index(self) -> None:
+        """Empty the index, accepting that the log it was built from is gone (the CLI's
+        ``audit reset-index``, after the loss has been looked into)."""
+        self._trim_index(None)
+        with self.index_engine.connect() as conn, conn.begin():
+            self._set_mark(conn, 0, 3)
 
     def _catch_up(self) -> None:
         """Index what waits before reading the index; on failure (lock not obtained in time)
@@ -388,3 +426,11 @@ def records_for(log_: IndexMixin, subjects: Iterable[str]) -> list[StoredRecord]
         for rec in log_.query(subject=subject):
             found[rec.seq] = rec
     return [found[k] for k in sorted(found)]
+
+
+def lost_records(mark: int, tail: int) -> str:
+    """The reason given when the index covers more records than the log holds."""
+    return (f"the access log ends at record {tail} but its index covers records up to "
+            f"{mark}: {mark - tail} or more records are missing (the log file was deleted or "
+            "replaced); no answer is given until the log is restored, or the loss is "
+            "acknowledged with 'idm-facade audit reset-index'")

@@ -62,6 +62,7 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
         self.sync = settings.sync
         self.sync_interval = settings.sync_interval
         self.timeout = settings.timeout
+        self.write_timeout = settings.write_timeout
         self.retention = settings.retention
         self.engine = _engine_for(settings.url, self.sync)
         self.dialect = self.engine.dialect.name
@@ -93,6 +94,15 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
         #: purge still trims them, so they hold no person id longer than the records do.
         self._legacy_index = "access_log_subject" in tables
         self._old_postings = self._split and "access_log_postings" in tables
+        try:
+            self._check_continuity()
+        except Exception as exc:  # noqa: BLE001 - an unreachable log fails on first record
+            log.error("access log: could not compare the log with its index: %s", exc)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the log refuses records (fail closed), or None while it takes them."""
+        return self._sync_failed
 
     def close(self) -> None:
         """Write what is queued, then close the writer's connection."""
@@ -106,6 +116,7 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
                 return
             self._writing = True
         self._lead(None)
+        self.note_reached()
         self._index_stop.set()
         self._index_wake.set()
         indexer = self._indexer

@@ -153,6 +153,9 @@ class AuditSettings:
     #: themselves.
     index_interval: float
     index_records: int
+    #: Seconds a record's write waits for the log's lock before the request fails (500 /
+    #: 80): a lock held elsewhere must not stall every answer for ``timeout``.
+    write_timeout: float = 2.0
 
     @classmethod
     def read(cls, config: Config, engine: Engine, *, timeout: float | None = None,
@@ -181,5 +184,8 @@ class AuditSettings:
                             else config.get("audit", "index_records", 20_000))
         if index_interval <= 0 or index_records <= 0:
             raise ValueError("[audit] index_interval and index_records must be above 0")
+        write_timeout = min(timeout, float(config.get("audit", "write_timeout", 2.0)))
+        if write_timeout <= 0:
+            raise ValueError("[audit] write_timeout must be above 0")
         return cls(str(url), sync, sync_interval, timeout, retention, index_interval,
-                   index_records)
+                   index_records, write_timeout)

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DatabaseError
 
 from idm_facade.access.audit.db import DatabaseMixin
+from idm_facade.access.audit.index import lost_records
 from idm_facade.access.audit.record import (
     GENESIS,
     StoredRecord,
@@ -60,6 +62,23 @@ class VerifyMixin(DatabaseMixin):
         # in a single pass, and the running state it shares (the previous record, the pairs of
         # postings and runs not yet matched) is what makes each check meaningful; split up,
         # that state would have to travel between the pieces.
+        try:
+            return self._verify()
+        except DatabaseError as exc:
+            reason = getattr(exc, "orig", None) or exc
+            return VerifyResult(False, 0, None, None, GENESIS, None, None,
+                                f"the log database cannot be read: {reason}")
+
+    def _verify(self) -> VerifyResult:
+        """:meth:`verify` on a readable database."""
+        if self._split:
+            with self.engine.connect() as conn:
+                tail = self._tail(conn)[0]
+            with self.index_engine.connect() as conn:
+                mark = max(self._mark(conn), self._seen(conn))
+            if mark > tail:
+                return VerifyResult(False, 0, None, tail or None, GENESIS, None, tail + 1,
+                                    lost_records(mark, tail))
         self._catch_up()
         with self._snapshots() as (conn, index):
             anchor = conn.execute(select(access_log_anchor.c.seq, access_log_anchor.c.hash)

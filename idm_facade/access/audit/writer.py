@@ -92,6 +92,7 @@ class WriterMixin:
     sync: str
     sync_interval: float
     timeout: float
+    write_timeout: float
     _lock: threading.Lock
     # Provided by IndexMixin (index.py): counts records towards the next indexing run.
     _need_index: Callable[[int], None]
@@ -113,6 +114,12 @@ class WriterMixin:
         #: and a retried fsync could succeed without them, so the log refuses every further
         #: record until the process restarts (fail closed).
         self._sync_failed: str | None = None
+        #: The SQLite log file and its (device, inode) when the writer opened it: a file
+        #: deleted or replaced while serving must stop the answers, not take records into an
+        #: unlinked file (:meth:`_check_file`).
+        self._file = _sqlite_file(url)
+        self._file_id: tuple[int, int] | None = None
+        self._file_checked = 0.0
         self.max_batch = max_batch
         self._idle = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
@@ -326,9 +333,9 @@ class WriterMixin:
             try:
                 cursor = conn.cursor()
                 if self.dialect == "sqlite":
-                    cursor.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                    cursor.execute(f"PRAGMA busy_timeout={int(self.write_timeout * 1000)}")
                 elif self.dialect == "postgresql":
-                    cursor.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+                    cursor.execute(f"SET lock_timeout = {int(self.write_timeout * 1000)}")
                     if self.sync == "normal":
                         cursor.execute("SET synchronous_commit = off")
                     conn.commit()
@@ -337,13 +344,48 @@ class WriterMixin:
                 conn.invalidate()
                 raise
             self._conn = conn
+            self._file_id = self._file_identity()
         return self._conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self._file is None:
+            return None
+        try:
+            st = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """Refuse to write (from now on, fail closed) when the log file this writer opened
+        was deleted or replaced: checked at most every 0.2 s, one ``stat`` each time."""
+        if self._file is None or self._file_id is None:
+            return
+        now = monotonic()
+        if now - self._file_checked < 0.2:
+            return
+        self._file_checked = now
+        if self._file_identity() != self._file_id:
+            self.fail_closed(f"the access log file {self._file} was deleted or replaced "
+                             "while serving; no answer is given until it is restored and the "
+                             "server restarted")
+            raise AuditUnavailable(self._sync_failed or "")
+
+    def fail_closed(self, reason: str) -> None:
+        """Refuse every further record in this process (logged once)."""
+        with self._lock:
+            first = self._sync_failed is None
+            if first:
+                self._sync_failed = reason
+        if first:
+            log.error("access log: %s", reason)
 
     def _write_rows(self, rows: list[_Row]) -> None:
         """One transaction: lock, read the tail, insert the records (one row each: the
         subject index is derived later, in bulk, by :meth:`index_subjects`). On SQLite, once
         this process knows the tail, one INSERT statement (see :meth:`_append_after_tail`)."""
         conn = self._connection()
+        self._check_file()
         sqlite = self.dialect == "sqlite"
         try:
             cursor = conn.cursor()

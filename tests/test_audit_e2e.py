@@ -1,0 +1,131 @@
+"""The served facade fails closed when its access log goes away or is locked.
+
+Once, deleting the log file while serving went unnoticed: answers went on, recorded into the
+unlinked file, and after a restart the index rebuilt itself and ``audit verify`` said "OK, 0
+records". And a lock on the log held by another process stalled SCIM and LDAP for as long
+as it was held. Here a real server is asked over SCIM (httpx) and LDAP (python-ldap).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import ldap
+import pytest
+
+from idm_facade.access.clients import ClientRegistry
+from idm_facade.config import Config
+from tests.serving import Serving, copy_store, start_serve
+
+IDM = str(Path(sys.executable).with_name("idm-facade"))
+
+pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
+                                reason="ldap-utils (ldapsearch) is not installed")
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    db: str
+    config: Path
+    token: str
+    bind_dn: str
+    secret: str
+    base: str
+
+    def serve(self) -> Serving:
+        return start_serve(self.db, self.config)
+
+
+@pytest.fixture
+def ctx(demo_db, tmp_path) -> Iterator[Ctx]:
+    db = copy_store(demo_db, tmp_path / "idm.db")
+    config = tmp_path / "idm.toml"
+    config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
+                      f'[audit]\ndb = "sqlite:///{tmp_path}/audit.db"\nwrite_timeout = 0.3\n')
+    from store.engine import make_engine
+
+    engine = make_engine(db)
+    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp_path)}}))
+    token = clients.add("e2e-scim", "scim", "default")
+    secret = clients.add("e2e-ldap", "ldap", "default")
+    yield Ctx(tmp_path, db, config, token, clients.bind_dn_of("e2e-ldap"), secret,
+              clients.base)
+    engine.dispose()
+
+
+def _scim(serving: Serving, token: str) -> httpx.Response:
+    return httpx.get(f"{serving.scim_base}/scim/v2/Users", params={"count": 1},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _ldap_search(serving: Serving, ctx: Ctx) -> None:
+    conn = ldap.initialize(serving.ldap_url)
+    conn.protocol_version = 3
+    try:
+        conn.simple_bind_s(ctx.bind_dn, ctx.secret)
+        conn.search_s(f"ou=people,{ctx.base}", ldap.SCOPE_BASE, "(objectClass=*)")
+    finally:
+        conn.unbind_s()
+
+
+def test_deleting_the_log_while_serving_stops_every_answer(ctx: Ctx) -> None:
+    serving = ctx.serve()
+    try:
+        assert _scim(serving, ctx.token).status_code == 200
+        _ldap_search(serving, ctx)
+        for suffix in ("", "-wal", "-shm"):
+            (ctx.tmp / f"audit.db{suffix}").unlink(missing_ok=True)
+        time.sleep(0.3)  # the file is looked at at most every 0.2 s
+        refused = _scim(serving, ctx.token)
+        assert refused.status_code == 500 and ctx.token not in refused.text
+        with pytest.raises(ldap.LDAPError) as failed:
+            _ldap_search(serving, ctx)
+        assert isinstance(failed.value, (ldap.OTHER, ldap.UNAVAILABLE)), failed.value
+        assert _scim(serving, ctx.token).status_code == 500  # and it stays closed
+    finally:
+        serving.stop()
+    # after a restart the fresh log knows records are missing and still answers nothing
+    serving = ctx.serve()
+    try:
+        assert _scim(serving, ctx.token).status_code == 500
+    finally:
+        serving.stop()
+    cli = ["--db", ctx.db, "--config", str(ctx.config)]
+    verified = subprocess.run([IDM, "audit", "verify", *cli], capture_output=True, text=True,
+                              timeout=120)
+    assert verified.returncode == 1 and "records are missing" in verified.stderr
+    assert "Traceback" not in verified.stderr + verified.stdout
+    reset = subprocess.run([IDM, "audit", "reset-index", "--yes", *cli], capture_output=True,
+                           text=True, timeout=120)
+    assert reset.returncode == 0 and "index emptied" in reset.stdout, reset.stderr
+    serving = ctx.serve()
+    try:
+        assert _scim(serving, ctx.token).status_code == 200
+    finally:
+        serving.stop()
+
+
+def test_a_lock_on_the_log_fails_requests_fast_and_then_they_pass_again(ctx: Ctx) -> None:
+    serving = ctx.serve()
+    try:
+        assert _scim(serving, ctx.token).status_code == 200
+        other = sqlite3.connect(ctx.tmp / "audit.db", isolation_level=None, timeout=30)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            assert _scim(serving, ctx.token).status_code == 500
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert _scim(serving, ctx.token).status_code == 200
+        _ldap_search(serving, ctx)
+    finally:
+        serving.stop()
