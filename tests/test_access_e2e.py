@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from idm_facade.access.audit import AuditLog, access_log
 from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
+from idm_facade.config import Config, load_config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT
 from store.engine import make_engine
@@ -273,3 +273,36 @@ def test_unwritable_log_means_500_and_nothing_disclosed(store: Store, tmp_path, 
     finally:
         served.proc.terminate()
         served.proc.wait(timeout=10)
+
+
+def test_a_sensitive_title_shown_is_marked(store: Store, tmp_path) -> None:
+    """A job title marked sensitive, shown to a client granted it, is listed in the record's
+    ``sensitive`` (#19: it never was), and not when the title was not returned."""
+    config = tmp_path / "idm.toml"
+    config.write_text("[policies.titles]\nsensitive_titles = true\n")
+    engine = make_engine(store.url)
+    token = ClientRegistry(engine, load_config(config)).add("titles", "scim", "titles")
+    engine.dispose()
+    served = _serve(store.url, config)
+    try:
+        _sensitive_title_marked(store, served, token)
+    finally:
+        served.proc.terminate()
+        served.proc.wait(timeout=10)
+
+
+def _sensitive_title_marked(store: Store, server: Served, token: str) -> None:
+    target = next(a for a in store.accounts if a.attrs.get("title@SENSITIVE"))
+    headers = {"Authorization": f"Bearer {token}"}
+    marker = uuid.uuid4().hex
+    response = httpx.get(f"{server.base}/Users/{target.id}", headers=headers,
+                         params={"attributes": "title", "probe": marker})
+    assert response.status_code == 200 and target.first("title@SENSITIVE") in response.text
+    (record,) = _records_with(store.url, marker)
+    assert record.sensitive == ["sensitiveTitle"]
+    marker = uuid.uuid4().hex
+    response = httpx.get(f"{server.base}/Users/{target.id}", headers=headers,
+                         params={"attributes": "userName", "probe": marker})
+    assert response.status_code == 200
+    (record,) = _records_with(store.url, marker)
+    assert record.sensitive == []

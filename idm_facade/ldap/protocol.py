@@ -371,6 +371,10 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         does); write requests and compare get 53, anything else protocolError."""
         op = msg.value
         name = type(op).__name__
+        if not isinstance(msg.id, int) or not 0 < msg.id < 2**31:
+            # RFC 4511 §4.1.1.1: 0 is the unsolicited notification's, and ids are int32
+            self._disconnect(PROTOCOL_ERROR, f"message id {msg.id} is not 1..2147483647")
+            return
         handler = getattr(self, f"handle_{name}", None)
         if handler is not None:
             handler(msg.id, op, msg.controls)
@@ -549,6 +553,10 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
             parsed = controls.parse(ctrls, controls.SEARCH_CONTROLS)
         except controls.ControlError as exc:
             self._done(msgid, exc.code, exc.message)
+            return
+        problem = _search_problem(op)
+        if problem:
+            self._done(msgid, PROTOCOL_ERROR, problem)
             return
         base = op.baseObject.decode("utf-8", "replace") if isinstance(op.baseObject, bytes) \
             else str(op.baseObject)
@@ -755,3 +763,29 @@ class LDAPConnection(BaseLDAPServer, TimeoutMixin):
         if self.unbound_by_revoke:
             return None
         return self.factory.facade.clients.anonymous_policy()
+
+
+def _search_problem(op: Any) -> str | None:
+    """What makes a decoded SearchRequest malformed (RFC 4511 §4.5.1), or None: ldaptor
+    accepts any integer for the scope and the limits, and empty substrings."""
+    if op.scope not in (0, 1, 2, 3):
+        return f"scope {op.scope} is not baseObject (0), singleLevel (1), wholeSubtree (2) " \
+               "or subordinateSubtree (3)"
+    if op.sizeLimit < 0 or op.timeLimit < 0:
+        return "sizeLimit and timeLimit must be 0 or more"
+    if op.derefAliases not in (0, 1, 2, 3):
+        return f"derefAliases {op.derefAliases} is not 0..3"
+    stack = [op.filter]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (pureldap.LDAPFilter_and, pureldap.LDAPFilter_or)):
+            stack.extend(node.data)
+        elif isinstance(node, pureldap.LDAPFilter_not):
+            stack.append(node.value)
+        elif isinstance(node, pureldap.LDAPFilter_substrings):
+            if not node.substrings:
+                return "a substring filter needs at least one part"
+            for part in node.substrings:
+                if not getattr(part, "value", b""):
+                    return "a substring filter's parts must not be empty"
+    return None

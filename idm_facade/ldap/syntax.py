@@ -22,6 +22,8 @@ RDN = tuple[tuple[str, str], ...]
 NormDN = tuple[RDN, ...]
 
 _HEX = "0123456789abcdefABCDEF"
+#: Characters RFC 4514 §2.4 lets a backslash escape (besides a pair of hex digits).
+_ESCAPABLE = frozenset(' "#+,;<=>\\')
 
 
 def _unescape(value: str) -> str:
@@ -39,6 +41,9 @@ def _unescape(value: str) -> str:
                 out.append(int(value[i + 1:i + 3], 16))
                 i += 3
                 continue
+            if nxt not in _ESCAPABLE:
+                raise InvalidDN(f"\\{nxt} is not an escape (RFC 4514: a special character "
+                                "or two hex digits)")
             out.extend(nxt.encode())
             i += 2
             continue

@@ -75,7 +75,7 @@ MAX_SEARCH_BODY = 64 * 1024
 class Outcome:
     """What one request produced, for the response and the access log."""
 
-    __slots__ = ("body", "status", "headers", "subjects", "cpr", "query")
+    __slots__ = ("body", "status", "headers", "subjects", "sensitive", "query")
 
     def __init__(self, body: str | bytes | None, status: int = 200,
                  headers: dict[str, str] | None = None) -> None:
@@ -84,31 +84,35 @@ class Outcome:
         self.headers = headers or {}
         # a set while rendering; a sorted tuple when the body came from the cache
         self.subjects: set[str] | tuple[str, ...] = set()
-        self.cpr = False
+        self.sensitive: set[str] | tuple[str, ...] = set()
         self.query = ""
+
+
+#: A finished list body: (bytes, sorted subjects, sorted sensitive labels).
+_Body = tuple[bytes, tuple[str, ...], tuple[str, ...]]
 
 
 class BodyCache:
     """LRU of finished list-response bodies for ONE snapshot, bounded in bytes.
 
-    Values are (body bytes, sorted subjects, cpr). Kept with the snapshot
+    Values are (body bytes, sorted subjects, sorted sensitive labels). Kept with the snapshot
     (``Snapshot.cached``) so it goes away with the snapshot it was computed from.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._data: OrderedDict[tuple, tuple[bytes, tuple[str, ...], bool]] = OrderedDict()
+        self._data: OrderedDict[tuple, _Body] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> tuple[bytes, tuple[str, ...], bool] | None:
+    def get(self, key: tuple) -> _Body | None:
         with self._lock:
             found = self._data.get(key)
             if found is not None:
                 self._data.move_to_end(key)
             return found
 
-    def put(self, key: tuple, value: tuple[bytes, tuple[str, ...], bool]) -> None:
+    def put(self, key: tuple, value: _Body) -> None:
         size = len(value[0]) + 64 * len(value[1]) + 256
         if size > self.max_bytes // 4:  # one huge page must not evict everything else
             return
@@ -194,7 +198,7 @@ class ScimService:
             client=client.name if client is not None else "-",
             source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
             query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
-            sensitive=["cpr"] if outcome.cpr else [])
+            sensitive=sorted(outcome.sensitive))
         hold = environ.get(HOLD_KEY)
         if hold is not None:
             # The server holds this response until the record is committed in its event
@@ -286,7 +290,7 @@ class ScimService:
             return Outcome(None, 304, headers)
         outcome = Outcome(rendered.json, 200, headers)
         outcome.subjects = set(rendered.subjects)
-        outcome.cpr = rendered.cpr
+        outcome.sensitive = rendered.sensitive
         return outcome
 
     def search(self, client: Client, resources: tuple[str, ...]) -> Outcome:
@@ -347,7 +351,7 @@ class ScimService:
             if hit is not None:
                 outcome = Outcome(hit[0])
                 outcome.subjects = hit[1]
-                outcome.cpr = hit[2]
+                outcome.sensitive = hit[2]
                 return outcome
         if params is None:
             params = _args()
@@ -357,7 +361,8 @@ class ScimService:
             outcome.body = body
             subjects = tuple(sorted(outcome.subjects))
             outcome.subjects = subjects
-            cache.put(key, (body or b"", subjects, outcome.cpr))  # type: ignore[arg-type]
+            sensitive = tuple(sorted(outcome.sensitive))
+            cache.put(key, (body or b"", subjects, sensitive))  # type: ignore[arg-type]
         return outcome
 
     def _list(self, view: ClientView, client: Client, resources: tuple[str, ...],
@@ -401,12 +406,14 @@ class ScimService:
         outcome = Outcome(None)
         texts = []
         subjects: set[str] = set()
+        sensitive: set[str] = set()
         for entry in page.items:
             rendered = render(view, entry, base, sel)
             texts.append(rendered.json)
             subjects.update(rendered.subjects)
-            outcome.cpr = outcome.cpr or rendered.cpr
+            sensitive.update(rendered.sensitive)
         outcome.subjects = subjects
+        outcome.sensitive = sensitive
         parts.append(",".join(texts))
         parts.append("]}")
         outcome.body = "".join(parts)

@@ -38,7 +38,8 @@ class Rendered:
 
     json: str
     subjects: tuple[str, ...]
-    cpr: bool
+    #: Sensitive attributes shown ("cpr", "sensitiveTitle"), for the record's ``sensitive``.
+    sensitive: tuple[str, ...]
     version: str
 
 
@@ -193,13 +194,13 @@ def _clean(element: dict, keys: tuple[str, ...] | None = None) -> dict:
 class _Context:
     """Per-request rendering inputs."""
 
-    __slots__ = ("view", "base", "subjects", "cpr")
+    __slots__ = ("view", "base", "subjects", "sensitive")
 
     def __init__(self, view: ClientView, base: str) -> None:
         self.view = view
         self.base = base
         self.subjects: set[str] = set()
-        self.cpr = False
+        self.sensitive: set[str] = set()
 
     def location(self, entry: Entry) -> str:
         endpoint = "Users" if entry.kind == ACCOUNT else "Groups"
@@ -272,11 +273,17 @@ def _attribute(ctx: _Context, entry: Entry, urn: str, attr: s.ScimAttr) -> Any:
     values = ctx.view.values(entry, attr.directory or "")
     if not values:
         return None
-    if attr.directory == "cpr":
-        ctx.cpr = True
     if attr.multi:
         return [_scalar(v, attr.type) for v in values]
     return _scalar(values[0], attr.type)
+
+
+def _note_sensitive(ctx: _Context, entry: Entry, attr: s.ScimAttr, value: Any) -> None:
+    """Note a CPR number or a sensitive job title that ``value`` (as sent) shows."""
+    if attr.directory in ("cpr", "title"):
+        ctx.sensitive.update(ctx.view.sensitive([entry], [attr.directory]))
+    elif attr.complex == "engagements" and any("title" in e for e in value):
+        ctx.sensitive.update(ctx.view.sensitive([entry], ["engagements.title"]))
 
 
 def _prune(value: Any, only: frozenset[str] | None, dropped: frozenset[str]) -> Any:
@@ -310,6 +317,7 @@ def build(ctx: _Context, entry: Entry, sel: Selection) -> dict:
             value = _prune(value, only, dropped)
             if value is None or value == []:
                 continue
+            _note_sensitive(ctx, entry, attr, value)
             target[attr.name] = value
         if urn != core and target:
             doc["schemas"].append(urn)
@@ -341,7 +349,8 @@ def render(view: ClientView, entry: Entry, base: str, sel: Selection) -> Rendere
     ctx = _Context(view, base)
     doc = build(ctx, entry, sel)
     rendered = Rendered(json.dumps(doc, separators=(",", ":"), ensure_ascii=False),
-                        tuple(sorted(ctx.subjects)), ctx.cpr, etag(entry))
+                        tuple(sorted(ctx.subjects)), tuple(sorted(ctx.sensitive)),
+                        etag(entry))
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = rendered
