@@ -27,6 +27,7 @@ are cached on the snapshot object, so a lookup is a few dictionary reads.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from idm_facade.directory.view import ClientView
 from idm_facade.roleapi import oiobpp
 from schemas.attributes import ROLE
 
+log = logging.getLogger(__name__)
 _VIEW_KEY: CacheKey[RoleView] = CacheKey("roleapi.view")
 _ACCOUNT_CACHE = 100_000
 MAX_COUNT = 1000
@@ -308,6 +310,9 @@ def blueprint(facade: Facade) -> Blueprint:
         except ApiError as exc:
             status, body, subjects = exc.status, {"error": exc.message,
                                                   "status": exc.status}, []
+        except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
+            log.exception("role API request failed: %s", request.full_path)
+            status, body, subjects = 500, {"error": "internal error", "status": 500}, []
         query = request.full_path.rstrip("?")
         try:
             facade.audit.record(AccessRecord(

@@ -19,14 +19,16 @@ saves counts, because the loop is what every request passes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
-from twisted.web.http import parse_qs
+from flask import Flask, Response
+from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
+from werkzeug.exceptions import HTTPException
 
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
 from idm_facade.access.facade import Facade
@@ -141,6 +143,34 @@ class HeldRequest(Request):
             super().finish()
 
 
+class _Channel(HTTPChannel):
+    """twisted.web's HTTP channel, answering requests it cannot take with a JSON error
+    instead of closing the connection silently (a line over 16 KB) or with a bare 400."""
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        first = getattr(self, "_HTTPChannel__first_line", 0)
+        if first:
+            self._refuse(414, "URI Too Long", "the request line is longer than 16384 bytes")
+        else:
+            self._refuse(431, "Request Header Fields Too Large",
+                         "a header line is longer than 16384 bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse(431, "Request Header Fields Too Large",
+                         f"the request line and headers exceed {self.totalHeadersSize} bytes")
+        else:
+            self._refuse(400, "Bad Request", "the request is not valid HTTP")
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        body = json.dumps({"error": detail, "status": status}).encode()
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                        % (status, reason.encode(), len(body)) + body)
+        self.loseConnection()
+
+
 class _Resource(WSGIResource):
     """WSGIResource that gives the application a way to hold its response for a record."""
 
@@ -171,6 +201,7 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     site = Site(_Resource(reactor, pool, app, audit), requestFactory=HeldRequest)
+    site.protocol = _Channel  # type: ignore[assignment]
     site.displayTracebacks = False
     # No per-request log line: the access log is the record.
     site.log = lambda request: None  # type: ignore[method-assign]
@@ -185,4 +216,17 @@ def create_app(facade: Facade) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     scim_app.register(app, facade)
     app.register_blueprint(roleapi.blueprint(facade), url_prefix="/api")
+    app.register_error_handler(HTTPException, _json_error)
     return app
+
+
+def _json_error(exc: HTTPException) -> Response:
+    """Outside /scim/v2 (which answers every path itself), an unknown path or method is a
+    JSON error like the role API's own, never Flask's HTML page."""
+    status = exc.code or 500
+    response = Response(json.dumps({"error": exc.description or exc.name, "status": status}),
+                        status=status, mimetype="application/json")
+    for key, value in exc.get_headers():
+        if key.lower() != "content-type":
+            response.headers[key] = value
+    return response
