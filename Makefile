@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DB ?= sqlite:///var/idm.db
 SIZE ?= S
 
-.PHONY: demo test test-dates bench lint os-packages venv clean
+.PHONY: demo test test-dates bench fuzz lint os-packages venv clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test-dates: os-packages venv
 
 bench: os-packages venv
 	$(BIN)/python -m bench.run
+
+# The fuzz harnesses of tests/test_fuzz.py with many more inputs (FUZZ_EXAMPLES per harness);
+# prints how many inputs were tried. Results: RELIABILITY.md.
+FUZZ_EXAMPLES ?= 3000
+fuzz: os-packages venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s tests/test_fuzz.py
 
 lint: venv
 	$(BIN)/ruff check .
