@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DB ?= sqlite:///var/idm.db
 SIZE ?= S
 
-.PHONY: demo test test-dates bench fuzz lint os-packages venv clean
+.PHONY: demo test test-dates bench fuzz soak lint os-packages venv clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test-dates: os-packages venv
 
 bench: os-packages venv
 	$(BIN)/python -m bench.run
+
+# Mixed SCIM and LDAP load with a non-reading and a revoked client (SOAK_SECONDS); reports
+# memory over time and records lost. Results: RELIABILITY.md.
+SOAK_SECONDS ?= 1800
+soak: os-packages venv
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
 
 # The fuzz harnesses of tests/test_fuzz.py with many more inputs (FUZZ_EXAMPLES per harness);
 # prints how many inputs were tried. Results: RELIABILITY.md.

@@ -155,6 +155,7 @@ def test_scim_filter_over_the_limits_is_400_too_many(ctx: Ctx) -> None:
     ({"filter": 7}, 400, "invalidValue"),
     ({"count": "ten"}, 400, "invalidValue"),
     ({"startIndex": True}, 400, "invalidValue"),
+    ({"schemas": 1}, 400, "invalidSyntax"),  # found by tests/test_fuzz.py (once a 500)
 ])
 def test_scim_search_bodies_with_wrong_types_are_400(ctx: Ctx, body, status, scim_type) -> None:
     response = ctx.scim("POST", "/Users/.search", content=json.dumps(body),

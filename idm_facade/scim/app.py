@@ -309,7 +309,8 @@ class ScimService:
             raise ScimError(400, "the request body must be a SearchRequest object",
                             "invalidSyntax")
         schemas = body.get("schemas")
-        if schemas is not None and SEARCH_SCHEMA not in (schemas or []):
+        if schemas is not None and (not isinstance(schemas, list)
+                                    or SEARCH_SCHEMA not in schemas):
             raise ScimError(400, f"a SearchRequest needs schemas [{SEARCH_SCHEMA}]",
                             "invalidSyntax")
         params: dict[str, Any] = {}
