@@ -21,6 +21,7 @@ Sensitivity:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,15 @@ class Attribute:
     ldap: tuple[str, ...] = ()
     #: Part of a complex SCIM attribute (``emails``): the element key this attribute flattens.
     complex_of: str | None = None
+    #: OID of a standard LDAP type the first ``ldap`` name is (else it is in schemas.ldap's
+    #: table, or an own idm* type with a private OID).
+    ldap_oid: str | None = None
+    #: Where the directory takes the values from, for attributes without code of their own
+    #: (see :func:`idm_facade.directory.sources.values_of`): ``engagement.<column>`` of the
+    #: primary engagement, ``person.<column>``, ``account.<column>``, ``unit.<column>``
+    #: (a ``*_id`` column naming a class gives the class's name, or with ``.<field>`` that
+    #: field of it), or ``address.<address type user_key>``.
+    source: str | None = None
 
     def physical_names(self, visibilities: tuple[str, ...] = VISIBILITIES) -> tuple[str, ...]:
         """Names under which the directory stores the values: one per visibility bucket."""
@@ -137,6 +147,10 @@ ATTRIBUTES: dict[str, Attribute] = _attrs(
               description="Preferred name (kaldenavn), when registered."),
     Attribute("title", A, indexed=True, sensitivity="title", scim="title", ldap=("title",),
               description="Job function of the primary engagement."),
+    Attribute("userType", A, indexed=True, scim="userType", ldap=("employeeType",),
+              ldap_oid="2.16.840.1.113730.3.1.4", source="engagement.engagement_type_id",
+              description="Kind of employment of the primary engagement (its engagement "
+                          "type: monthly salaried, hourly, external consultant)."),
     Attribute("active", A, BOOLEAN, indexed=True, scim="active", ldap=("idmActive",),
               description="True while the account has an engagement in effect."),
     Attribute("cpr", A, case_exact=True, indexed=True, sensitivity="cpr",
@@ -263,6 +277,37 @@ def _build_lookups() -> _Lookups:
 
 
 _LOOKUPS = _build_lookups()
+_DECLARED: list[Callable[[], None]] = []
+
+
+def on_declare(rebuild: Callable[[], None]) -> None:
+    """Have ``rebuild`` called after :func:`declare` added attributes: for tables derived
+    from the map at import time (SCIM's schema tables, LDAP's rendered attributes)."""
+    _DECLARED.append(rebuild)
+
+
+def declare(extra: Iterable[Attribute]) -> list[str]:
+    """Add attributes to the map (``[attributes]`` in the configuration), once, before
+    anything is served; returns their names. ValueError names a clash with the map."""
+    added = list(extra)
+    taken_scim = {a.scim.lower() for a in ATTRIBUTES.values() if a.scim}
+    taken_ldap = {n.lower() for a in ATTRIBUTES.values() for n in a.ldap}
+    for attr in added:
+        if attr.name in ATTRIBUTES:
+            raise ValueError(f"[attributes.{attr.name}]: the directory already has {attr.name}")
+        if attr.scim and attr.scim.lower() in taken_scim:
+            raise ValueError(f"[attributes.{attr.name}]: SCIM name {attr.scim} is taken")
+        for name in attr.ldap:
+            if name.lower() in taken_ldap:
+                raise ValueError(f"[attributes.{attr.name}]: LDAP name {name} is taken")
+        ATTRIBUTES[attr.name] = attr
+        taken_scim.add((attr.scim or "").lower())
+        taken_ldap.update(n.lower() for n in attr.ldap)
+    global _LOOKUPS
+    _LOOKUPS = _build_lookups()
+    for rebuild in _DECLARED:
+        rebuild()
+    return [a.name for a in added]
 
 
 def by_scim_path(path: str) -> Attribute | None:

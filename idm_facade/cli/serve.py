@@ -58,7 +58,10 @@ def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | No
                   threads: int) -> None:
     """Serve SCIM, the role API and LDAP until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    facade = build_facade(db, config_path) if workers == 1 else None
+    try:
+        facade = build_facade(db, config_path) if workers == 1 else None
+    except ValueError as exc:  # a setting the configuration got wrong, named in the message
+        raise click.ClickException(f"configuration: {exc}") from None
     _serve_or_fail(facade, host, scim_port, ldap_port, ldaps_port, threads, workers, db,
                    config_path)
 

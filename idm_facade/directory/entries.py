@@ -17,7 +17,10 @@ from idm_facade.directory import roles as role_calc
 from idm_facade.directory.load import OrgData
 from idm_facade.directory.policy import SENSITIVE_TITLE
 from idm_facade.directory.posix import PosixNumbers
+from idm_facade.directory.sources import address_visibility, sourced
 from schemas.attributes import ACCOUNT, ROLE, ROLEGROUP, UNIT
+
+A, U = frozenset({ACCOUNT}), frozenset({UNIT})
 
 #: Derived look-ups cached on ``OrgData.derived``, with the OrgData tables each depends on;
 #: an incremental refresh keeps those whose tables did not change, and drops any look-up not
@@ -148,36 +151,41 @@ class EntryBuilder:
         emails: list[dict] = []
         phones: list[dict] = []
         other: list[dict] = []
-        seen: set[str] = set()
-        for owner in owners:
-            for addr in self.addresses_by.get(owner, ()):
-                if addr.id in seen:
-                    continue
-                seen.add(addr.id)
-                cls = self.data.classes.get(addr.address_type_id)
-                scope = cls.scope if cls else None
-                vis_cls = self.data.classes.get(addr.visibility_id) if addr.visibility_id else None
-                visibility = (vis_cls.scope if vis_cls else None) or "INTERNAL"
-                if visibility == "SECRET":
-                    continue  # never served, so never held
-                kind = "work"  # OS2mo's employee and unit addresses are all work addresses
-                element = {"value": addr.value, "type": kind, "primary": False,
-                           "display": cls.name if cls else None, "visibility": visibility}
-                if scope == _EMAIL:
-                    emails.append(element)
-                    attrs[f"emails.value@{visibility}"].append(addr.value)
-                    attrs[f"emails.type@{visibility}"].append(kind)
-                elif scope == _PHONE:
-                    phones.append(element)
-                    attrs[f"phoneNumbers.value@{visibility}"].append(addr.value)
-                    attrs[f"phoneNumbers.type@{visibility}"].append(kind)
-                elif scope in ("DAR", "TEXT"):
-                    other.append({"type": "work", "formatted": addr.value, "primary": False,
-                                  "visibility": visibility})
+        for addr in self._owner_addresses(owners):
+            cls = self.data.classes.get(addr.address_type_id)
+            scope = cls.scope if cls else None
+            visibility = address_visibility(self.data, addr)
+            if visibility == "SECRET":
+                continue  # never served, so never held
+            kind = "work"  # OS2mo's employee and unit addresses are all work addresses
+            element = {"value": addr.value, "type": kind, "primary": False,
+                       "display": cls.name if cls else None, "visibility": visibility}
+            if scope == _EMAIL:
+                emails.append(element)
+                attrs[f"emails.value@{visibility}"].append(addr.value)
+                attrs[f"emails.type@{visibility}"].append(kind)
+            elif scope == _PHONE:
+                phones.append(element)
+                attrs[f"phoneNumbers.value@{visibility}"].append(addr.value)
+                attrs[f"phoneNumbers.type@{visibility}"].append(kind)
+            elif scope in ("DAR", "TEXT"):
+                other.append({"type": "work", "formatted": addr.value, "primary": False,
+                              "visibility": visibility})
         for elements in (emails, phones):
             if elements:
                 elements[0]["primary"] = True
         return attrs, emails, phones, other
+
+    def _owner_addresses(self, owners: list[tuple[str, str]]) -> list[Any]:
+        """The addresses of the owners, each once, in owner order."""
+        found: list[Any] = []
+        seen: set[str] = set()
+        for owner in owners:
+            for addr in self.addresses_by.get(owner, ()):
+                if addr.id not in seen:
+                    seen.add(addr.id)
+                    found.append(addr)
+        return found
 
     # ------------------------------------------------------------------ accounts
 
@@ -262,6 +270,8 @@ class EntryBuilder:
         }
         for key, values in addr_attrs.items():
             attrs[key] = tuple(values)
+        attrs.update(sourced(data, A, {"engagement": primary, "person": person,
+                                       "account": account}, self._owner_addresses(owners)))
         complex_: dict[str, tuple[dict, ...]] = {
             "emails": tuple(emails),
             "phoneNumbers": tuple(phones),
@@ -361,6 +371,8 @@ class EntryBuilder:
         }
         for key, values in addr_attrs.items():
             attrs[key] = tuple(values)
+        attrs.update(sourced(data, U, {"unit": unit},
+                             self._owner_addresses([("org_unit_id", unit.id)])))
         entry = Entry(unit.id, UNIT, {k: v for k, v in attrs.items() if v},
                       {"emails": tuple(emails), "phoneNumbers": tuple(phones),
                        "addresses": tuple(others)})

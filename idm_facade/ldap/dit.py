@@ -48,6 +48,7 @@ from schemas.attributes import (
     ROLEGROUP,
     UNIT,
     Attribute,
+    on_declare,
 )
 
 PEOPLE, UNITS, GROUPS, CLIENTS = "people", "units", "groups", "clients"
@@ -146,6 +147,7 @@ def _rendered_attrs(view: str) -> list[tuple[str, Attribute]]:
 
 
 _RENDERED = {v: _rendered_attrs(v) for v in VIEW_KINDS}
+on_declare(lambda: _RENDERED.update({v: _rendered_attrs(v) for v in VIEW_KINDS}))
 
 
 # ------------------------------------------------------------------ selection

@@ -45,9 +45,12 @@ def build_facade(db: str | None, config_path: str | None = None) -> Facade:
     from idm_facade.config import load_config
     from idm_facade.directory import Directory
     from idm_facade.directory.posix import PosixRange
+    from idm_facade.directory.sources import configured
+    from schemas.attributes import declare
     from store.engine import make_engine
 
     config = load_config(config_path)
+    declare(configured(config.section("attributes")))
     engine = make_engine(db)
     directory = Directory(engine, directory_system=config.directory_system,
                           posix=PosixRange.from_config(config))

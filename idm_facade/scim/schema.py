@@ -27,6 +27,7 @@ from schemas.attributes import (
     MUNICIPAL_USER,
     REFERENCE,
     STRING,
+    on_declare,
 )
 
 USER, GROUP = "User", "Group"
@@ -181,6 +182,14 @@ def _build(resource: str) -> dict[str, dict[str, ScimAttr]]:
 
 
 SCHEMAS: dict[str, dict[str, dict[str, ScimAttr]]] = {r: _build(r) for r in (USER, GROUP)}
+
+
+def _rebuild() -> None:
+    """Attributes were declared (``[attributes]``): build the tables again, in place."""
+    SCHEMAS.update({r: _build(r) for r in (USER, GROUP)})
+
+
+on_declare(_rebuild)
 
 #: Meta sub-attributes that can be filtered and sorted on.
 META = {"created": "created", "lastmodified": "modified"}
