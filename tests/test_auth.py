@@ -16,12 +16,10 @@ from idm_facade.access.clients import (
     DEMO_SCIM_TOKEN,
     ClientError,
     ClientRegistry,
-    PolicyError,
     base_dn,
-    load_policies,
     normalise_dn,
-    parse_policy,
 )
+from idm_facade.access.policies import PolicyError, load_policies, parse_policy
 from idm_facade.cli import main
 from idm_facade.config import Config, load_config
 from idm_facade.directory import Directory

@@ -25,7 +25,8 @@ def _config(path: str | None):  # noqa: ANN202 - Config, imported lazily
 
 
 def _registry(db: str | None, config_path: str | None):  # noqa: ANN202
-    from idm_facade.access.clients import ClientRegistry, PolicyError
+    from idm_facade.access.clients import ClientRegistry
+    from idm_facade.access.policies import PolicyError
     from store.engine import make_engine
 
     try:

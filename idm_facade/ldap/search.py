@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ldaptor.protocols import pureldap
+
 from idm_facade.access.clients import Client
 from idm_facade.directory import filters as f
 from idm_facade.directory.limits import NO_DEADLINE, Deadline, Limits, TooComplex
@@ -335,3 +337,29 @@ def _merge_key(sort_attr: dict[str, str | None], seen: ClientView) -> Callable:
         return (1, "", entry.id)
 
     return key
+
+
+def search_problem(op: Any) -> str | None:
+    """What makes a decoded SearchRequest malformed (RFC 4511 §4.5.1), or None: ldaptor
+    accepts any integer for the scope and the limits, and empty substrings."""
+    if op.scope not in (0, 1, 2, 3):
+        return f"scope {op.scope} is not baseObject (0), singleLevel (1), wholeSubtree (2) " \
+               "or subordinateSubtree (3)"
+    if op.sizeLimit < 0 or op.timeLimit < 0:
+        return "sizeLimit and timeLimit must be 0 or more"
+    if op.derefAliases not in (0, 1, 2, 3):
+        return f"derefAliases {op.derefAliases} is not 0..3"
+    stack = [op.filter]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (pureldap.LDAPFilter_and, pureldap.LDAPFilter_or)):
+            stack.extend(node.data)
+        elif isinstance(node, pureldap.LDAPFilter_not):
+            stack.append(node.value)
+        elif isinstance(node, pureldap.LDAPFilter_substrings):
+            if not node.substrings:
+                return "a substring filter needs at least one part"
+            for part in node.substrings:
+                if not getattr(part, "value", b""):
+                    return "a substring filter's parts must not be empty"
+    return None
