@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
 
 SEARCHES = 400
+MAX_CONNECTIONS = 3
 SEARCH_DONE = 0x65
 
 
@@ -43,7 +44,8 @@ def served(demo_db, tmp_path_factory) -> Iterator[tuple[Serving, str, str, str]]
     tmp = tmp_path_factory.mktemp("backpressure")
     db = copy_store(demo_db, tmp / "idm.db")
     config_path = tmp / "idm.toml"
-    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n[ldap]\ntime_limit = 0\n')
+    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n'
+                           f"[ldap]\ntime_limit = 0\nmax_connections = {MAX_CONNECTIONS}\n")
     from store.engine import make_engine
 
     engine = make_engine(db)
@@ -95,3 +97,33 @@ def _read_until_done(sock: socket.socket, buf: bytes, pending: set[int]) -> byte
         if tag == SEARCH_DONE:
             pending.discard(msgid)
     return buf
+
+
+def test_connections_over_the_limit_are_told_busy(served) -> None:
+    """Memory per connection is bounded; so is their number: one over ``[ldap]
+    max_connections`` gets a notice of disconnection with 51 (busy) and is closed."""
+    serving, base, bind_dn, secret = served
+    time.sleep(0.5)  # the previous test's connection is closed by now
+    port = serving.ldap_ports[0]
+    kept = [socket.create_connection(("127.0.0.1", port), timeout=10)
+            for _ in range(MAX_CONNECTIONS)]
+    extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = b""
+    while True:
+        chunk = extra.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    msgid, tag, raw, _ = _one_message(data)
+    assert (msgid, tag) == (0, 0x78) and b"too many connections" in raw
+    assert bytes([0x0A, 0x01, 51]) in raw  # resultCode busy
+    for sock in kept:
+        sock.close()
+    time.sleep(0.5)
+    again = socket.create_connection(("127.0.0.1", port), timeout=10)
+    again.sendall(_wire(1, pureldap.LDAPBindRequest(dn=bind_dn.encode(), auth=secret.encode())))
+    reply = b""
+    while _one_message(reply) is None:
+        reply += again.recv(4096)
+    assert _one_message(reply)[1] == 0x61  # a bind response: served again
+    again.close()

@@ -35,6 +35,7 @@ from idm_facade.access.clients import Client
 from idm_facade.ldap import ber, controls, subschema
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
+    BUSY,
     INVALID_CREDENTIALS,
     OPERATIONS_ERROR,
     OTHER,
@@ -96,6 +97,12 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     def connectionMade(self) -> None:
         super().connectionMade()
         settings = self.factory.settings
+        self.factory.connections += 1
+        if self.factory.connections > settings.max_connections:
+            log.warning("LDAP: refusing %s: %d connections open", self._peer(),
+                        settings.max_connections)
+            self._disconnect(BUSY, "too many connections; try again later")
+            return
         self.setTimeout(settings.idle_timeout or None)
         self.pages = controls.PagedSearches(settings.page_ttl, settings.max_pages)
         if self._ldaps:
@@ -136,6 +143,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
+        self.factory.connections -= 1
         self.setTimeout(None)
         for msgid in list(self.active):
             self.active[msgid] = False

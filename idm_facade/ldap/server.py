@@ -43,6 +43,9 @@ class Settings:
     time_limit: float = 60.0
     page_ttl: float = 300.0
     max_pages: int = 16
+    #: Open connections per listener; one more is told "busy" (51) and closed, so what
+    #: connections hold (RELIABILITY.md: about 1.5 MB each at most) stays bounded.
+    max_connections: int = 1000
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -54,6 +57,7 @@ class Settings:
             time_limit=float(section.get("time_limit", cls.time_limit)),
             page_ttl=float(section.get("page_ttl", cls.page_ttl)),
             max_pages=int(section.get("max_paged_searches", cls.max_pages)),
+            max_connections=int(section.get("max_connections", cls.max_connections)),
         )
 
 
@@ -64,6 +68,8 @@ class LDAPFactory(protocol.ServerFactory):
         self.facade = facade
         self.settings = Settings.from_config(facade.config)
         self.limits = Limits.from_config(facade.config)
+        #: Connections open now (see Settings.max_connections).
+        self.connections = 0
         self.tls = tls
         if reactor is None:
             from twisted.internet import reactor as default_reactor
