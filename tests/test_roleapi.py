@@ -138,13 +138,15 @@ def test_roles_json_shape_and_provenance(served):
 def test_system_filter(served):
     entry = with_roles(served)[0]
     name = entry.first("userName")
-    empty = served.get(f"/roles/{name}", system="no-such-system")
-    assert empty.status_code == 200 and empty.json()["itSystems"] == []
+    # An unknown system is 404, as in OS2rollekatalog (UserApi.java: "could not find
+    # itSystem" -> HttpStatus.NOT_FOUND), never an empty 200.
+    unknown = served.get(f"/roles/{name}", system="no-such-system")
+    assert unknown.status_code == 404 and "no-such-system" in unknown.json()["error"]
     first = served.get(f"/roles/{name}").json()["itSystems"][0]["identifier"]
     only = served.get(f"/roles/{name}", system=first.lower()).json()["itSystems"]
     assert [s["identifier"] for s in only] == [first]
-    listed = served.get(f"/user/{name}/rolesAsList", system="no-such-system").json()
-    assert listed["userRoles"] == [] and listed["systemRoles"] == []
+    listed = served.get(f"/user/{name}/rolesAsList", system="no-such-system")
+    assert listed.status_code == 404
 
 
 def test_unknown_user_is_404(served):
@@ -204,9 +206,18 @@ def test_roles_as_list_and_has_user_role(served):
     assert set(body["dataRoles"]) | set(body["functionRoles"]) == set(body["systemRoles"])
     held = entry.attrs["role"][0]
     not_held = next(r for r in data.job_roles if r not in entry.attrs["role"])
-    assert served.get(f"/user/{name}/hasUserRole/{held}").json() is True
-    assert served.get(f"/user/{name}/hasUserRole/{data.job_roles[held].identifier}").json() is True
-    assert served.get(f"/user/{name}/hasUserRole/{not_held}").json() is False
+    # OS2rollekatalog's UserApi.userHasUserRole (ui/src/main/java/dk/digitalidentity/rc/
+    # controller/api/UserApi.java): 200 "Found role", 404 "Did not find role". A consumer
+    # checks the status code, so "not held" must never be a 200.
+    for role in (held, data.job_roles[held].identifier):
+        found = served.get(f"/user/{name}/hasUserRole/{role}")
+        assert (found.status_code, found.text) == (200, "Found role")
+    missing = served.get(f"/user/{name}/hasUserRole/{not_held}")
+    assert (missing.status_code, missing.text) == (404, "Did not find role")
+    system = data.it_systems[data.job_roles[held].it_system_id].user_key
+    other = next(s.user_key for s in data.it_systems.values() if s.user_key != system)
+    assert served.get(f"/user/{name}/hasUserRole/{held}", system=system).status_code == 200
+    assert served.get(f"/user/{name}/hasUserRole/{held}", system=other).status_code == 404
 
 
 def test_itsystem_users_paged(served):
@@ -308,8 +319,9 @@ def test_attribute_restrictions_hold_in_the_role_api(served):
     body = served.get(f"/user/{name}/rolesAsList", client="contact").json()
     assert "disabled" not in body and body["userRoles"] == []
     assert not body["nameID"].endswith(entry.first("externalId"))
-    assert served.get(f"/user/{name}/hasUserRole/{entry.attrs['role'][0]}",
-                      client="contact").json() is False
+    refused = served.get(f"/user/{name}/hasUserRole/{entry.attrs['role'][0]}",
+                         client="contact")
+    assert (refused.status_code, refused.text) == (404, "Did not find role")
     system = data.it_systems[data.job_roles[entry.attrs["role"][0]].it_system_id]
     holders = served.get(f"/itsystem/{system.user_key}/users", client="contact").json()
     assert holders["totalResults"] == 0 and holders["users"] == []
@@ -343,3 +355,31 @@ def test_oiobpp_constraints_name_only_visible_units(served):
                 assert named <= under, entry.first("userName")
             checked += bool(named)
     assert checked, "no account in the directorate has an org-unit constraint"
+
+
+def test_has_system_role_nameid_and_lookup_by_external_uuid(served):
+    """UserApi.java (OS2rollekatalog): ``hasSystemRole?roleIdentifier=&system=`` answers 200
+    "Found role" / 404 "Did not find role"; ``/nameid`` gives ``{nameID}``; ``getUser`` falls
+    back to the external UUID when no user has the id as user name."""
+    from idm_facade.directory.view import ClientView
+    from idm_facade.roleapi.api import role_view
+
+    view = ClientView.of(served.snapshot, TRUSTED)
+    roles = role_view(view)
+    entry = next(e for e in with_roles(served) if e.attrs.get("externalId")
+                 and any(roles.system_roles_of.get(r) for r in e.attrs["role"]))
+    name = entry.first("userName")
+    carried = {sr.identifier for r in entry.attrs["role"] for sr in roles.system_roles_of[r]}
+    every = {sr.identifier for rows in roles.system_roles_of.values() for sr in rows}
+    found = served.get(f"/user/{name}/hasSystemRole", roleIdentifier=sorted(carried)[0])
+    assert (found.status_code, found.text) == (200, "Found role")
+    others = sorted(every - carried)
+    if others:
+        missing = served.get(f"/user/{name}/hasSystemRole", roleIdentifier=others[0])
+        assert (missing.status_code, missing.text) == (404, "Did not find role")
+    assert served.get(f"/user/{name}/hasSystemRole").status_code == 400
+    named = served.get(f"/user/{name}/nameid").json()["nameID"]
+    assert named == served.get(f"/user/{name}/roles").json()["nameID"]
+    by_uuid = served.get(f"/user/{entry.first('externalId')}/rolesAsList")
+    assert by_uuid.status_code == 200
+    assert by_uuid.json()["nameID"] == named

@@ -91,13 +91,18 @@ class RoleView:
         self._holders: dict[tuple[str, Policy], list[Any]] = {}
 
     def systems_matching(self, wanted: list[str]) -> set[str] | None:
-        """Keys of the IT systems a ``system=`` filter selects (None = no filter)."""
+        """Keys of the IT systems a ``system=`` filter selects (None = no filter); a filter
+        that selects none is 404, as in OS2rollekatalog."""
+        wanted = [w for w in wanted if w]
         if not wanted:
             return None
         folded = {w.casefold() for w in wanted}
-        return {s.user_key for s in self.data.it_systems.values()
-                if s.user_key.casefold() in folded
-                or (s.system_type or "").casefold() in folded}
+        found = {s.user_key for s in self.data.it_systems.values()
+                 if s.user_key.casefold() in folded or s.id.casefold() in folded
+                 or (s.system_type or "").casefold() in folded}
+        if not found:
+            raise ApiError(404, f"unknown IT system: {', '.join(wanted)}")
+        return found
 
     def role_ids(self, view: ClientView, entry: Any) -> list[str]:
         """Distinct job-role ids the account holds, in grant order, as the client sees."""
@@ -141,11 +146,31 @@ def role_view(view: ClientView) -> RoleView:
 
 
 def find_account(view: ClientView, username: str) -> Any:
-    """The account with this userName (case-insensitive) the client may see."""
+    """The account with this userName (case-insensitive) the client may see, or else the one
+    account whose external UUID it is (OS2rollekatalog's ``UserApi.getUser`` falls back the
+    same way)."""
     found = view.search(f.Eq("userName", username), kinds=ACCOUNTS_ONLY)
+    if not found:
+        found = view.search(f.Eq("externalId", username), kinds=ACCOUNTS_ONLY)
+        if len(found) != 1:
+            found = []
     if not found:
         raise ApiError(404, f"unknown user: {username}")
     return found[0]
+
+
+class TextAnswer:
+    """A plain-text answer with its status: OS2rollekatalog's ``hasUserRole`` and
+    ``hasSystemRole`` say "Found role" (200) or "Did not find role" (404), and consumers
+    grant access on the status code."""
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status = status
+        self.text = text
+
+
+FOUND = TextAnswer(200, "Found role")
+NOT_FOUND = TextAnswer(404, "Did not find role")
 
 
 def account_json(view: ClientView, entry: Any) -> dict:
@@ -307,6 +332,8 @@ def blueprint(facade: Facade) -> Blueprint:
                 raise ApiError(403, f"client {client.name} may not read roles")
             view = ClientView.of(facade.directory.snapshot, client.policy)
             body, subjects = handler(view, role_view(view))
+            if isinstance(body, TextAnswer):
+                status = body.status
         except ApiError as exc:
             status, body, subjects = exc.status, {"error": exc.message,
                                                   "status": exc.status}, []
@@ -322,6 +349,8 @@ def blueprint(facade: Facade) -> Blueprint:
         except AuditUnavailable:
             status, body = 500, {"error": "access log unavailable; nothing disclosed",
                                  "status": 500}
+        if isinstance(body, TextAnswer):
+            return Response(body.text, status=body.status, mimetype="text/plain")
         response = jsonify(body)
         response.status_code = status
         if status == 401:
@@ -348,19 +377,43 @@ def blueprint(facade: Facade) -> Blueprint:
     def roles_as_list(user_id: str) -> Response:
         return per_account("roles.list", user_id, roles_as_list_json)
 
-    @bp.get("/user/<user_id>/hasUserRole/<role_id>")
-    def has_user_role(user_id: str, role_id: str) -> Response:
+    @bp.get("/user/<user_id>/nameid")
+    def name_id(user_id: str) -> Response:
         def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
             entry = find_account(view, user_id)
+            return {"nameID": _name_id(roles, view, entry)}, view.subjects([entry])
+        return run("roles.nameid", handle)
+
+    @bp.get("/user/<user_id>/hasUserRole/<role_id>")
+    def has_user_role(user_id: str, role_id: str) -> Response:
+        """200 "Found role" or 404 "Did not find role" (``UserApi.userHasUserRole``);
+        ``role_id`` is the role's id or identifier, ``?system=`` narrows the systems."""
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            entry = find_account(view, user_id)
+            systems = roles.systems_matching(request.args.getlist("system"))
             data = roles.data
-            held = False
-            for rid in roles.role_ids(view, entry):
-                role = data.job_roles.get(rid)
-                if role is not None and role_id in (role.id, role.identifier):
-                    held = True
-                    break
-            return held, view.subjects([entry])
+            for rid in _filtered_roles(roles, view, entry, systems):
+                role = data.job_roles[rid]
+                if role_id in (role.id, role.identifier):
+                    return FOUND, view.subjects([entry])
+            return NOT_FOUND, view.subjects([entry])
         return run("roles.has", handle)
+
+    @bp.get("/user/<user_id>/hasSystemRole")
+    def has_system_role(user_id: str) -> Response:
+        """``?roleIdentifier=`` (required) ``&system=``: does any role the user holds carry
+        that system role (``UserApi.userHasSystemRole``)."""
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            wanted = request.args.get("roleIdentifier")
+            if not wanted:
+                raise ApiError(400, "roleIdentifier is required")
+            entry = find_account(view, user_id)
+            systems = roles.systems_matching(request.args.getlist("system"))
+            for rid in _filtered_roles(roles, view, entry, systems):
+                if any(sr.identifier == wanted for sr in roles.system_roles_of.get(rid, ())):
+                    return FOUND, view.subjects([entry])
+            return NOT_FOUND, view.subjects([entry])
+        return run("roles.hasSystemRole", handle)
 
     @bp.get("/itsystem/<identifier>/users")
     def system_users(identifier: str) -> Response:
