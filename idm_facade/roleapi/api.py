@@ -40,6 +40,7 @@ from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
 from idm_facade.directory import roles as role_calc
+from idm_facade.directory.entries import Entry
 from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
 from idm_facade.directory.snapshot import CacheKey
 from idm_facade.directory.view import ClientView
@@ -104,7 +105,7 @@ class RoleView:
             raise ApiError(404, f"unknown IT system: {', '.join(wanted)}")
         return found
 
-    def role_ids(self, view: ClientView, entry: Any) -> list[str]:
+    def role_ids(self, view: ClientView, entry: Entry) -> list[str]:
         """Distinct job-role ids the account holds, in grant order, as the client sees."""
         key = (entry.id, entry.version, view.policy)
         with self._lock:
@@ -145,7 +146,7 @@ def role_view(view: ClientView) -> RoleView:
 # --------------------------------------------------------------------------- rendering
 
 
-def find_account(view: ClientView, username: str) -> Any:
+def find_account(view: ClientView, username: str) -> Entry:
     """The account with this userName (case-insensitive) the client may see, or else the one
     account whose external UUID it is (OS2rollekatalog's ``UserApi.getUser`` falls back the
     same way)."""
@@ -173,14 +174,14 @@ FOUND = TextAnswer(200, "Found role")
 NOT_FOUND = TextAnswer(404, "Did not find role")
 
 
-def account_json(view: ClientView, entry: Any) -> dict:
+def account_json(view: ClientView, entry: Entry) -> dict:
     """The account summary every response starts with."""
     return {"id": entry.id, "userName": view.first(entry, "userName"),
             "displayName": view.first(entry, "displayName"),
             "personId": view.first(entry, "personId")}
 
 
-def roles_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str] | None
+def roles_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[str] | None
                ) -> dict:
     """``/api/roles/{username}``: roles grouped per IT system with provenance."""
     data = roles.data
@@ -221,7 +222,7 @@ def roles_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str] 
     return {"account": account_json(view, entry), "itSystems": list(by_system.values())}
 
 
-def _filtered_roles(roles: RoleView, view: ClientView, entry: Any,
+def _filtered_roles(roles: RoleView, view: ClientView, entry: Entry,
                     systems: set[str] | None) -> list[str]:
     ids = roles.role_ids(view, entry)
     if systems is None:
@@ -232,7 +233,7 @@ def _filtered_roles(roles: RoleView, view: ClientView, entry: Any,
             and data.it_systems[data.job_roles[r].it_system_id].user_key in systems]
 
 
-def _name_id(roles: RoleView, view: ClientView, entry: Any) -> str:
+def _name_id(roles: RoleView, view: ClientView, entry: Entry) -> str:
     """OS2rollekatalog's NameID (``C=DK,O=<cvr>,CN=<name>,Serial=<external UUID>``), from
     what the client may read of the account: a client not allowed the external id gets the
     account's id as serial, and one not allowed the names gets the user name."""
@@ -242,7 +243,7 @@ def _name_id(roles: RoleView, view: ClientView, entry: Any) -> str:
     return oiobpp.name_id(getattr(roles.organisation, "cvr", None), str(name), str(serial))
 
 
-def oiobpp_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str] | None
+def oiobpp_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[str] | None
                 ) -> dict:
     """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list, with
     org-unit constraint values limited to the units the client may see."""
@@ -252,7 +253,7 @@ def oiobpp_json(roles: RoleView, view: ClientView, entry: Any, systems: set[str]
             "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
 
 
-def roles_as_list_json(roles: RoleView, view: ClientView, entry: Any,
+def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
                        systems: set[str] | None) -> dict:
     """``/api/user/{userId}/rolesAsList``, in OS2rollekatalog's shape (``disabled`` only
     when the client may read ``active``)."""
