@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from idm_facade.directory import Directory, build_snapshot
 from idm_facade.directory import filters as f
 from idm_facade.directory.load import VALIDITY_MODELS
-from idm_facade.directory.policy import TRUSTED
+from idm_facade.directory.policy import ACCOUNTS_ONLY, TRUSTED, Policy
 from idm_facade.directory.snapshot import Snapshot
 from schemas.attributes import ALL_KINDS
 from store import models as m
@@ -225,13 +225,25 @@ def store_copy(demo_db: str, tmp_path: Path) -> str:
 
 
 def test_incremental_equals_full_build(store_copy: str) -> None:
+    from idm_facade.directory import projection
+    from tests.test_directory import populated_directorate
+
     engine = make_engine(store_copy, create=False)
     directory = Directory(engine)
+    restricted = [Policy(name="subtree", subtrees=(populated_directorate(
+        directory.snapshot).id,)), Policy(name="accounts", kinds=ACCOUNTS_ONLY)]
+    patched_before = projection.MADE["patched"]
     for name, write in WRITES.items():
+        for policy in restricted:  # the projections a refresh may patch
+            projection.projected(directory.snapshot, policy)
         with write_session(engine, actor="test") as session:
             write(session)
         before = directory.snapshot
         assert directory.refresh() is True, name
+        for policy in restricted:
+            # a patched projection equals one made from scratch
+            _same(projection.projected(directory.snapshot, policy),
+                  projection.project(directory.snapshot, policy))
         assert directory.snapshot is not before
         full = build_snapshot(engine, directory.snapshot.at)
         assert not _debug(directory.snapshot, full), name
@@ -243,6 +255,7 @@ def test_incremental_equals_full_build(store_copy: str) -> None:
         hits = directory.snapshot.search(f.TRUE, kinds=ALL_KINDS, policy=TRUSTED)
         assert [e.id for e in hits] == [e.id for e in full.search(
             f.TRUE, kinds=ALL_KINDS, policy=TRUSTED)]
+    assert projection.MADE["patched"] > patched_before + 5, projection.MADE
 
 
 def _debug(a: Snapshot, b: Snapshot) -> str:
@@ -322,7 +335,6 @@ def test_planner_on_patched_snapshot(store_copy: str) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from idm_facade.directory import Policy
     from idm_facade.directory.snapshot import rewrite
     from tests.test_directory import POLICIES, _samples, filters
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from threading import Lock
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -48,13 +48,26 @@ class CacheKey(Generic[T]):
     a reader of the key knows the type of what comes back.
     """
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "carry")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, carry: bool = False) -> None:
         self.name = name
+        #: Handed on to the next snapshot patched from this one (:attr:`Snapshot.origin`), for
+        #: caches that can be patched instead of made again (restricted clients' projections).
+        self.carry = carry
 
     def __repr__(self) -> str:
         return f"CacheKey({self.name!r})"
+
+@dataclass(frozen=True)
+class Origin:
+    """What a snapshot patched from another knows of it: the ids of the entries the patch
+    changed or added, those it removed, and the other's caches marked ``carry``."""
+
+    changed: frozenset[str]
+    removed: frozenset[str]
+    carried: dict[CacheKey[Any], Any]
+
 
 _MAX = "\U0010ffff"
 #: Kind of the tombstone left at a removed entry's handle by :meth:`Snapshot.patched`.
@@ -92,6 +105,8 @@ class Snapshot:
         self._lock = Lock()
         #: Entries added or removed since the last full index (0: handles are in id order).
         self.drift = 0
+        #: Set on a snapshot made by :meth:`patched` (None for a full build).
+        self.origin: Origin | None = None
         self._index()
 
     # ------------------------------------------------------------------ build
@@ -162,12 +177,17 @@ class Snapshot:
         new_ids = [e.id for e in changed if e.id not in self.by_id]
         removed = {r for r in removed if r in self.by_id}
         drift = self.drift + len(new_ids) + len(removed)
+        origin = Origin(frozenset(e.id for e in changed), frozenset(removed),
+                        {k: v for k, v in self._caches.items() if k.carry})
         if drift > max(100, len(self.entries) // 10):
             keep = {e.id: e for e in self.entries if e.kind != REMOVED and e.id not in removed}
             keep.update({e.id: e for e in changed})
-            return Snapshot(keep.values(), at=at, seq=seq, next_boundary=next_boundary,
-                            data=data, grants=grants, posix=posix)
+            rebuilt = Snapshot(keep.values(), at=at, seq=seq, next_boundary=next_boundary,
+                               data=data, grants=grants, posix=posix)
+            rebuilt.origin = origin
+            return rebuilt
         snap = object.__new__(Snapshot)
+        snap.origin = origin
         snap.at, snap.seq, snap.next_boundary = at, seq, next_boundary
         snap._keep(data, grants, posix)
         snap.drift = drift
