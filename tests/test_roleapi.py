@@ -203,7 +203,20 @@ def test_roles_as_list_and_has_user_role(served):
     assert set(body) == {"userRoles", "systemRoles", "dataRoles", "functionRoles", "roleMap",
                          "nameID", "disabled"}
     assert set(body["userRoles"]) == {data.job_roles[r].identifier for r in entry.attrs["role"]}
-    assert set(body["dataRoles"]) | set(body["functionRoles"]) == set(body["systemRoles"])
+    # UserApi.getUserRolesAsList (OS2rollekatalog, ui/src/main/java/dk/digitalidentity/rc/
+    # controller/api/UserApi.java): a system role of type BOTH is in systemRoles and in
+    # neither dataRoles nor functionRoles; roleMap values are "name (IT system name)".
+    types = {sr.identifier: sr.role_type for sr in data.system_roles.values()}
+    assert set(body["dataRoles"]) == {r for r in body["systemRoles"] if types[r] == "DATA_ROLE"}
+    assert set(body["functionRoles"]) == {r for r in body["systemRoles"]
+                                          if types[r] == "FUNCTION_ROLE"}
+    for role_id in entry.attrs["role"]:
+        role = data.job_roles[role_id]
+        system = data.it_systems[role.it_system_id]
+        assert body["roleMap"][role.identifier] == f"{role.name} ({system.name})"
+    oiobpp = served.get(f"/user/{name}/roles").json()
+    assert set(oiobpp) == {"nameID", "oioBPP", "roleMap"}
+    assert oiobpp["roleMap"] == body["roleMap"]
     held = entry.attrs["role"][0]
     not_held = next(r for r in data.job_roles if r not in entry.attrs["role"])
     # OS2rollekatalog's UserApi.userHasUserRole (ui/src/main/java/dk/digitalidentity/rc/

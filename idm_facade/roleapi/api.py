@@ -250,7 +250,20 @@ def oiobpp_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[st
     role_ids = _filtered_roles(roles, view, entry, systems)
     groups = oiobpp.privilege_groups(roles.data, entry.id, role_ids, view.unit_ids())
     return {"nameID": _name_id(roles, view, entry),
-            "oioBPP": oiobpp.encode(oiobpp.to_xml(groups))}
+            "oioBPP": oiobpp.encode(oiobpp.to_xml(groups)),
+            "roleMap": _role_map(roles, role_ids)}
+
+
+def _role_map(roles: RoleView, role_ids: list[str]) -> dict[str, str]:
+    """OS2rollekatalog's ``roleMap``: role identifier -> "name (IT system name)", the same in
+    ``/roles`` and ``/rolesAsList`` ("so it matches the OIO-BPP output", UserApi.java)."""
+    data = roles.data
+    out: dict[str, str] = {}
+    for role_id in role_ids:
+        role = data.job_roles[role_id]
+        system = data.it_systems.get(role.it_system_id)
+        out[role.identifier] = f"{role.name} ({system.name if system else ''})"
+    return out
 
 
 def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
@@ -263,18 +276,21 @@ def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
     system_roles: list[str] = []
     data_roles: list[str] = []
     function_roles: list[str] = []
-    for role_id in _filtered_roles(roles, view, entry, systems):
+    held = _filtered_roles(roles, view, entry, systems)
+    for role_id in held:
         role = data.job_roles[role_id]
         user_roles.append(role.identifier)
-        role_map[role.identifier] = role.name
         for system_role in roles.system_roles_of.get(role_id, ()):
             if system_role.identifier in system_roles:
                 continue
             system_roles.append(system_role.identifier)
-            if system_role.role_type in ("DATA_ROLE", "BOTH"):
+            # UserApi.getUserRolesAsList: DATA_ROLE and FUNCTION_ROLE only; BOTH (and any
+            # other type) is in systemRoles and in neither of the two lists
+            if system_role.role_type == "DATA_ROLE":
                 data_roles.append(system_role.identifier)
-            if system_role.role_type in ("FUNCTION_ROLE", "BOTH"):
+            elif system_role.role_type == "FUNCTION_ROLE":
                 function_roles.append(system_role.identifier)
+    role_map = _role_map(roles, held)
     body: dict[str, Any] = {
         "userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,
         "functionRoles": function_roles, "roleMap": role_map,
