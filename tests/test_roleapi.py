@@ -233,7 +233,7 @@ def test_roles_as_list_and_has_user_role(served):
     assert served.get(f"/user/{name}/hasUserRole/{held}", system=other).status_code == 404
 
 
-def test_itsystem_users_paged(served):
+def test_itsystem_holders_paged(served):
     data = served.snapshot.data
     held = {data.job_roles[r].it_system_id for e in with_roles(served) for r in e.attrs["role"]}
     system = data.it_systems[sorted(held)[0]]
@@ -242,7 +242,8 @@ def test_itsystem_users_paged(served):
     assert expected
     got, start = [], 1
     while True:
-        page = served.get(f"/itsystem/{system.user_key}/users", startIndex=start, count=7).json()
+        page = served.get(f"/itsystem/{system.user_key}/holders", startIndex=start,
+                          count=7).json()
         assert page["totalResults"] == len(expected)
         got += [u["id"] for u in page["users"]]
         if not page["users"]:
@@ -250,9 +251,29 @@ def test_itsystem_users_paged(served):
         assert all(u["roles"] for u in page["users"])
         start += page["itemsPerPage"]
     assert got == expected
-    assert served.get("/itsystem/no-such-system/users").status_code == 404
-    bad = served.get(f"/itsystem/{system.user_key}/users", count="many")
+    assert served.get("/itsystem/no-such-system/holders").status_code == 404
+    bad = served.get(f"/itsystem/{system.user_key}/holders", count="many")
     assert bad.status_code == 400 and "count" in bad.json()["error"]
+
+
+def test_itsystem_users_and_all_as_os2rollekatalog(served):
+    """ItSystemApi.java (OS2rollekatalog, ui/src/main/java/dk/digitalidentity/rc/controller/
+    api/ItSystemApi.java): ``/api/itsystem/{id}/users`` is a bare array of the user ids of
+    the (enabled) holders, the system found by id or identifier; ``/api/itsystem/all`` is
+    ``[{id, name, identifier}]``."""
+    data = served.snapshot.data
+    listed = served.get("/itsystem/all").json()
+    assert {s["identifier"] for s in listed} == {s.user_key for s in data.it_systems.values()}
+    assert set(listed[0]) == {"id", "name", "identifier"}
+    held = {data.job_roles[r].it_system_id for e in with_roles(served) for r in e.attrs["role"]}
+    system = data.it_systems[sorted(held)[0]]
+    roles = {r.id for r in data.job_roles.values() if r.it_system_id == system.id}
+    expected = {e.first("userName") for e in with_roles(served)
+                if roles & set(e.attrs["role"]) and e.first("active") is not False}
+    for key in (system.user_key, system.id):
+        users = served.get(f"/itsystem/{key}/users").json()
+        assert isinstance(users, list) and set(users) == expected
+    assert served.get("/itsystem/no-such-system/users").status_code == 404
 
 
 def test_policy_hides_accounts_outside_subtree(served):
@@ -336,9 +357,10 @@ def test_attribute_restrictions_hold_in_the_role_api(served):
                          client="contact")
     assert (refused.status_code, refused.text) == (404, "Did not find role")
     system = data.it_systems[data.job_roles[entry.attrs["role"][0]].it_system_id]
-    holders = served.get(f"/itsystem/{system.user_key}/users", client="contact").json()
+    holders = served.get(f"/itsystem/{system.user_key}/holders", client="contact").json()
     assert holders["totalResults"] == 0 and holders["users"] == []
-    assert served.get(f"/itsystem/{system.user_key}/users").json()["totalResults"] > 0
+    assert served.get(f"/itsystem/{system.user_key}/holders").json()["totalResults"] > 0
+    assert served.get(f"/itsystem/{system.user_key}/users", client="contact").json() == []
 
 
 def test_a_client_that_may_not_read_roles_is_refused(served):

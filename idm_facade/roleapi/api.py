@@ -301,6 +301,18 @@ def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
     return body
 
 
+def _system(roles: RoleView, identifier: str) -> Any:
+    """The IT system ``identifier`` names: its id, else its identifier (case-insensitive)."""
+    found = roles.data.it_systems.get(identifier)
+    if found is None:
+        folded = identifier.casefold()
+        found = next((s for s in sorted(roles.data.it_systems.values(), key=lambda s: s.id)
+                      if s.user_key.casefold() == folded), None)
+    if found is None:
+        raise ApiError(404, f"unknown IT system: {identifier}")
+    return found
+
+
 def _int_arg(name: str, default: int, low: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -432,14 +444,32 @@ def blueprint(facade: Facade) -> Blueprint:
             return NOT_FOUND, view.subjects([entry])
         return run("roles.hasSystemRole", handle)
 
+    @bp.get("/itsystem/all")
+    def all_systems() -> Response:
+        """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems)."""
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            return [{"id": s.id, "name": s.name, "identifier": s.user_key}
+                    for s in sorted(roles.data.it_systems.values(),
+                                    key=lambda s: (s.user_key, s.id))], []
+        return run("roles.itsystems", handle)
+
     @bp.get("/itsystem/<identifier>/users")
     def system_users(identifier: str) -> Response:
+        """The user ids of the active accounts holding a role in the system, a bare JSON
+        array (ItSystemApi.getUsersForItSystem: disabled users skipped); the system by id
+        or identifier."""
         def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            matches = [s for s in roles.data.it_systems.values()
-                       if s.user_key.casefold() == identifier.casefold()]
-            if not matches:
-                raise ApiError(404, f"unknown IT system: {identifier}")
-            system = matches[0]
+            system = _system(roles, identifier)
+            holders = [e for e in roles.holders(view, system.user_key)
+                       if view.first(e, "active") is not False]
+            return [str(view.first(e, "userName")) for e in holders], view.subjects(holders)
+        return run("roles.itsystem", handle)
+
+    @bp.get("/itsystem/<identifier>/holders")
+    def system_holders(identifier: str) -> Response:
+        """Our paged extension of ``users``: each holder with names and the roles held."""
+        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+            system = _system(roles, identifier)
             start = _int_arg("startIndex", 1, 1)
             count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
             holders = roles.holders(view, system.user_key)
