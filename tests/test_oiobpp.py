@@ -87,8 +87,10 @@ def test_org_unit_constraint_values(built):
 def test_kle_constraint_values(built):
     o = built
     # Performing: A1's own plus A's (inherit_kle), not Root's.
-    assert value(o, o.anna, KLE, "INHERITED") == "01.02.03,04.05,07.08.09"
-    assert value(o, o.anna, KLE, "EXTENDED_INHERITED") == "04.05,04.05.06"
+    # KLE codes shorter than a full code end in .* for every value type, as OS2rollekatalog's
+    # ui/src/main/java/dk/digitalidentity/rc/service/KleService.java does
+    assert value(o, o.anna, KLE, "INHERITED") == "01.02.03,04.05.*,07.08.09"
+    assert value(o, o.anna, KLE, "EXTENDED_INHERITED") == "04.05.*,04.05.06"
     assert value(o, o.anna, KLE, "READ_AND_WRITE") == "01.02.03,04.05.*,07.08.09"
     # Nothing on Z1 and above: the placeholder, so login still works without data.
     assert value(o, o.zack, KLE, "INHERITED") == cons.EMPTY_KLE == "99.99.99"
@@ -128,7 +130,11 @@ def test_privilege_list_structure_and_values(built):
     data = load(b.engine, utcnow())
     groups = oiobpp.privilege_groups(data, o.zack, [sagsbeh, plain, saml_role])
     document = oiobpp.to_xml(groups)
-    assert document.startswith(b"<?xml")
+    # As OS2rollekatalog's UserService.generateOIOBPP (ui/src/main/java/dk/digitalidentity/rc/
+    # service/UserService.java): double-quoted declaration, xmlns:xsi on the root, one
+    # Privilege per PrivilegeGroup, constraints with an empty value left out.
+    assert document.startswith(b'<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList')
+    assert b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"' in document
     encoded = oiobpp.encode(document)
     assert base64.b64decode(encoded) == document
     root = parse(base64.b64decode(encoded))
@@ -140,7 +146,8 @@ def test_privilege_list_structure_and_values(built):
     for group in found:
         assert group.get("Scope") == "urn:dk:gov:saml:cvrNumberIdentifier:99999999"
         privileges = [p.text for p in group.findall("Privilege")]
-        assert privileges and set(group.attrib) == {"Scope"}
+        assert len(privileges) == 1 and set(group.attrib) == {"Scope"}
+        assert all(c.text for c in group.findall("Constraint"))
         for child in group:
             assert child.tag in ("Privilege", "Constraint")
         for p in privileges:
@@ -168,3 +175,21 @@ def test_kombit_base_normalises_domain():
     assert oiobpp.kombit_base(Plain()) == "http://testby.dk/"
     assert oiobpp.kombit_base(Url()) == "https://kommune.example/"
     assert oiobpp.job_role_entity_id("http://x.dk/", "r1") == "http://x.dk/roles/jobrole/r1/1"
+
+
+def test_a_constraint_with_an_empty_value_is_left_out(built) -> None:
+    """UserService.generateOIOBPP skips an empty constraint value (with a warning) rather than
+    sending ``<Constraint Name="...">`` with nothing in it: here an org-unit constraint of an
+    account without engagements, so no unit to inherit."""
+    b = built.b
+    saml = b._add(m.ItSystem(user_key="ESDH", name="ESDH", system_type="SAML"))
+    sr_saml = b._add(m.SystemRole(it_system_id=saml, name="Admin", identifier="esdh-admin"))
+    role = b.job_role("ESDH admin", system=saml, identifier="esdh-admin-job")
+    b._add(m.JobRoleSystemRole(job_role_id=role, system_role_id=sr_saml,
+                               constraint_type="http://digital-identity.dk/constraints/orgunit/1",
+                               constraint_value_type="INHERITED"))
+    loner = b.account(b.person("Ida", "Uden"), "ida")
+    data = load(b.engine, utcnow())
+    (group,) = oiobpp.privilege_groups(data, loner, [role])
+    assert group.privileges == ["esdh-admin"] and group.constraints == ()
+    assert not parse(oiobpp.to_xml([group])).findall(".//Constraint")

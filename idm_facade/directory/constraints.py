@@ -184,6 +184,12 @@ def kle_values(data: Any, account_id: str, aspect: str, visible: Visible = None)
     return sorted(found)
 
 
+def wildcard(code: str) -> str:
+    """A KLE code shorter than a full one (``NN.NN.NN``, 8 characters) as a prefix: ``.*``
+    appended, as OS2rollekatalog does for every value type (KleService)."""
+    return code + ".*" if len(code) < 8 else code
+
+
 def compress_kle(codes: list[str]) -> list[str]:
     """Drop codes covered by a shorter code in the list; shorter (group/area) codes get
     ``.*`` so a receiving system reads them as prefixes."""
@@ -193,7 +199,7 @@ def compress_kle(codes: list[str]) -> list[str]:
         if any(code.startswith(k + ".") for k in kept):
             continue
         kept.append(code)
-    return sorted(c + ".*" if c.count(".") < 2 else c for c in kept)
+    return sorted(wildcard(c) for c in kept)
 
 
 def constraint_value(data: Any, account_id: str, constraint_type: str | None,
@@ -208,9 +214,9 @@ def constraint_value(data: Any, account_id: str, constraint_type: str | None,
         return literal or ""
     if constraint_type in KLE_TYPES:
         if value_type == "INHERITED":
-            codes = kle_values(data, account_id, PERFORMING, visible)
+            codes = [wildcard(c) for c in kle_values(data, account_id, PERFORMING, visible)]
         elif value_type == "EXTENDED_INHERITED":
-            codes = kle_values(data, account_id, INTEREST, visible)
+            codes = [wildcard(c) for c in kle_values(data, account_id, INTEREST, visible)]
         elif value_type == "READ_AND_WRITE":
             codes = compress_kle(kle_values(data, account_id, PERFORMING, visible)
                                  + kle_values(data, account_id, INTEREST, visible))

@@ -3,7 +3,9 @@
 Identity providers (ADFS with the OS2rollekatalog attribute store, KOMBIT's context handler)
 put the base64 of this XML in the ``dk:gov:saml:attribute:Privileges_intermediate`` claim::
 
-    <bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile">
+    <?xml version="1.0" encoding="UTF-8"?>
+    <bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"
+                       xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
       <PrivilegeGroup Scope="urn:dk:gov:saml:cvrNumberIdentifier:12345678">
         <Privilege>http://kommune.dk/roles/jobrole/sag-sagsbehandler/1</Privilege>
         <Constraint Name="...">value,value</Constraint>
@@ -13,9 +15,11 @@ put the base64 of this XML in the ``dk:gov:saml:attribute:Privileges_intermediat
 For KOMBIT systems the privilege is the job role's entity id
 (``<kombit domain>roles/jobrole/<identifier>/1``) and constraint names are the parametric ids
 the job role was registered with; for other systems there is one privilege per system role
-(its identifier) and constraint names are the constraint-type entity ids. Constraints in a
-group apply to every privilege in it, so privileges share a group only when their
-constraints are identical. Child elements are unqualified, as in the OIOBPP schema.
+(its identifier) and constraint names are the constraint-type entity ids. As in
+OS2rollekatalog's ``UserService.generateOIOBPP``: one privilege per group, a constraint with
+an empty value is left out, KLE codes shorter than a full code end in ``.*``, the root
+declares ``xmlns:xsi`` and the XML declaration is double-quoted. Child elements are
+unqualified, as in the OIOBPP schema.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ ET.register_namespace("bpp", NAMESPACE)
 
 @dataclass
 class PrivilegeGroup:
-    """Privileges sharing one scope and one set of constraints."""
+    """One privilege (a list, for the schema's sake) with its scope and constraints."""
 
     scope: str
     privileges: list[str] = field(default_factory=list)
@@ -90,12 +94,10 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
     groups: dict[tuple, PrivilegeGroup] = {}
 
     def add(privilege: str, constraints: list[tuple[str, str]]) -> None:
-        key = tuple(sorted(constraints))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = PrivilegeGroup(the_scope, [], key)
-        if privilege not in group.privileges:
-            group.privileges.append(privilege)
+        kept = tuple(sorted((name, value) for name, value in constraints if value))
+        key = (privilege, kept)
+        if key not in groups:
+            groups[key] = PrivilegeGroup(the_scope, [privilege], kept)
 
     for role_id in dict.fromkeys(job_role_ids):
         role = data.job_roles.get(role_id)
@@ -114,16 +116,20 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
     return list(groups.values())
 
 
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+
 def to_xml(groups: list[PrivilegeGroup]) -> bytes:
-    """The PrivilegeList document, UTF-8 with an XML declaration."""
-    root = ET.Element(f"{{{NAMESPACE}}}PrivilegeList")
+    """The PrivilegeList document, UTF-8 with a double-quoted XML declaration."""
+    root = ET.Element(f"{{{NAMESPACE}}}PrivilegeList", {"xmlns:xsi": XSI})
     for group in groups:
         element = ET.SubElement(root, "PrivilegeGroup", {"Scope": group.scope})
         for privilege in group.privileges:
             ET.SubElement(element, "Privilege").text = privilege
         for name, value in group.constraints:
             ET.SubElement(element, "Constraint", {"Name": name}).text = value
-    return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
+    body = ET.tostring(root, encoding="unicode")
+    return ('<?xml version="1.0" encoding="UTF-8"?>' + body).encode("utf-8")
 
 
 def encode(document: bytes) -> str:
