@@ -8,12 +8,14 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from idm_facade.cli import main
 from idm_facade.directory import Directory
 from idm_facade.directory.load import load
 from idm_facade.directory.roles import DIRECT, MANAGER, UNIT, effective_roles
+from store import models as m
 from store.engine import make_engine
 from store.validity import utcnow
 from tests.orgbuilder import OrgBuilder
@@ -162,6 +164,32 @@ def test_roles_command(engine, org, sqlite_url):
     assert "later-role" in result.output and "journal-laes" in result.output
     result = runner.invoke(main, ["roles", "nobody", "--db", sqlite_url])
     assert result.exit_code != 0 and "unknown user: nobody" in result.output
+    # each disclosure by the command is in the access log, with the account's person
+    from idm_facade.access.audit import AuditLog
+
+    audit = AuditLog(make_engine(sqlite_url))
+    records = [r for r in audit.query(client="cli") if r.operation == "cli.roles"]
+    audit.close()
+    assert len(records) == 2 and records[0].source.startswith("cli:")
+    with Session(engine) as session:
+        person = session.get(m.Account, account).person_id
+    assert all(r.subjects == [person] for r in records)
+
+
+def test_export_is_recorded_as_a_disclosure_of_everyone(tmp_path, engine, org, sqlite_url):
+    """``export`` writes every person with their CPR number: one access record lists them all
+    and says cpr, before the file is written."""
+    member(org, org.unit("Sundhed"), "Vera")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "out.json"), "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    from idm_facade.access.audit import AuditLog
+
+    audit = AuditLog(make_engine(sqlite_url))
+    (record,) = [r for r in audit.query(client="cli") if r.operation == "cli.export"]
+    audit.close()
+    with Session(engine) as session:
+        persons = sorted(session.scalars(select(m.Person.id)))
+    assert record.subjects == persons
 
 
 def test_directory_picks_up_future_assignment_without_write(engine, org):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from idm_facade.cli.options import db_option
+from idm_facade.cli.options import config_option, db_option
 from store.engine import database_url
 
 
@@ -68,9 +68,12 @@ def import_command(db: str | None, file, replace: bool, actor: str) -> None:  # 
 
 @click.command("export")
 @db_option
+@config_option
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-def export_command(db: str | None, file: str) -> None:
-    """Export the whole store as exchange-format JSON to FILE (``-`` for stdout)."""
+def export_command(db: str | None, config_path: str | None, file: str) -> None:
+    """Export the whole store as exchange-format JSON to FILE (``-`` for stdout); every
+    person in it, CPR numbers included, is recorded in the access log first."""
+    from idm_facade.cli.disclosure import record_disclosure
     from store import exchange
     from store.engine import make_engine
 
@@ -79,6 +82,9 @@ def export_command(db: str | None, file: str) -> None:
         doc = exchange.export_document(engine)
     finally:
         engine.dispose()
+    persons = doc.get("persons", [])
+    record_disclosure(db, config_path, "cli.export", file, [p["id"] for p in persons],
+                      ["cpr"] if any(p.get("cpr") for p in persons) else [])
     if file == "-":
         # click 8.5 declares get_text_stream in a way mypy reads as a plain object.
         stream = click.get_text_stream("stdout", encoding="utf-8")  # type: ignore[operator]

@@ -6,7 +6,8 @@ from datetime import datetime
 
 import click
 
-from idm_facade.cli.options import db_option
+from idm_facade.cli.disclosure import record_disclosure
+from idm_facade.cli.options import config_option, db_option
 from idm_facade.roleapi.api import describe_roles
 
 
@@ -16,10 +17,11 @@ from idm_facade.roleapi.api import describe_roles
 @click.option("--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               default=None, help="Compute the roles as of this date (default: now, UTC).")
 @db_option
+@config_option
 @click.option("--system", "directory_system", default="AD", show_default=True,
               help="IT system whose accounts are the directory's users.")
 def roles_command(username: str, explain: bool, at: datetime | None, db: str | None,
-                  directory_system: str) -> None:
+                  config_path: str | None, directory_system: str) -> None:
     """Print USERNAME's effective job-function roles (tab-separated: system, identifier,
     name)."""
     from idm_facade.directory.load import load
@@ -39,6 +41,8 @@ def roles_command(username: str, explain: bool, at: datetime | None, db: str | N
         raise click.ClickException(f"unknown user: {username} (in {directory_system} at "
                                    f"{data.at.isoformat()})")
     lines = describe_roles(data, account.id, explain)
+    record_disclosure(db, config_path, "cli.roles", f"{username} at {data.at.isoformat()}",
+                      [account.person_id] if account.person_id else [], [])
     if not lines:
         click.echo(f"{account.username} holds no roles at {data.at.isoformat()}", err=True)
     for line in lines:
