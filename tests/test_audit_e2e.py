@@ -82,6 +82,8 @@ def test_deleting_the_log_while_serving_stops_every_answer(ctx: Ctx) -> None:
     try:
         assert _scim(serving, ctx.token).status_code == 200
         _ldap_search(serving, ctx)
+        ready = httpx.get(f"{serving.scim_base}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
         for suffix in ("", "-wal", "-shm"):
             (ctx.tmp / f"audit.db{suffix}").unlink(missing_ok=True)
         time.sleep(0.3)  # the file is looked at at most every 0.2 s
@@ -91,6 +93,11 @@ def test_deleting_the_log_while_serving_stops_every_answer(ctx: Ctx) -> None:
             _ldap_search(serving, ctx)
         assert isinstance(failed.value, (ldap.OTHER, ldap.UNAVAILABLE)), failed.value
         assert _scim(serving, ctx.token).status_code == 500  # and it stays closed
+        # and health says why, without a token
+        ready = httpx.get(f"{serving.scim_base}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert "deleted or replaced" in ready.json()["problems"][0]
+        assert httpx.get(f"{serving.scim_base}/healthz", timeout=30).status_code == 200
     finally:
         serving.stop()
     # after a restart the fresh log knows records are missing and still answers nothing

@@ -217,7 +217,31 @@ def create_app(facade: Facade) -> Flask:
     scim_app.register(app, facade)
     app.register_blueprint(roleapi.blueprint(facade), url_prefix="/api")
     app.register_error_handler(HTTPException, _json_error)
+    _health(app, facade)
     return app
+
+
+def _health(app: Flask, facade: Facade) -> None:
+    """``/healthz`` (the process answers) and ``/readyz`` (it may answer clients: a snapshot
+    is loaded and the access log takes records). No token, and nothing about any person, so
+    a load balancer or Kubernetes can probe them."""
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        snapshot = facade.directory.snapshot
+        problems = []
+        audit_problem = getattr(facade.audit, "problem", None)
+        if audit_problem:
+            problems.append(f"access log: {audit_problem}")
+        body = {"status": "ready" if not problems else "not ready", "problems": problems,
+                "snapshot": {"seq": snapshot.seq, "at": snapshot.at.isoformat(),
+                             "entries": len(snapshot)}}
+        return Response(json.dumps(body), status=200 if not problems else 503,
+                        mimetype="application/json")
 
 
 def _json_error(exc: HTTPException) -> Response:
