@@ -105,7 +105,7 @@ def service_provider_config(base: str, paging: PagingConfig) -> dict:
         "etag": {"supported": True},
         "authenticationSchemes": [{
             "type": "oauthbearertoken", "name": "Bearer token",
-            "description": "A client token issued with `idm-facade clients add NAME scim`, "
+            "description": "A client token issued with `idm-facade clients add NAME --scim`, "
                            "sent as `Authorization: Bearer <token>`.",
             "specUri": "https://www.rfc-editor.org/rfc/rfc6750", "primary": True}],
         "pagination": {"cursor": True, "index": True, "defaultPaginationMethod": "index",
