@@ -207,3 +207,11 @@ def test_directory_picks_up_future_assignment_without_write(engine, org):
     entry = directory.snapshot.get(account)
     assert role in entry.attrs["role"]
     assert [e["value"] for e in entry.complex["roles"]] == [role]
+
+
+def test_the_command_says_its_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == \
+        f"idm-facade, version {version('idm-facade')}"

@@ -13,6 +13,7 @@ from idm_facade.cli import access, data, roles, serve
 
 
 @click.group()
+@click.version_option(package_name="idm-facade", prog_name="idm-facade")
 def main() -> None:
     """idm-facade: one organisation store served as SCIM 2.0, LDAP v3 and role lookup."""
 
