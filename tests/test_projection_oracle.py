@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,6 +34,7 @@ from idm_facade.directory.view import ClientView
 from schemas.attributes import ACCOUNT, ALL_KINDS, ATTRIBUTES, UNIT
 from store import demo, exchange
 from store.engine import make_engine
+from store.validity import is_valid_at, to_datetime
 from tests.conftest import DEMO_REFERENCE
 
 #: Logical attributes not compared with the oracle (see the module docstring).
@@ -42,9 +44,10 @@ COMPARED = sorted(name for name, spec in ATTRIBUTES.items()
                   if name not in NOT_COMPARED and spec.kinds & {ACCOUNT, UNIT})
 
 
-def without_outside(doc: dict, top: str) -> dict:
+def without_outside(doc: dict, top: str, at: datetime) -> dict:
     """The document with every unit outside ``top``'s subtree, and what hangs on them,
-    deleted (accounts left without an engagement in the subtree go too)."""
+    deleted (accounts left without an engagement in the subtree in effect ``at`` go too:
+    those are the accounts a subtree-limited client does not see at that instant)."""
     doc = copy.deepcopy(doc)
     children: dict[str | None, list[str]] = {}
     for unit in doc["org_units"]:
@@ -66,6 +69,8 @@ def without_outside(doc: dict, top: str) -> dict:
         doc[table] = [r for r in doc[table] if r["org_unit_id"] in keep]
     engagements = {e["id"] for e in doc["engagements"]}
     doc["leaves"] = [r for r in doc["leaves"] if r["engagement_id"] in engagements]
+    current = {e["id"] for e in doc["engagements"]
+               if is_valid_at(to_datetime(e["valid_from"]), to_datetime(e["valid_to"]), at)}
     by_person: dict[str, list[str]] = {}
     for eng in doc["engagements"]:
         by_person.setdefault(eng["person_id"], []).append(eng["id"])
@@ -74,10 +79,10 @@ def without_outside(doc: dict, top: str) -> dict:
         scoped = account["engagement_ids"]
         if scoped:
             account["engagement_ids"] = [e for e in scoped if e in engagements]
-            if not account["engagement_ids"]:
-                continue  # scoped only to hidden engagements: hidden
-        elif not by_person.get(account["person_id"]):
-            continue  # no engagement in the subtree: hidden
+            if not current.intersection(account["engagement_ids"]):
+                continue  # no engagement in effect in the subtree: hidden
+        elif not current.intersection(by_person.get(account["person_id"], ())):
+            continue  # no engagement in effect in the subtree: hidden
         accounts.append(account)
     doc["accounts"] = accounts
     kept_accounts = {a["id"] for a in accounts}
@@ -133,7 +138,8 @@ def pairs(tmp_path_factory) -> list[Pair]:
     found = []
     for number, top in enumerate(dict.fromkeys(tops)):
         oracle_engine = make_engine(f"sqlite:///{folder / f'oracle{number}.db'}")
-        exchange.import_document(oracle_engine, without_outside(doc, top), actor="test")
+        exchange.import_document(oracle_engine, without_outside(doc, top, DEMO_REFERENCE),
+                                 actor="test")
         found.append(Pair(top, original, Directory(oracle_engine, clock=lambda: DEMO_REFERENCE)))
     return found
 
