@@ -336,157 +336,153 @@ def _token() -> str | None:
     return api_key.strip() if api_key else None
 
 
-def blueprint(facade: Facade) -> Blueprint:
-    """The role API, to be registered at ``/api``.
+Handler = Callable[..., tuple[Any, list[str]]]
 
-    Long because each route is a short closure over ``facade`` and the shared ``run``
-    (authenticate, answer from one snapshot, record), kept together so the whole API surface
-    is visible in one place."""
+
+def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str]
+           ) -> Response:
+    """Authenticate, answer from one snapshot as the client sees it, record, respond: the
+    path every role API request takes. ``handler(view, roles, **args)`` gives the body and
+    the persons it discloses; no record, no answer."""
     from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
-    bp = Blueprint("roleapi", __name__)
-
-    def run(operation: str,
-            handler: Callable[[ClientView, RoleView], tuple[Any, list[str]]]
-            ) -> Response:
-        client = None
-        status, body = 200, None
-        subjects: list[str] = []
-        try:
-            token = _token()
-            client = facade.clients.authenticate_token(token) if token else None
-            if client is None:
-                raise ApiError(401, "a valid bearer token is required")
-            if ROLE not in client.policy.kinds:
-                raise ApiError(403, f"client {client.name} may not read roles")
-            view = ClientView.of(facade.directory.snapshot, client.policy)
-            body, subjects = handler(view, role_view(view))
-            if isinstance(body, TextAnswer):
-                status = body.status
-        except ApiError as exc:
-            status, body, subjects = exc.status, {"error": exc.message,
-                                                  "status": exc.status}, []
-        except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
-            log.exception("role API request failed: %s", request.full_path)
-            status, body, subjects = 500, {"error": "internal error", "status": 500}, []
-        query = request.full_path.rstrip("?")
-        try:
-            facade.audit.record(AccessRecord(
-                client=client.name if client else "-", source=request.remote_addr or "",
-                operation=operation, query=query, status=str(status),
-                subjects=subjects, sensitive=[]))
-        except AuditUnavailable:
-            status, body = 500, {"error": "access log unavailable; nothing disclosed",
-                                 "status": 500}
+    client = None
+    status, body = 200, None
+    subjects: list[str] = []
+    try:
+        token = _token()
+        client = facade.clients.authenticate_token(token) if token else None
+        if client is None:
+            raise ApiError(401, "a valid bearer token is required")
+        if ROLE not in client.policy.kinds:
+            raise ApiError(403, f"client {client.name} may not read roles")
+        view = ClientView.of(facade.directory.snapshot, client.policy)
+        body, subjects = handler(view, role_view(view), **args)
         if isinstance(body, TextAnswer):
-            return Response(body.text, status=body.status, mimetype="text/plain")
-        response = jsonify(body)
-        response.status_code = status
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="idm-facade"'
-        return response
+            status = body.status
+    except ApiError as exc:
+        status, body, subjects = exc.status, {"error": exc.message, "status": exc.status}, []
+    except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
+        log.exception("role API request failed: %s", request.full_path)
+        status, body, subjects = 500, {"error": "internal error", "status": 500}, []
+    try:
+        facade.audit.record(AccessRecord(
+            client=client.name if client else "-", source=request.remote_addr or "",
+            operation=operation, query=request.full_path.rstrip("?"), status=str(status),
+            subjects=subjects, sensitive=[]))
+    except AuditUnavailable:
+        status, body = 500, {"error": "access log unavailable; nothing disclosed",
+                             "status": 500}
+    if isinstance(body, TextAnswer):
+        return Response(body.text, status=body.status, mimetype="text/plain")
+    response = jsonify(body)
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="idm-facade"'
+    return response
 
-    def per_account(operation: str, user: str, render: Callable[..., Any]) -> Response:
-        """One account's roles in one shape, for the IT systems asked for (``?system=``)."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            entry = find_account(view, user)
-            systems = roles.systems_matching(request.args.getlist("system"))
-            return render(roles, view, entry, systems), view.subjects([entry])
-        return run(operation, handle)
 
-    @bp.get("/roles/<username>")
-    def roles(username: str) -> Response:
-        return per_account("roles.lookup", username, roles_json)
+def _per_account(render: Callable[..., Any]) -> Handler:
+    """A handler giving one account's roles in one shape, for the IT systems asked for."""
+    def handle(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+        entry = find_account(view, user)
+        systems = roles.systems_matching(request.args.getlist("system"))
+        return render(roles, view, entry, systems), view.subjects([entry])
+    return handle
 
-    @bp.get("/user/<user_id>/roles")
-    def user_roles(user_id: str) -> Response:
-        return per_account("roles.oiobpp", user_id, oiobpp_json)
 
-    @bp.get("/user/<user_id>/rolesAsList")
-    def roles_as_list(user_id: str) -> Response:
-        return per_account("roles.list", user_id, roles_as_list_json)
+def _name_id_handler(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+    entry = find_account(view, user)
+    return {"nameID": _name_id(roles, view, entry)}, view.subjects([entry])
 
-    @bp.get("/user/<user_id>/nameid")
-    def name_id(user_id: str) -> Response:
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            entry = find_account(view, user_id)
-            return {"nameID": _name_id(roles, view, entry)}, view.subjects([entry])
-        return run("roles.nameid", handle)
 
-    @bp.get("/user/<user_id>/hasUserRole/<role_id>")
-    def has_user_role(user_id: str, role_id: str) -> Response:
-        """200 "Found role" or 404 "Did not find role" (``UserApi.userHasUserRole``);
-        ``role_id`` is the role's id or identifier, ``?system=`` narrows the systems."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            entry = find_account(view, user_id)
-            systems = roles.systems_matching(request.args.getlist("system"))
-            data = roles.data
-            for rid in _filtered_roles(roles, view, entry, systems):
-                role = data.job_roles[rid]
-                if role_id in (role.id, role.identifier):
-                    return FOUND, view.subjects([entry])
-            return NOT_FOUND, view.subjects([entry])
-        return run("roles.has", handle)
+def _has_user_role(view: ClientView, roles: RoleView, user: str, role_id: str
+                   ) -> tuple[Any, list[str]]:
+    """200 "Found role" or 404 "Did not find role" (``UserApi.userHasUserRole``);
+    ``role_id`` is the role's id or identifier, ``?system=`` narrows the systems."""
+    entry = find_account(view, user)
+    systems = roles.systems_matching(request.args.getlist("system"))
+    data = roles.data
+    for rid in _filtered_roles(roles, view, entry, systems):
+        role = data.job_roles[rid]
+        if role_id in (role.id, role.identifier):
+            return FOUND, view.subjects([entry])
+    return NOT_FOUND, view.subjects([entry])
 
-    @bp.get("/user/<user_id>/hasSystemRole")
-    def has_system_role(user_id: str) -> Response:
-        """``?roleIdentifier=`` (required) ``&system=``: does any role the user holds carry
-        that system role (``UserApi.userHasSystemRole``)."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            wanted = request.args.get("roleIdentifier")
-            if not wanted:
-                raise ApiError(400, "roleIdentifier is required")
-            entry = find_account(view, user_id)
-            systems = roles.systems_matching(request.args.getlist("system"))
-            for rid in _filtered_roles(roles, view, entry, systems):
-                if any(sr.identifier == wanted for sr in roles.system_roles_of.get(rid, ())):
-                    return FOUND, view.subjects([entry])
-            return NOT_FOUND, view.subjects([entry])
-        return run("roles.hasSystemRole", handle)
 
-    @bp.get("/itsystem/all")
-    def all_systems() -> Response:
-        """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems)."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            return [{"id": s.id, "name": s.name, "identifier": s.user_key}
-                    for s in sorted(roles.data.it_systems.values(),
-                                    key=lambda s: (s.user_key, s.id))], []
-        return run("roles.itsystems", handle)
+def _has_system_role(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+    """``?roleIdentifier=`` (required) ``&system=``: does any role the user holds carry that
+    system role (``UserApi.userHasSystemRole``)."""
+    wanted = request.args.get("roleIdentifier")
+    if not wanted:
+        raise ApiError(400, "roleIdentifier is required")
+    entry = find_account(view, user)
+    systems = roles.systems_matching(request.args.getlist("system"))
+    for rid in _filtered_roles(roles, view, entry, systems):
+        if any(sr.identifier == wanted for sr in roles.system_roles_of.get(rid, ())):
+            return FOUND, view.subjects([entry])
+    return NOT_FOUND, view.subjects([entry])
 
-    @bp.get("/itsystem/<identifier>/users")
-    def system_users(identifier: str) -> Response:
-        """The user ids of the active accounts holding a role in the system, a bare JSON
-        array (ItSystemApi.getUsersForItSystem: disabled users skipped); the system by id
-        or identifier."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            system = _system(roles, identifier)
-            holders = [e for e in roles.holders(view, system.user_key)
-                       if view.first(e, "active") is not False]
-            return [str(view.first(e, "userName")) for e in holders], view.subjects(holders)
-        return run("roles.itsystem", handle)
 
-    @bp.get("/itsystem/<identifier>/holders")
-    def system_holders(identifier: str) -> Response:
-        """Our paged extension of ``users``: each holder with names and the roles held."""
-        def handle(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-            system = _system(roles, identifier)
-            start = _int_arg("startIndex", 1, 1)
-            count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
-            holders = roles.holders(view, system.user_key)
-            page = holders[start - 1:start - 1 + count]
-            users = []
-            for entry in page:
-                item = account_json(view, entry)
-                item["roles"] = [roles.data.job_roles[r].identifier
-                                 for r in _filtered_roles(roles, view, entry,
-                                                          {system.user_key})]
-                users.append(item)
-            body = {"itSystem": {"identifier": system.user_key, "name": system.name},
-                    "totalResults": len(holders), "startIndex": start,
-                    "itemsPerPage": len(users), "users": users}
-            return body, view.subjects(page)
-        return run("roles.itsystem", handle)
+def _all_systems(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+    """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems)."""
+    return [{"id": s.id, "name": s.name, "identifier": s.user_key}
+            for s in sorted(roles.data.it_systems.values(), key=lambda s: (s.user_key, s.id))
+            ], []
 
+
+def _system_users(view: ClientView, roles: RoleView, system_id: str) -> tuple[Any, list[str]]:
+    """The user ids of the active accounts holding a role in the system, a bare JSON array
+    (ItSystemApi.getUsersForItSystem: disabled users skipped); the system by id or
+    identifier."""
+    system = _system(roles, system_id)
+    holders = [e for e in roles.holders(view, system.user_key)
+               if view.first(e, "active") is not False]
+    return [str(view.first(e, "userName")) for e in holders], view.subjects(holders)
+
+
+def _system_holders(view: ClientView, roles: RoleView, system_id: str
+                    ) -> tuple[Any, list[str]]:
+    """Our paged extension of ``users``: each holder with names and the roles held."""
+    system = _system(roles, system_id)
+    start = _int_arg("startIndex", 1, 1)
+    count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
+    holders = roles.holders(view, system.user_key)
+    page = holders[start - 1:start - 1 + count]
+    users = []
+    for entry in page:
+        item = account_json(view, entry)
+        item["roles"] = [roles.data.job_roles[r].identifier
+                         for r in _filtered_roles(roles, view, entry, {system.user_key})]
+        users.append(item)
+    body = {"itSystem": {"identifier": system.user_key, "name": system.name},
+            "totalResults": len(holders), "startIndex": start, "itemsPerPage": len(users),
+            "users": users}
+    return body, view.subjects(page)
+
+
+#: (rule under /api, operation recorded, handler): the whole API surface.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("/roles/<user>", "roles.lookup", _per_account(roles_json)),
+    ("/user/<user>/roles", "roles.oiobpp", _per_account(oiobpp_json)),
+    ("/user/<user>/rolesAsList", "roles.list", _per_account(roles_as_list_json)),
+    ("/user/<user>/nameid", "roles.nameid", _name_id_handler),
+    ("/user/<user>/hasUserRole/<role_id>", "roles.has", _has_user_role),
+    ("/user/<user>/hasSystemRole", "roles.hasSystemRole", _has_system_role),
+    ("/itsystem/all", "roles.itsystems", _all_systems),
+    ("/itsystem/<system_id>/users", "roles.itsystem", _system_users),
+    ("/itsystem/<system_id>/holders", "roles.itsystem", _system_holders),
+)
+
+
+def blueprint(facade: Facade) -> Blueprint:
+    """The role API for ``facade``, to be registered at ``/api`` (GET only)."""
+    bp = Blueprint("roleapi", __name__)
+    for number, (rule, operation, handler) in enumerate(ROUTES):
+        def view_func(operation: str = operation, handler: Handler = handler,
+                      **args: str) -> Response:
+            return answer(facade, operation, handler, args)
+        bp.add_url_rule(rule, f"route{number}", view_func, methods=["GET"])
     return bp
 
 
