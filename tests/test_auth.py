@@ -23,6 +23,7 @@ from idm_facade.access.policies import PolicyError, load_policies, parse_policy
 from idm_facade.cli import main
 from idm_facade.config import Config, load_config
 from idm_facade.directory import Directory
+from idm_facade.directory.view import ClientView
 from store.engine import make_engine
 from tests.orgbuilder import OrgBuilder
 
@@ -231,7 +232,9 @@ def test_unknown_subtree_fails_closed(sqlite_url: str) -> None:
     policy = registry.policy("x")
     assert policy.subtrees == ("NOSUCH",)
     snap = Directory(engine).snapshot
-    assert not any(snap.is_visible(e, policy) for e in snap.entries if e.kind == "unit")
+    seen = ClientView.of(snap, policy)
+    units = [e for e in snap.entries if e.kind == "unit"]
+    assert units and not any(seen.get(e.id) for e in units)
 
 
 def test_base_dn_from_organisation(sqlite_url: str) -> None:

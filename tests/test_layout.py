@@ -133,7 +133,7 @@ def _package_reexport(cycle: str) -> bool:
 #: come from the client's view (``ClientView.values/complex/first``), entries from its
 #: ``search``/``get``.
 RAW_READS = frozenset({"attrs", "entries", "by_id", "by_kind", "equality", "ordered",
-                       "grants", "visible_handles", "is_visible", "live"})
+                       "grants", "visible_handles", "live"})
 
 #: Functions of a front end allowed to read the whole snapshot, and why.
 STRUCTURE = {

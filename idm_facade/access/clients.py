@@ -490,7 +490,7 @@ class ClientRegistry:
         if meta[2] != client.generation:
             return None
         fresh = self._client(client.name)
-        return client if fresh == client else fresh
+        return client if fresh is client or fresh == client else fresh
 
     def authenticate_token(self, token: str) -> Client | None:
         """The SCIM client holding bearer ``token``, or None (unknown, wrong, revoked)."""

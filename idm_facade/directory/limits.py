@@ -55,10 +55,9 @@ class Limits:
         if terms > self.terms:
             raise TooComplex(f"filter has {terms} terms; the limit is {self.terms}")
 
-    def deadline(self, seconds: float | None = None) -> Deadline:
-        """A deadline ``seconds`` (at most the configured limit) from now."""
-        limit = self.seconds if not seconds else min(seconds, self.seconds)
-        return Deadline(time.monotonic() + limit if limit > 0 else None)
+    def deadline(self) -> Deadline:
+        """The deadline of a search starting now (``search_seconds`` from now)."""
+        return Deadline(time.monotonic() + self.seconds if self.seconds > 0 else None)
 
 
 @dataclass(frozen=True)

@@ -180,13 +180,9 @@ def _rebuild_in_subtrees(base: Snapshot, policy: Policy, kept: list[Entry],
                          admitted: frozenset[str] | None = None) -> list[Entry]:
     """Accounts and units built again as if the units outside the subtrees did not exist
     (``admitted``: the ids the client sees, when ``kept`` holds only some of them)."""
-    units = base.equality.get("ancestor", {})
-    visible: set[str] = set()
-    for unit_id in policy.subtrees or ():
-        for handle in units.get(unit_id.lower(), ()):
-            entry = base.entries[handle]
-            if entry.kind == UNIT:
-                visible.add(entry.id)
+    # the units in the subtrees, whatever kinds the client may list (the snapshot's one rule)
+    in_subtrees = base.visible_handles(replace(policy, kinds=ALL_KINDS), frozenset({UNIT}))
+    visible = {base.entries[h].id for h in in_subtrees}
     accounts = frozenset(i for i in admitted if base.entries[base.by_id[i]].kind == ACCOUNT) \
         if admitted is not None else frozenset(e.id for e in kept if e.kind == ACCOUNT)
     builder = _VisibleUnitsBuilder(base, frozenset(visible), accounts)

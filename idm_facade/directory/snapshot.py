@@ -62,10 +62,9 @@ class CacheKey(Generic[T]):
 @dataclass(frozen=True)
 class Origin:
     """What a snapshot patched from another knows of it: the ids of the entries the patch
-    changed or added, those it removed, and the other's caches marked ``carry``."""
+    changed or added, and the other's caches marked ``carry``."""
 
     changed: frozenset[str]
-    removed: frozenset[str]
     carried: dict[CacheKey[Any], Any]
 
 
@@ -177,7 +176,7 @@ class Snapshot:
         new_ids = [e.id for e in changed if e.id not in self.by_id]
         removed = {r for r in removed if r in self.by_id}
         drift = self.drift + len(new_ids) + len(removed)
-        origin = Origin(frozenset(e.id for e in changed), frozenset(removed),
+        origin = Origin(frozenset(e.id for e in changed),
                         {k: v for k, v in self._caches.items() if k.carry})
         if drift > max(100, len(self.entries) // 10):
             keep = {e.id: e for e in self.entries if e.kind != REMOVED and e.id not in removed}
@@ -282,12 +281,6 @@ class Snapshot:
                 self._visible_cache.popitem(last=False)
         return result
 
-    def is_visible(self, entry: Entry, policy: Policy) -> bool:
-        """May the policy see this entry at all?"""
-        handle = self.by_id.get(entry.id)
-        return handle is not None and handle in self.visible_handles(policy, frozenset({
-            entry.kind}))
-
     # ------------------------------------------------------------------ queries
 
     def search(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy,
@@ -319,10 +312,6 @@ class Snapshot:
             if len(self._result_cache) > _CACHE_SIZE:
                 self._result_cache.popitem(last=False)
         return result
-
-    def count(self, flt: f.Filter, *, kinds: frozenset[str], policy: Policy) -> int:
-        """How many entries :meth:`search` would return."""
-        return len(self.search(flt, kinds=kinds, policy=policy))
 
     def _order(self, handles: set[int] | frozenset[int], sort_by: str | None,
                descending: bool, policy: Policy) -> list[Entry]:
