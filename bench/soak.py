@@ -39,14 +39,7 @@ from bench.datasets import demo_store, machine
 from idm_facade.access.audit import AuditLog
 from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import load_config
-from tests.serving import copy_store, start_serve
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from tests.serving import copy_store, ldap_bind, rss_mb, start_serve
 
 
 def main() -> None:
@@ -95,11 +88,7 @@ def main() -> None:
                     errors.append(f"SCIM {response.status_code}")
 
     def ldap_conn(secret: str, name: str) -> ldap.ldapobject.LDAPObject:
-        conn = ldap.initialize(serving.ldap_url)
-        conn.protocol_version = 3
-        conn.set_option(ldap.OPT_TIMEOUT, 60)
-        conn.simple_bind_s(registry.bind_dn_of(name), secret)
-        return conn
+        return ldap_bind(serving.ldap_url, registry.bind_dn_of(name), secret, timeout=60)
 
     def ldap_load(seed: int) -> None:
         rnd = random.Random(seed)
@@ -163,7 +152,7 @@ def main() -> None:
         while time.monotonic() - started < args.seconds:
             time.sleep(5)
             elapsed = time.monotonic() - started
-            samples.append((elapsed, _rss_mb(serving.proc.pid)))
+            samples.append((elapsed, rss_mb(serving.proc.pid)))
             if not revoked_at and elapsed > args.seconds / 3:
                 registry.revoke("soak-revoked")
                 revoked_at.append(time.monotonic())

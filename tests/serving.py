@@ -15,8 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -104,3 +107,75 @@ def start_serve(db: str, config_path: Path, *, ldap: bool = True, ldaps: bool = 
 
     threading.Thread(target=drain, name="serve-output", daemon=True).start()
     return serving
+
+
+@dataclass
+class StoreCopy:
+    """A private copy of the demo store, its configuration file, the clients registered in
+    it (name -> secret) and, once started, its server."""
+
+    db: str
+    config: Path
+    registry: Any  # ClientRegistry of the copy, configured from ``config``
+    secrets: dict[str, str]
+    serving: Serving | None = None
+
+    @property
+    def base(self) -> str:
+        return str(self.registry.base)
+
+    def bind_dn(self, name: str) -> str:
+        return str(self.registry.bind_dn_of(name))
+
+
+@contextmanager
+def served_copy(demo_db: str, folder: Path, config: str = "",
+                clients: tuple[tuple[str, str, str], ...] = (), *, start: bool = True,
+                **start_kw: Any) -> Iterator[StoreCopy]:
+    """Copy the demo store into ``folder`` with a configuration of ``config`` (after the
+    ``[directory]`` table), register ``clients`` ((name, "scim"/"ldap", policy), ...) and,
+    with ``start``, serve it (``start_serve`` keywords); stopped and closed afterwards."""
+    from idm_facade.access.clients import ClientRegistry
+    from idm_facade.config import load_config
+    from store.engine import make_engine
+
+    db = copy_store(demo_db, folder / "idm.db")
+    path = folder / "idm.toml"
+    path.write_text(f'[directory]\nstate_dir = "{folder}"\n' + config)
+    engine = make_engine(db)
+    registry = ClientRegistry(engine, load_config(path))
+    secrets = {name: registry.add(name, kind, policy) for name, kind, policy in clients}
+    copy = StoreCopy(db, path, registry, secrets)
+    try:
+        if start:
+            copy.serving = start_serve(db, path, **start_kw)
+        yield copy
+    finally:
+        if copy.serving is not None:
+            copy.serving.stop()
+        engine.dispose()
+
+
+def ldap_bind(url: str, dn: str, secret: str, *, timeout: float | None = None,
+              network_timeout: float | None = None) -> Any:
+    """A python-ldap connection (LDAPv3, no referrals) bound as ``dn``; ``timeout`` bounds
+    each operation, ``network_timeout`` the connect (bind included)."""
+    import ldap
+
+    conn = ldap.initialize(url)
+    conn.protocol_version = 3
+    conn.set_option(ldap.OPT_REFERRALS, 0)
+    if network_timeout is not None:
+        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, network_timeout)
+    if timeout is not None:
+        conn.set_option(ldap.OPT_TIMEOUT, timeout)
+    conn.simple_bind_s(dn, secret)
+    return conn
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")

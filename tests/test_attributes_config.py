@@ -23,9 +23,7 @@ import httpx
 import ldap
 import pytest
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, ldap_bind, served_copy
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
@@ -58,30 +56,16 @@ class Ctx:
                          headers={"Authorization": f"Bearer {self.token}"})
 
     def ldap(self):
-        conn = ldap.initialize(self.serving.ldap_url)
-        conn.protocol_version = 3
-        conn.simple_bind_s(self.bind_dn, self.secret)
-        return conn
+        return ldap_bind(self.serving.ldap_url, self.bind_dn, self.secret)
 
 
 @pytest.fixture(scope="module")
 def ctx(demo_db, tmp_path_factory) -> Iterator[Ctx]:
-    tmp = tmp_path_factory.mktemp("attributes")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config = tmp / "idm.toml"
-    config.write_text(f'[directory]\nstate_dir = "{tmp}"\n' + CONFIG)
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}}))
-    token = clients.add("attrs-scim", "scim", "default")
-    secret = clients.add("attrs-ldap", "ldap", "default")
-    serving = start_serve(db, config)
-    try:
-        yield Ctx(serving, token, clients.bind_dn_of("attrs-ldap"), secret, clients.base)
-    finally:
-        serving.stop()
-        engine.dispose()
+    clients = (("attrs-scim", "scim", "default"), ("attrs-ldap", "ldap", "default"))
+    with served_copy(demo_db, tmp_path_factory.mktemp("attributes"), CONFIG, clients) as copy:
+        assert copy.serving is not None
+        yield Ctx(copy.serving, copy.secrets["attrs-scim"], copy.bind_dn("attrs-ldap"),
+                  copy.secrets["attrs-ldap"], copy.base)
 
 
 def _schema(ctx: Ctx, urn: str) -> dict:

@@ -21,9 +21,7 @@ import httpx
 import ldap
 import pytest
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, ldap_bind, served_copy, start_serve
 
 IDM = str(Path(sys.executable).with_name("idm-facade"))
 
@@ -47,19 +45,11 @@ class Ctx:
 
 @pytest.fixture
 def ctx(demo_db, tmp_path) -> Iterator[Ctx]:
-    db = copy_store(demo_db, tmp_path / "idm.db")
-    config = tmp_path / "idm.toml"
-    config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
-                      f'[audit]\ndb = "sqlite:///{tmp_path}/audit.db"\nwrite_timeout = 0.3\n')
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp_path)}}))
-    token = clients.add("e2e-scim", "scim", "default")
-    secret = clients.add("e2e-ldap", "ldap", "default")
-    yield Ctx(tmp_path, db, config, token, clients.bind_dn_of("e2e-ldap"), secret,
-              clients.base)
-    engine.dispose()
+    config = f'[audit]\ndb = "sqlite:///{tmp_path}/audit.db"\nwrite_timeout = 0.3\n'
+    clients = (("e2e-scim", "scim", "default"), ("e2e-ldap", "ldap", "default"))
+    with served_copy(demo_db, tmp_path, config, clients, start=False) as copy:
+        yield Ctx(tmp_path, copy.db, copy.config, copy.secrets["e2e-scim"],
+                  copy.bind_dn("e2e-ldap"), copy.secrets["e2e-ldap"], copy.base)
 
 
 def _scim(serving: Serving, token: str) -> httpx.Response:
@@ -68,10 +58,8 @@ def _scim(serving: Serving, token: str) -> httpx.Response:
 
 
 def _ldap_search(serving: Serving, ctx: Ctx) -> None:
-    conn = ldap.initialize(serving.ldap_url)
-    conn.protocol_version = 3
+    conn = ldap_bind(serving.ldap_url, ctx.bind_dn, ctx.secret)
     try:
-        conn.simple_bind_s(ctx.bind_dn, ctx.secret)
         conn.search_s(f"ou=people,{ctx.base}", ldap.SCOPE_BASE, "(objectClass=*)")
     finally:
         conn.unbind_s()

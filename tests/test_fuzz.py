@@ -39,10 +39,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
 from idm_facade.scim import schema as scim_schema
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, ldap_bind, rss_mb, served_copy
 from tests.test_ldap_more import _one_message
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
@@ -79,45 +77,29 @@ class Target:
         return host, int(port)
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @pytest.fixture(scope="module")
 def target(demo_db, tmp_path_factory) -> Iterator[Target]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config = tmp / "idm.toml"
-    config.write_text(f'[directory]\nstate_dir = "{tmp}"\n[limits]\nsearch_seconds = 5\n')
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}}))
-    secret = clients.add("fuzz-ldap", "ldap", "default")
-    token = clients.add("fuzz-scim", "scim", "default")
-    serving = start_serve(db, config)
-    found = Target(serving, db, config, clients.base, clients.bind_dn_of("fuzz-ldap"), secret,
-                   token)
-    try:
+    clients = (("fuzz-ldap", "ldap", "default"), ("fuzz-scim", "scim", "default"))
+    with served_copy(demo_db, tmp_path_factory.mktemp("fuzz"), "[limits]\nsearch_seconds = 5\n",
+                     clients) as copy:
+        serving = copy.serving
+        assert serving is not None
+        found = Target(serving, copy.db, copy.config, copy.base, copy.bind_dn("fuzz-ldap"),
+                       copy.secrets["fuzz-ldap"], copy.secrets["fuzz-scim"])
         found.captures = _capture(found)
-        found.rss_start = _rss_mb(serving.proc.pid)
+        found.rss_start = rss_mb(serving.proc.pid)
         yield found
         _alive(found)
-        grown = _rss_mb(serving.proc.pid) - found.rss_start
-        verified = subprocess.run([IDM, "audit", "verify", "--db", db, "--config", str(config)],
-                                  capture_output=True, text=True, timeout=300)
+        grown = rss_mb(serving.proc.pid) - found.rss_start
+        verified = subprocess.run([IDM, "audit", "verify", "--db", copy.db, "--config",
+                                   str(copy.config)], capture_output=True, text=True,
+                                  timeout=300)
         total = sum(found.counts.values())
         print(f"\nfuzz: {total} inputs ({dict(found.counts)}); server alive; memory grew "
               f"{grown:.0f} MB; {verified.stdout.strip() or verified.stderr.strip()}")
         assert serving.proc.poll() is None, serving.output()
         assert grown < MAX_GROWTH_MB, f"memory grew {grown:.0f} MB"
         assert verified.returncode == 0, verified.stderr
-    finally:
-        serving.stop()
-        engine.dispose()
 
 
 # ------------------------------------------------------------------ captures
@@ -159,9 +141,7 @@ def _capture(t: Target) -> list[bytes]:
 
     thread = threading.Thread(target=forward, daemon=True)
     thread.start()
-    conn = ldap.initialize(f"ldap://127.0.0.1:{port}")
-    conn.protocol_version = 3
-    conn.simple_bind_s(t.bind_dn, t.secret)
+    conn = ldap_bind(f"ldap://127.0.0.1:{port}", t.bind_dn, t.secret)
     conn.search_ext_s(f"ou=people,{t.base}", ldap.SCOPE_SUBTREE,
                       "(&(objectClass=inetOrgPerson)(|(uid=a*)(cn=*sen)))", ["uid", "mail"],
                       serverctrls=[ldap.controls.SimplePagedResultsControl(True, 5, b"")])
@@ -193,11 +173,7 @@ def _capture(t: Target) -> list[bytes]:
 def _alive(t: Target) -> None:
     """A valid LDAP search and a valid SCIM list are answered."""
     assert t.serving.proc.poll() is None, t.serving.output()
-    conn = ldap.initialize(t.serving.ldap_url)
-    conn.protocol_version = 3
-    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 10)
-    conn.set_option(ldap.OPT_TIMEOUT, 30)
-    conn.simple_bind_s(t.bind_dn, t.secret)
+    conn = ldap_bind(t.serving.ldap_url, t.bind_dn, t.secret, timeout=30, network_timeout=10)
     assert conn.search_s(f"ou=people,{t.base}", ldap.SCOPE_BASE, "(objectClass=*)")
     conn.unbind_s()
     response = httpx.get(f"{t.serving.scim_base}/scim/v2/Users", params={"count": 1},
@@ -298,10 +274,7 @@ _ldap_filter = st.recursive(
 
 
 def test_grammar_ldap_filters(target: Target) -> None:
-    conn = ldap.initialize(target.serving.ldap_url)
-    conn.protocol_version = 3
-    conn.set_option(ldap.OPT_TIMEOUT, 30)
-    conn.simple_bind_s(target.bind_dn, target.secret)
+    conn = ldap_bind(target.serving.ldap_url, target.bind_dn, target.secret, timeout=30)
 
     @FUZZ
     @given(flt=_ldap_filter, scope=st.sampled_from([0, 1, 2]),

@@ -14,28 +14,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, served_copy
 
 
 @pytest.fixture(scope="module")
 def served(demo_db, tmp_path_factory) -> Iterator[tuple[Serving, str]]:
-    tmp = tmp_path_factory.mktemp("http-edges")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config = tmp / "idm.toml"
-    config.write_text(f'[directory]\nstate_dir = "{tmp}"\n')
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    token = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}})).add(
-        "edges", "scim", "default")
-    serving = start_serve(db, config, ldap=False)
-    try:
-        yield serving, token
-    finally:
-        serving.stop()
-        engine.dispose()
+    with served_copy(demo_db, tmp_path_factory.mktemp("http-edges"), "",
+                     (("edges", "scim", "default"),), ldap=False) as copy:
+        assert copy.serving is not None
+        yield copy.serving, copy.secrets["edges"]
 
 
 def _raw(serving: Serving, request: bytes) -> tuple[int, dict]:

@@ -14,14 +14,11 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from ldaptor.protocols import pureldap
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, rss_mb, served_copy
 from tests.test_ldap_more import _one_message, _search, _wire
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
@@ -32,31 +29,13 @@ MAX_CONNECTIONS = 3
 SEARCH_DONE = 0x65
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture(scope="module")
 def served(demo_db, tmp_path_factory) -> Iterator[tuple[Serving, str, str, str]]:
-    tmp = tmp_path_factory.mktemp("backpressure")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config_path = tmp / "idm.toml"
-    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n'
-                           f"[ldap]\ntime_limit = 0\nmax_connections = {MAX_CONNECTIONS}\n")
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}}))
-    secret = clients.add("reader", "ldap", "default")
-    serving = start_serve(db, config_path)
-    try:
-        yield serving, clients.base, clients.bind_dn_of("reader"), secret
-    finally:
-        serving.stop()
-        engine.dispose()
+    config = f"[ldap]\ntime_limit = 0\nmax_connections = {MAX_CONNECTIONS}\n"
+    with served_copy(demo_db, tmp_path_factory.mktemp("backpressure"), config,
+                     (("reader", "ldap", "default"),)) as copy:
+        assert copy.serving is not None
+        yield copy.serving, copy.base, copy.bind_dn("reader"), copy.secrets["reader"]
 
 
 def test_a_client_that_does_not_read_holds_little_server_memory(served) -> None:
@@ -72,10 +51,10 @@ def test_a_client_that_does_not_read_holds_little_server_memory(served) -> None:
     sock.sendall(_wire(2, _search(base)))
     buf = _read_until_done(sock, b"", {2})
     time.sleep(0.5)
-    before = _rss_mb(serving.proc.pid)
+    before = rss_mb(serving.proc.pid)
     sock.sendall(b"".join(_wire(10 + i, _search(base)) for i in range(SEARCHES)))
     time.sleep(3.0)  # give an unbounded server the time to fill its memory
-    grown = _rss_mb(serving.proc.pid) - before
+    grown = rss_mb(serving.proc.pid) - before
     print(f"server memory grew {grown:.1f} MB with {SEARCHES} unread searches")
     assert grown < 60, f"the server grew {grown:.0f} MB for a client that does not read"
     # nothing was lost: every search is answered once the client reads

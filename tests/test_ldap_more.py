@@ -29,7 +29,7 @@ from schemas.attributes import ACCOUNT
 from store.engine import make_engine, write_session
 from store.models import Person
 from tests.picks import sole_account
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, copy_store, ldap_bind, start_serve
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
@@ -53,11 +53,7 @@ class Ctx:
         return f"ou=people,{self.base}"
 
     def conn(self):
-        conn = ldap.initialize(self.serving.ldap_url)
-        conn.protocol_version = 3
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.simple_bind_s(self.bind_dn, self.secret)
-        return conn
+        return ldap_bind(self.serving.ldap_url, self.bind_dn, self.secret)
 
     def ldapsearch(self, *args: str) -> subprocess.CompletedProcess:
         cmd = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", self.serving.ldap_url,

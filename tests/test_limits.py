@@ -18,9 +18,7 @@ import httpx
 import ldap
 import pytest
 
-from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, ldap_bind, served_copy
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
@@ -38,11 +36,7 @@ class Ctx:
     token: str
 
     def conn(self):
-        conn = ldap.initialize(self.serving.ldap_url)
-        conn.protocol_version = 3
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.simple_bind_s(self.bind_dn, self.secret)
-        return conn
+        return ldap_bind(self.serving.ldap_url, self.bind_dn, self.secret)
 
     def scim(self, method: str, path: str, **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
@@ -52,24 +46,13 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def ctx(demo_db, tmp_path_factory) -> Iterator[Ctx]:
-    tmp = tmp_path_factory.mktemp("limits")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config_path = tmp / "idm.toml"
-    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n'
-                           f"[limits]\nfilter_terms = {TERMS}\nfilter_depth = {DEPTH}\n"
-                           "search_seconds = 0.1\n")
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    clients = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}}))
-    secret = clients.add("limits-ldap", "ldap", "default")
-    token = clients.add("limits-scim", "scim", "default")
-    serving = start_serve(db, config_path)
-    try:
-        yield Ctx(serving, clients.base, clients.bind_dn_of("limits-ldap"), secret, token)
-    finally:
-        serving.stop()
-        engine.dispose()
+    config = (f"[limits]\nfilter_terms = {TERMS}\nfilter_depth = {DEPTH}\n"
+              "search_seconds = 0.1\n")
+    clients = (("limits-ldap", "ldap", "default"), ("limits-scim", "scim", "default"))
+    with served_copy(demo_db, tmp_path_factory.mktemp("limits"), config, clients) as copy:
+        assert copy.serving is not None
+        yield Ctx(copy.serving, copy.base, copy.bind_dn("limits-ldap"),
+                  copy.secrets["limits-ldap"], copy.secrets["limits-scim"])
 
 
 def _point_search_works(ctx: Ctx) -> None:

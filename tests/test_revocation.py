@@ -21,13 +21,11 @@ import pytest
 from ldap.controls import SimplePagedResultsControl
 
 from idm_facade.access.clients import ClientRegistry
-from idm_facade.config import Config
-from tests.serving import Serving, copy_store, start_serve
+from tests.serving import Serving, ldap_bind, served_copy
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapsearch") is None,
                                 reason="ldap-utils (ldapsearch) is not installed")
 
-POLICIES = {"narrow": {"attributes": ["displayName"]}}
 #: How long a change may take to reach another process (RECHECK_SECONDS, with slack for a
 #: loaded machine); the tests poll and stop as soon as it has.
 SETTLE = 10.0
@@ -40,11 +38,7 @@ class Ctx:
     base: str
 
     def bind(self, name: str, secret: str):
-        conn = ldap.initialize(self.serving.ldap_url)
-        conn.protocol_version = 3
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.simple_bind_s(self.registry.bind_dn_of(name), secret)
-        return conn
+        return ldap_bind(self.serving.ldap_url, self.registry.bind_dn_of(name), secret)
 
     @property
     def people(self) -> str:
@@ -53,22 +47,10 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def ctx(demo_db, tmp_path_factory) -> Iterator[Ctx]:
-    tmp = tmp_path_factory.mktemp("revocation")
-    db = copy_store(demo_db, tmp / "idm.db")
-    config_path = tmp / "idm.toml"
-    config_path.write_text(f'[directory]\nstate_dir = "{tmp}"\n'
-                           '[policies.narrow]\nattributes = ["displayName"]\n')
-    from store.engine import make_engine
-
-    engine = make_engine(db)
-    registry = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)},
-                                              "policies": POLICIES}))
-    serving = start_serve(db, config_path)
-    try:
-        yield Ctx(serving, registry, registry.base)
-    finally:
-        serving.stop()
-        engine.dispose()
+    with served_copy(demo_db, tmp_path_factory.mktemp("revocation"),
+                     '[policies.narrow]\nattributes = ["displayName"]\n') as copy:
+        assert copy.serving is not None
+        yield Ctx(copy.serving, copy.registry, copy.base)
 
 
 def _until(check: Callable[[], bool]) -> bool:
