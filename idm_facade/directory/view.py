@@ -236,7 +236,10 @@ class ClientView:
         """
         policy = self.policy
         wanted = None if requested_attrs is None else set(requested_attrs)
-        check_cpr = policy.cpr and (wanted is None or "cpr" in wanted)
+        # every attribute the map marks cpr-sensitive, declared ones included
+        cpr_attrs = [n for n, spec in ATTRIBUTES.items() if spec.sensitivity == "cpr"
+                     and (wanted is None or n in wanted)] if policy.cpr else []
+        check_cpr = bool(cpr_attrs)
         check_title = policy.sensitive_titles and (
             wanted is None or "title" in wanted or "engagements" in wanted
             or "engagements.title" in wanted)
@@ -246,7 +249,7 @@ class ClientView:
         for entry in entries:
             if entry.kind != ACCOUNT:
                 continue
-            if check_cpr and entry.attrs.get("cpr"):
+            if check_cpr and any(entry.attrs.get(n) for n in cpr_attrs):
                 found.add(CPR)
             if check_title:
                 title_shown = wanted is None or "title" in wanted

@@ -25,7 +25,7 @@ from idm_facade.directory.snapshot import CacheKey
 from idm_facade.directory.view import ClientView
 from idm_facade.scim import schema as s
 from idm_facade.scim.errors import invalid_value
-from schemas.attributes import ACCOUNT, BOOLEAN, DATETIME, MUNICIPAL_GROUP
+from schemas.attributes import ACCOUNT, ATTRIBUTES, BOOLEAN, DATETIME, MUNICIPAL_GROUP
 
 #: Rendered resources of one snapshot: {(id, version, policy, selection, base): Rendered}.
 _CACHE_KEY: CacheKey[dict[tuple, Rendered]] = CacheKey("scim.render")
@@ -279,9 +279,11 @@ def _attribute(ctx: _Context, entry: Entry, urn: str, attr: s.ScimAttr) -> Any:
 
 
 def _note_sensitive(ctx: _Context, entry: Entry, attr: s.ScimAttr, value: Any) -> None:
-    """Note a CPR number or a sensitive job title that ``value`` (as sent) shows."""
-    if attr.directory in ("cpr", "title"):
-        ctx.sensitive.update(ctx.view.sensitive([entry], [attr.directory]))
+    """Note a CPR number or a sensitive job title that ``value`` (as sent) shows: attributes
+    the map marks ``cpr`` or ``title`` sensitive, and engagement titles."""
+    spec = ATTRIBUTES.get(attr.directory or "")
+    if spec is not None and spec.sensitivity in ("cpr", "title"):
+        ctx.sensitive.update(ctx.view.sensitive([entry], [spec.name]))
     elif attr.complex == "engagements" and any("title" in e for e in value):
         ctx.sensitive.update(ctx.view.sensitive([entry], ["engagements.title"]))
 
