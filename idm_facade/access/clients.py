@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SCIM, LDAP = "scim", "ldap"
 KINDS = (SCIM, LDAP)
+#: The kind of a person bound over LDAP (verified upstream; not a registered client).
+PERSON = "person"
 TOKEN_PREFIX = "idmf"
 #: How long a cached successful verification is trusted before the row is looked at again.
 RECHECK_SECONDS = 1.0

@@ -28,6 +28,9 @@ BUILTIN_POLICIES: dict[str, Policy] = {
     "demo-internal": Policy(name="demo-internal", max_visibility="INTERNAL", internal=True),
     # The demo's example of an explicit CPR grant.
     "demo-cpr": Policy(name="demo-cpr", max_visibility="INTERNAL", internal=True, cpr=True),
+    # A person bound over LDAP (docs/ldap.md, "Person binds"): the PUBLIC view, which
+    # includes their own entry; no CPR, sensitive titles masked.
+    "person": Policy(name="person"),
 }
 
 _POLICY_KEYS = {"kinds", "subtrees", "attributes", "cpr", "max_visibility",

@@ -31,8 +31,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from idm_facade.access.audit import AccessRecord, AuditUnavailable
-from idm_facade.access.clients import Client
+from idm_facade.access.clients import PERSON, Client
 from idm_facade.ldap import ber, controls, subschema
+from idm_facade.ldap.persons import Verdict
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
     BUSY,
@@ -46,6 +47,7 @@ from idm_facade.ldap.search import (
     Answer,
 )
 from idm_facade.ldap.searching import SearchHandling
+from idm_facade.ldap.transport import write_now
 
 if TYPE_CHECKING:
     from idm_facade.ldap.server import LDAPFactory
@@ -91,6 +93,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         #: Entry chunks waiting for the client to read.
         self._waiting: list[Callable[[], None]] = []
         self._receiving = False
+        #: The snapshot a bound person was last found active in (see _refresh_client).
+        self._person_checked: Any = None
 
     # ------------------------------------------------------------------ transport
 
@@ -275,9 +279,18 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         the next operation (at most a second after it was made anywhere)."""
         if self.client is None:
             return
-        fresh = self.factory.facade.clients.current(self.client)
+        if self.client.kind == PERSON:
+            snapshot, layout = self.factory.current()
+            if snapshot is self._person_checked:
+                return
+            persons = self.factory.persons
+            fresh = persons.current(self.client, snapshot, layout) \
+                if persons is not None else None
+            self._person_checked = snapshot
+        else:
+            fresh = self.factory.facade.clients.current(self.client)
         if fresh is None:
-            log.info("LDAP: client %s was revoked or rotated; connection from %s unbound",
+            log.info("LDAP: %s was revoked, rotated or left; connection from %s unbound",
                      self.client.name, self._peer())
             self.client = None
             self.unbound_by_revoke = True
@@ -306,6 +319,13 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             self._reading(True)
             self._go_on()
 
+    def _host(self) -> str:
+        """The client's address without the port (what failures are counted by)."""
+        try:
+            return str(self.transport.getPeer().host)
+        except Exception:
+            return "unknown"
+
     def _peer(self) -> str:
         try:
             peer = self.transport.getPeer()
@@ -314,27 +334,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             return "unknown"
 
     def _write_now(self, data: bytes) -> None:
-        """Write to the socket at once when nothing is queued on a plain TCP transport.
-
-        ``transport.write`` only buffers: the bytes leave on the next reactor turn, after
-        registering for writability and before unregistering again (two epoll_ctl calls and
-        a loop turn per answer). A small answer on an idle connection fits the socket buffer,
-        so it is sent here; whatever is not accepted goes through the transport as usual.
-        """
-        t = self.transport
-        sock = getattr(t, "socket", None)
-        if (sock is not None and not self.tls_active and not getattr(t, "TLS", False)
-                and not t.dataBuffer and not t._tempDataBuffer and not t.disconnecting):
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # the transport notices the error itself
-            if sent >= len(data):
-                return
-            data = data[sent:]
-        t.write(data)
+        """Write to the socket at once when nothing is queued (see :func:`write_now`)."""
+        write_now(self.transport, data, self.tls_active)
 
     def send(self, msgid: int, op: bytes, ctrls: bytes = b"") -> None:
         """Write one response message."""
@@ -380,7 +381,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def _audit(self, operation: str, query: str, status: str, subjects: list[str],
                sensitive: list[str], client: Client | None = None,
-               done: Callable[[bool], None] | None = None) -> defer.Deferred | None:
+               done: Callable[[bool], None] | None = None, who: str | None = None
+               ) -> defer.Deferred | None:
         """Record one access (submitted to the log without blocking the reactor; the answer
         waits until the record is durable, and concurrent records share one commit); fires
         True, or False when the log is unavailable (the caller then answers 80 and
@@ -391,8 +393,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 done(True)
                 return None
             return defer.succeed(True)
-        who = client if client is not None else self.client
-        name = who.name if who is not None else "anonymous"
+        acting = client if client is not None else self.client
+        name = who or (acting.name if acting is not None else "anonymous")
         rec = AccessRecord(client=name, source=f"ldap:{self._peer()}", operation=operation,
                          query=query, status=status, subjects=subjects, sensitive=sensitive)
 
@@ -437,42 +439,59 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.unbound_by_revoke = False
         password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
         verdict: defer.Deferred[Any]
-        if op.version != 3:
-            verdict = defer.succeed((PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
-                                     None))
-        elif op.sasl:
-            verdict = defer.succeed((AUTH_METHOD_NOT_SUPPORTED,
-                                     "SASL is not supported; use a simple bind", None))
-        elif not dn and not password:
-            verdict = defer.succeed((SUCCESS, "", None))  # anonymous (RFC 4513 §5.1.1)
-        elif not password:
-            verdict = defer.succeed((UNWILLING, "unauthenticated bind (DN without password) "
-                                     "is not allowed", None))
-        else:
-            def check(client: Client | None) -> tuple[int, str, Any]:
-                if client is None:
-                    return INVALID_CREDENTIALS, "invalid credentials", None
-                return SUCCESS, "", client
+        #: The snapshot a person's account was found active in (no need to look again
+        #: before the next request while it is served).
+        bound_in: Any = None
 
-            verdict = self.factory.in_thread(self.factory.facade.clients.authenticate_bind,
-                                             dn, password.decode("utf-8", "replace"))
-            verdict.addCallback(check)
+        def plain(code: int, message: str, status: str) -> defer.Deferred[Any]:
+            return defer.succeed(Verdict(code, message, None, "anonymous", status))
+
+        if op.version != 3:
+            verdict = plain(PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
+                            f"{PROTOCOL_ERROR} LDAPv{op.version}")
+        elif op.sasl:
+            verdict = plain(AUTH_METHOD_NOT_SUPPORTED, "SASL is not supported; use a simple "
+                            "bind", f"{AUTH_METHOD_NOT_SUPPORTED} SASL")
+        elif not dn and not password:
+            verdict = plain(SUCCESS, "", "success")  # anonymous (RFC 4513 §5.1.1)
+        elif not password:
+            verdict = plain(UNWILLING, "unauthenticated bind (DN without password) is not "
+                            "allowed", f"{UNWILLING} unauthenticated bind")
+        else:
+            secret = password.decode("utf-8", "replace")
+            persons = self.factory.persons
+            snapshot, layout = self.factory.current()
+            if persons is not None and dn and persons.is_person_dn(dn, layout):
+                bound_in = snapshot
+                verdict = persons.bind(dn, secret, self._host(), snapshot, layout)
+            else:
+                def check(client: Client | None) -> Verdict:
+                    if client is None:
+                        return Verdict(INVALID_CREDENTIALS, "invalid credentials", None,
+                                       "anonymous", f"{INVALID_CREDENTIALS} invalid "
+                                       f"credentials")
+                    return Verdict(SUCCESS, "", client, client.name, "success")
+
+                verdict = self.factory.in_thread(
+                    self.factory.facade.clients.authenticate_bind, dn, secret)
+                verdict.addCallback(check)
         self.hold()
 
-        def audited(ok: bool, code: int, message: str, client: Client | None) -> None:
+        def audited(ok: bool, result: Verdict) -> None:
             if not ok:
                 self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
             else:
-                if code == SUCCESS:
-                    self.client = client
-                self.send(msgid, ber.result(ber.BIND_RESPONSE, code, message))
+                if result.code == SUCCESS:
+                    self.client = result.client
+                    self._person_checked = bound_in
+                self._write_now(ber.message(msgid, ber.result(ber.BIND_RESPONSE, result.code,
+                                                              result.message)))
 
-        def decided(result: tuple[int, str, Any]) -> defer.Deferred | None:
-            code, message, client = result
-            status = "success" if code == SUCCESS else f"{code}"
-            d = self._audit("bind", query, status, [], [], client=client)
+        def decided(result: Verdict) -> defer.Deferred | None:
+            d = self._audit("bind", query, result.status, [], [], client=result.client,
+                            who=result.who)
             assert d is not None  # no ``done`` given: the Deferred is returned
-            d.addCallback(audited, code, message, client)
+            d.addCallback(audited, result)
             return d
 
         verdict.addCallback(decided)

@@ -24,6 +24,7 @@ from idm_facade.access.facade import Facade
 from idm_facade.directory.limits import Limits
 from idm_facade.directory.snapshot import Snapshot
 from idm_facade.ldap import dit
+from idm_facade.ldap.persons import PersonBinds
 from idm_facade.ldap.protocol import LDAPConnection
 from idm_facade.ldap.search import Answer
 
@@ -64,8 +65,11 @@ class Settings:
 class LDAPFactory(protocol.ServerFactory):
     """Builds one :class:`LDAPConnection` per client connection."""
 
-    def __init__(self, facade: Facade, reactor: Any = None, tls: Any = None) -> None:
+    def __init__(self, facade: Facade, reactor: Any = None, tls: Any = None,
+                 persons: PersonBinds | None = None) -> None:
         self.facade = facade
+        #: Person binds (None when no upstream directory is configured).
+        self.persons = persons
         self.settings = Settings.from_config(facade.config)
         self.limits = Limits.from_config(facade.config)
         #: Connections open now (see Settings.max_connections).
@@ -236,8 +240,11 @@ def factories(reactor: Any, facade: Facade, ldap: bool, ldaps: bool
     from idm_facade.ldap import tls
 
     context = tls.context_factory(facade.config)
-    return (context, LDAPFactory(facade, reactor, context) if ldap else None,
-            _LDAPSFactory(facade, reactor, context) if ldaps else None)
+    persons = PersonBinds.from_config(facade.config, facade.clients, reactor)
+    if persons is not None:
+        reactor.addSystemEventTrigger("before", "shutdown", persons.close)
+    return (context, LDAPFactory(facade, reactor, context, persons) if ldap else None,
+            _LDAPSFactory(facade, reactor, context, persons) if ldaps else None)
 
 
 def listen(reactor: Any, facade: Facade, host: str, port: int | None,

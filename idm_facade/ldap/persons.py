@@ -1,0 +1,255 @@
+"""Person binds: a person logs in to a legacy system that binds to the facade as them.
+
+Who verifies what (docs/ldap.md, "Person binds"):
+
+- the **facade** resolves the name the person typed to an account of its snapshot, in any of
+  the forms legacy systems send: ``uid=<username>,ou=people,<base>``, ``<username>@<UPN
+  suffix>`` and ``<DOMAIN>\\<username>``; it refuses accounts that are not active (no current
+  engagement; an ended account or one outside the directory IT system is not in the
+  directory at all), and it throttles guessing (:mod:`idm_facade.access.throttle`);
+- the **upstream directory** (the municipality's AD) verifies the password
+  (:mod:`idm_facade.ldap.upstream`); the facade never stores or logs it.
+
+Every refusal is answered 49 "invalid credentials", whatever the reason, so the answer tells
+nobody whether the account exists, has left or is locked; the reason goes to the access log.
+The upstream not answering is 51 (busy) or 52 (unavailable), never success.
+
+A bound person reads through the ``person`` policy (``[ldap.persons] policy``; built in: the
+directory's PUBLIC view, no CPR) and stays bound only while the account stays active.
+
+``[ldap.persons]``: ``policy``, ``upn_suffixes`` (default: the base DN's ``dc`` labels joined
+by dots), ``domains`` (NetBIOS names; default: the first ``dc`` label), and the throttle:
+``account_delay_after``, ``account_lockout_after``, ``account_lockout_seconds``, ...,
+``address_...`` (see :class:`~idm_facade.access.throttle.ThrottleSettings`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.internet import defer, task
+
+from idm_facade.access.clients import PERSON, Client, ClientRegistry
+from idm_facade.access.throttle import Throttle, ThrottleConfigError, ThrottleSettings
+from idm_facade.directory.policy import TRUSTED
+from idm_facade.directory.view import ClientView
+from idm_facade.ldap import dit
+from idm_facade.ldap.search import BUSY, INVALID_CREDENTIALS, SUCCESS, UNAVAILABLE
+from idm_facade.ldap.syntax import InvalidDN, parse_dn
+from idm_facade.ldap.upstream import Outcome, UpstreamPool, UpstreamSettings
+
+log = logging.getLogger(__name__)
+
+#: What every refused person bind is told, whatever the reason (the reason is logged).
+REFUSED = "invalid credentials"
+
+_KEYS = {"policy", "upn_suffixes", "domains"} | {
+    f"{who}_{name}" for who in ("account", "address")
+    for name in ("delay_after", "first_delay", "max_delay", "lockout_after",
+                 "lockout_seconds")}
+
+
+class PersonsConfigError(ValueError):
+    """``[ldap.persons]`` is malformed (the message names the key)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to one person bind: LDAP result code, the message the client sees, the
+    bound client (on success), and the access record's client name and status."""
+
+    code: int
+    message: str
+    client: Client | None
+    who: str
+    status: str
+
+
+@dataclass(frozen=True)
+class PersonSettings:
+    """``[ldap.persons]``."""
+
+    policy: str = "person"
+    upn_suffixes: tuple[str, ...] | None = None
+    domains: tuple[str, ...] | None = None
+    account: ThrottleSettings = ThrottleSettings()
+    address: ThrottleSettings = ThrottleSettings(delay_after=10, lockout_after=50)
+
+    @classmethod
+    def from_config(cls, config: Any) -> PersonSettings:
+        ldap = config.section("ldap") if config is not None else {}
+        table = ldap.get("persons", {})
+        if not isinstance(table, dict):
+            raise PersonsConfigError("[ldap.persons] must be a table")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise PersonsConfigError(f"[ldap.persons]: unknown key(s) {', '.join(unknown)}; "
+                                     f"allowed: {', '.join(sorted(_KEYS))}")
+        lists: dict[str, tuple[str, ...] | None] = {}
+        for key in ("upn_suffixes", "domains"):
+            value = table.get(key)
+            if value is not None and (not isinstance(value, list) or not all(
+                    isinstance(v, str) and v for v in value)):
+                raise PersonsConfigError(f"[ldap.persons] {key} must be a list of names")
+            lists[key] = tuple(v.casefold() for v in value) if value is not None else None
+        try:
+            account = ThrottleSettings.from_table(table, "account_")
+            address = ThrottleSettings.from_table(
+                {"address_delay_after": 10, "address_lockout_after": 50, **table}, "address_")
+        except ThrottleConfigError as exc:
+            raise PersonsConfigError(f"[ldap.persons] {exc}") from None
+        return cls(policy=str(table.get("policy", cls.policy)),
+                   upn_suffixes=lists["upn_suffixes"], domains=lists["domains"],
+                   account=account, address=address)
+
+
+def _dc_labels(base: str) -> list[str]:
+    try:
+        rdns = parse_dn(base)
+    except InvalidDN:
+        return []
+    labels = [value for rdn in reversed(rdns) for type_, value in rdn if type_ == "dc"]
+    return list(reversed(labels))
+
+
+class PersonBinds:
+    """Resolves, throttles and verifies person binds for the LDAP listeners of one process
+    (both listeners share it, so the plain and the LDAPS port count failures together)."""
+
+    def __init__(self, upstream: UpstreamSettings, settings: PersonSettings,
+                 clients: ClientRegistry, reactor: Any) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.reactor = reactor
+        self.pool = UpstreamPool(upstream, reactor)
+        self.accounts = Throttle(settings.account)
+        self.addresses = Throttle(settings.address)
+        clients.policy(settings.policy)  # an unknown policy is an error at start
+
+    @classmethod
+    def from_config(cls, config: Any, clients: ClientRegistry, reactor: Any
+                    ) -> PersonBinds | None:
+        """None when no ``[ldap.upstream]`` is configured (person binds are then refused)."""
+        upstream = UpstreamSettings.from_config(config)
+        if upstream is None:
+            return None
+        return cls(upstream, PersonSettings.from_config(config), clients, reactor)
+
+    # ------------------------------------------------------------------ names
+
+    def _uid_key(self, name: str, layout: dit.Layout) -> str | None:
+        """The ``account_by_uid`` key the typed bind name stands for (``DOMAIN\\user``,
+        ``user@suffix`` or ``uid=user,ou=people,<base>``), None when it is in no form of
+        ours."""
+        if "=" not in name:
+            labels = _dc_labels(layout.base)
+            if "\\" in name:
+                domain, _, user = name.partition("\\")
+                allowed = self.settings.domains if self.settings.domains is not None else \
+                    tuple(labels[:1])
+                ok = domain.casefold() in allowed
+            elif "@" in name:
+                user, _, suffix = name.rpartition("@")
+                allowed = self.settings.upn_suffixes if self.settings.upn_suffixes \
+                    is not None else ((".".join(labels),) if labels else ())
+                ok = suffix.casefold() in allowed
+            else:
+                return None
+            # The same folding as a DN's uid value (ldap.syntax.parse_dn).
+            return " ".join(user.split()).casefold() if ok and user.strip() else None
+        try:
+            dn = parse_dn(name)
+        except InvalidDN:
+            return None
+        n = len(layout.base_norm)
+        if len(dn) != n + 2 or dn[2:] != layout.base_norm or \
+                dn[1] != (("ou", dit.PEOPLE),) or len(dn[0]) != 1 or dn[0][0][0] != "uid":
+            return None
+        return dn[0][0][1]
+
+    def account_of(self, name: str, snapshot: Any, layout: dit.Layout
+                   ) -> tuple[str | None, Any]:
+        """(the canonical DN, the account entry) the bind name names, or (None, None)."""
+        key = self._uid_key(name, layout)
+        found = layout.account_by_uid.get(key) if key is not None else None
+        entry = ClientView.of(snapshot, TRUSTED).get(found) if found is not None else None
+        if entry is None:
+            return None, None
+        return layout.dn_of(dit.PEOPLE, entry.id), entry
+
+    def is_person_dn(self, name: str, layout: dit.Layout) -> bool:
+        """Does the bind name take the person path (anything but a client DN)?"""
+        try:
+            norm = parse_dn(name) if "=" in name else None
+        except InvalidDN:
+            return True
+        if norm is None:
+            return True
+        return not (len(norm) >= 2 and norm[-len(layout.base_norm) - 1:] ==
+                    ((("ou", dit.CLIENTS),),) + layout.base_norm)
+
+    # ------------------------------------------------------------------ binds
+
+    def bind(self, name: str, password: str, address: str, snapshot: Any,
+             layout: dit.Layout) -> defer.Deferred:
+        """Fires with the :class:`Verdict` of one person bind; never fails."""
+        dn, entry = self.account_of(name, snapshot, layout)
+        view = ClientView.of(snapshot, TRUSTED)
+        username = str(view.first(entry, "userName")) if entry is not None else None
+        who = f"person:{(username or name)[:56]}"
+        account_key = (username or name).casefold()
+
+        def refused(reason: str) -> Verdict:
+            return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
+
+        if self.addresses.locked(address) or self.accounts.locked(account_key):
+            return defer.succeed(refused("locked out"))
+        wait = max(self.addresses.delay(address), self.accounts.delay(account_key))
+
+        def check(_: Any = None) -> Any:
+            if entry is None or username is None:
+                return Outcome.REFUSED, "unknown account"
+            if view.first(entry, "active") is not True:
+                return Outcome.REFUSED, "no current engagement"
+            d = self.pool.verify(username, password)
+            d.addCallback(lambda outcome: (outcome, "wrong password"))
+            return d
+
+        def decide(result: tuple[Outcome, str]) -> Verdict:
+            outcome, reason = result
+            if outcome is Outcome.OK:
+                self.accounts.succeeded(account_key)
+                policy = self.clients.policy(self.settings.policy)
+                client = Client(who, PERSON, policy, dn, 0)
+                return Verdict(SUCCESS, "", client, who, "success")
+            if outcome is Outcome.BUSY:
+                return Verdict(BUSY, "the password could not be checked in time; try again",
+                               None, who, "51 upstream timeout")
+            if outcome is Outcome.UNAVAILABLE:
+                return Verdict(UNAVAILABLE, "the password cannot be checked now: the "
+                               "upstream directory is unavailable", None, who,
+                               "52 upstream unavailable")
+            self.accounts.failed(account_key)
+            self.addresses.failed(address)
+            return refused(reason)
+
+        d = task.deferLater(self.reactor, wait, check) if wait else defer.maybeDeferred(check)
+        d.addCallback(decide)
+        return d
+
+    def current(self, client: Client, snapshot: Any, layout: dit.Layout) -> Client | None:
+        """The bound person as they stand now: None once the account is no longer active
+        (a leaver's open connection is unbound), a new Client when the policy changed."""
+        if client.bind_dn is None:
+            return None
+        _, entry = self.account_of(client.bind_dn, snapshot, layout)
+        if entry is None or ClientView.of(snapshot, TRUSTED).first(entry, "active") is not True:
+            return None
+        policy = self.clients.policy(self.settings.policy)
+        return client if policy == client.policy else replace(client, policy=policy)
+
+    def close(self) -> None:
+        """Close the upstream connections (shutdown)."""
+        self.pool.close()

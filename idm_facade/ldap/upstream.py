@@ -1,0 +1,381 @@
+"""Password checks against the municipality's own directory (Active Directory, or any LDAP
+server): the facade does not keep people's passwords, so a person's bind is verified by a
+bind to the upstream directory with the same password.
+
+``[ldap.upstream]`` configures it (docs/ldap.md, "Person binds"):
+
+- ``urls``: ``ldap://`` or ``ldaps://`` URLs, tried in order until one connects;
+- ``dn_template`` (``uid={username},ou=people,dc=example,dc=org``), or search-then-bind with
+  ``search_base``, ``search_filter`` (``(sAMAccountName={username})``), ``bind_dn`` and
+  ``bind_password`` (the username is escaped for a DN or a filter, RFC 4514/4515);
+- ``ca_file`` (PEM; else the system's trust store), ``starttls`` (for ``ldap://`` URLs),
+  ``timeout`` (seconds for connecting and for each answer), ``pool_size`` (connections kept
+  open).
+
+Connections are kept open and reused: a bind on an open connection replaces its identity
+(RFC 4511 §4.2.1), so one check costs one upstream bind, not a TCP and TLS handshake. A check
+never succeeds by default: a connection that cannot be made, an answer that does not come in
+time, or a result code other than success or a refusal gives UNAVAILABLE or BUSY, and the
+facade answers the client 52 or 51.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ldaptor.ldapfilter import parseFilter
+from ldaptor.protocols import pureldap
+from ldaptor.protocols.ldap import ldaperrors
+from ldaptor.protocols.ldap.ldapclient import LDAPClient
+from twisted.internet import defer, endpoints, ssl
+
+from idm_facade.ldap.transport import write_now
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamConfigError(ValueError):
+    """``[ldap.upstream]`` is malformed (the message names the key)."""
+
+
+class Outcome(enum.Enum):
+    """What the upstream directory said about a password."""
+
+    OK = "ok"
+    #: The upstream refused the credentials (wrong password, unknown, disabled, locked).
+    REFUSED = "refused"
+    #: No answer in time: the facade answers 51 (busy).
+    BUSY = "busy"
+    #: No upstream could be reached, or it answered with an error: 52 (unavailable).
+    UNAVAILABLE = "unavailable"
+
+
+#: Upstream result codes that mean "these credentials are not accepted" (AD answers 49 for a
+#: wrong password, a disabled or a locked account; 50/53 for accounts it will not bind).
+_REFUSALS = {32, 34, 48, 49, 50, 53}
+
+_KEYS = {"urls", "dn_template", "search_base", "search_filter", "bind_dn", "bind_password",
+         "ca_file", "starttls", "timeout", "pool_size"}
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """The ``[ldap.upstream]`` table."""
+
+    urls: tuple[str, ...]
+    dn_template: str | None = None
+    search_base: str | None = None
+    search_filter: str = "(uid={username})"
+    bind_dn: str | None = None
+    bind_password: str | None = None
+    ca_file: str | None = None
+    starttls: bool = False
+    timeout: float = 5.0
+    pool_size: int = 8
+
+    @classmethod
+    def from_config(cls, config: Any) -> UpstreamSettings | None:
+        """The settings, None when no upstream is configured (person binds are then off)."""
+        ldap = config.section("ldap") if config is not None else {}
+        table = ldap.get("upstream")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            raise UpstreamConfigError("[ldap.upstream] must be a table")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise UpstreamConfigError(f"[ldap.upstream]: unknown key(s) {', '.join(unknown)}; "
+                                      f"allowed: {', '.join(sorted(_KEYS))}")
+        urls = table.get("urls")
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise UpstreamConfigError("[ldap.upstream] urls must be a non-empty list of "
+                                      "ldap:// or ldaps:// URLs")
+        for url in urls:
+            if urlsplit(url).scheme not in ("ldap", "ldaps") or not urlsplit(url).hostname:
+                raise UpstreamConfigError(f"[ldap.upstream] urls: {url!r} is not an ldap:// "
+                                          f"or ldaps:// URL")
+        template = table.get("dn_template")
+        base = table.get("search_base")
+        if (template is None) == (base is None):
+            raise UpstreamConfigError("[ldap.upstream] needs either dn_template or "
+                                      "search_base (search-then-bind), not both")
+        if template is not None and "{username}" not in str(template):
+            raise UpstreamConfigError("[ldap.upstream] dn_template must contain {username}")
+        search_filter = str(table.get("search_filter", cls.search_filter))
+        if "{username}" not in search_filter:
+            raise UpstreamConfigError("[ldap.upstream] search_filter must contain {username}")
+        ca_file = table.get("ca_file")
+        if ca_file is not None and not Path(str(ca_file)).is_file():
+            raise UpstreamConfigError(f"[ldap.upstream] ca_file {ca_file!r} does not exist")
+        try:
+            timeout = float(table.get("timeout", cls.timeout))
+            pool_size = int(table.get("pool_size", cls.pool_size))
+        except (TypeError, ValueError) as exc:
+            raise UpstreamConfigError(f"[ldap.upstream] timeout/pool_size: {exc}") from None
+        if timeout <= 0 or pool_size < 1:
+            raise UpstreamConfigError("[ldap.upstream] timeout must be > 0 and pool_size >= 1")
+        return cls(urls=tuple(urls), dn_template=str(template) if template else None,
+                   search_base=str(base) if base else None, search_filter=search_filter,
+                   bind_dn=table.get("bind_dn"), bind_password=table.get("bind_password"),
+                   ca_file=str(ca_file) if ca_file else None,
+                   starttls=bool(table.get("starttls", False)), timeout=timeout,
+                   pool_size=pool_size)
+
+
+def escape_dn_value(value: str) -> str:
+    """RFC 4514 escaping of an attribute value placed in a DN."""
+    out = []
+    for i, ch in enumerate(value):
+        if ch in ',+"\\<>;=' or (ch == "#" and i == 0) or (ch == " " and i in (0, len(value) - 1)):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20:
+            out.append(f"\\{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape_filter_value(value: str) -> str:
+    """RFC 4515 escaping of an assertion value placed in a filter."""
+    return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\0" else ch for ch in value)
+
+
+class _Client(LDAPClient):
+    """ldaptor's client, sending each request at once instead of on the next reactor turn
+    (a bind is one request and one answer: the turn saved is a good part of its latency)."""
+
+    tls = False
+
+    def send(self, op: Any, controls: Any = None) -> defer.Deferred:
+        msg = self._send(op, controls=controls)
+        d: defer.Deferred = defer.Deferred()
+        self.onwire[msg.id] = (d, False, None, None, None)
+        write_now(self.transport, msg.toWire(), self.tls)
+        return d
+
+
+class _Unavailable(Exception):
+    """No upstream connection could be made or the connection failed mid-way."""
+
+
+class UpstreamPool:
+    """Open connections to the upstream directory, and password checks over them."""
+
+    def __init__(self, settings: UpstreamSettings, reactor: Any) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self._idle: deque[LDAPClient] = deque()
+        self._open = 0
+        self._waiting: deque[defer.Deferred] = deque()
+        self._trust: Any = None
+        #: Upstream binds made and connections opened (``/metrics``, the benchmark).
+        self.binds = 0
+        self.connects = 0
+
+    # ------------------------------------------------------------------ connections
+
+    def _tls_options(self, host: str) -> Any:
+        if self._trust is None and self.settings.ca_file:
+            pem = Path(self.settings.ca_file).read_bytes()
+            certs = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+                     for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+            self._trust = ssl.trustRootFromCertificates(certs)
+        return ssl.optionsForClientTLS(host, trustRoot=self._trust)
+
+    @defer.inlineCallbacks
+    def _connect_one(self, url: str) -> Any:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+        endpoint: Any = endpoints.HostnameEndpoint(self.reactor, host, port,
+                                                   timeout=self.settings.timeout)
+        if parts.scheme == "ldaps":
+            endpoint = endpoints.wrapClientTLS(self._tls_options(host), endpoint)
+        client = yield self._within(endpoints.connectProtocol(endpoint, _Client()))
+        client.tls = parts.scheme == "ldaps"
+        if parts.scheme == "ldap" and self.settings.starttls:
+            try:
+                yield self._within(client.startTLS(self._tls_options(host)))
+                client.tls = True
+            except Exception:
+                client.transport.abortConnection()
+                raise
+        return client
+
+    @defer.inlineCallbacks
+    def _connect(self) -> Any:
+        """A new connection to the first upstream URL that answers."""
+        last: Exception | None = None
+        for url in self.settings.urls:
+            try:
+                client = yield self._connect_one(url)
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS failed
+                log.warning("LDAP upstream %s: cannot connect: %s", url, exc)
+                last = exc
+                continue
+            self.connects += 1
+            return client
+        raise _Unavailable(str(last))
+
+    def _within(self, d: defer.Deferred) -> defer.Deferred:
+        return d.addTimeout(self.settings.timeout, self.reactor)
+
+    @defer.inlineCallbacks
+    def _acquire(self) -> Any:
+        while self._idle:
+            client = self._idle.popleft()
+            if client.connected:
+                return client
+            self._open -= 1
+        if self._open >= self.settings.pool_size:
+            waiter: defer.Deferred = defer.Deferred()
+            self._waiting.append(waiter)
+            client = yield self._within(waiter)
+            return client
+        self._open += 1
+        try:
+            client = yield self._connect()
+        except Exception:
+            self._open -= 1
+            raise
+        return client
+
+    def _next_waiter(self) -> defer.Deferred | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.called:  # not timed out meanwhile
+                return waiter
+        return None
+
+    def _give_back(self, client: Any, usable: bool) -> None:
+        if usable and client.connected:
+            waiter = self._next_waiter()
+            if waiter is not None:
+                waiter.callback(client)
+            else:
+                self._idle.append(client)
+            return
+        self._open -= 1
+        if client.connected:
+            client.transport.abortConnection()
+        waiter = self._next_waiter()
+        if waiter is None:
+            return
+        # The waiter takes the freed place with a new connection.
+        self._open += 1
+
+        def made(new: Any) -> None:
+            if waiter.called:
+                self._give_back(new, True)
+            else:
+                waiter.callback(new)
+
+        def failed(failure: Any) -> None:
+            self._open -= 1
+            if not waiter.called:
+                waiter.errback(failure)
+
+        self._connect().addCallbacks(made, failed)
+
+    # ------------------------------------------------------------------ checks
+
+    @defer.inlineCallbacks
+    def _bind(self, client: Any, dn: str, password: str) -> Any:
+        self.binds += 1
+        response = yield self._within(client.send(pureldap.LDAPBindRequest(
+            dn=dn, auth=password.encode())))
+        return int(response.resultCode)
+
+    @defer.inlineCallbacks
+    def _dn_for(self, client: Any, username: str) -> Any:
+        """The upstream DN of ``username`` (None when the search finds not exactly one)."""
+        s = self.settings
+        if s.dn_template is not None:
+            return s.dn_template.replace("{username}", escape_dn_value(username))
+        code = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
+        if code != 0:
+            log.error("LDAP upstream: the search account's bind was refused (%d)", code)
+            raise _Unavailable(f"search bind refused ({code})")
+        found: list[str] = []
+        done: defer.Deferred = defer.Deferred()
+
+        def handler(msg: Any) -> bool:
+            if isinstance(msg, pureldap.LDAPSearchResultEntry):
+                found.append(msg.objectName.decode() if isinstance(msg.objectName, bytes)
+                             else str(msg.objectName))
+                return False
+            if isinstance(msg, pureldap.LDAPSearchResultDone):
+                done.callback(int(msg.resultCode))
+                return True
+            return False
+
+        request = pureldap.LDAPSearchRequest(
+            baseObject=(s.search_base or "").encode(),
+            scope=pureldap.LDAP_SCOPE_wholeSubtree,
+            filter=parseFilter(s.search_filter.replace("{username}",
+                                                       escape_filter_value(username))),
+            attributes=[b"1.1"], sizeLimit=2)
+        client.send_multiResponse(request, handler)
+        code = yield self._within(done)
+        if code not in (0, 4) or len(found) != 1:
+            return None
+        return found[0]
+
+    @defer.inlineCallbacks
+    def verify(self, username: str, password: str) -> Any:
+        """Fires with the :class:`Outcome` of binding as ``username`` with ``password``;
+        never fails. A connection that broke while idle is replaced once."""
+        if not password:
+            return Outcome.REFUSED
+        for attempt in (1, 2):
+            try:
+                client = yield self._acquire()
+            except defer.TimeoutError:
+                return Outcome.BUSY
+            except Exception as exc:  # noqa: BLE001 - fail closed
+                log.warning("LDAP upstream unavailable: %s", exc)
+                return Outcome.UNAVAILABLE
+            usable = True
+            try:
+                dn = yield self._dn_for(client, username)
+                if dn is None:
+                    return Outcome.REFUSED
+                code = yield self._bind(client, dn, password)
+            except defer.TimeoutError:
+                usable = False
+                log.warning("LDAP upstream: no answer within %.1f s", self.settings.timeout)
+                return Outcome.BUSY
+            except (ldaperrors.LDAPException, ConnectionError, _Unavailable) as exc:
+                usable = False
+                if attempt == 1 and not isinstance(exc, _Unavailable):
+                    continue  # an idle connection the upstream closed: try a new one
+                log.warning("LDAP upstream failed: %s", exc)
+                return Outcome.UNAVAILABLE
+            except Exception as exc:  # noqa: BLE001 - a lost connection, fail closed
+                usable = False
+                if attempt == 1:
+                    continue
+                log.warning("LDAP upstream failed: %s", exc)
+                return Outcome.UNAVAILABLE
+            finally:
+                self._give_back(client, usable)
+            if code == 0:
+                return Outcome.OK
+            if code in _REFUSALS:
+                return Outcome.REFUSED
+            log.warning("LDAP upstream answered a bind with result code %d", code)
+            return Outcome.UNAVAILABLE
+        return Outcome.UNAVAILABLE
+
+    def close(self) -> None:
+        """Close every idle connection (shutdown)."""
+        while self._idle:
+            client = self._idle.popleft()
+            if client.connected:
+                client.transport.loseConnection()

@@ -1,0 +1,289 @@
+"""Person binds (docs/ldap.md, "Person binds"): a person binds to the facade with the
+password they typed; the facade finds their account, refuses leavers, and has the
+municipality's directory check the password. Here that directory is a real OpenLDAP slapd
+(tests/upstream_ldap.py) whose passwords differ from anything in our store.
+
+The three bind-name forms are those Active Directory accepts for a simple bind: a DN, the
+userPrincipalName (``user@suffix``) and the down-level logon name (``DOMAIN\\user``)
+([MS-ADTS] 5.1.1.1.1 "Simple Authentication"); empty passwords are unauthenticated binds,
+RFC 4513 §5.1.2.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import ldap
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from idm_facade.access.audit import AuditLog
+from idm_facade.directory import Directory
+from idm_facade.directory.entries import ACCOUNT
+from store.engine import make_engine
+from store.models import Engagement
+from tests.serving import StoreCopy, copy_store, ldap_bind, served_copy
+from tests.upstream_ldap import BASE, UpstreamDirectory
+
+UPN = "kommune.test"
+DOMAIN = "KOMMUNE"
+
+
+@dataclass
+class People:
+    """Accounts of the store copy: active ones (username -> upstream password) and a leaver
+    whose upstream password still works."""
+
+    db: str
+    active: list[str]
+    leaver: str
+    passwords: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def people(demo_db: str, tmp_path_factory: pytest.TempPathFactory) -> People:
+    """A store copy where one active account has become a leaver (its engagements ended)."""
+    folder = tmp_path_factory.mktemp("persons-store")
+    db = copy_store(demo_db, folder / "idm.db")
+    engine = make_engine(db)
+    accounts = [e for e in Directory(engine).snapshot.entries
+                if e.kind == ACCOUNT and e.first("active") is True]
+    assert len(accounts) >= 5
+    chosen = sorted(accounts, key=lambda e: e.first("userName"))[:5]
+    leaver = chosen[-1]
+    with Session(engine) as session:
+        session.execute(update(Engagement).where(
+            Engagement.person_id == leaver.first("personId")).values(
+            valid_from=datetime(2000, 1, 1), valid_to=datetime(2000, 1, 2)))
+        session.commit()
+    engine.dispose()
+    names = [str(e.first("userName")) for e in chosen]
+    return People(db, names[:-1], names[-1], {n: f"upstream:{n}:Pw!{i}" for i, n in
+                                               enumerate(names)})
+
+
+@pytest.fixture(scope="module")
+def upstream(people: People, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[UpstreamDirectory]:
+    directory = UpstreamDirectory(tmp_path_factory.mktemp("upstream"), people.passwords)
+    directory.start()
+    try:
+        yield directory
+    finally:
+        directory.stop()
+
+
+def _config(urls: list[str], *, extra_upstream: str = "", persons: str = "",
+            more: str = "") -> str:
+    quoted = ", ".join(f'"{u}"' for u in urls)
+    return (f'[ldap.upstream]\nurls = [{quoted}]\n'
+            f'dn_template = "uid={{username}},ou=people,{BASE}"\ntimeout = 2\n'
+            f'{extra_upstream}\n'
+            f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n{persons}\n'
+            f'{more}')
+
+
+def _serve(people: People, folder: Path, config: str,
+           clients: tuple[tuple[str, str, str], ...] = ()) -> Iterator[StoreCopy]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return served_copy(people.db, folder, config, clients)  # type: ignore[return-value]
+
+
+def _code(url: str, name: str, password: str) -> int:
+    """The result code of a bind (0 on success)."""
+    try:
+        ldap_bind(url, name, password, timeout=20, network_timeout=20).unbind_s()
+        return 0
+    except ldap.LDAPError as exc:
+        return int(exc.args[0].get("result", -1))
+
+
+def _person_dn(copy: StoreCopy, username: str) -> str:
+    return f"uid={username},ou=people,{copy.base}"
+
+
+def test_person_binds_in_every_form_and_refusals(people: People, upstream: UpstreamDirectory,
+                                                 tmp_path: Path) -> None:
+    with _serve(people, tmp_path, _config([upstream.url])) as copy:
+        url = copy.serving.ldap_url
+        user, other = people.active[0], people.active[1]
+        secret = people.passwords[user]
+        for name in (_person_dn(copy, user), f"{user}@{UPN}", f"{DOMAIN.lower()}\\{user}"):
+            conn = ldap_bind(url, name, secret, timeout=20)
+            assert conn.whoami_s() == f"dn:{_person_dn(copy, user)}", name
+            conn.unbind_s()
+        # Refusals are all 49 with one message: wrong password, another person's password,
+        # a leaver whose upstream password still works, an unknown name, a foreign suffix.
+        refusals = {
+            "wrong password": (f"{user}@{UPN}", secret + "x"),
+            "other's password": (f"{user}@{UPN}", people.passwords[other]),
+            "leaver": (f"{people.leaver}@{UPN}", people.passwords[people.leaver]),
+            "unknown": (f"nobody-here@{UPN}", secret),
+            "foreign suffix": (f"{user}@elsewhere.test", secret),
+            "foreign domain": (f"OTHER\\{user}", secret),
+        }
+        messages = set()
+        for why, (name, password) in refusals.items():
+            try:
+                ldap_bind(url, name, password, timeout=20)
+                raise AssertionError(f"{why}: bound")
+            except ldap.INVALID_CREDENTIALS as exc:
+                messages.add(exc.args[0].get("info", ""))
+        assert messages == {"invalid credentials"}
+        # The upstream does accept the leaver's password: the facade refused it.
+        direct = ldap_bind(upstream.url, f"uid={people.leaver},ou=people,{BASE}",
+                           people.passwords[people.leaver])
+        direct.unbind_s()
+        # An empty password is an unauthenticated bind (RFC 4513 §5.1.2): 53, never success.
+        assert _code(url, _person_dn(copy, user), "") == ldap.UNWILLING_TO_PERFORM.errnum
+        # Every attempt is recorded, with why; the password is nowhere.
+        audit = AuditLog(make_engine(copy.db))
+        records = [r for r in audit.query() if r.operation == "bind"]
+        mine = [r for r in records if r.client == f"person:{user}"]
+        assert [r.status for r in mine[:3]] == ["success"] * 3
+        statuses = {r.status for r in records}
+        assert {"49 wrong password", "49 no current engagement", "49 unknown account",
+                "53 unauthenticated bind"} <= statuses
+        leaver_records = [r for r in records if r.client == f"person:{people.leaver}"]
+        assert [r.status for r in leaver_records] == ["49 no current engagement"]
+        dump = Path(copy.db.removeprefix("sqlite:///")).read_bytes()
+        log_text = copy.serving.output()
+        for password in people.passwords.values():
+            assert password.encode() not in dump and password not in log_text
+        audit.close()
+
+
+def test_person_reads_through_the_person_policy(people: People, upstream: UpstreamDirectory,
+                                                tmp_path: Path) -> None:
+    more = '[policies.person]\nattributes = ["displayName", "emails"]\n'
+    with _serve(people, tmp_path, _config([upstream.url], more=more),
+                clients=(("hr", "ldap", "demo-cpr"),)) as copy:
+        url = copy.serving.ldap_url
+        user = people.active[0]
+        person = ldap_bind(url, f"{user}@{UPN}", people.passwords[user], timeout=20)
+        hr = ldap_bind(url, copy.bind_dn("hr"), copy.secrets["hr"], timeout=20)
+        base = f"ou=people,{copy.base}"
+        own = f"(uid={user})"
+        _, hr_attrs = hr.search_s(base, ldap.SCOPE_SUBTREE, own, ["*"])[0]
+        _, mine = person.search_s(base, ldap.SCOPE_SUBTREE, own, ["*"])[0]
+        assert "idmCpr" in {k for k in hr_attrs} or any("cpr" in k.lower() for k in hr_attrs)
+        assert not any("cpr" in k.lower() for k in mine)
+        assert "title" in hr_attrs and "title" not in mine and "displayName" in mine
+        # The policy limits filters too: a title the person may not read matches nothing.
+        title = hr_attrs["title"][0].decode()
+        assert person.search_s(base, ldap.SCOPE_SUBTREE, f"(title={title})", ["uid"]) == []
+        person.unbind_s()
+        hr.unbind_s()
+
+
+def test_lockout_answers_like_a_wrong_password_and_expires(
+        people: People, upstream: UpstreamDirectory, tmp_path: Path) -> None:
+    persons = ("account_delay_after = 100\naccount_lockout_after = 3\n"
+               "account_lockout_seconds = 2\n")
+    with _serve(people, tmp_path, _config([upstream.url], persons=persons)) as copy:
+        url = copy.serving.ldap_url
+        user = people.active[2]
+        name = f"{user}@{UPN}"
+        for _ in range(3):
+            assert _code(url, name, "guess") == ldap.INVALID_CREDENTIALS.errnum
+        # Locked: the right password is refused exactly like a wrong one.
+        assert _code(url, name, people.passwords[user]) == ldap.INVALID_CREDENTIALS.errnum
+        # Another account is not locked by it.
+        other = people.active[1]
+        assert _code(url, f"{other}@{UPN}", people.passwords[other]) == 0
+        time.sleep(2.2)
+        assert _code(url, name, people.passwords[user]) == 0
+        audit = AuditLog(make_engine(copy.db))
+        statuses = [r.status for r in audit.query(client=f"person:{user}")]
+        audit.close()
+        assert statuses == ["49 wrong password"] * 3 + ["49 locked out", "success"]
+
+
+class _Silent:
+    """A TCP listener that accepts connections and never answers (a hung upstream)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_upstream_away_fails_closed_and_recovers(people: People, upstream: UpstreamDirectory,
+                                                 tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here
+    # URLs are tried in order: the dead one first.
+    with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{dead}", upstream.url])) as copy:
+        url = copy.serving.ldap_url
+        user = people.active[0]
+        name = f"{user}@{UPN}"
+        assert _code(url, name, people.passwords[user]) == 0
+        upstream.stop()
+        try:
+            assert _code(url, name, people.passwords[user]) == ldap.UNAVAILABLE.errnum
+            assert _code(url, name, "wrong") == ldap.UNAVAILABLE.errnum
+        finally:
+            upstream.start()
+        assert _code(url, name, people.passwords[user]) == 0
+        assert _code(url, name, "wrong") == ldap.INVALID_CREDENTIALS.errnum
+        audit = AuditLog(make_engine(copy.db))
+        statuses = [r.status for r in audit.query(client=f"person:{user}")]
+        audit.close()
+        assert statuses == ["success", "52 upstream unavailable", "52 upstream unavailable",
+                            "success", "49 wrong password"]
+    silent = _Silent()
+    try:
+        with _serve(people, tmp_path / "hung",
+                    _config([f"ldap://127.0.0.1:{silent.port}"])) as copy:
+            user = people.active[0]
+            assert _code(copy.serving.ldap_url, f"{user}@{UPN}",
+                         people.passwords[user]) == ldap.BUSY.errnum
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("mode", ["ldaps", "starttls"])
+def test_tls_to_the_upstream_with_a_test_ca(people: People, upstream: UpstreamDirectory,
+                                            tmp_path: Path, mode: str) -> None:
+    from tests.upstream_ldap import make_ca
+
+    (tmp_path / "other").mkdir()
+    wrong_ca, _, _ = make_ca(tmp_path / "other", "another CA")
+    url = upstream.ldaps_url if mode == "ldaps" else upstream.url.replace("127.0.0.1",
+                                                                          "localhost")
+    tls = f'ca_file = "{upstream.ca_file}"\n' + ("starttls = true\n" if mode == "starttls"
+                                                  else "")
+    user = people.active[0]
+    with _serve(people, tmp_path / "good", _config([url], extra_upstream=tls)) as copy:
+        assert _code(copy.serving.ldap_url, f"{user}@{UPN}", people.passwords[user]) == 0
+        assert _code(copy.serving.ldap_url, f"{user}@{UPN}", "no") == \
+            ldap.INVALID_CREDENTIALS.errnum
+    # A certificate the configured CA did not issue: no password is sent, 52.
+    bad = tls.replace(str(upstream.ca_file), str(wrong_ca))
+    with _serve(people, tmp_path / "bad", _config([url], extra_upstream=bad)) as copy:
+        assert _code(copy.serving.ldap_url, f"{user}@{UPN}", people.passwords[user]) == \
+            ldap.UNAVAILABLE.errnum
