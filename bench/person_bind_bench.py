@@ -1,7 +1,8 @@
 """Person binds: binds per second and latency through the facade against direct binds to the
 same upstream directory (issue target: at least half of direct).
 
-A real OpenLDAP slapd plays the municipality's AD (tests/upstream_ldap.py) with one user per
+A third row, the facade's own service-account binds (no upstream), shows what the upstream
+check adds. A real OpenLDAP slapd plays the municipality's AD (tests/upstream_ldap.py) with one user per
 active account of the demo store; the facade is ``idm-facade serve`` with ``[ldap.upstream]``
 pointing at it. Each client process keeps one connection and binds again and again as a
 random person with the right password (``user@suffix`` through the facade, the user's DN
@@ -100,15 +101,18 @@ def main() -> None:
                   f'address_lockout_after = 1000000\n')
         (folder / "facade").mkdir()
         try:
-            with served_copy(db, folder / "facade", config) as copy:
+            with served_copy(db, folder / "facade", config,
+                             (("bench", "ldap", "default"),)) as copy:
                 assert copy.serving is not None
                 facade = copy.serving.ldap_url
                 via = [(f"{u}@{SUFFIX}", p) for u, p in passwords.items()]
                 direct = [(f"uid={u},ou=people,{BASE}", p) for u, p in passwords.items()]
                 run(facade, via, args.procs, 1.0)  # warm-up: the upstream pool fills
+                service = [(copy.bind_dn("bench"), copy.secrets["bench"])]
                 results: dict[str, list[tuple[float, int, float, float]]] = {
-                    "facade": [], "direct": []}
+                    "facade": [], "direct": [], "client": []}
                 for _ in range(args.rounds):
+                    results["client"].append(run(facade, service, args.procs, args.seconds))
                     results["direct"].append(run(upstream.url, direct, args.procs,
                                                  args.seconds))
                     results["facade"].append(run(facade, via, args.procs, args.seconds))
@@ -120,8 +124,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     best = {k: max(v) for k, v in results.items()}
     for name, (rate, errors, p50, p99) in best.items():
-        label = "idm-facade person bind (user@suffix)" if name == "facade" else \
-            "slapd direct (user DN)"
+        label = {"facade": "idm-facade person bind (user@suffix, checked upstream)",
+                 "direct": "slapd direct (user DN)",
+                 "client": "idm-facade service-account bind (no upstream)"}[name]
         print(f"| {label} | {rate:,.0f} | {errors} | {p50:.2f} | {p99:.2f} |")
     ratio = best["facade"][0] / best["direct"][0]
     print(f"\nfacade / direct binds per second: {ratio:.2f} (target >= 0.5; floor: slapd "

@@ -17,6 +17,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench.roles_bench"],
     ["bench.scim_bench"],
     ["bench.ldap_bench"],
+    ["bench.person_bind_bench"],
 ]
 
 

@@ -287,3 +287,68 @@ def test_tls_to_the_upstream_with_a_test_ca(people: People, upstream: UpstreamDi
     with _serve(people, tmp_path / "bad", _config([url], extra_upstream=bad)) as copy:
         assert _code(copy.serving.ldap_url, f"{user}@{UPN}", people.passwords[user]) == \
             ldap.UNAVAILABLE.errnum
+
+
+def test_search_then_bind_and_address_lockout(people: People, upstream: UpstreamDirectory,
+                                              tmp_path: Path) -> None:
+    from tests.upstream_ldap import ADMIN, ADMIN_PASSWORD
+
+    search = (f'[ldap.upstream]\nurls = ["{upstream.url}"]\nsearch_base = "{BASE}"\n'
+              f'search_filter = "(&(objectClass=inetOrgPerson)(uid={{username}}))"\n'
+              f'bind_dn = "{ADMIN}"\nbind_password = "{ADMIN_PASSWORD}"\n'
+              f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n'
+              f'address_delay_after = 100\naddress_lockout_after = 4\n'
+              f'account_delay_after = 100\n')
+    with _serve(people, tmp_path, search) as copy:
+        url = copy.serving.ldap_url
+        first, second = people.active[0], people.active[1]
+        assert _code(url, f"{first}@{UPN}", people.passwords[first]) == 0
+        assert _code(url, f"{DOMAIN}\\{second}", people.passwords[second]) == 0
+        # Guessing across accounts from one address: after 4 failures the address is locked,
+        # and even a right password from it is refused like a wrong one.
+        for user in people.active:
+            assert _code(url, f"{user}@{UPN}", "spray-1") == ldap.INVALID_CREDENTIALS.errnum
+        assert _code(url, f"{first}@{UPN}", people.passwords[first]) == \
+            ldap.INVALID_CREDENTIALS.errnum
+        audit = AuditLog(make_engine(copy.db))
+        assert audit.query(client=f"person:{first}")[-1].status == "49 locked out"
+        audit.close()
+
+
+def test_a_leaver_is_unbound_on_an_open_connection(people: People,
+                                                   upstream: UpstreamDirectory,
+                                                   tmp_path: Path) -> None:
+    from store.engine import session_factory
+    from store.validity import utcnow
+
+    with _serve(people, tmp_path, _config([upstream.url])) as copy:
+        url = copy.serving.ldap_url
+        user = people.active[3]
+        conn = ldap_bind(url, f"{user}@{UPN}", people.passwords[user], timeout=20)
+        base = f"ou=people,{copy.base}"
+        assert len(conn.search_s(base, ldap.SCOPE_SUBTREE, f"(uid={user})", ["uid"])) == 1
+        engine = make_engine(copy.db)
+        with session_factory(engine)() as session:
+            session.info["actor"] = "test"
+            rows = session.query(Engagement).all()
+            entry = next(e for e in Directory(engine).snapshot.entries
+                         if e.kind == ACCOUNT and e.first("userName") == user)
+            person_id = entry.first("personId")
+            now = utcnow()
+            for row in rows:
+                if row.person_id == person_id and row.valid_from <= now and (
+                        row.valid_to is None or row.valid_to > now):
+                    row.valid_to = now
+            session.commit()
+        engine.dispose()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.search_s(base, ldap.SCOPE_SUBTREE, f"(uid={user})", ["uid"])
+            except ldap.INSUFFICIENT_ACCESS as exc:
+                assert "bind again" in exc.args[0]["info"]
+                break
+            assert time.monotonic() < deadline, "the leaver stayed bound"
+            time.sleep(0.2)
+        assert _code(url, f"{user}@{UPN}", people.passwords[user]) == \
+            ldap.INVALID_CREDENTIALS.errnum

@@ -127,7 +127,8 @@ class SearchHandling:
             message = ("anonymous access is disabled: bind as a service account "
                        f"(cn=<name>,ou=clients,{layout.base})")
             if self.unbound_by_revoke:
-                message = "the bound client was revoked or its credentials rotated: bind again"
+                message = ("the bound identity is no longer valid (client revoked or rotated, "
+                           "or the person no longer has a current engagement): bind again")
             self._after_audit(q.msgid, q.query_text(), f"{INSUFFICIENT_ACCESS}", [], [],
                               lambda: self._done(q.msgid, INSUFFICIENT_ACCESS, message))
             return
