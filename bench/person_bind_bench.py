@@ -1,12 +1,13 @@
 """Person binds: binds per second and latency through the facade against direct binds to the
 same upstream directory (issue target: at least half of direct).
 
-A third row, the facade's own service-account binds (no upstream), shows what the upstream
-check adds. A real OpenLDAP slapd plays the municipality's AD (tests/upstream_ldap.py) with one user per
+A real OpenLDAP slapd plays the municipality's AD (tests/upstream_ldap.py) with one user per
 active account of the demo store; the facade is ``idm-facade serve`` with ``[ldap.upstream]``
 pointing at it. Each client process keeps one connection and binds again and again as a
 random person with the right password (``user@suffix`` through the facade, the user's DN
 directly), alternating facade and direct rounds in one run so both see the same machine.
+A third row,
+the facade's own service-account binds (no upstream), shows what the upstream check adds.
 
 usage: python -m bench.person_bind_bench [--size S] [--seconds 5] [--procs 2] [--rounds 2]
 """
