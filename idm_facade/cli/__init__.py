@@ -7,12 +7,47 @@ it (it is the top of the import order: cli -> runtime -> front ends -> directory
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from idm_facade.cli import access, data, roles, serve
+from idm_facade.config import ConfigError
+from idm_facade.runtime.serve import StoreProblem
+
+#: Exit codes (README, "Exit codes"): 0 done; 1 failed while starting or running (a port in
+#: use, the store unreachable); 2 usage or configuration error; 3 the store is missing or
+#: empty (``serve`` without ``--allow-empty``).
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_STORE = 1, 2, 3
 
 
-@click.group()
+class ConfigFailure(click.ClickException):
+    """A configuration error, in one line (no traceback)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoStore(click.ClickException):
+    """The store to serve is missing or empty."""
+
+    exit_code = EXIT_NO_STORE
+
+
+class _Main(click.Group):
+    """Turns configuration and store problems of any command into one-line errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigFailure(f"configuration: {exc}") from None
+        except StoreProblem as exc:
+            if exc.missing:
+                raise NoStore(str(exc)) from None
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="idm-facade", prog_name="idm-facade")
 def main() -> None:
     """idm-facade: one organisation store served as SCIM 2.0, LDAP v3 and role lookup."""

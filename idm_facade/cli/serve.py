@@ -12,10 +12,17 @@ import sys
 from collections.abc import Callable
 
 import click
+from twisted.internet.error import CannotListenError
 
 from idm_facade.access.facade import Facade
 from idm_facade.cli.options import config_option, db_option
-from idm_facade.runtime.serve import DEFAULT_THREADS, LdapUnavailable, build_facade, run
+from idm_facade.runtime.serve import (
+    DEFAULT_THREADS,
+    LdapUnavailable,
+    build_facade,
+    check_store,
+    run,
+)
 
 
 def _serve_options(func: Callable) -> Callable:
@@ -37,7 +44,7 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
         run(facade, host, scim_port, ldap_port, ldaps_port, threads)
     except LdapUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # address in use, permission denied
+    except (OSError, CannotListenError) as exc:  # address in use, permission denied
         raise click.ClickException(f"cannot listen: {exc}") from None
 
 
@@ -52,12 +59,19 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes serving the same ports (each with its own directory); "
                    "1 = this process serves.")
+@click.option("--allow-empty", is_flag=True,
+              help="Serve a store that does not exist yet or holds no organisation "
+                   "(otherwise an error: a mistyped path must not serve an empty directory).")
 @_serve_options
 def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | None,
-                  ldaps_port: int | None, workers: int, config_path: str | None,
-                  threads: int) -> None:
+                  ldaps_port: int | None, workers: int, allow_empty: bool,
+                  config_path: str | None, threads: int) -> None:
     """Serve SCIM, the role API and LDAP until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from idm_facade.config import load_config
+
+    load_config(config_path)  # a configuration error is reported before anything starts
+    check_store(db, allow_empty)
     try:
         facade = build_facade(db, config_path) if workers == 1 else None
     except ValueError as exc:  # a setting the configuration got wrong, named in the message

@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 #: What every refused person bind is told, whatever the reason (the reason is logged).
 REFUSED = "invalid credentials"
 
-_KEYS = {"policy", "upn_suffixes", "domains"} | {
-    f"{who}_{name}" for who in ("account", "address")
-    for name in ("delay_after", "first_delay", "max_delay", "lockout_after",
-                 "lockout_seconds")}
-
 
 class PersonsConfigError(ValueError):
     """``[ldap.persons]`` is malformed (the message names the key)."""
@@ -83,10 +78,6 @@ class PersonSettings:
         table = ldap.get("persons", {})
         if not isinstance(table, dict):
             raise PersonsConfigError("[ldap.persons] must be a table")
-        unknown = sorted(set(table) - _KEYS)
-        if unknown:
-            raise PersonsConfigError(f"[ldap.persons]: unknown key(s) {', '.join(unknown)}; "
-                                     f"allowed: {', '.join(sorted(_KEYS))}")
         lists: dict[str, tuple[str, ...] | None] = {}
         for key in ("upn_suffixes", "domains"):
             value = table.get(key)

@@ -60,9 +60,6 @@ class Outcome(enum.Enum):
 #: wrong password, a disabled or a locked account; 50/53 for accounts it will not bind).
 _REFUSALS = {32, 34, 48, 49, 50, 53}
 
-_KEYS = {"urls", "dn_template", "search_base", "search_filter", "bind_dn", "bind_password",
-         "ca_file", "starttls", "timeout", "pool_size"}
-
 
 @dataclass(frozen=True)
 class UpstreamSettings:
@@ -81,17 +78,15 @@ class UpstreamSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> UpstreamSettings | None:
-        """The settings, None when no upstream is configured (person binds are then off)."""
+        """The settings, None when no upstream is configured (person binds are then off).
+        Keys and types are checked by the configuration's schema (:mod:`idm_facade.config`);
+        what is checked here is what only this table knows."""
         ldap = config.section("ldap") if config is not None else {}
         table = ldap.get("upstream")
         if table is None:
             return None
         if not isinstance(table, dict):
             raise UpstreamConfigError("[ldap.upstream] must be a table")
-        unknown = sorted(set(table) - _KEYS)
-        if unknown:
-            raise UpstreamConfigError(f"[ldap.upstream]: unknown key(s) {', '.join(unknown)}; "
-                                      f"allowed: {', '.join(sorted(_KEYS))}")
         urls = table.get("urls")
         if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
             raise UpstreamConfigError("[ldap.upstream] urls must be a non-empty list of "

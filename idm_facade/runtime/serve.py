@@ -38,6 +38,70 @@ class LdapUnavailable(RuntimeError):
     """LDAP was asked for but this installation has no LDAP listener."""
 
 
+class StoreProblem(RuntimeError):
+    """The store cannot be served: ``missing`` when it does not exist or holds nothing (a
+    mistyped path must not serve an empty directory), else unreachable or a bad URL."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def _shown(url: str) -> str:
+    """The URL without its password (it goes into error messages)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparseable: show it as given
+        return url
+
+
+def check_store(db: str | None, allow_empty: bool = False) -> None:
+    """Refuse to serve a store that is not there: a SQLite file that does not exist, a
+    database that cannot be reached or a URL that names no driver, or (unless
+    ``allow_empty``) a store without data. ``demo``, ``demo-data`` and ``import`` create
+    stores; ``serve`` only serves them."""
+    from pathlib import Path
+
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.orm import Session
+
+    from store.engine import database_url, make_engine
+    from store.exchange import store_is_empty
+
+    url = database_url(db)
+    if url.startswith("postgres://"):
+        raise StoreProblem(f"database URL {_shown(url)}: use postgresql+psycopg://... "
+                           f"(SQLAlchemy has no 'postgres' dialect)")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists() and not allow_empty:
+            raise StoreProblem(f"store {path} does not exist; create it with `idm-facade "
+                               f"demo-data` or `idm-facade import`, or serve an empty one "
+                               f"with --allow-empty", missing=True)
+    try:
+        engine = make_engine(url, create=allow_empty)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
+        raise StoreProblem(f"database URL {_shown(url)}: {exc}") from None
+    try:
+        with Session(engine) as session:
+            empty = store_is_empty(session)
+    except sa_exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if "no such table" not in reason:
+            raise StoreProblem(f"cannot reach the store {_shown(url)}: {reason}") from None
+        empty = True  # a SQLite file without our tables
+    except sa_exc.ProgrammingError:
+        empty = True  # no tables yet
+    finally:
+        engine.dispose()
+    if empty and not allow_empty:
+        raise StoreProblem(f"store {_shown(url)} holds no organisation; load one with "
+                           f"`idm-facade import` or `idm-facade demo-data`, or serve it "
+                           f"empty with --allow-empty", missing=True)
+
+
 def build_facade(db: str | None, config_path: str | None = None) -> Facade:
     """The store, directory (built now), client registry and access log of one process."""
     from idm_facade.access.audit import AuditLog
