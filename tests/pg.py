@@ -43,41 +43,68 @@ def _as_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class Cluster:
+    """A running throwaway PostgreSQL cluster that a test may stop and start again (same
+    port, same data)."""
+
+    def __init__(self, root: Path, port: int, env: dict[str, str]) -> None:
+        self.root, self.port, self.env = root, port, env
+        self.data = root / "data"
+        self.url = f"postgresql+psycopg://idm@127.0.0.1:{port}/postgres"
+
+    def start(self) -> None:
+        pg_ctl = _binary("pg_ctl")
+        assert pg_ctl is not None
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        subprocess.run(
+            _as_user([pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-o",
+                      options, "-w", "start"]),
+            check=True, capture_output=True, env=self.env,
+        )
+        _wait_ready(self.port)
+
+    def stop(self, mode: str = "fast") -> None:
+        pg_ctl = _binary("pg_ctl")
+        assert pg_ctl is not None
+        subprocess.run(_as_user([pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"]),
+                       capture_output=True)
+
+
 @contextmanager
-def temporary_postgres() -> Iterator[str]:
-    """Start a PostgreSQL cluster; yield a ``postgresql+psycopg://`` URL to an empty database."""
+def postgres_cluster() -> Iterator[Cluster]:
+    """Start a PostgreSQL cluster (database ``postgres``, user ``idm``, trust auth)."""
     initdb = _binary("initdb")
     pg_ctl = _binary("pg_ctl")
     if not initdb or not pg_ctl:
         raise PostgresUnavailable("initdb/pg_ctl not found on PATH (install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="idm-pg-"))
-    data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    port = _free_port()
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    cluster = Cluster(root, _free_port(), env)
     try:
         subprocess.run(
-            _as_user([initdb, "-D", str(data), "-U", "idm", "--auth=trust", "-E", "UTF8"]),
+            _as_user([initdb, "-D", str(cluster.data), "-U", "idm", "--auth=trust", "-E",
+                      "UTF8"]),
             check=True, capture_output=True, env=env,
         )
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-        subprocess.run(
-            _as_user([pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o", options, "-w",
-                      "start"]),
-            check=True, capture_output=True, env=env,
-        )
-    except subprocess.CalledProcessError as exc:
+        cluster.start()
+    except (subprocess.CalledProcessError, PostgresUnavailable) as exc:
         log = (root / "log").read_text() if (root / "log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
-        raise PostgresUnavailable(f"PostgreSQL did not start: {exc.stderr!r} {log}") from exc
+        raise PostgresUnavailable(f"PostgreSQL did not start: {exc} {log}") from exc
     try:
-        _wait_ready(port)
-        yield f"postgresql+psycopg://idm@127.0.0.1:{port}/postgres"
+        yield cluster
     finally:
-        subprocess.run(_as_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
+        cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """Start a PostgreSQL cluster; yield a ``postgresql+psycopg://`` URL to an empty database."""
+    with postgres_cluster() as cluster:
+        yield cluster.url
 
 
 def _wait_ready(port: int, timeout: float = 30.0) -> None:

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "idm_facade.access": 3,
     "idm_facade.directory": 4,
     "idm_facade.config": 5,
+    "idm_facade.metrics": 5,
     "schemas": 6,
     "store": 7,
 }

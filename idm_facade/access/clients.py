@@ -33,6 +33,7 @@ from datetime import datetime
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import DateTime, Engine, Integer, String, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from idm_facade.access.policies import load_policies
@@ -198,6 +199,7 @@ class ClientRegistry:
         self._epoch = 0
         #: name -> when its row was last looked at for :meth:`current`.
         self._live: dict[str, float] = {}
+        self._away_logged = -1e9
         AuthBase.metadata.create_all(engine)
 
     # ------------------------------------------------------------------ policies
@@ -415,11 +417,17 @@ class ClientRegistry:
             return None
         now = time.monotonic()
         if now - hit.checked > RECHECK_SECONDS:
-            with Session(self.engine) as session:
-                row = session.get(ClientRow, hit.name)
-                fresh = row is not None and row.revoked is None and \
-                    row.generation == hit.generation
-                meta = (row.kind, row.policy, row.generation) if row is not None else None
+            try:
+                with Session(self.engine) as session:
+                    row = session.get(ClientRow, hit.name)
+                    fresh = row is not None and row.revoked is None and \
+                        row.generation == hit.generation
+                    meta = (row.kind, row.policy, row.generation) if row is not None else None
+            except SQLAlchemyError as exc:
+                # The store is away: nobody can revoke or rotate meanwhile (that is a write
+                # to the same store), so a verification made before stays good.
+                self._store_away(exc)
+                return self._client(hit.name)
             with self._lock:
                 if not fresh or meta is None:
                     self._cache.pop(key, None)
@@ -430,6 +438,13 @@ class ClientRegistry:
                     self._clients.pop(hit.name, None)
                     self._epoch += 1
         return self._client(hit.name)
+
+    def _store_away(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._away_logged > 60:
+            self._away_logged = now
+            log.warning("clients: the store does not answer; credentials verified before "
+                        "stay valid until it does: %s", " ".join(str(exc).split())[:200])
 
     def _client(self, name: str) -> Client | None:
         found = self._clients.get(name)  # a plain dict read: atomic, no lock needed
@@ -476,10 +491,14 @@ class ClientRegistry:
             seen = self._live.get(client.name)
             meta = self._meta.get(client.name)
         if seen is None or now - seen > RECHECK_SECONDS or meta is None:
-            with Session(self.engine) as session:
-                row = session.get(ClientRow, client.name)
-                meta = (row.kind, row.policy, row.generation) \
-                    if row is not None and row.revoked is None else None
+            try:
+                with Session(self.engine) as session:
+                    row = session.get(ClientRow, client.name)
+                    meta = (row.kind, row.policy, row.generation) \
+                        if row is not None and row.revoked is None else None
+            except SQLAlchemyError as exc:
+                self._store_away(exc)  # see _cached: the bound session stays as it was
+                return client
             with self._lock:
                 if meta is None:
                     self._live.pop(client.name, None)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from idm_facade.directory import incremental
@@ -90,7 +91,14 @@ class Directory:
         self._thread: threading.Thread | None = None
         self.last_build_seconds = 0.0
         self.last_refresh_seconds = 0.0
+        #: Wall-clock time the store was last seen to match the snapshot (``/readyz``,
+        #: ``/metrics``: how stale the answers may be while the store is away).
+        self.checked_at = time.time()
+        #: Why the last look at the store failed (None while it answers). The last good
+        #: snapshot keeps being served meanwhile.
+        self.store_problem: str | None = None
         self.snapshot: Snapshot = self._build()
+        self.checked_at = time.time()
 
     def _build(self) -> Snapshot:
         started = time.perf_counter()
@@ -157,5 +165,15 @@ class Directory:
         while not self._stop.wait(self.poll_interval):
             try:
                 self.refresh()
-            except Exception:  # keep serving the last good snapshot
-                log.exception("directory refresh failed; serving the previous snapshot")
+            except Exception as exc:  # keep serving the last good snapshot
+                problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+                if self.store_problem is None:  # once per outage, not every poll
+                    log.error("directory refresh failed; serving the snapshot of %s: %s",
+                              time.strftime("%H:%M:%S", time.localtime(self.checked_at)),
+                              problem, exc_info=not isinstance(exc, DBAPIError))
+                self.store_problem = problem
+                continue
+            self.checked_at = time.time()
+            if self.store_problem is not None:
+                log.info("directory refresh works again (seq %d)", self.snapshot.seq)
+                self.store_problem = None

@@ -21,7 +21,9 @@ disclosed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ldaptor.protocols import pureber, pureldap
@@ -30,7 +32,9 @@ from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from idm_facade import metrics, requestlog
 from idm_facade.access.audit import AccessRecord, AuditUnavailable
+from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.clients import PERSON, Client
 from idm_facade.ldap import ber, controls, subschema
 from idm_facade.ldap.persons import Verdict
@@ -95,6 +99,12 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self._receiving = False
         #: The snapshot a bound person was last found active in (see _refresh_client).
         self._person_checked: Any = None
+        #: This connection's part of request ids (``<connection>.<message id>``).
+        self._id = os.urandom(4).hex()
+        #: When the bytes being read arrived, and each request's arrival by message id
+        #: (request metrics and log lines; taken when the request is recorded).
+        self._chunk_t = 0.0
+        self._arrivals: dict[int, float] = {}
 
     # ------------------------------------------------------------------ transport
 
@@ -102,6 +112,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         super().connectionMade()
         settings = self.factory.settings
         self.factory.connections += 1
+        metrics.LDAP_CONNECTIONS.inc()
         if self.factory.connections > settings.max_connections:
             log.warning("LDAP: refusing %s: %d connections open", self._peer(),
                         settings.max_connections)
@@ -148,6 +159,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
         self.factory.connections -= 1
+        metrics.LDAP_CONNECTIONS.dec()
         self.setTimeout(None)
         for msgid in list(self.active):
             self.active[msgid] = False
@@ -168,7 +180,14 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         finally:
             self.transport.loseConnection()
 
+    def _arrived(self, msgid: int) -> None:
+        arrivals = self._arrivals
+        if len(arrivals) > 256:  # requests never recorded (unbind, abandon, errors)
+            arrivals.clear()
+        arrivals[msgid] = self._chunk_t
+
     def dataReceived(self, data: bytes) -> None:
+        self._chunk_t = monotonic()
         if self.closing:
             return
         self.resetTimeout()
@@ -251,6 +270,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         msgid = int.from_bytes(pdu[pos + 2:pos + 2 + n], "big", signed=True)
         if msgid <= 0:
             return None
+        self._arrived(msgid)
         self._refresh_client()
         key = (pdu[pos + 2 + n:], self.client)
         _, layout = self.factory.current()
@@ -298,6 +318,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             self.client = fresh
 
     def _dispatch_safely(self, msg: Any) -> None:
+        if isinstance(msg.id, int):
+            self._arrived(msg.id)
         try:
             self._refresh_client()
             self.dispatch(msg)
@@ -381,8 +403,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def _audit(self, operation: str, query: str, status: str, subjects: list[str],
                sensitive: list[str], client: Client | None = None,
-               done: Callable[[bool], None] | None = None, who: str | None = None
-               ) -> defer.Deferred | None:
+               done: Callable[[bool], None] | None = None, who: str | None = None,
+               msgid: int | None = None) -> defer.Deferred | None:
         """Record one access (submitted to the log without blocking the reactor; the answer
         waits until the record is durable, and concurrent records share one commit); fires
         True, or False when the log is unavailable (the caller then answers 80 and
@@ -395,8 +417,18 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             return defer.succeed(True)
         acting = client if client is not None else self.client
         name = who or (acting.name if acting is not None else "anonymous")
-        rec = AccessRecord(client=name, source=f"ldap:{self._peer()}", operation=operation,
-                         query=query, status=status, subjects=subjects, sensitive=sensitive)
+        request_id = f"{self._id}.{msgid}" if msgid is not None else self._id
+        rec = AccessRecord(client=name, source=audit_source(f"ldap:{self._peer()}", request_id),
+                           operation=operation, query=query, status=status, subjects=subjects,
+                           sensitive=sensitive)
+
+        started = self._arrivals.pop(msgid, self._chunk_t) if msgid is not None \
+            else self._chunk_t
+        peer = self._host()
+
+        def counted(ok: bool) -> None:
+            requestlog.done("ldap", operation, status.split(" ", 1)[0] if ok else "80",
+                            started, request_id=request_id, peer=peer, client=name)
 
         def failed(failure: Any) -> bool:
             if failure.check(AuditUnavailable) is None:
@@ -413,12 +445,20 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 done = d.callback
 
             def outcome(error: Any) -> None:
-                done(True if error is None else failed(Failure(error)))
+                ok = True if error is None else failed(Failure(error))
+                counted(ok)
+                done(ok)
 
             self.factory.submit_record(audit, rec, outcome)
             return d
         d = self.factory.in_thread(audit.record, rec)
         d.addCallbacks(lambda _: True, failed)
+
+        def count(ok: bool) -> bool:
+            counted(ok)
+            return ok
+
+        d.addCallback(count)
         if done is not None:
             d.addCallback(done)
             d.addErrback(lambda f: log.error("LDAP: %s", f.getTraceback()))
@@ -481,6 +521,9 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             if not ok:
                 self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
             else:
+                if result.code != SUCCESS and result.code != UNWILLING:
+                    metrics.AUTH_FAILURES.labels(
+                        "ldap", result.status.split(" ", 1)[-1][:40]).inc()
                 if result.code == SUCCESS:
                     self.client = result.client
                     self._person_checked = bound_in
@@ -489,7 +532,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
         def decided(result: Verdict) -> defer.Deferred | None:
             d = self._audit("bind", query, result.status, [], [], client=result.client,
-                            who=result.who)
+                            who=result.who, msgid=msgid)
             assert d is not None  # no ``done`` given: the Deferred is returned
             d.addCallback(audited, result)
             return d

@@ -267,7 +267,7 @@ class SearchHandling:
             except Exception:
                 self._internal_error(Failure(), msgid, ber.SEARCH_DONE)
 
-        self._audit("search", query, status, subjects, sensitive, done=guarded)
+        self._audit("search", query, status, subjects, sensitive, done=guarded, msgid=msgid)
 
     def _send_entries(self, q: SearchRequest, page: list, start: int, layout: dit.Layout,
                       seen: ClientView, code: int, message: str,

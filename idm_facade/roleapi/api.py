@@ -36,6 +36,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from idm_facade import metrics
+from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
+from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
@@ -353,7 +356,10 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
         token = _token()
         client = facade.clients.authenticate_token(token) if token else None
         if client is None:
+            metrics.AUTH_FAILURES.labels("api", "no token" if token is None
+                                         else "invalid token").inc()
             raise ApiError(401, "a valid bearer token is required")
+        request.environ[CLIENT_KEY] = client.name
         if ROLE not in client.policy.kinds:
             raise ApiError(403, f"client {client.name} may not read roles")
         view = ClientView.of(facade.directory.snapshot, client.policy)
@@ -367,7 +373,8 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
         status, body, subjects = 500, {"error": "internal error", "status": 500}, []
     try:
         facade.audit.record(AccessRecord(
-            client=client.name if client else "-", source=request.remote_addr or "",
+            client=client.name if client else "-",
+            source=audit_source(request.remote_addr or "", request.environ.get(REQUEST_ID_KEY)),
             operation=operation, query=request.full_path.rstrip("?"), status=str(status),
             subjects=subjects, sensitive=[]))
     except AuditUnavailable:

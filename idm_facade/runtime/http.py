@@ -20,7 +20,11 @@ saves counts, because the loop is what every request passes.
 from __future__ import annotations
 
 import json
+import os
+import re
+import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from flask import Flask, Response
@@ -30,6 +34,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 from werkzeug.exceptions import HTTPException
 
+from idm_facade import metrics, requestlog
+from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
 from idm_facade.access.facade import Facade
 from idm_facade.roleapi import api as roleapi
@@ -46,11 +52,20 @@ class HeldRequest(Request):
     _error_body: bytes = b""
     _content_type: bytes = b"application/json"
     _turns: Any = None  # the site's TurnLog, set before the application runs
+    #: The request's id (its ``X-Request-Id`` if valid, else made up): in the answer's
+    #: header, the access record's source and the request log line.
+    request_id: str = ""
 
     # twisted.web parses every query string into ``request.args``, in the event loop that
     # every request passes; a WSGI application reads QUERY_STRING instead and nothing here
     # reads ``args``. So the query is kept aside and parsed only if ``args`` is asked for.
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.__dict__["_t0"] = monotonic()
+        given = self.requestHeaders.getRawHeaders(b"x-request-id")
+        text = given[0].decode("ascii", "replace") if given else ""
+        rid = text if _REQUEST_ID.fullmatch(text) else os.urandom(6).hex()
+        self.__dict__["request_id"] = rid
+        self.responseHeaders.setRawHeaders(b"x-request-id", [rid.encode()])
         bare, sep, query = path.partition(b"?")
         if sep:
             self.__dict__["_query"], self.__dict__["_uri"] = query, path
@@ -133,6 +148,8 @@ class HeldRequest(Request):
             super().setResponseCode(500)
             self._failed = True
             self.responseHeaders = Headers()
+            self.responseHeaders.setRawHeaders(b"x-request-id",
+                                               [self.__dict__["request_id"].encode()])
             self.responseHeaders.setRawHeaders(b"content-type", [self._content_type])
             self.responseHeaders.setRawHeaders(b"content-length",
                                                [str(len(self._error_body)).encode()])
@@ -180,14 +197,18 @@ class _Resource(WSGIResource):
         self._turns = turn_log(reactor, audit)
 
     def render(self, request: Request) -> Any:
-        turns = self._turns
-        if turns is None or not isinstance(request, HeldRequest):
+        if not isinstance(request, HeldRequest):
             return super().render(request)
-        # WSGIResource.render, with the hand-over added to the environ it builds (twisted.web
-        # offers no hook for that; its response class is private, the e2e tests cover it).
+        # WSGIResource.render, with the hand-over and the request id added to the environ it
+        # builds (twisted.web offers no hook for that; its response class is private, the
+        # e2e tests cover it).
         response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
-        request._turns = turns
-        response.environ[HOLD_KEY] = request.hold_for_record
+        response.environ[REQUEST_ID_KEY] = request.request_id
+        request.__dict__["_environ"] = response.environ
+        turns = self._turns
+        if turns is not None:
+            request._turns = turns
+            response.environ[HOLD_KEY] = request.hold_for_record
         response.start()
         return NOT_DONE_YET
 
@@ -203,9 +224,45 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     site = Site(_Resource(reactor, pool, app, audit), requestFactory=HeldRequest)
     site.protocol = _Channel  # type: ignore[assignment]
     site.displayTracebacks = False
-    # No per-request log line: the access log is the record.
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site.log = _request_done  # type: ignore[method-assign,assignment]
     return site
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_SCIM_RESOURCES = {"Users", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig",
+                   ".search", "Bulk", "Me"}
+_PLAIN = {"/healthz", "/readyz", "/metrics"}
+
+
+def route_of(path: str) -> tuple[str, str]:
+    """(protocol, route) of a request path, with ids left out so the metrics' label values
+    stay few: ``/scim/v2/Users/{id}``, ``/api/user/…``."""
+    if path.startswith("/scim/v2"):
+        parts = path[len("/scim/v2"):].strip("/").split("/")
+        resource = parts[0] if parts[0] in _SCIM_RESOURCES else "{other}"
+        return "scim", "/scim/v2/" + resource + ("/{id}" if len(parts) > 1 else "")
+    if path.startswith("/api/"):
+        parts = path.strip("/").split("/")
+        return "api", "/".join(["", *parts[:2]]) + ("/…" if len(parts) > 2 else "")
+    return "http", path if path in _PLAIN else "{other}"
+
+
+def _request_done(request: Request) -> None:
+    """twisted.web's per-request log hook: the request metrics and the request log line."""
+    started = request.__dict__.get("_t0")
+    if started is None:
+        return
+    path = request.path.decode("utf-8", "replace") if isinstance(request.path, bytes) \
+        else str(request.path)
+    protocol, route = route_of(path)
+    method = request.method.decode("ascii", "replace") if isinstance(request.method, bytes) \
+        else str(request.method)
+    environ = request.__dict__.get("_environ") or {}
+    peer = request.getClientAddress()
+    requestlog.done(protocol, f"{method} {route}", request.code, started,
+                    request_id=request.__dict__.get("request_id"),
+                    peer=getattr(peer, "host", None), client=environ.get(CLIENT_KEY),
+                    size=request.sentLength)
 
 
 def create_app(facade: Facade) -> Flask:
@@ -222,26 +279,44 @@ def create_app(facade: Facade) -> Flask:
 
 
 def _health(app: Flask, facade: Facade) -> None:
-    """``/healthz`` (the process answers) and ``/readyz`` (it may answer clients: a snapshot
-    is loaded and the access log takes records). No token, and nothing about any person, so
-    a load balancer or Kubernetes can probe them."""
+    """``/healthz`` (the process answers), ``/readyz`` (it may answer clients: a snapshot is
+    loaded, the access log takes records, the store answered the last look for changes;
+    else 503 with the reasons) and ``/metrics`` (Prometheus). No token, and nothing about any
+    person, so a load balancer, Kubernetes or Prometheus can probe them.
+
+    While the store is away the last snapshot keeps being served (reads need nothing but
+    memory), and ``/readyz`` says 503 with its age so a balancer can prefer a replica that
+    is current; when the store returns, the refresh catches up."""
 
     @app.get("/healthz")
     def healthz() -> Response:
         return Response(json.dumps({"status": "ok"}), mimetype="application/json")
 
+    metrics.sample("directory", metrics.directory_reader(facade.directory, facade.audit))
+
     @app.get("/readyz")
     def readyz() -> Response:
-        snapshot = facade.directory.snapshot
+        directory = facade.directory
+        snapshot = directory.snapshot
         problems = []
         audit_problem = getattr(facade.audit, "problem", None)
         if audit_problem:
             problems.append(f"access log: {audit_problem}")
+        if directory.store_problem:
+            problems.append(f"store: {directory.store_problem}")
+        age = max(0.0, time.time() - directory.checked_at)
         body = {"status": "ready" if not problems else "not ready", "problems": problems,
                 "snapshot": {"seq": snapshot.seq, "at": snapshot.at.isoformat(),
-                             "entries": len(snapshot)}}
+                             "entries": len(snapshot), "age_seconds": round(age, 3),
+                             "build_seconds": round(directory.last_build_seconds, 3)},
+                "store": "unreachable" if directory.store_problem else "reachable"}
         return Response(json.dumps(body), status=200 if not problems else 503,
                         mimetype="application/json")
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
 
 def _json_error(exc: HTTPException) -> Response:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from idm_facade import requestlog
 from idm_facade.access.facade import Facade
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def build_facade(db: str | None, config_path: str | None = None) -> Facade:
     from store.engine import make_engine
 
     config = load_config(config_path)
+    requestlog.configure(config)
     declare(configured(config.section("attributes")))
     engine = make_engine(db)
     directory = Directory(engine, directory_system=config.directory_system,

@@ -28,6 +28,9 @@ import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec er
 from flask import Flask, Response, request
 from werkzeug.datastructures import ImmutableMultiDict
 
+from idm_facade import metrics
+from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
+from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import Client, bearer_token
 from idm_facade.access.facade import Facade
@@ -184,8 +187,11 @@ class ScimService:
             token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             client = self.facade.clients.authenticate_token(token) if token else None
             if client is None:
+                metrics.AUTH_FAILURES.labels("scim", "no token" if token is None
+                                             else "invalid token").inc()
                 raise unauthorized() if token is None else unauthorized(
                     "the bearer token is not valid")
+            environ[CLIENT_KEY] = client.name
             outcome = self.dispatch(client, method, path, req)
         except ScimError as exc:
             outcome = Outcome(json.dumps(exc.body()), exc.status, exc.headers)
@@ -196,7 +202,8 @@ class ScimService:
         query = outcome.query or req.query_string.decode("utf-8", "replace")
         rec = self._record_type(
             client=client.name if client is not None else "-",
-            source=environ.get("REMOTE_ADDR") or "", operation=f"scim.{method} /{path}",
+            source=audit_source(environ.get("REMOTE_ADDR") or "", environ.get(REQUEST_ID_KEY)),
+            operation=f"scim.{method} /{path}",
             query=query, status=str(outcome.status), subjects=sorted(outcome.subjects),
             sensitive=sorted(outcome.sensitive))
         hold = environ.get(HOLD_KEY)

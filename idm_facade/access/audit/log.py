@@ -37,7 +37,7 @@ from sqlalchemy import Engine, inspect
 
 from idm_facade.access.audit.index import IndexMixin
 from idm_facade.access.audit.record import _Row as _Row  # re-exported: tests import it here
-from idm_facade.access.audit.record import index_metadata, metadata
+from idm_facade.access.audit.record import index_metadata, metadata, set_replica_name
 from idm_facade.access.audit.record import record_hash as record_hash  # re-exported: tests
 from idm_facade.access.audit.retention import RetentionMixin
 from idm_facade.access.audit.settings import AuditSettings, _engine_for
@@ -56,6 +56,8 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
                  group_commit: bool = True, index_interval: float | None = None,
                  index_records: int | None = None) -> None:
         self.config = config or Config()
+        if config is not None:
+            set_replica_name(config.get("audit", "replica"))
         settings = AuditSettings.read(self.config, engine, timeout=timeout,
                                       index_interval=index_interval,
                                       index_records=index_records)

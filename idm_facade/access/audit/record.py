@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -156,6 +158,42 @@ class AccessRecord:
     subjects: list[str] = field(default_factory=list)
     sensitive: list[str] = field(default_factory=list)
     time: datetime | None = None
+
+
+#: WSGI environ key of the request id the HTTP server gave the request (``X-Request-Id``).
+REQUEST_ID_KEY = "idm_facade.request_id"
+#: WSGI environ key where the application leaves the authenticated client's name (for the
+#: request log line).
+CLIENT_KEY = "idm_facade.client"
+
+_replica: tuple[int, str] | None = None
+_replica_name: str | None = None
+
+
+def set_replica_name(name: str | None) -> None:
+    """The configured name of this replica (``[audit] replica``; default the host name)."""
+    global _replica_name, _replica
+    _replica_name, _replica = name, None
+
+
+def replica() -> str:
+    """This process as access records name it: ``<replica name or host>/<pid>`` (worked out
+    again after a fork, so each ``serve --workers`` worker names itself)."""
+    global _replica
+    pid = os.getpid()
+    if _replica is None or _replica[0] != pid:
+        _replica = (pid, f"{(_replica_name or socket.gethostname())[:40]}/{pid}")
+    return _replica[1]
+
+
+def source(peer: str, request_id: str | None = None) -> str:
+    """An access record's ``source``: where the request came from, which replica answered
+    it and the request's id (the same id as in the request log line and the
+    ``X-Request-Id`` header): ``<peer> @<replica> #<request id>``, at most 100 characters."""
+    text = f"{peer} @{replica()}"
+    if request_id:
+        text += f" #{request_id}"
+    return text[:100]
 
 
 @dataclass(frozen=True)

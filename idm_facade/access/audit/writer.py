@@ -54,6 +54,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from idm_facade import metrics
 from idm_facade.access.audit.db import _PG_LOCK
 from idm_facade.access.audit.record import GENESIS, AccessRecord, AuditUnavailable, _now, _Row
 from idm_facade.access.audit.settings import _sqlite_file
@@ -308,12 +309,20 @@ class WriterMixin:
 
     def _write_logged(self, rows: list[_Row]) -> BaseException | None:
         """Write ``rows`` in one transaction; the error (logged) if that failed."""
+        started = monotonic()
         try:
             self._write_rows(rows)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             log.error("access log write of %d record(s) failed: %s", len(rows), exc)
             return exc
+        metrics.AUDIT_COMMIT.observe(monotonic() - started)
+        metrics.AUDIT_RECORDS.inc(len(rows))
         return None
+
+    def queued(self) -> int:
+        """Records waiting for a commit (``/metrics``)."""
+        with self._lock:
+            return sum(len(batch.rows) for batch in self._queue)
 
     def _hand_on(self) -> None:
         """The lead's write is done (call with the lock held): hand the lead to the next

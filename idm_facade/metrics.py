@@ -1,0 +1,116 @@
+"""Process metrics in Prometheus form (``GET /metrics``), through prometheus_client.
+
+Why a library: the text exposition format, label escaping, histogram buckets and a
+thread-safe registry are well-kept there, and a Prometheus server, Grafana agent or
+OpenTelemetry collector reads it as it is.
+
+What is counted here, where it happens:
+
+- requests and their latency by protocol (``scim``, ``api``, ``ldap``), operation and status:
+  the HTTP site when a response is finished, the LDAP connection when an answer is recorded;
+- authentication failures by protocol and reason;
+- open LDAP connections;
+- access-log commits (latency) and the records waiting for one;
+- the directory's snapshot (sequence, age, build and refresh time, whether the store was
+  reachable at the last look), read from the directory when scraped.
+
+Each process has its own registry (:data:`REGISTRY`), so ``serve --workers N`` and replicas
+are scraped one by one, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0)
+
+REQUESTS = Counter("idm_facade_requests", "Requests answered, by protocol, operation and "
+                   "status.", ["protocol", "operation", "status"], registry=REGISTRY)
+LATENCY = Histogram("idm_facade_request_seconds", "Time from a request's arrival to its "
+                    "answer (after its access record is committed).",
+                    ["protocol", "operation"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+AUTH_FAILURES = Counter("idm_facade_auth_failures", "Refused authentications, by protocol "
+                        "and reason.", ["protocol", "reason"], registry=REGISTRY)
+LDAP_CONNECTIONS = Gauge("idm_facade_ldap_connections", "Open LDAP connections.",
+                         registry=REGISTRY)
+AUDIT_COMMIT = Histogram("idm_facade_access_log_commit_seconds", "Time of one access-log "
+                         "commit (a commit holds every record of a batch).",
+                         buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+AUDIT_RECORDS = Counter("idm_facade_access_log_records", "Access records committed.",
+                        registry=REGISTRY)
+
+
+class _Sampled:
+    """A collector whose values are read when scraped (from ``read()``: name -> (help,
+    value))."""
+
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, (text, value) in self.read().items():
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+
+    def describe(self) -> list:
+        return []
+
+
+_sampled: dict[str, _Sampled] = {}
+
+
+def sample(key: str, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+    """Register (or replace) the scrape-time reader ``key`` (one per source: the directory,
+    the access log)."""
+    old = _sampled.pop(key, None)
+    if old is not None:
+        REGISTRY.unregister(old)
+    found = _Sampled(read)
+    _sampled[key] = found
+    REGISTRY.register(found)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in the text format, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def directory_reader(directory: Any, audit: Any = None) -> Callable[[], dict]:
+    """What the scrape reads from the directory (and the access log's queue)."""
+    def read() -> dict[str, tuple[str, float]]:
+        snapshot = directory.snapshot
+        now = time.time()
+        values = {
+            "idm_facade_snapshot_seq": ("Change-log position the served snapshot includes.",
+                                        float(snapshot.seq)),
+            "idm_facade_snapshot_entries": ("Entries in the served snapshot.",
+                                            float(len(snapshot))),
+            "idm_facade_snapshot_build_seconds": ("Time of the last full snapshot build.",
+                                                  float(directory.last_build_seconds)),
+            "idm_facade_snapshot_refresh_seconds": ("Time of the last refresh (incremental "
+                                                    "or full).",
+                                                    float(directory.last_refresh_seconds)),
+            "idm_facade_snapshot_age_seconds": ("Seconds since the store was last seen to "
+                                                "match the served snapshot (how stale it "
+                                                "may be).", now - directory.checked_at),
+            "idm_facade_store_up": ("1 when the store answered the last look for changes, "
+                                    "else 0.", 0.0 if directory.store_problem else 1.0),
+        }
+        queued = getattr(audit, "queued", None)
+        if callable(queued):
+            values["idm_facade_access_log_queue"] = ("Access records waiting for a commit.",
+                                                     float(queued()))
+        return values
+
+    return read

@@ -1,0 +1,210 @@
+"""Operating the facade: Prometheus metrics (read with prometheus_client's text parser),
+request log lines with request ids that the access records carry too, the replica's name in
+each record, JSON logs, and the store going away under load and coming back."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import ldap
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from idm_facade.access.audit import AuditLog
+from store.engine import make_engine
+from tests.pg import PostgresUnavailable, postgres_cluster
+from tests.serving import ldap_bind, served_copy, start_serve
+
+
+def _metrics(base: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one scrape, parsed as Prometheus does."""
+    response = httpx.get(f"{base}/metrics", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def _value(scrape: dict, name: str, **labels: str) -> float:
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_requests_and_replica(demo_db: str, tmp_path: Path) -> None:
+    config = '[audit]\nreplica = "replica-a"\n'
+    with served_copy(demo_db, tmp_path, config, (("crm", "scim", "default"),
+                                                 ("legacy", "ldap", "default"))) as copy:
+        serving = copy.serving
+        assert serving is not None and serving.scim_base is not None
+        base = serving.scim_base
+        token = copy.secrets["crm"]
+        http = httpx.Client(base_url=base, timeout=30)
+        for _ in range(3):
+            ok = http.get("/scim/v2/Users?count=1",
+                          headers={"Authorization": f"Bearer {token}",
+                                   "X-Request-Id": "trace-42"})
+            assert ok.status_code == 200 and ok.headers["x-request-id"] == "trace-42"
+        bad = http.get("/scim/v2/Users", headers={"Authorization": "Bearer idmf_x_nope"})
+        assert bad.status_code == 401 and re.fullmatch(r"[0-9a-f]{12}",
+                                                       bad.headers["x-request-id"])
+        conn = ldap_bind(serving.ldap_url, copy.bind_dn("legacy"), copy.secrets["legacy"])
+        conn.search_s(f"ou=people,{copy.base}", ldap.SCOPE_ONELEVEL, "(uid=a*)", ["uid"])
+        with pytest.raises(ldap.INVALID_CREDENTIALS):
+            ldap_bind(serving.ldap_url, copy.bind_dn("legacy"), "wrong")
+        scrape = _metrics(base)
+        ready = http.get("/readyz").json()
+        conn.unbind_s()
+        assert _value(scrape, "idm_facade_requests_total", protocol="scim",
+                      operation="GET /scim/v2/Users", status="200") == 3
+        assert _value(scrape, "idm_facade_requests_total", protocol="scim",
+                      operation="GET /scim/v2/Users", status="401") == 1
+        assert _value(scrape, "idm_facade_auth_failures_total", protocol="scim",
+                      reason="invalid token") == 1
+        assert _value(scrape, "idm_facade_requests_total", protocol="ldap",
+                      operation="search", status="success") == 1
+        assert _value(scrape, "idm_facade_requests_total", protocol="ldap",
+                      operation="bind", status="49") == 1
+        assert _value(scrape, "idm_facade_auth_failures_total", protocol="ldap",
+                      reason="invalid credentials") == 1
+        assert _value(scrape, "idm_facade_request_seconds_count", protocol="scim",
+                      operation="GET /scim/v2/Users") == 4
+        assert _value(scrape, "idm_facade_ldap_connections") == 1  # the bound one, open
+        assert _value(scrape, "idm_facade_snapshot_seq") == ready["snapshot"]["seq"]
+        assert _value(scrape, "idm_facade_snapshot_entries") == ready["snapshot"]["entries"]
+        assert _value(scrape, "idm_facade_store_up") == 1
+        assert _value(scrape, "idm_facade_snapshot_build_seconds") > 0
+        # Every request above has its access record; every record is counted once committed.
+        assert _value(scrape, "idm_facade_access_log_records_total") >= 7
+        assert _value(scrape, "idm_facade_access_log_commit_seconds_count") >= 1
+        # The request log line and the access record share the request id; the record names
+        # the replica.
+        deadline = time.monotonic() + 10  # request lines are written in batches
+        while serving.output().count("trace-42") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [line for line in serving.output().splitlines() if "trace-42" in line]
+        assert len(lines) == 3 and all("scim GET /scim/v2/Users 200" in line for line in lines)
+        audit = AuditLog(make_engine(copy.db))
+        records = audit.query(client="crm")
+        audit.close()
+        assert len(records) == 3
+        pid = serving.proc.pid
+        assert all(r.source.endswith(f"@replica-a/{pid} #trace-42") for r in records)
+        ldap_records = [r for r in AuditLog(make_engine(copy.db)).query(client="legacy")]
+        assert all(re.search(rf"^ldap:127\.0\.0\.1:\d+ @replica-a/{pid} #[0-9a-f]{{8}}\.\d+$",
+                             r.source) for r in ldap_records), [r.source for r in ldap_records]
+
+
+def test_json_request_log(demo_db: str, tmp_path: Path) -> None:
+    with served_copy(demo_db, tmp_path, '[logging]\nformat = "json"\n',
+                     (("crm", "scim", "default"),), ldap=False) as copy:
+        assert copy.serving is not None
+        response = httpx.get(f"{copy.serving.scim_base}/scim/v2/Groups?count=1",
+                             headers={"Authorization": f"Bearer {copy.secrets['crm']}"},
+                             timeout=30)
+        rid = response.headers["x-request-id"]
+        deadline = time.monotonic() + 10
+        while rid not in copy.serving.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = next(x for x in copy.serving.output().splitlines() if rid in x)
+        record = json.loads(line)
+        assert record["logger"] == "idm_facade.requests" and record["request_id"] == rid
+        assert record["protocol"] == "scim" and record["status"] == 200
+        assert record["operation"] == "GET /scim/v2/Groups" and record["client"] == "crm"
+        assert "filter" not in line and "count=1" not in line  # no query strings
+
+
+def test_the_store_going_away_under_load(tmp_path: Path) -> None:
+    """PostgreSQL stops while clients read: answers go on from the last snapshot, /readyz
+    and /metrics say the store is away and how stale the snapshot is, and when it is back a
+    change made there shows up."""
+    from sqlalchemy import select
+
+    from store.demo import generate
+    from store.engine import write_session
+    from store.exchange import import_document
+    from store.models import OrgUnit
+    from tests.conftest import DEMO_REFERENCE
+    from tests.pg import create_database
+
+    try:
+        cluster_cm = postgres_cluster()
+        cluster = cluster_cm.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL is needed for this test: {exc}")
+    try:
+        url = create_database(cluster.url, "outage")
+        engine = make_engine(url)
+        import_document(engine, generate("S", seed=3, reference=DEMO_REFERENCE), actor="t")
+        from idm_facade.access.clients import ClientRegistry
+        from idm_facade.config import load_config
+
+        config = tmp_path / "idm.toml"
+        # The access log on a local file: records can be written while the store is away.
+        config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
+                          f'[audit]\ndb = "sqlite:///{tmp_path / "audit.db"}"\n')
+        token = ClientRegistry(engine, load_config(config)).add("crm", "scim", "default")
+        serving = start_serve(url, config, ldap=False)
+        base = serving.scim_base
+        headers = {"Authorization": f"Bearer {token}"}
+        failures: list[str] = []
+        answered = [0]
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+                while not stop.is_set():
+                    response = http.get("/scim/v2/Groups?count=5&excludedAttributes=members")
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+                    answered[0] += 1
+
+        reader = threading.Thread(target=load, daemon=True)
+        reader.start()
+        try:
+            time.sleep(1)
+            cluster.stop()
+            deadline = time.monotonic() + 30
+            while True:
+                ready = httpx.get(f"{base}/readyz", timeout=30)
+                if ready.status_code == 503:
+                    break
+                assert time.monotonic() < deadline, "the outage was not noticed"
+                time.sleep(0.2)
+            body = ready.json()
+            assert any(p.startswith("store: ") for p in body["problems"])
+            assert body["store"] == "unreachable"
+            before = answered[0]
+            time.sleep(2)
+            assert answered[0] > before  # still answering, from the snapshot
+            scrape = _metrics(base)
+            assert _value(scrape, "idm_facade_store_up") == 0
+            assert _value(scrape, "idm_facade_snapshot_age_seconds") >= 1.5
+        finally:
+            cluster.start()
+        with write_session(engine, actor="test") as session:
+            unit = session.scalars(select(OrgUnit).limit(1)).one()
+            unit.name = "Back After The Outage"
+        deadline = time.monotonic() + 30
+        while True:
+            found = httpx.get(f"{base}/scim/v2/Groups",
+                              params={"filter": 'displayName eq "Back After The Outage"'},
+                              headers=headers, timeout=30).json()
+            if found.get("totalResults") == 1:
+                break
+            assert time.monotonic() < deadline, "the change made after the outage never came"
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+        stop.set()
+        reader.join(timeout=30)
+        serving.stop()
+        engine.dispose()
+        assert answered[0] > 20 and failures == [], failures[:3]
+    finally:
+        cluster_cm.__exit__(None, None, None)
