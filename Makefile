@@ -4,23 +4,37 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DB ?= sqlite:///var/idm.db
 SIZE ?= S
+SCIM_PORT ?= 8080
+LDAP_PORT ?= 3389
+LDAPS_PORT ?= 3636
 
-.PHONY: demo test test-dates bench fuzz soak lint os-packages venv clean
+.PHONY: demo test test-dates bench fuzz soak lint os-packages venv venv-runtime clean
 
+# The full set-up (test tools, compiled python-ldap) for tests and benchmarks.
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
+# Only what serving needs (wheels; nothing to compile, no OS packages): enough for the demo.
+venv-runtime: $(VENV)/.runtime
+
+$(VENV)/.runtime: pyproject.toml
+	@echo "[make] installing idm-facade and its runtime dependencies into $(VENV) ..."
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --progress-bar off -e .
 	touch $@
 
 # OS tools the tests use as real clients (ldapsearch) and build against (libldap for python-ldap).
 os-packages:
 	bash scripts/os-packages.sh
 
-demo: os-packages venv
-	$(BIN)/idm-facade demo --db $(DB) --size $(SIZE)
+demo: venv-runtime
+	$(BIN)/idm-facade demo --db $(DB) --size $(SIZE) --scim-port $(SCIM_PORT) \
+		--ldap-port $(LDAP_PORT) --ldaps-port $(LDAPS_PORT)
 
 test: os-packages venv
 	$(BIN)/ruff check .

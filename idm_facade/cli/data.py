@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from idm_facade.cli.options import config_option, db_option
@@ -24,7 +26,7 @@ def _print_counts(counts: dict[str, int]) -> None:
         click.echo(f"  {key:<{width}}  {count:>8,}")
 
 
-def _import_with_progress(db: str | None, doc: dict, replace: bool, actor: str) -> dict[str, int]:
+def import_with_progress(db: str | None, doc: dict, replace: bool, actor: str) -> dict[str, int]:
     """Validate and import ``doc`` showing a per-table bar; exits with a message on errors."""
     from tqdm import tqdm
 
@@ -61,7 +63,7 @@ def import_command(db: str | None, file, replace: bool, actor: str) -> None:  # 
         doc = exchange.read(file)
     except exchange.ExchangeError as exc:
         raise click.ClickException(str(exc)) from None
-    counts = _import_with_progress(db, doc, replace, actor)
+    counts = import_with_progress(db, doc, replace, actor)
     click.echo(f"imported into {database_url(db)}:")
     _print_counts(counts)
 
@@ -97,6 +99,21 @@ def export_command(db: str | None, config_path: str | None, file: str) -> None:
     click.echo(f"exported {rows:,} objects to {file}")
 
 
+def generate_with_progress(size: str, seed: int, reference: Any) -> dict:
+    """Generate the demo municipality ``size`` showing a bar of its phases."""
+    from tqdm import tqdm
+
+    from store import demo
+
+    with tqdm(total=len(demo.PHASES), desc=f"generate {size}", disable=None, leave=False) as bar:
+
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(1)
+
+        return demo.generate(size, seed, reference, progress=progress)
+
+
 @click.command("demo-data")
 @db_option
 @click.option("--size", type=click.Choice(["S", "M", "L", "XL"], case_sensitive=False),
@@ -109,19 +126,9 @@ def export_command(db: str | None, config_path: str | None, file: str) -> None:
 @click.option("--replace", is_flag=True, help="Delete everything in the store first.")
 def demo_data(db: str | None, size: str, seed: int, reference, replace: bool) -> None:  # noqa: ANN001
     """Generate a synthetic municipality and import it through the validated import."""
-    from tqdm import tqdm
-
-    from store import demo
-
     size = size.upper()
-    with tqdm(total=len(demo.PHASES), desc=f"generate {size}", disable=None, leave=False) as bar:
-
-        def progress(step: str) -> None:
-            bar.set_postfix_str(step)
-            bar.update(1)
-
-        doc = demo.generate(size, seed, reference, progress=progress)
-    counts = _import_with_progress(db, doc, replace, "demo-data")
+    doc = generate_with_progress(size, seed, reference)
+    counts = import_with_progress(db, doc, replace, "demo-data")
     click.echo(f"demo municipality {size} (seed {seed}) imported into {database_url(db)}:")
     _print_counts(counts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -93,20 +94,42 @@ def demo_command(db: str | None, size: str, host: str, scim_port: int, ldap_port
                  ldaps_port: int, config_path: str | None, threads: int) -> None:
     """Create a demo municipality if the store is empty, register the demo clients, serve."""
     from sqlalchemy.orm import Session
+    from tqdm import tqdm
 
-    from store import demo, exchange
+    from idm_facade.cli.data import generate_with_progress, import_with_progress
+    from idm_facade.directory.directory import BUILD_STEPS
+    from store import exchange
     from store.engine import database_url, make_engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    size = size.upper()
     engine = make_engine(db)
     with Session(engine) as session:
         empty = exchange.store_is_empty(session)
-    if empty:
-        click.echo(f"store {database_url(db)} is empty: generating demo municipality "
-                   f"{size.upper()} ...")
-        exchange.import_document(engine, demo.generate(size.upper(), 1), actor="demo")
     engine.dispose()
-    facade = build_facade(db, config_path)
+    if empty:
+        click.echo(f"[1/4] generating the demo municipality {size} ...")
+        started = time.monotonic()
+        doc = generate_with_progress(size, 1, None)
+        click.echo(f"      done in {time.monotonic() - started:.1f} s")
+        click.echo(f"[2/4] importing it into {database_url(db)} ...")
+        started = time.monotonic()
+        counts = import_with_progress(db, doc, False, "demo")
+        click.echo(f"      {sum(counts.values()):,} rows in {time.monotonic() - started:.1f} s")
+    else:
+        click.echo(f"[1/4] the store {database_url(db)} holds an organisation: using it")
+        click.echo("[2/4] nothing to import")
+    click.echo("[3/4] building the directory snapshot ...")
+    started = time.monotonic()
+    with tqdm(total=len(BUILD_STEPS), desc="snapshot", disable=None, leave=False) as bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        facade = build_facade(db, config_path, progress=step)
+    click.echo(f"      {len(facade.directory.snapshot):,} entries in "
+               f"{time.monotonic() - started:.1f} s")
+    click.echo("[4/4] registering the demo clients and serving")
     creds = facade.clients.ensure_demo_clients()
     snap = facade.directory.snapshot
     user = next((e.first("userName") for e in snap.entries if e.kind == "account"), "user")

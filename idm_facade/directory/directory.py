@@ -64,15 +64,27 @@ def _freeze_survivors(phase: str, info: dict) -> None:
 Clock = Callable[[], datetime]
 
 
+#: The steps of a snapshot build, in order (``progress`` is told each when it is done).
+BUILD_STEPS = ("load the store", "build entries", "index")
+
+
 def build_snapshot(engine: Engine, at: datetime,
                    directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
-                   numbers: PosixNumbers | None = None) -> Snapshot:
+                   numbers: PosixNumbers | None = None,
+                   progress: Callable[[str], None] | None = None) -> Snapshot:
     """Load the store as of ``at`` and build a fully indexed snapshot. ``numbers``: posix
-    numbers handed out before, kept as they are (None: allocate afresh, default range)."""
+    numbers handed out before, kept as they are (None: allocate afresh, default range);
+    ``progress`` hears of each of :data:`BUILD_STEPS` as it is done (a first start at XL
+    takes most of a minute, and an operator should see it move)."""
+    step = progress or (lambda _name: None)
     data = load(engine, at)
+    step(BUILD_STEPS[0])
     entries, builder = build_entries(data, directory_system, numbers)
-    return Snapshot(entries, at=at, seq=data.seq, next_boundary=data.next_boundary,
-                    data=data, grants=builder.grants, posix=builder.numbers)
+    step(BUILD_STEPS[1])
+    snapshot = Snapshot(entries, at=at, seq=data.seq, next_boundary=data.next_boundary,
+                        data=data, grants=builder.grants, posix=builder.numbers)
+    step(BUILD_STEPS[2])
+    return snapshot
 
 
 class Directory:
@@ -80,7 +92,8 @@ class Directory:
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow,
                  directory_system: str = DEFAULT_DIRECTORY_SYSTEM,
-                 poll_interval: float = 0.2, posix: PosixRange | None = None) -> None:
+                 poll_interval: float = 0.2, posix: PosixRange | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.posix = posix or PosixRange()
         self.clock = clock
@@ -97,17 +110,18 @@ class Directory:
         #: Why the last look at the store failed (None while it answers). The last good
         #: snapshot keeps being served meanwhile.
         self.store_problem: str | None = None
-        self.snapshot: Snapshot = self._build()
+        self.snapshot: Snapshot = self._build(progress)
         self.checked_at = time.time()
 
-    def _build(self) -> Snapshot:
+    def _build(self, progress: Callable[[str], None] | None = None) -> Snapshot:
         started = time.perf_counter()
         gc.unfreeze()  # let the collector see (and free) what older snapshots left behind
         # A rebuild keeps every posix number handed out so far in this process.
         previous = getattr(self, "snapshot", None)
         handed_out = previous.posix if previous is not None else None
         numbers = handed_out.child() if handed_out is not None else PosixNumbers(self.posix)
-        snapshot = build_snapshot(self.engine, self.clock(), self.directory_system, numbers)
+        snapshot = build_snapshot(self.engine, self.clock(), self.directory_system, numbers,
+                                  progress)
         _settle()
         self.last_build_seconds = time.perf_counter() - started
         log.info("directory built: %d entries, seq %d, %.2fs", len(snapshot), snapshot.seq,

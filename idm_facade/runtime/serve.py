@@ -103,8 +103,10 @@ def check_store(db: str | None, allow_empty: bool = False) -> None:
                            f"empty with --allow-empty", missing=True)
 
 
-def build_facade(db: str | None, config_path: str | None = None) -> Facade:
-    """The store, directory (built now), client registry and access log of one process."""
+def build_facade(db: str | None, config_path: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> Facade:
+    """The store, directory (built now; ``progress`` hears of each build step), client
+    registry and access log of one process."""
     from idm_facade.access.audit import AuditLog
     from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import load_config
@@ -119,7 +121,7 @@ def build_facade(db: str | None, config_path: str | None = None) -> Facade:
     declare(configured(config.section("attributes")))
     engine = make_engine(db)
     directory = Directory(engine, directory_system=config.directory_system,
-                          posix=PosixRange.from_config(config))
+                          posix=PosixRange.from_config(config), progress=progress)
     clients = ClientRegistry(engine, config)
     audit = AuditLog(engine, config)
     return Facade(directory=directory, clients=clients, audit=audit, config=config)
