@@ -202,6 +202,22 @@ class ClientRegistry:
         self._away_logged = -1e9
         AuthBase.metadata.create_all(engine)
 
+    def reload(self, config: Config) -> None:
+        """Take the policies of ``config`` (SIGHUP; PolicyError when one is malformed, and
+        nothing changes): every client's next request reads through its policy as it is now,
+        and its store row is looked at again."""
+        policies = load_policies(config)
+        with self._lock:
+            self.config = config
+            self.policies = policies
+            self._resolved.clear()
+            self._clients.clear()
+            self._meta.clear()
+            self._live.clear()
+            for hit in self._cache.values():
+                hit.checked = float("-inf")  # look at the row again before trusting it
+            self._epoch += 1
+
     # ------------------------------------------------------------------ policies
 
     def policy(self, name: str) -> Policy:

@@ -112,6 +112,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         super().connectionMade()
         settings = self.factory.settings
         self.factory.connections += 1
+        self.factory.open_connections.add(self)
         metrics.LDAP_CONNECTIONS.inc()
         if self.factory.connections > settings.max_connections:
             log.warning("LDAP: refusing %s: %d connections open", self._peer(),
@@ -159,6 +160,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
         self.factory.connections -= 1
+        self.factory.open_connections.discard(self)
         metrics.LDAP_CONNECTIONS.dec()
         self.setTimeout(None)
         for msgid in list(self.active):
@@ -179,6 +181,10 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 code, message, name=ber.NOTICE_OF_DISCONNECTION)))
         finally:
             self.transport.loseConnection()
+
+    def shut_down(self) -> None:
+        """The server is stopping: notice of disconnection (``unavailable``), then close."""
+        self._disconnect(UNAVAILABLE, "the server is shutting down; connect again")
 
     def _arrived(self, msgid: int) -> None:
         arrivals = self._arrivals

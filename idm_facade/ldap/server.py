@@ -72,8 +72,10 @@ class LDAPFactory(protocol.ServerFactory):
         self.persons = persons
         self.settings = Settings.from_config(facade.config)
         self.limits = Limits.from_config(facade.config)
-        #: Connections open now (see Settings.max_connections).
+        #: Connections open now (see Settings.max_connections), and the connections
+        #: themselves (a drain tells the idle ones and waits for the busy ones).
         self.connections = 0
+        self.open_connections: set[LDAPConnection] = set()
         self.tls = tls
         if reactor is None:
             from twisted.internet import reactor as default_reactor

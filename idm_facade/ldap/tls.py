@@ -81,3 +81,12 @@ def context_factory(config: Any) -> ssl.DefaultOpenSSLContextFactory:
     """The server TLS context for StartTLS and LDAPS."""
     cert, key = certificate_paths(config)
     return ssl.DefaultOpenSSLContextFactory(str(key), str(cert))
+
+
+def reload_context(context: ssl.DefaultOpenSSLContextFactory, config: Any) -> None:
+    """Load the configured certificate and key again into ``context`` (SIGHUP): handshakes
+    from now on use the new pair; the listeners and open connections stay as they are."""
+    fresh = context_factory(config)
+    context.certificateFileName = fresh.certificateFileName
+    context.privateKeyFileName = fresh.privateKeyFileName
+    context._context = fresh.getContext()

@@ -61,6 +61,7 @@ class HeldRequest(Request):
     # reads ``args``. So the query is kept aside and parsed only if ``args`` is asked for.
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self.__dict__["_t0"] = monotonic()
+        IN_FLIGHT[0] += 1
         given = self.requestHeaders.getRawHeaders(b"x-request-id")
         text = given[0].decode("ascii", "replace") if given else ""
         rid = text if _REQUEST_ID.fullmatch(text) else os.urandom(6).hex()
@@ -132,6 +133,8 @@ class HeldRequest(Request):
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self._take_pending()  # nothing goes out, but the request was answered: record it
+        if self.__dict__.pop("_t0", None) is not None:
+            IN_FLIGHT[0] -= 1  # never finished
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         if not self._failed:  # the application's status arrives after the error was sent
@@ -228,6 +231,8 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     return site
 
 
+#: HTTP requests received and not yet finished (a drain waits for them); reactor thread only.
+IN_FLIGHT = [0]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SCIM_RESOURCES = {"Users", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig",
                    ".search", "Bulk", "Me"}
@@ -249,9 +254,10 @@ def route_of(path: str) -> tuple[str, str]:
 
 def _request_done(request: Request) -> None:
     """twisted.web's per-request log hook: the request metrics and the request log line."""
-    started = request.__dict__.get("_t0")
+    started = request.__dict__.pop("_t0", None)
     if started is None:
         return
+    IN_FLIGHT[0] -= 1
     path = request.path.decode("utf-8", "replace") if isinstance(request.path, bytes) \
         else str(request.path)
     protocol, route = route_of(path)

@@ -175,6 +175,11 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
                        sockets)
     facade.directory.start()
     reactor.addSystemEventTrigger("before", "shutdown", facade.directory.stop)
+    from idm_facade.runtime import http, lifecycle
+
+    lifecycle.install(reactor, facade, listening.ports,
+                      str(facade.config.path) if facade.config.path else None,
+                      lambda: http.IN_FLIGHT[0])
     close = getattr(facade.audit, "close", None)
     if callable(close):
         reactor.addSystemEventTrigger("after", "shutdown", close)

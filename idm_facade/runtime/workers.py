@@ -11,8 +11,9 @@ the store's change log, so a write becomes visible through all of them; the acce
 hash chain that several writers may share (its writer locks the chain per batch).
 
 The parent runs no reactor and opens no database: it binds, forks, announces the ports once
-every worker is serving, and supervises. SIGTERM/SIGINT are forwarded to the workers, which
-shut down as a single ``serve`` does; a worker that dies unexpectedly is restarted after a
+every worker is serving, and supervises. SIGTERM/SIGINT (drain) and SIGHUP (reload) are
+forwarded to the workers, which act on them as a single ``serve`` does
+(:mod:`idm_facade.runtime.lifecycle`); a worker that dies unexpectedly is restarted after a
 short back-off; if workers keep dying before they are ready, the parent stops them all and
 exits non-zero, since restarting cannot fix a bad database URL or configuration.
 
@@ -165,6 +166,7 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serving installs its own
                 _die_with_parent()
                 os.close(self._ready_r)
                 self.work(self.sockets, self._ready_w)
@@ -187,6 +189,10 @@ class Supervisor:
             log.info("received %s: stopping the workers", signal.Signals(signum).name)
         self.stopping = True
         self._signal_all(signal.SIGTERM)
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        log.info("received SIGHUP: passing it on to the workers")
+        self._signal_all(signal.SIGHUP)
 
     def _signal_all(self, signum: int) -> None:
         for slot in self.slots:
@@ -245,6 +251,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until stopped; 0 after a requested stop, 1 when workers cannot start."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         try:
             for slot in self.slots:
                 self._fork(slot)
