@@ -314,12 +314,26 @@ def test_sigterm_stops_the_parent_and_every_worker(ctx, tmp_path):
     audit.close()
 
 
-def test_workers_that_cannot_start_make_serve_exit_non_zero(tmp_path):
+def test_workers_that_cannot_start_make_serve_exit_non_zero(tmp_path, demo_db):
     exe = Path(sys.executable).with_name("idm-facade")
+    # An unreachable store is found by the parent before any worker starts: one line.
     out = subprocess.run(
         [str(exe), "serve", "--workers", "2", "--scim-port", "0",
          "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.startswith("Error: cannot reach the store") and "SCIM " not in out.stdout
+    # A problem only a worker finds (the upstream directory's settings, read when a worker
+    # makes its LDAP listener) makes the workers die at start; the parent gives up instead
+    # of restarting them forever.
+    config = tmp_path / "idm.toml"
+    config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
+                      '[ldap.upstream]\nurls = ["ldap://127.0.0.1:1"]\n'
+                      'dn_template = "uid={username}"\npool_size = 0\n')
+    out = subprocess.run(
+        [str(exe), "serve", "--workers", "2", "--scim-port", "0", "--ldap-port", "0",
+         "--db", demo_db, "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "keep dying at start" in out.stderr
     assert "SCIM " not in out.stdout  # nothing was announced

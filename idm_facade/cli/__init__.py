@@ -12,25 +12,9 @@ from typing import Any
 import click
 
 from idm_facade.cli import access, data, roles, serve
+from idm_facade.cli.options import ConfigFailure, NoStore
 from idm_facade.config import ConfigError
 from idm_facade.runtime.serve import StoreProblem
-
-#: Exit codes (README, "Exit codes"): 0 done; 1 failed while starting or running (a port in
-#: use, the store unreachable); 2 usage or configuration error; 3 the store is missing or
-#: empty (``serve`` without ``--allow-empty``).
-EXIT_FAILED, EXIT_USAGE, EXIT_NO_STORE = 1, 2, 3
-
-
-class ConfigFailure(click.ClickException):
-    """A configuration error, in one line (no traceback)."""
-
-    exit_code = EXIT_USAGE
-
-
-class NoStore(click.ClickException):
-    """The store to serve is missing or empty."""
-
-    exit_code = EXIT_NO_STORE
 
 
 class _Main(click.Group):

@@ -16,7 +16,7 @@ import click
 from twisted.internet.error import CannotListenError
 
 from idm_facade.access.facade import Facade
-from idm_facade.cli.options import config_option, db_option
+from idm_facade.cli.options import ConfigFailure, config_option, db_option
 from idm_facade.runtime.serve import (
     DEFAULT_THREADS,
     LdapUnavailable,
@@ -47,6 +47,8 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
         raise click.ClickException(str(exc)) from None
     except (OSError, CannotListenError) as exc:  # address in use, permission denied
         raise click.ClickException(f"cannot listen: {exc}") from None
+    except ValueError as exc:  # a setting read when the listeners are made (TLS, upstream)
+        raise ConfigFailure(f"configuration: {exc}") from None
 
 
 @click.command("serve")
@@ -76,7 +78,7 @@ def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | No
     try:
         facade = build_facade(db, config_path) if workers == 1 else None
     except ValueError as exc:  # a setting the configuration got wrong, named in the message
-        raise click.ClickException(f"configuration: {exc}") from None
+        raise ConfigFailure(f"configuration: {exc}") from None
     _serve_or_fail(facade, host, scim_port, ldap_port, ldaps_port, threads, workers, db,
                    config_path)
 
