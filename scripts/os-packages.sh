@@ -2,11 +2,13 @@
 # Installs the OS packages the project needs when they are missing: OpenLDAP client tools
 # (ldapsearch, a real client in the tests), the OpenLDAP server (slapd plays the upstream
 # directory that person binds are verified against), the libldap/libsasl headers python-ldap
-# builds against, and the PostgreSQL server binaries the tests start a throwaway cluster from.
+# builds against, HAProxy (the balancer of the replicas test, deploy/haproxy.cfg), and the
+# PostgreSQL server binaries the tests start a throwaway cluster from.
 set -euo pipefail
 missing=()
 command -v ldapsearch >/dev/null || missing+=(ldap-utils)
 command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] || missing+=(slapd)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -e /usr/include/ldap.h ] || missing+=(libldap2-dev)
 [ -e /usr/include/sasl/sasl.h ] || missing+=(libsasl2-dev)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

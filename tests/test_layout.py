@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "idm_facade.directory": 4,
     "idm_facade.config": 5,
     "idm_facade.metrics": 5,
-    "idm_facade.requestlog": 5,
+    "idm_facade.requestlog": 4,
     "schemas": 6,
     "store": 7,
 }

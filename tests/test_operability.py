@@ -208,3 +208,22 @@ def test_the_store_going_away_under_load(tmp_path: Path) -> None:
         assert answered[0] > 20 and failures == [], failures[:3]
     finally:
         cluster_cm.__exit__(None, None, None)
+
+
+def test_a_posix_search_while_posix_is_off_is_explained(demo_db: str, tmp_path: Path) -> None:
+    """nslcd's `getent passwd` searches (objectClass=posixAccount); with ``[ldap] posix`` off
+    nothing matches, and the operator is told why instead of seeing an empty list."""
+    with served_copy(demo_db, tmp_path, "", (("nslcd", "ldap", "default"),)) as copy:
+        assert copy.serving is not None
+        conn = ldap_bind(copy.serving.ldap_url, copy.bind_dn("nslcd"), copy.secrets["nslcd"])
+        found = conn.search_s(f"ou=people,{copy.base}", ldap.SCOPE_ONELEVEL,
+                              "(objectClass=posixAccount)", ["uid"])
+        assert found == []
+        assert len(conn.search_s(f"ou=people,{copy.base}", ldap.SCOPE_ONELEVEL,
+                                 "(objectClass=inetOrgPerson)", ["uid"])) > 0
+        conn.unbind_s()
+        deadline = time.monotonic() + 10
+        while "posix is off" not in copy.serving.output():
+            assert time.monotonic() < deadline, copy.serving.output()[-2000:]
+            time.sleep(0.05)
+        assert "set posix = true" in copy.serving.output()

@@ -16,6 +16,8 @@ afterwards by the directory's planner, so a hidden attribute also behaves as abs
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -26,6 +28,8 @@ from idm_facade.directory import filters as f
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit, subschema, syntax
 from schemas.attributes import ATTRIBUTES, BOOLEAN, DATETIME, INTEGER
+
+log = logging.getLogger(__name__)
 
 #: LDAP_MATCHING_RULE_IN_CHAIN (Active Directory's transitive membership rule).
 IN_CHAIN = "1.2.840.113556.1.4.1941"
@@ -60,6 +64,21 @@ def _text(value: Any) -> str:
 def _name(node: Any) -> str:
     value = getattr(node, "value", node)
     return _text(value).strip().split(";", 1)[0]
+
+
+_POSIX_CLASSES = {"posixaccount", "posixgroup", "shadowaccount"}
+_posix_warned = [0.0]
+
+
+def _posix_off(cls: str) -> None:
+    """A client asks for POSIX entries while ``[ldap] posix`` is off: the answer is empty,
+    and nslcd's ``getent passwd`` would be silently empty too, so say why (once a minute)."""
+    now = time.monotonic()
+    if now - _posix_warned[0] > 60:
+        _posix_warned[0] = now
+        log.warning("LDAP: a client searched for objectClass=%s but [ldap] posix is off, so "
+                    "nothing matches; set posix = true to serve POSIX accounts and groups "
+                    "(nslcd, SSSD)", cls)
 
 
 class Translator:
@@ -152,7 +171,10 @@ class Translator:
         if lower == "objectclass":
             if cls is not f.Eq:
                 return UNDEFINED
-            return f.TRUE if text.strip().lower() in self.classes else f.FALSE
+            wanted = text.strip().lower()
+            if wanted in _POSIX_CLASSES and not self.posix:
+                _posix_off(wanted)
+            return f.TRUE if wanted in self.classes else f.FALSE
         if lower == "entrydn":
             if cls is not f.Eq:
                 return UNDEFINED
