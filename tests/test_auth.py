@@ -271,8 +271,9 @@ def test_cli_clients(sqlite_url: str, tmp_path) -> None:
     assert out.exit_code == 0
     out = runner.invoke(main, ["clients", "list", "--db", sqlite_url])
     lines = out.output.splitlines()
-    assert lines[0].startswith("crm") and "active" in lines[0]
-    assert lines[1].startswith("legacy") and "revoked" in lines[1]
+    assert lines[0].split() == ["NAME", "KIND", "POLICY", "STATE", "BIND", "DN"]
+    assert lines[1].startswith("crm") and "active" in lines[1]
+    assert lines[2].startswith("legacy") and "revoked" in lines[2]
     assert token not in out.output and new_token not in out.output
     registry = ClientRegistry(make_engine(sqlite_url), Config())
     assert registry.authenticate_token(token) is None

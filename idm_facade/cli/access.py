@@ -89,6 +89,8 @@ def clients_add(name: str, kind: str | None, policy: str, db: str | None,
 def clients_list(db: str | None, config_path: str | None, as_json: bool) -> None:
     """List the registered clients (never their secrets)."""
     infos = _registry(db, config_path).list()
+    if infos and not as_json:
+        click.echo(f"{'NAME':<24} {'KIND':<5} {'POLICY':<16} {'STATE':<24} BIND DN")
     for info in infos:
         state = f"revoked {info.revoked:%Y-%m-%d %H:%M}" if info.revoked else "active"
         if as_json:
@@ -233,6 +235,9 @@ def audit_query(subject: str | None, client: str | None, since: str | None, unti
     records = _audit(db, config_path).query(subject=subject, client=client,
                                             since=_when(since), until=_when(until),
                                             limit=limit)
+    if records and not as_json:
+        click.echo(f"{'SEQ':>8} {'TIME':<19} {'CLIENT':<20} {'SOURCE':<22} {'OPERATION':<10} "
+                   f"{'STATUS':<8} {'CPR':<3} {'PERS.':>5} QUERY")
     for rec in records:
         if as_json:
             click.echo(json.dumps(rec.as_dict(), ensure_ascii=False))
