@@ -60,7 +60,7 @@ SCHEMA: dict[str, Any] = {
              "cursor_timeout": int, "response_cache_mb": _NUMBER},
     "audit": {"db": str, "sync": str, "sync_interval": _NUMBER, "timeout": _NUMBER,
               "retention": str, "index_interval": _NUMBER, "index_records": int,
-              "write_timeout": _NUMBER, "replica": str},
+              "write_timeout": _NUMBER, "replica": str, "anchor_key": str},
     "logging": {"requests": bool, "format": str},
     "limits": {"filter_terms": int, "filter_depth": int, "search_seconds": _NUMBER},
     "policies": None,

@@ -20,7 +20,10 @@ from idm_facade.access.audit import (
     cutoff_for,
     parse_age,
 )
+from idm_facade.access.audit.record import anchor_signature
+from idm_facade.access.audit.settings import anchor_key
 from idm_facade.cli import main
+from idm_facade.config import Config
 from idm_facade.directory import Directory
 from idm_facade.directory.policy import ALL
 from store import models as m
@@ -814,12 +817,16 @@ def test_record_writers_never_wait_for_the_index(sqlite_url: str) -> None:
 def _purge_log_step_only(audit: AuditLog, upto: int) -> None:
     """What purge does in the log before it trims the index, then a crash: records up to
     ``upto`` deleted and the anchor moved, in one transaction of the log file."""
+    key = anchor_key(audit.settings, create=True)
+    assert key is not None
+    when = datetime(2025, 1, 1)
     with sqlite3.connect(audit.engine.url.database) as db:
         (digest,) = db.execute("SELECT hash FROM access_log WHERE seq = ?", (upto,)).fetchone()
         db.execute("DELETE FROM access_log WHERE seq <= ?", (upto,))
         db.execute("DELETE FROM access_log_anchor")
-        db.execute("INSERT INTO access_log_anchor VALUES (1, ?, ?, ?, ?)",
-                   (upto, digest, "2025-01-01 00:00:00", "2025-01-01 00:00:00"))
+        db.execute("INSERT INTO access_log_anchor VALUES (1, ?, ?, ?, ?, ?)",
+                   (upto, digest, "2025-01-01 00:00:00", "2025-01-01 00:00:00",
+                    anchor_signature(key, upto, digest, when, when)))
 
 
 def test_purge_interrupted_before_the_index_trim(sqlite_url: str) -> None:
@@ -1021,4 +1028,81 @@ def test_client_and_time_index_on_postgresql(postgres_url: str) -> None:
     window = audit.query(since=base + timedelta(minutes=1), until=base + timedelta(minutes=3))
     assert [r.query for r in window] == ["q-1", "q-2"]
     assert audit.count() == before + 5 and audit.verify().ok
+    audit.close()
+
+
+def _anchor_config(tmp_path) -> Config:
+    return Config({"directory": {"state_dir": str(tmp_path / "state")},
+                   "audit": {"db": f"sqlite:///{tmp_path / 'audit.db'}"}})
+
+
+def test_a_forged_purge_anchor_is_refused(tmp_path, sqlite_url: str) -> None:
+    """Someone who can write the log's database deletes the last records and moves the purge
+    anchor onto the record before them, with that record's real hash: the chain that remains
+    is intact. Only the anchor's signature (a key outside the database) gives it away."""
+    config = _anchor_config(tmp_path)
+    audit = AuditLog(make_engine(sqlite_url), config, index_interval=600)
+    now = datetime.now()
+    audit.record_many([_rec(i, ("anna",), time=now - timedelta(days=400 - i))
+                       for i in range(5)])
+    audit.record_many([_rec(i, ("anna",)) for i in range(5, 12)])
+    assert audit.purge("6months") == 5
+    result = audit.verify()
+    assert result.ok and result.anchor_seq == 5  # a real purge's anchor is signed
+    assert (tmp_path / "state" / "audit-anchor.key").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(tmp_path / "audit.db") as db:  # hide records 6..9, recent ones
+        (digest,) = db.execute("SELECT hash FROM access_log WHERE seq = 9").fetchone()
+        db.execute("DELETE FROM access_log WHERE seq <= 9")
+        db.execute("UPDATE access_log_anchor SET seq = 9, hash = ?", (digest,))
+    broken = audit.verify()
+    assert not broken.ok and "is forged" in broken.message
+    with sqlite3.connect(tmp_path / "audit.db") as db:  # a forger without the key
+        db.execute("UPDATE access_log_anchor SET signature = NULL")
+    broken = audit.verify()
+    assert not broken.ok and "is not signed" in broken.message
+    toml = tmp_path / "idm.toml"
+    toml.write_text(f'[directory]\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'[audit]\ndb = "sqlite:///{tmp_path / "audit.db"}"\n')
+    out = CliRunner().invoke(main, ["audit", "verify", "--db", sqlite_url, "--config",
+                                    str(toml)])
+    assert out.exit_code != 0 and "is not signed" in out.output
+    assert "Traceback" not in out.output
+    audit.close()
+    # Verifying elsewhere without the key cannot vouch for the anchor either.
+    keyless = Config({"directory": {"state_dir": str(tmp_path / "elsewhere")},
+                      "audit": config.raw["audit"]})
+    other = AuditLog(make_engine(sqlite_url), keyless, index_interval=600)
+    assert "cannot be checked: no anchor key" in other.verify().message
+    other.close()
+
+
+def test_an_unsigned_anchor_of_an_earlier_version_is_signed_once_checked(
+        tmp_path, sqlite_url: str) -> None:
+    """A log made before anchors were signed: its anchor table lacks the column (added at
+    start), its anchor is refused until ``audit sign-anchor``."""
+    path = tmp_path / "audit.db"
+    config = _anchor_config(tmp_path)
+    audit = AuditLog(make_engine(sqlite_url), config, index_interval=600)
+    now = datetime.now()
+    audit.record_many([_rec(i, time=now - timedelta(days=400 - i)) for i in range(3)])
+    audit.record_many([_rec(i) for i in range(3, 6)])
+    audit.purge("6months")
+    audit.close()
+    with sqlite3.connect(path) as db:  # back to the earlier table: no signature column
+        db.execute("CREATE TABLE old_anchor AS SELECT id, seq, hash, purged_at, cutoff "
+                   "FROM access_log_anchor")
+        db.execute("DROP TABLE access_log_anchor")
+        db.execute("ALTER TABLE old_anchor RENAME TO access_log_anchor")
+    audit = AuditLog(make_engine(sqlite_url), config, index_interval=600)
+    result = audit.verify()
+    assert not result.ok and "is not signed" in result.message
+    audit.close()
+    toml = tmp_path / "idm.toml"
+    toml.write_text(f'[directory]\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'[audit]\ndb = "sqlite:///{path}"\n')
+    out = CliRunner().invoke(main, ["audit", "sign-anchor", "--yes", "--db", sqlite_url,
+                                    "--config", str(toml)])
+    assert out.exit_code == 0 and "anchor signed; verify: OK" in out.output, out.output
+    audit = AuditLog(make_engine(sqlite_url), config, index_interval=600)
+    assert audit.verify().ok and audit.verify().anchor_seq == 3
     audit.close()

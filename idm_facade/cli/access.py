@@ -206,6 +206,32 @@ def audit_reset_index(yes: bool, db: str | None, config_path: str | None) -> Non
     click.echo("index emptied; restart the server to take records again")
 
 
+@audit.command("sign-anchor")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@config_option
+def audit_sign_anchor(yes: bool, db: str | None, config_path: str | None) -> None:
+    """Sign the purge anchor with this installation's key.
+
+    Purges sign the anchor they leave, and ``audit verify`` refuses an anchor that is not
+    signed with the key (``[audit] anchor_key`` or the key file in the state directory): one
+    written into the database by anyone else could hide records. An anchor left by a version
+    before signing needs this once, after you have checked that its purge was yours."""
+    audit = _audit(db, config_path)
+    result = audit.verify()
+    if result.ok:
+        click.echo("the purge anchor is signed and valid: nothing to do")
+        return
+    click.echo(f"access log BROKEN: {result.message}", err=True)
+    if "purge anchor" not in result.message:
+        raise click.ClickException("the problem is not the purge anchor; nothing signed")
+    if not yes:
+        click.confirm("Sign the anchor as this installation's own?", abort=True)
+    audit.sign_anchor()
+    again = audit.verify()
+    click.echo(f"anchor signed; verify: {'OK' if again.ok else 'BROKEN: ' + again.message}")
+
+
 def _when(value: str | None) -> datetime | None:
     if value is None:
         return None

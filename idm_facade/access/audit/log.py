@@ -33,7 +33,7 @@ import logging
 import threading
 from time import monotonic
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from idm_facade.access.audit.index import IndexMixin
 from idm_facade.access.audit.record import _Row as _Row  # re-exported: tests import it here
@@ -66,6 +66,7 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
         self.timeout = settings.timeout
         self.write_timeout = settings.write_timeout
         self.retention = settings.retention
+        self.settings = settings
         self.engine = _engine_for(settings.url, self.sync)
         self.dialect = self.engine.dialect.name
         self._lock = threading.Lock()
@@ -85,7 +86,13 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
         except Exception as exc:  # noqa: BLE001 - readers scan the records instead
             log.error("access log index tables could not be created: %s", exc)
         try:
-            tables = set(inspect(self.engine).get_table_names())
+            inspector = inspect(self.engine)
+            tables = set(inspector.get_table_names())
+            if "access_log_anchor" in tables and "signature" not in {
+                    c["name"] for c in inspector.get_columns("access_log_anchor")}:
+                with self.engine.begin() as conn:  # a log of a version before signed anchors
+                    conn.execute(text("ALTER TABLE access_log_anchor "
+                                      "ADD COLUMN signature VARCHAR(64)"))
         except Exception:  # noqa: BLE001 - an unreachable log fails on first record
             tables = set()
         try:

@@ -19,6 +19,7 @@ the log: every other module of the package builds on this one.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import json.encoder
 import os
@@ -135,7 +136,18 @@ access_log_anchor = Table(
     Column("hash", String(64), nullable=False),
     Column("purged_at", DateTime, nullable=False),
     Column("cutoff", DateTime, nullable=False),
+    #: HMAC-SHA256 of the row under the installation's anchor key (:func:`anchor_signature`):
+    #: whoever can write the log's database but not read the facade's key cannot move the
+    #: anchor forward to hide the records after it.
+    Column("signature", String(64), nullable=True),
 )
+
+
+def anchor_signature(key: bytes, seq: int, digest: str, purged_at: datetime,
+                     cutoff: datetime) -> str:
+    """The signature of a purge anchor (whole seconds: both databases keep them exactly)."""
+    text = f"{int(seq)}|{digest}|{purged_at:%Y-%m-%dT%H:%M:%S}|{cutoff:%Y-%m-%dT%H:%M:%S}"
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 class AuditUnavailable(RuntimeError):

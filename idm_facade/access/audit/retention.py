@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from idm_facade.access.audit.db import DatabaseMixin
@@ -31,8 +31,9 @@ from idm_facade.access.audit.record import (
     access_log,
     access_log_anchor,
     access_log_subject,
+    anchor_signature,
 )
-from idm_facade.access.audit.settings import cutoff_for
+from idm_facade.access.audit.settings import AuditSettings, anchor_key, cutoff_for
 
 
 class RetentionMixin(DatabaseMixin):
@@ -41,6 +42,7 @@ class RetentionMixin(DatabaseMixin):
     # Set by AuditLog.__init__: the configured retention, and whether the log's database
     # still holds indexes of earlier versions (which purge trims too).
     retention: str
+    settings: AuditSettings
     _legacy_index: bool
     _old_postings: bool
     # Provided by IndexMixin (index.py): trim the index up to a purged boundary, in the
@@ -99,8 +101,15 @@ class RetentionMixin(DatabaseMixin):
                     self._trim_postings(conn, boundary)
                 self._trim_old_tables(conn, boundary)
                 conn.execute(delete(access_log_anchor).where(access_log_anchor.c.id == 1))
+                purged_at = _now().replace(microsecond=0)
+                cutoff = cutoff.replace(microsecond=0)
+                key = anchor_key(self.settings, create=True)
+                assert key is not None
                 conn.execute(insert(access_log_anchor).values(
-                    id=1, seq=boundary, hash=boundary_hash, purged_at=_now(), cutoff=cutoff))
+                    id=1, seq=boundary, hash=boundary_hash, purged_at=purged_at,
+                    cutoff=cutoff, signature=anchor_signature(key, boundary,
+                                                              str(boundary_hash), purged_at,
+                                                              cutoff)))
             anchor = self._anchor_seq(conn)
         if self._split and anchor:
             # Second step, own transaction of the index file: after the records are gone, so
@@ -109,6 +118,25 @@ class RetentionMixin(DatabaseMixin):
             # now: an earlier purge's trim may have been interrupted).
             self._trim_index(anchor)
         return deleted
+
+    def sign_anchor(self) -> bool:
+        """Sign the current purge anchor with this installation's key (the CLI's ``audit
+        sign-anchor``: for an anchor made before anchors were signed, once the operator has
+        looked at it). False when there is no anchor."""
+        key = anchor_key(self.settings, create=True)
+        assert key is not None
+        with self._writer() as conn, conn.begin():
+            self._chain_lock(conn)
+            row = conn.execute(select(access_log_anchor).where(
+                access_log_anchor.c.id == 1)).first()
+            if row is None:
+                return False
+            purged_at = row.purged_at.replace(microsecond=0)
+            cutoff = row.cutoff.replace(microsecond=0)
+            conn.execute(update(access_log_anchor).where(access_log_anchor.c.id == 1).values(
+                purged_at=purged_at, cutoff=cutoff,
+                signature=anchor_signature(key, row.seq, row.hash, purged_at, cutoff)))
+        return True
 
     def _trim_old_tables(self, conn: Connection, boundary: int) -> None:
         """Trim the unread indexes of earlier versions in the log's database (purge's log

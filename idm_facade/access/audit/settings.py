@@ -15,7 +15,9 @@ opens either with explicit write locks and the configured sync mode.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -156,6 +158,10 @@ class AuditSettings:
     #: Seconds a record's write waits for the log's lock before the request fails (500 /
     #: 80): a lock held elsewhere must not stall every answer for ``timeout``.
     write_timeout: float = 2.0
+    #: Where the key that signs purge anchors comes from: ``[audit] anchor_key`` (text), else
+    #: a file made on first use (:func:`anchor_key`).
+    anchor_key: str | None = None
+    anchor_key_file: Path | None = None
 
     @classmethod
     def read(cls, config: Config, engine: Engine, *, timeout: float | None = None,
@@ -187,5 +193,29 @@ class AuditSettings:
         write_timeout = min(timeout, float(config.get("audit", "write_timeout", 2.0)))
         if write_timeout <= 0:
             raise ValueError("[audit] write_timeout must be above 0")
+        key = config.get("audit", "anchor_key")
         return cls(str(url), sync, sync_interval, timeout, retention, index_interval,
-                   index_records, write_timeout)
+                   index_records, write_timeout, str(key) if key else None,
+                   Path(config.state_dir) / "audit-anchor.key")
+
+
+def anchor_key(settings: AuditSettings, create: bool) -> bytes | None:
+    """The key purge anchors are signed with: ``[audit] anchor_key``, else the key file in
+    the state directory, made (0600) when ``create`` and missing. None when there is none.
+
+    Give every replica and the purge timer the same key (the setting, or a copy of the file):
+    a purge signs the anchor, and ``verify`` anywhere checks it."""
+    if settings.anchor_key:
+        return settings.anchor_key.encode()
+    path = settings.anchor_key_file
+    if path is None:
+        return None
+    if path.exists():
+        return path.read_bytes().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_hex(32).encode())
+    return path.read_bytes().strip()

@@ -11,7 +11,9 @@ and its runs must hold each such record's seq and time.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
@@ -29,9 +31,11 @@ from idm_facade.access.audit.record import (
     access_log_client_postings,
     access_log_postings,
     access_log_runs,
+    anchor_signature,
     decode_seqs,
     record_hash,
 )
+from idm_facade.access.audit.settings import AuditSettings, anchor_key
 
 
 class VerifyMixin(DatabaseMixin):
@@ -39,6 +43,7 @@ class VerifyMixin(DatabaseMixin):
 
     # Provided by IndexMixin (index.py): brings the index up to date, never raises.
     _catch_up: Callable[[], None]
+    settings: AuditSettings
 
     def _records(self, conn: Connection, after: int, chunk: int = 5000
                  ) -> Iterator[list[StoredRecord]]:
@@ -69,6 +74,24 @@ class VerifyMixin(DatabaseMixin):
             return VerifyResult(False, 0, None, None, GENESIS, None, None,
                                 f"the log database cannot be read: {reason}")
 
+    def _anchor_problem(self, anchor: Any) -> str | None:
+        """Why the purge anchor cannot be trusted, or None. An anchor says "the records up to
+        here were purged": one written by anyone but a purge with this installation's key
+        could hide the records after a real purge."""
+        key = anchor_key(self.settings, create=False)
+        if key is None:
+            return (f"the purge anchor (seq {anchor.seq}) cannot be checked: no anchor key "
+                    f"([audit] anchor_key, or the key file the purge made)")
+        if not anchor.signature:
+            return (f"the purge anchor (seq {anchor.seq}) is not signed: written by hand, or "
+                    f"by a version before signed anchors (check it, then `idm-facade audit "
+                    f"sign-anchor`)")
+        expected = anchor_signature(key, anchor.seq, anchor.hash, anchor.purged_at,
+                                    anchor.cutoff)
+        if not hmac.compare_digest(expected, anchor.signature):
+            return f"the purge anchor (seq {anchor.seq}) is forged: its signature is wrong"
+        return None
+
     def _verify(self) -> VerifyResult:
         """:meth:`verify` on a readable database."""
         if self._split:
@@ -81,10 +104,15 @@ class VerifyMixin(DatabaseMixin):
                                     lost_records(mark, tail))
         self._catch_up()
         with self._snapshots() as (conn, index):
-            anchor = conn.execute(select(access_log_anchor.c.seq, access_log_anchor.c.hash)
+            anchor = conn.execute(select(access_log_anchor)
                                   .where(access_log_anchor.c.id == 1)).first()
             prev_seq, prev_hash = (int(anchor.seq), anchor.hash) if anchor else (0, GENESIS)
             anchor_seq = prev_seq if anchor else None
+            if anchor is not None:
+                problem = self._anchor_problem(anchor)
+                if problem:
+                    return VerifyResult(False, 0, None, None, GENESIS, anchor_seq,
+                                        anchor_seq, problem)
             floor = prev_seq  # index entries at or below the anchor name purged records
             mark = self._mark(index)
             checked, first = 0, None
