@@ -106,3 +106,54 @@ def test_connections_over_the_limit_are_told_busy(served) -> None:
         reply += again.recv(4096)
     assert _one_message(reply)[1] == 0x61  # a bind response: served again
     again.close()
+
+
+#: Connections and unread searches of the server-wide test, and the bound RELIABILITY.md
+#: states: what the first such searches make the server build once (bounded caches, about
+#: 45 MB measured at S), plus at most 1.5 MB per connection.
+MANY, UNREAD, ONCE_MB, PER_CONNECTION_MB = 48, 100, 50, 1.5
+
+
+def test_the_server_wide_ceiling_holds_with_every_connection_not_reading(
+        demo_db, tmp_path) -> None:
+    """``max_connections`` connections, each with whole-tree searches it never reads: the
+    server grows by at most ``max_connections`` x the per-connection bound (plus the caches
+    the first read already filled), refuses one connection more, and afterwards answers
+    every search."""
+    config = f"[ldap]\ntime_limit = 0\nmax_connections = {MANY}\n"
+    with served_copy(demo_db, tmp_path, config, (("reader", "ldap", "default"),)) as copy:
+        serving = copy.serving
+        assert serving is not None
+        port, base = serving.ldap_ports[0], copy.base
+        bind = _wire(1, pureldap.LDAPBindRequest(dn=copy.bind_dn("reader").encode(),
+                                                 auth=copy.secrets["reader"].encode()))
+        socks, bufs = [], []
+        for _ in range(MANY):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(bind)
+            buf = b""
+            while _one_message(buf) is None:
+                buf += sock.recv(65536)
+            socks.append(sock)
+            bufs.append(b"")
+        socks[0].sendall(_wire(2, _search(base)))  # warm the caches, read completely
+        bufs[0] = _read_until_done(socks[0], b"", {2})
+        time.sleep(0.5)
+        before = rss_mb(serving.proc.pid)
+        for sock in socks:
+            sock.sendall(b"".join(_wire(10 + i, _search(base)) for i in range(UNREAD)))
+        time.sleep(4.0)
+        grown = rss_mb(serving.proc.pid) - before
+        ceiling = ONCE_MB + MANY * PER_CONNECTION_MB
+        print(f"{MANY} connections x {UNREAD} unread searches: the server grew "
+              f"{grown:.1f} MB (ceiling {ceiling:.0f} MB)")
+        assert grown < ceiling
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        data = b""
+        while chunk := extra.recv(4096):
+            data += chunk
+        assert bytes([0x0A, 0x01, 51]) in data  # one more: busy
+        for sock, buf in zip(socks, bufs, strict=True):
+            _read_until_done(sock, buf, {10 + i for i in range(UNREAD)})
+            sock.close()
