@@ -46,6 +46,7 @@ test-dates: os-packages venv
 	bash scripts/test-dates.sh
 
 bench: os-packages venv
+	bash scripts/bench-packages.sh
 	$(BIN)/python -m bench.run
 
 # Mixed SCIM and LDAP load with a non-reading and a revoked client (SOAK_SECONDS); reports

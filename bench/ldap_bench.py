@@ -192,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="M")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--ldclt", default=shutil.which("ldclt") or "/tmp/dl389/x/usr/bin/ldclt")
+    parser.add_argument("--ldclt", default=shutil.which("ldclt") or "var/bench/389/usr/bin/ldclt")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="idm-facade serve --workers; several counts in the same run")
