@@ -63,6 +63,13 @@ SCHEMA: dict[str, Any] = {
               "write_timeout": _NUMBER, "replica": str, "anchor_key": str},
     "logging": {"requests": bool, "format": str},
     "limits": {"filter_terms": int, "filter_depth": int, "search_seconds": _NUMBER},
+    "provisioning": {
+        # [[provisioning.target]]: an array of tables, each checked against this one
+        "target": [{"name": str, "url": str, "token": str, "ca_file": str, "policy": str,
+                    "filter": str, "groups": _STRINGS, "leaver": str, "timeout": _NUMBER,
+                    "batch": int}],
+        "interval": _NUMBER,
+    },
     "policies": None,
     "attributes": None,
 }
@@ -178,6 +185,13 @@ def check(raw: dict[str, Any], where: Any = None) -> None:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{place(table, key)}[{name}] must be a table")
                 walk(value, kind, name)
+                continue
+            if isinstance(kind, list):  # an array of tables: [[name]]
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    raise ConfigError(f"{place(table, key)}[[{name}]] must be an array of "
+                                      f"tables")
+                for item in value:
+                    walk(item, kind[0], name)
                 continue
             if not _fits(value, kind):
                 raise ConfigError(f"{place(table, key)}[{table}] {key} must be "

@@ -123,3 +123,23 @@ def directory_reader(directory: Any, audit: Any = None) -> Callable[[], dict]:
         return values
 
     return read
+
+
+def provisioning_reader(provisioner: Any) -> Callable[[], dict]:
+    """What the scrape reads of one provisioning target (held, pending, lag, failing)."""
+    name = provisioner.target.name.replace("-", "_").replace(".", "_")
+
+    def read() -> dict[str, tuple[str, float]]:
+        status = provisioner.status()
+        prefix = f"idm_facade_provisioning_{name}"
+        return {
+            f"{prefix}_held": ("Resources the target was last confirmed to hold.",
+                               float(status["held"])),
+            f"{prefix}_pending": ("Deliveries waiting to be sent.", float(status["pending"])),
+            f"{prefix}_lag_seconds": ("Age of the oldest waiting delivery.",
+                                      float(status["lag_seconds"])),
+            f"{prefix}_failing": ("1 while deliveries fail (see provisioning status).",
+                                  1.0 if status["last_error"] else 0.0),
+        }
+
+    return read

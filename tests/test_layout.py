@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, int] = {
     "idm_facade.cli": 0,
     "idm_facade.runtime": 1,
+    "idm_facade.provisioning": 1.5,
     "idm_facade.scim": 2,
     "idm_facade.ldap": 2,
     "idm_facade.roleapi": 2,

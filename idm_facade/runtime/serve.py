@@ -103,6 +103,21 @@ def check_store(db: str | None, allow_empty: bool = False) -> None:
                            f"empty with --allow-empty", missing=True)
 
 
+def provisioning_workers(facade: Facade) -> list[Any]:
+    """One background worker per ``[[provisioning.target]]`` (none when there is none)."""
+    from idm_facade import metrics
+    from idm_facade.provisioning.outbox import Provisioner, Worker
+    from idm_facade.provisioning.targets import targets
+
+    interval = float(facade.config.get("provisioning", "interval", 0.5))
+    workers = [Worker(Provisioner(facade.directory.engine, facade, target), interval)
+               for target in targets(facade.config)]
+    for worker in workers:
+        metrics.sample(f"provisioning:{worker.provisioner.target.name}",
+                       metrics.provisioning_reader(worker.provisioner))
+    return workers
+
+
 def build_facade(db: str | None, config_path: str | None = None,
                  progress: Callable[[str], None] | None = None) -> Facade:
     """The store, directory (built now; ``progress`` hears of each build step), client
@@ -176,6 +191,10 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
     facade.directory.start()
     reactor.addSystemEventTrigger("before", "shutdown", facade.directory.stop)
     from idm_facade.runtime import http, lifecycle
+
+    for worker in provisioning_workers(facade):
+        worker.start()
+        reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
 
     lifecycle.install(reactor, facade, listening.ports,
                       str(facade.config.path) if facade.config.path else None,

@@ -1,0 +1,411 @@
+"""Planning deliveries into the store's outbox and sending them to a target.
+
+**Plan** (after every new snapshot): what the target should hold (:mod:`desired`) is compared
+with what it was last confirmed to hold (``outbox_state``); every difference becomes one
+pending delivery in ``outbox_item`` (replacing an older one for the same entry): ``upsert``
+for a new or changed resource, ``disable`` (``active=false``) or ``delete`` for an account no
+longer pushed, ``delete`` for a group no longer pushed. The snapshot is as of now, and the
+directory refreshes itself at validity boundaries, so a role dated next Monday is planned and
+sent on Monday, with no write.
+
+**Send**: due deliveries, users before groups (groups name their members by the target's
+ids). A resource is found at the target by the id the facade recorded, else by
+``externalId``, else (after a 409 on create) by ``userName`` or ``displayName``; it is then
+replaced whole (PUT), so sending the same body twice changes nothing. A target that is down,
+busy or failing is tried again later with back-off (``Retry-After`` when it gives one) and does
+not hold back other targets, each of which has its own worker. Every delivery is recorded in
+the access log before it is sent: pushing is a disclosure like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from idm_facade.access.audit import AccessRecord
+from idm_facade.access.audit.record import replica
+from idm_facade.access.audit.record import source as audit_source
+from idm_facade.directory.view import ClientView
+from idm_facade.provisioning import desired
+from idm_facade.provisioning.client import Conflict, Gone, Refused, Retry, ScimClient
+from idm_facade.provisioning.desired import GROUP, USER
+from idm_facade.provisioning.targets import Target
+from store import outbox
+from store.outbox import outbox_item, outbox_lease, outbox_state
+from store.validity import utcnow
+
+log = logging.getLogger(__name__)
+
+#: Longest wait between two tries of a failing delivery.
+MAX_BACKOFF = 300.0
+#: A delivery the target refused for good is tried again this much later (someone may fix
+#: the target meanwhile), and no sooner.
+REFUSED_BACKOFF = 600.0
+INCOMPLETE = "incomplete"  # digest of a body sent without some references resolved
+
+
+@dataclass
+class Round:
+    """What one send round did."""
+
+    sent: int = 0
+    failed: int = 0
+    retry: bool = False  # the target could not be reached or was busy: stopped early
+
+
+def _upsert(conn: Any, table: Any, keys: dict, values: dict) -> None:
+    done = conn.execute(update(table).where(*[table.c[k] == v for k, v in keys.items()])
+                        .values(**values))
+    if not done.rowcount:
+        conn.execute(table.insert().values(**keys, **values))
+
+
+class Provisioner:
+    """Plans and sends one target's deliveries."""
+
+    def __init__(self, engine: Any, facade: Any, target: Target) -> None:
+        self.engine = engine
+        self.facade = facade
+        self.target = target
+        self.client = ScimClient(target)
+        self.planned_snapshot: Any = None
+        self.last_error: str | None = None
+        outbox.create(engine)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def lease(self, seconds: float = 15.0) -> bool:
+        """Take or renew this process's lease on the target; False while another replica
+        or worker holds it."""
+        holder, now = replica(), utcnow()
+        until = now + timedelta(seconds=seconds)
+        name = self.target.name
+        try:
+            with self.engine.begin() as conn:
+                taken = conn.execute(update(outbox_lease).where(
+                    outbox_lease.c.target == name,
+                    or_(outbox_lease.c.holder == holder, outbox_lease.c.expires < now))
+                    .values(holder=holder, expires=until)).rowcount
+                if taken:
+                    return True
+                if conn.execute(select(outbox_lease.c.target).where(
+                        outbox_lease.c.target == name)).first() is not None:
+                    return False
+                conn.execute(outbox_lease.insert().values(target=name, holder=holder,
+                                                          expires=until))
+                return True
+        except IntegrityError:
+            return False  # another process inserted it first
+
+    def release(self) -> None:
+        """Give the lease up (a CLI sync that is done)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox_lease).where(
+                outbox_lease.c.target == self.target.name,
+                outbox_lease.c.holder == replica()).values(expires=utcnow()))
+
+    def view(self, snapshot: Any) -> ClientView:
+        return ClientView.of(snapshot, self.facade.clients.policy(self.target.policy))
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, snapshot: Any | None = None) -> int:
+        """Queue the differences between what the target should hold and what it holds;
+        returns how many deliveries were queued."""
+        snapshot = snapshot if snapshot is not None else self.facade.directory.snapshot
+        want = desired.wanted(self.view(snapshot), self.target)
+        name, now = self.target.name, utcnow()
+        queued = 0
+        with self.engine.begin() as conn:
+            state = {r.entry_id: r for r in conn.execute(
+                select(outbox_state).where(outbox_state.c.target == name))}
+            pending = {r.entry_id: r for r in conn.execute(
+                select(outbox_item).where(outbox_item.c.target == name))}
+            for entry_id, item in want.items():
+                held = state.get(entry_id)
+                waiting = pending.get(entry_id)
+                if held is not None and held.state == "present" and held.digest == item.digest:
+                    if waiting is not None:  # changed and changed back before it was sent
+                        conn.execute(delete(outbox_item).where(
+                            outbox_item.c.target == name, outbox_item.c.entry_id == entry_id))
+                    continue
+                if waiting is not None and waiting.action == "upsert" \
+                        and waiting.digest == item.digest:
+                    continue
+                self._queue(conn, item.entry_id, item.kind, "upsert", item.body, item.digest,
+                            list(item.subjects), now)
+                queued += 1
+            for entry_id, held in state.items():
+                if entry_id in want:
+                    continue
+                action = "delete" if held.kind == GROUP or self.target.leaver == "delete" \
+                    else "disable"
+                if action == "disable" and held.state == "disabled":
+                    continue
+                waiting = pending.get(entry_id)
+                if waiting is not None and waiting.action == action:
+                    continue
+                self._queue(conn, entry_id, held.kind, action, None, action, [], now)
+                queued += 1
+        self.planned_snapshot = snapshot
+        return queued
+
+    def _queue(self, conn: Any, entry_id: str, kind: str, action: str, body: dict | None,
+               digest: str, subjects: list[str], now: datetime) -> None:
+        _upsert(conn, outbox_item, {"target": self.target.name, "entry_id": entry_id},
+                {"kind": kind, "action": action, "body": body, "digest": digest,
+                 "subjects": subjects, "queued": now, "attempts": 0, "next_attempt": now,
+                 "last_error": None})
+
+    # ------------------------------------------------------------------ send
+
+    def _remote_ids(self, conn: Any) -> dict[str, str]:
+        return {r.entry_id: r.remote_id for r in conn.execute(
+            select(outbox_state.c.entry_id, outbox_state.c.remote_id)
+            .where(outbox_state.c.target == self.target.name)) if r.remote_id}
+
+    def send(self, limit: int | None = None) -> Round:
+        """Send the due deliveries (at most ``limit``, default the target's batch)."""
+        name, now = self.target.name, utcnow()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox_item).where(outbox_item.c.target == name,
+                                          outbox_item.c.next_attempt <= now)
+                .order_by(case((outbox_item.c.kind == USER, 0), else_=1),
+                          outbox_item.c.queued)
+                .limit(limit or self.target.batch)).all()
+            remote = self._remote_ids(conn)
+        done = Round()
+        for row in rows:
+            try:
+                self._record(row)
+                self._deliver(row, remote)
+                done.sent += 1
+                self.last_error = None
+            except Retry as exc:
+                self._failed(row, str(exc), exc.after)
+                done.failed += 1
+                done.retry = True
+                break  # the target is away or busy: the rest waits, others go on
+            except Refused as exc:
+                self._failed(row, str(exc), REFUSED_BACKOFF)
+                done.failed += 1
+        return done
+
+    def _record(self, row: Any) -> None:
+        """No record, no delivery (AuditUnavailable stops the round)."""
+        audit = self.facade.audit
+        if audit is None:
+            return
+        host = urlsplit(self.target.url).netloc
+        audit.record(AccessRecord(
+            client=self.target.client_name, source=audit_source(f"push:{host}"),
+            operation=f"provisioning.{row.action} /{row.kind}s", query=row.entry_id,
+            status="sending", subjects=list(row.subjects or []), sensitive=[]))
+
+    def references(self, row: Any, remote: dict[str, str]) -> tuple[dict, bool]:
+        """The body with the facade's ids replaced by the target's; False when some were not
+        known yet (the body is then sent without them and planned again)."""
+        body = dict(row.body)
+        complete = True
+        if row.kind == GROUP:
+            members = []
+            for member in body.get("members", ()):
+                if member["value"] in remote:
+                    members.append({"value": remote[member["value"]], "type": "User"})
+                else:
+                    complete = False
+            body["members"] = members
+        enterprise = body.get(desired.ENTERPRISE_USER)
+        if isinstance(enterprise, dict) and "manager" in enterprise:
+            enterprise = dict(enterprise)
+            manager = remote.get(enterprise["manager"]["value"])
+            if manager:
+                enterprise["manager"] = {"value": manager}
+            else:
+                del enterprise["manager"]
+                complete = False
+            body[desired.ENTERPRISE_USER] = enterprise
+        return body, complete
+
+    def _deliver(self, row: Any, remote: dict[str, str]) -> None:
+        name, client = self.target.name, self.client
+        known = remote.get(row.entry_id)
+        if row.action == "delete":
+            if known:
+                client.delete(row.kind, known)
+            with self.engine.begin() as conn:
+                conn.execute(delete(outbox_state).where(outbox_state.c.target == name,
+                                                        outbox_state.c.entry_id == row.entry_id))
+                self._done(conn, row)
+            remote.pop(row.entry_id, None)
+            return
+        if row.action == "disable":
+            if known:
+                try:
+                    client.patch_active(row.kind, known, False)
+                except Gone:
+                    pass
+            with self.engine.begin() as conn:
+                conn.execute(update(outbox_state).where(
+                    outbox_state.c.target == name, outbox_state.c.entry_id == row.entry_id)
+                    .values(state="disabled", sent=utcnow()))
+                self._done(conn, row)
+            return
+        body, complete = self.references(row, remote)
+        remote_id = self.put(row.kind, row.entry_id, known, body)
+        remote[row.entry_id] = remote_id
+        with self.engine.begin() as conn:
+            _upsert(conn, outbox_state, {"target": name, "entry_id": row.entry_id},
+                    {"kind": row.kind, "remote_id": remote_id,
+                     "digest": row.digest if complete else INCOMPLETE, "state": "present",
+                     "sent": utcnow()})
+            self._done(conn, row)
+
+    def put(self, kind: str, entry_id: str, known: str | None, body: dict) -> str:
+        """Replace the resource at the target, creating it when it is not there."""
+        client = self.client
+        candidates = [known] if known else []
+        if not candidates:
+            found = client.find(kind, "externalId", entry_id)
+            candidates = [found] if found else []
+        for remote_id in candidates:
+            try:
+                client.replace(kind, remote_id, body)
+                return remote_id
+            except Gone:
+                pass  # deleted there, or the target was reset: create it again
+        try:
+            return client.create(kind, body)
+        except Conflict:
+            key, value = ("userName", body.get("userName")) if kind == USER else \
+                ("displayName", body.get("displayName"))
+            adopted = client.find(kind, key, str(value)) if value else None
+            if adopted is None:
+                raise Refused(f"409 for {kind} {entry_id} and no {key} {value!r} to take "
+                              f"over") from None
+            client.replace(kind, adopted, body)
+            return adopted
+
+    def _done(self, conn: Any, row: Any) -> None:
+        """Remove the delivery, unless a newer plan replaced it while it was being sent."""
+        conn.execute(delete(outbox_item).where(
+            outbox_item.c.target == self.target.name,
+            outbox_item.c.entry_id == row.entry_id, outbox_item.c.queued == row.queued,
+            outbox_item.c.digest == row.digest))
+
+    def _failed(self, row: Any, error: str, after: float | None) -> None:
+        attempts = int(row.attempts) + 1
+        wait = after if after is not None else min(MAX_BACKOFF, 2.0 ** min(attempts, 9) / 4)
+        self.last_error = error
+        log.warning("provisioning %s: %s %s failed (attempt %d, next in %.1f s): %s",
+                    self.target.name, row.action, row.entry_id, attempts, wait, error)
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox_item).where(
+                outbox_item.c.target == self.target.name,
+                outbox_item.c.entry_id == row.entry_id, outbox_item.c.queued == row.queued)
+                .values(attempts=attempts, last_error=error[:1000],
+                        next_attempt=utcnow() + timedelta(seconds=wait)))
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Counts, lag and the last error (``provisioning status``, ``/metrics``)."""
+        name = self.target.name
+        with self.engine.connect() as conn:
+            held = conn.scalar(select(func.count()).select_from(outbox_state).where(
+                outbox_state.c.target == name, outbox_state.c.state == "present")) or 0
+            pending = conn.scalar(select(func.count()).select_from(outbox_item).where(
+                outbox_item.c.target == name)) or 0
+            oldest = conn.scalar(select(func.min(outbox_item.c.queued)).where(
+                outbox_item.c.target == name))
+            error = conn.scalar(select(outbox_item.c.last_error).where(
+                outbox_item.c.target == name, outbox_item.c.last_error.is_not(None))
+                .order_by(outbox_item.c.next_attempt).limit(1))
+        lag = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        return {"target": name, "held": int(held), "pending": int(pending),
+                "lag_seconds": max(0.0, lag), "last_error": error or self.last_error}
+
+    def run_until_done(self, deadline: float) -> Round:
+        """Plan, then send until nothing is due (CLI ``sync``); stops at ``deadline``
+        (``time.monotonic()``) with what is left."""
+        total = Round()
+        if not self.lease(seconds=60):
+            raise Refused(f"{self.target.name}: another process is sending to this target "
+                          f"now (serve); try again when it stops, or let it do the work")
+        self.plan()
+        replans = 3  # bodies sent before what they name had a target id are sent again
+        while time.monotonic() < deadline:
+            self.lease(seconds=60)
+            done = self.send()
+            total.sent += done.sent
+            total.failed += done.failed
+            if done.sent == 0 and done.failed == 0:
+                with self.engine.connect() as conn:
+                    left = conn.scalar(select(func.count()).select_from(outbox_item).where(
+                        outbox_item.c.target == self.target.name)) or 0
+                if not left:
+                    if replans and self.plan():
+                        replans -= 1
+                        continue
+                    return total
+                time.sleep(0.2)  # only deliveries waiting for their retry time
+            elif done.retry:
+                time.sleep(0.2)
+        total.retry = True
+        return total
+
+
+class Worker(threading.Thread):
+    """Keeps one target in step inside ``serve``: plans after every new snapshot, sends
+    what is due, backs off while the target is away."""
+
+    def __init__(self, provisioner: Provisioner, interval: float = 0.5) -> None:
+        super().__init__(name=f"provisioning-{provisioner.target.name}", daemon=True)
+        self.provisioner = provisioner
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from idm_facade.provisioning.reconcile import reconcile
+
+        p = self.provisioner
+        away = False  # the target could not be reached: it may come back reset or restored
+        while not self.stopping.is_set():
+            try:
+                if not p.lease():
+                    self.stopping.wait(self.interval * 4)  # another process sends
+                    continue
+                if p.facade.directory.snapshot is not p.planned_snapshot:
+                    p.plan()
+                done = p.send()
+                if done.retry:
+                    away = True
+                elif away and done.sent:
+                    # Back after an outage: what it holds may not be what it held (an
+                    # in-memory target restarted empty, a restore from backup); look.
+                    found = reconcile(p)
+                    log.info("provisioning %s: back; reconciled (%d created, %d replaced, "
+                             "%d removed)", p.target.name, len(found.missing),
+                             len(found.changed), len(found.extra))
+                    away = False
+                if done.sent and not done.retry:
+                    continue  # more may be due right away
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive, say why
+                p.last_error = str(exc)
+                log.exception("provisioning %s: round failed", p.target.name)
+            self.stopping.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        self.provisioner.close()
