@@ -18,6 +18,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench.scim_bench"],
     ["bench.ldap_bench"],
     ["bench.person_bind_bench"],
+    ["bench.provisioning_bench"],
 ]
 
 
