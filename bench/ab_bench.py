@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def _side(checkout: Path, base_db: Path, work: Path, name: str) -> dict:
         found = re.match(r"LDAP\s+127\.0\.0\.1:(\d+)", line)
         if found:
             ldap_port = int(found.group(1))
+    # Keep reading the server's output (request log lines) so it never waits on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     return {"proc": proc, "http": http, "ldap": ldap_port, "token": token, "dn": bind_dn,
             "password": password, "base": bind_dn.split(",", 2)[2]}
 

@@ -53,6 +53,9 @@ LDAP_CONNECTIONS = Gauge("idm_facade_ldap_connections", "Open LDAP connections."
 AUDIT_COMMIT = Histogram("idm_facade_access_log_commit_seconds", "Time of one access-log "
                          "commit (a commit holds every record of a batch).",
                          buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+REQUEST_LINES_DROPPED = Counter("idm_facade_request_lines_dropped", "Request log lines "
+                                "dropped because standard error was not read.",
+                                registry=REGISTRY)
 AUDIT_RECORDS = Counter("idm_facade_access_log_records", "Access records committed.",
                         registry=REGISTRY)
 

@@ -227,3 +227,37 @@ def test_a_posix_search_while_posix_is_off_is_explained(demo_db: str, tmp_path: 
             assert time.monotonic() < deadline, copy.serving.output()[-2000:]
             time.sleep(0.05)
         assert "set posix = true" in copy.serving.output()
+
+
+def test_a_log_nobody_reads_does_not_stall_the_server(demo_db: str, tmp_path: Path) -> None:
+    """Standard error is a pipe nobody reads (a supervisor that hung): the request lines
+    must not make the server wait for it. 3,000 requests write about 400 KB of lines, six
+    times what a pipe holds; every one is answered."""
+    import subprocess
+    import sys
+
+    with served_copy(demo_db, tmp_path, "", (("crm", "scim", "default"),),
+                     start=False) as copy:
+        exe = str(Path(sys.executable).with_name("idm-facade"))
+        proc = subprocess.Popen([exe, "serve", "--db", copy.db, "--host", "127.0.0.1",
+                                 "--scim-port", "0", "--config", str(copy.config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            base = None
+            while base is None:
+                line = proc.stdout.readline()
+                assert line, "serve ended"
+                found = re.match(r"SCIM\s+(http://\S+)/scim/v2", line)
+                base = found.group(1) if found else None
+            # From here on nobody reads the pipe.
+            statuses = set()
+            with httpx.Client(base_url=base, timeout=10, headers={
+                    "Authorization": f"Bearer {copy.secrets['crm']}"}) as http:
+                for _ in range(3000):
+                    statuses.add(http.get("/scim/v2/Users?count=1").status_code)
+            assert statuses == {200}
+            assert proc.poll() is None
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
