@@ -349,17 +349,20 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def _host(self) -> str:
         """The client's address without the port (what failures are counted by)."""
-        try:
-            return str(self.transport.getPeer().host)
-        except Exception:
-            return "unknown"
+        return self._peer().rsplit(":", 1)[0]
 
     def _peer(self) -> str:
-        try:
-            peer = self.transport.getPeer()
-            return f"{peer.host}:{peer.port}"
-        except Exception:
-            return "unknown"
+        """``host:port`` of the client (worked out once per connection: every access record
+        names it)."""
+        found = self.__dict__.get("_peer_text")
+        if found is None:
+            try:
+                peer = self.transport.getPeer()
+                found = f"{peer.host}:{peer.port}"
+            except Exception:
+                return "unknown"
+            self.__dict__["_peer_text"] = found
+        return found
 
     def _write_now(self, data: bytes) -> None:
         """Write to the socket at once when nothing is queued (see :func:`write_now`)."""

@@ -178,24 +178,32 @@ REQUEST_ID_KEY = "idm_facade.request_id"
 #: request log line).
 CLIENT_KEY = "idm_facade.client"
 
-_replica: tuple[int, str] | None = None
+_replica: str | None = None
 _replica_name: str | None = None
+
+
+def _forget_replica() -> None:
+    global _replica
+    _replica = None
 
 
 def set_replica_name(name: str | None) -> None:
     """The configured name of this replica (``[audit] replica``; default the host name)."""
-    global _replica_name, _replica
-    _replica_name, _replica = name, None
+    global _replica_name
+    _replica_name = name
+    _forget_replica()
+
+
+# Worked out again in a forked child, so each ``serve --workers`` worker names itself.
+os.register_at_fork(after_in_child=_forget_replica)
 
 
 def replica() -> str:
-    """This process as access records name it: ``<replica name or host>/<pid>`` (worked out
-    again after a fork, so each ``serve --workers`` worker names itself)."""
+    """This process as access records name it: ``<replica name or host>/<pid>``."""
     global _replica
-    pid = os.getpid()
-    if _replica is None or _replica[0] != pid:
-        _replica = (pid, f"{(_replica_name or socket.gethostname())[:40]}/{pid}")
-    return _replica[1]
+    if _replica is None:
+        _replica = f"{(_replica_name or socket.gethostname())[:40]}/{os.getpid()}"
+    return _replica
 
 
 def source(peer: str, request_id: str | None = None) -> str:
@@ -292,18 +300,18 @@ _MEMO_SUBJECTS = 16
 
 
 @lru_cache(maxsize=4096)
-def _fragments(client: str, source: str, operation: str, query: str, status: str,
+def _fragments(client: str, operation: str, query: str, status: str,
                subjects: tuple, sensitive: tuple) -> tuple[str, str, str, str, str]:
     """The JSON of a record's subjects and sensitive list, and its hash payload around
-    prev_hash, seq and time. Memoised: clients repeat requests (the same query by the same
-    client from the same address), and encoding is most of what preparing a record costs."""
+    prev_hash, seq, source and time. Memoised: clients repeat requests (the same query by the
+    same client), and encoding is most of what preparing a record costs. The source is left
+    out of the key: it carries the request's id, different every time."""
     subjects_json = _json_list(sorted({str(s) for s in subjects}))
     sensitive_json = _json_list(sorted({str(s) for s in sensitive}))
     head = f'{{"client":{_encode(client)},"operation":{_encode(operation)},"prev_hash":'
     middle = f',"query":{_encode(query)},"sensitive":{sensitive_json},"seq":'
-    tail = (f',"source":{_encode(source)},"status":{_encode(status)},'
-            f'"subjects":{subjects_json},"time":')
-    return subjects_json, sensitive_json, head, middle, tail
+    after_source = f',"status":{_encode(status)},"subjects":{subjects_json},"time":'
+    return subjects_json, sensitive_json, head, middle, after_source
 
 
 class _Row:
@@ -324,12 +332,13 @@ class _Row:
         self.client, self.source = str(rec.client), str(rec.source)
         self.operation, self.query, self.status = str(rec.operation), str(rec.query), \
             str(rec.status)
-        key = (self.client, self.source, self.operation, self.query, self.status,
+        key = (self.client, self.operation, self.query, self.status,
                tuple(rec.subjects), tuple(rec.sensitive))
-        fragments = _fragments(*key) if len(key[5]) <= _MEMO_SUBJECTS else \
+        fragments = _fragments(*key) if len(key[4]) <= _MEMO_SUBJECTS else \
             _fragments.__wrapped__(*key)
-        self.subjects_json, self.sensitive_json, self.head, self.middle, tail = fragments
-        self.tail = f'{tail}"{time.isoformat(timespec="microseconds")}"}}'
+        self.subjects_json, self.sensitive_json, self.head, self.middle, after = fragments
+        self.tail = (f',"source":{_encode(self.source)}{after}'
+                     f'"{time.isoformat(timespec="microseconds")}"}}')
         # The SQLite columns between seq and prev_hash, ready here (in the caller's thread)
         # so the single writer only chains, hashes and inserts.
         self.sqlite_columns = (time.isoformat(" ", "microseconds"), self.client, self.source,
