@@ -40,14 +40,14 @@ def _cli(checkout: Path, *args: str) -> str:
     return out.stdout
 
 
-def _side(checkout: Path, base_db: Path, work: Path, name: str) -> dict:
+def _side(checkout: Path, base_db: Path, work: Path, name: str, extra: str = "") -> dict:
     db = work / f"{name}.db"
     shutil.copy(base_db, db)
     url = f"sqlite:///{db}"
     config = work / f"{name}.toml"
     state = work / f"{name}-state"
     state.mkdir()
-    config.write_text(f'[directory]\nstate_dir = "{state}"\n')
+    config.write_text(f'[directory]\nstate_dir = "{state}"\n' + extra.replace("\\n", "\n"))
     scim = _cli(checkout, "clients", "add", f"ab-scim-{name}", "--scim", "--db", url,
                 "--config", str(config))
     ldap = _cli(checkout, "clients", "add", f"ab-ldap-{name}", "--ldap", "--db", url,
@@ -72,8 +72,15 @@ def _side(checkout: Path, base_db: Path, work: Path, name: str) -> dict:
         found = re.match(r"LDAP\s+127\.0\.0\.1:(\d+)", line)
         if found:
             ldap_port = int(found.group(1))
-    # Keep reading the server's output (request log lines) so it never waits on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    # Keep reading the server's output (request log lines) so it never waits on a full pipe:
+    # in large chunks, the way journald reads, not line by line in Python (which would cost
+    # this machine's two cores more than writing the lines costs the server).
+    def drain() -> None:
+        raw = proc.stdout.buffer  # type: ignore[union-attr]
+        while raw.read1(1 << 16):
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
     return {"proc": proc, "http": http, "ldap": ldap_port, "token": token, "dn": bind_dn,
             "password": password, "base": bind_dn.split(",", 2)[2]}
 
@@ -121,12 +128,16 @@ def main() -> None:
     parser.add_argument("--size", default="M")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--after-config", default="",
+                        help='TOML appended to the after side\'s configuration, e.g. '
+                             '"[logging]\\nrequests = false"')
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="idm-ab-"))
     base_db = work / "base.db"
     _cli(args.after, "demo-data", "--size", args.size, "--db", f"sqlite:///{base_db}")
     sides = {"before": _side(args.before.resolve(), base_db, work, "before"),
-             "after": _side(args.after.resolve(), base_db, work, "after")}
+             "after": _side(args.after.resolve(), base_db, work, "after",
+                            args.after_config)}
     try:
         import httpx
 

@@ -20,6 +20,7 @@ are scraped one by one, as Prometheus expects.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +33,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 # The `_created` timestamps double every series and no dashboard reads them.
 disable_created_metrics()
@@ -41,11 +46,55 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 
-REQUESTS = Counter("idm_facade_requests", "Requests answered, by protocol, operation and "
-                   "status.", ["protocol", "operation", "status"], registry=REGISTRY)
-LATENCY = Histogram("idm_facade_request_seconds", "Time from a request's arrival to its "
-                    "answer (after its access record is committed).",
-                    ["protocol", "operation"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+
+
+class _Requests:
+    """Requests by protocol, operation and status, and their latency histogram, counted with
+    plain integers in the event loop (every request passes here: prometheus_client's
+    ``labels().inc()`` and ``observe()`` take a lock and a label look-up each, about 4
+    microseconds, a twentieth of a cached LDAP search) and turned into Prometheus families
+    when scraped."""
+
+    def __init__(self) -> None:
+        #: (protocol, operation, status) -> count
+        self.counts: dict[tuple[str, str, str], int] = {}
+        #: (protocol, operation) -> [bucket counts..., +Inf count, sum]
+        self.latency: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, protocol: str, operation: str, status: str, seconds: float) -> None:
+        key = (protocol, operation, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        found = self.latency.get(key[:2])
+        if found is None:
+            found = self.latency[key[:2]] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        found[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        found[-1] += seconds
+
+    def collect(self) -> Iterator[Any]:
+        counter = CounterMetricFamily("idm_facade_requests", "Requests answered, by protocol, "
+                                      "operation and status.",
+                                      labels=["protocol", "operation", "status"])
+        for (protocol, operation, status), count in list(self.counts.items()):
+            counter.add_metric([protocol, operation, status], count)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "idm_facade_request_seconds", "Time from a request's arrival to its answer "
+            "(after its access record is committed).", labels=["protocol", "operation"])
+        for (protocol, operation), values in list(self.latency.items()):
+            running, buckets = 0.0, []
+            for bound, hits in zip((*_LATENCY_BUCKETS, float("inf")), values[:-1],
+                                   strict=True):
+                running += hits
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+            histogram.add_metric([protocol, operation], buckets, values[-1])
+        yield histogram
+
+    def describe(self) -> list:
+        return []
+
+
+REQUESTS = _Requests()
+REGISTRY.register(REQUESTS)
 AUTH_FAILURES = Counter("idm_facade_auth_failures", "Refused authentications, by protocol "
                         "and reason.", ["protocol", "reason"], registry=REGISTRY)
 LDAP_CONNECTIONS = Gauge("idm_facade_ldap_connections", "Open LDAP connections.",
