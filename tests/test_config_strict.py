@@ -127,3 +127,14 @@ def _state(folder: Path) -> Path:
     path = folder / "idm.toml"
     path.write_text(f'[directory]\nstate_dir = "{folder}"\n')
     return path
+
+
+def test_an_attribute_source_the_store_lacks_is_an_error(tmp_path: Path, demo_db: str) -> None:
+    """A configured attribute reading a column that does not exist would be silently empty
+    for ever: it stops the start, in one line, also with --workers."""
+    path = tmp_path / "idm.toml"
+    path.write_text('[attributes.jobCode]\nsource = "person.no_such_column"\n')
+    for extra in ((), ("--workers", "2")):
+        result = _serve("--db", demo_db, "--config", str(path), *extra)
+        assert result.returncode == 2
+        assert "person has no column 'no_such_column'" in _short(result)

@@ -323,13 +323,14 @@ def test_workers_that_cannot_start_make_serve_exit_non_zero(tmp_path, demo_db):
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert out.stderr.startswith("Error: cannot reach the store") and "SCIM " not in out.stdout
-    # A problem only a worker finds (the upstream directory's settings, read when a worker
-    # makes its LDAP listener) makes the workers die at start; the parent gives up instead
-    # of restarting them forever.
+    # A problem only a worker finds (a TLS certificate file that is not a certificate, loaded
+    # when a worker makes its LDAP listener) makes the workers die at start; the parent gives
+    # up instead of restarting them forever.
+    garbage = tmp_path / "not-a-certificate.pem"
+    garbage.write_text("this is not PEM\n")
     config = tmp_path / "idm.toml"
     config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
-                      '[ldap.upstream]\nurls = ["ldap://127.0.0.1:1"]\n'
-                      'dn_template = "uid={username}"\npool_size = 0\n')
+                      f'[ldap]\ntls_cert = "{garbage}"\ntls_key = "{garbage}"\n')
     out = subprocess.run(
         [str(exe), "serve", "--workers", "2", "--scim-port", "0", "--ldap-port", "0",
          "--db", demo_db, "--config", str(config)],

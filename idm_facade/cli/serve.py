@@ -51,6 +51,18 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
         raise ConfigFailure(f"configuration: {exc}") from None
 
 
+def _check_listener_settings(config: object) -> None:
+    """Read the tables otherwise read only when a listener or worker starts (person binds,
+    provisioning targets), so their errors are one line here, not a dying worker."""
+    from idm_facade.ldap.persons import PersonSettings
+    from idm_facade.ldap.upstream import UpstreamSettings
+    from idm_facade.provisioning.targets import targets
+
+    UpstreamSettings.from_config(config)
+    PersonSettings.from_config(config)
+    targets(config)
+
+
 @click.command("serve")
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
@@ -71,9 +83,17 @@ def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | No
                   config_path: str | None, threads: int) -> None:
     """Serve SCIM, the role API and LDAP until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from idm_facade.config import load_config
+    from idm_facade.config import ConfigError, load_config
+    from idm_facade.directory.sources import configured
 
-    load_config(config_path)  # a configuration error is reported before anything starts
+    try:  # configuration errors are reported before anything starts (workers included)
+        config = load_config(config_path)
+        configured(config.section("attributes"))
+        _check_listener_settings(config)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigFailure(f"configuration: {exc}") from None
     check_store(db, allow_empty)
     try:
         facade = build_facade(db, config_path) if workers == 1 else None

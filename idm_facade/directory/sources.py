@@ -31,6 +31,23 @@ def check_source(source: str) -> str | None:
     if head not in ROWS or not rest:
         return f"a source is one of {', '.join(f'{r}.<column>' for r in ROWS)} or " \
                "address.<type>"
+    # A column the store does not have would give an attribute that is silently always
+    # empty: say so at start instead.
+    from store import models
+
+    table = {"engagement": models.Engagement, "person": models.Person,
+             "account": models.Account, "unit": models.OrgUnit}[head].__table__
+    column, _, field = rest.partition(".")
+    if column not in table.columns:
+        return (f"{head} has no column {column!r}; it has "
+                f"{', '.join(sorted(c.name for c in table.columns))}")
+    if field:
+        if not column.endswith("_id"):
+            return f"{head}.{column} is not a class reference, so it has no .{field}"
+        classes = models.Klasse.__table__.columns
+        if field not in classes:
+            return (f"a class has no field {field!r}; it has "
+                    f"{', '.join(sorted(c.name for c in classes))}")
     return None
 
 
