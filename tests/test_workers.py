@@ -338,3 +338,16 @@ def test_workers_that_cannot_start_make_serve_exit_non_zero(tmp_path, demo_db):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "keep dying at start" in out.stderr
     assert "SCIM " not in out.stdout  # nothing was announced
+
+
+def test_the_parent_does_not_start_the_reactor_before_it_forks():
+    """``serve`` reads every setting before it forks its workers; importing the modules
+    that do so must not install Twisted's reactor in the parent (the workers would share its
+    epoll and fail to register their sockets: FileExistsError)."""
+    import subprocess as sp
+
+    code = ("import sys, idm_facade.cli.serve, idm_facade.ldap.bind_settings, "
+            "idm_facade.provisioning.targets, idm_facade.directory.sources; "
+            "print('twisted.internet.reactor' in sys.modules)")
+    out = sp.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -32,22 +32,19 @@ from typing import Any
 from twisted.internet import defer, task
 
 from idm_facade.access.clients import PERSON, Client, ClientRegistry
-from idm_facade.access.throttle import Throttle, ThrottleConfigError, ThrottleSettings
+from idm_facade.access.throttle import Throttle
 from idm_facade.directory.policy import TRUSTED
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit
+from idm_facade.ldap.bind_settings import PersonSettings, UpstreamSettings
 from idm_facade.ldap.search import BUSY, INVALID_CREDENTIALS, SUCCESS, UNAVAILABLE
 from idm_facade.ldap.syntax import InvalidDN, parse_dn
-from idm_facade.ldap.upstream import Outcome, UpstreamPool, UpstreamSettings
+from idm_facade.ldap.upstream import Outcome, UpstreamPool
 
 log = logging.getLogger(__name__)
 
 #: What every refused person bind is told, whatever the reason (the reason is logged).
 REFUSED = "invalid credentials"
-
-
-class PersonsConfigError(ValueError):
-    """``[ldap.persons]`` is malformed (the message names the key)."""
 
 
 @dataclass(frozen=True)
@@ -60,40 +57,6 @@ class Verdict:
     client: Client | None
     who: str
     status: str
-
-
-@dataclass(frozen=True)
-class PersonSettings:
-    """``[ldap.persons]``."""
-
-    policy: str = "person"
-    upn_suffixes: tuple[str, ...] | None = None
-    domains: tuple[str, ...] | None = None
-    account: ThrottleSettings = ThrottleSettings()
-    address: ThrottleSettings = ThrottleSettings(delay_after=10, lockout_after=50)
-
-    @classmethod
-    def from_config(cls, config: Any) -> PersonSettings:
-        ldap = config.section("ldap") if config is not None else {}
-        table = ldap.get("persons", {})
-        if not isinstance(table, dict):
-            raise PersonsConfigError("[ldap.persons] must be a table")
-        lists: dict[str, tuple[str, ...] | None] = {}
-        for key in ("upn_suffixes", "domains"):
-            value = table.get(key)
-            if value is not None and (not isinstance(value, list) or not all(
-                    isinstance(v, str) and v for v in value)):
-                raise PersonsConfigError(f"[ldap.persons] {key} must be a list of names")
-            lists[key] = tuple(v.casefold() for v in value) if value is not None else None
-        try:
-            account = ThrottleSettings.from_table(table, "account_")
-            address = ThrottleSettings.from_table(
-                {"address_delay_after": 10, "address_lockout_after": 50, **table}, "address_")
-        except ThrottleConfigError as exc:
-            raise PersonsConfigError(f"[ldap.persons] {exc}") from None
-        return cls(policy=str(table.get("policy", cls.policy)),
-                   upn_suffixes=lists["upn_suffixes"], domains=lists["domains"],
-                   account=account, address=address)
 
 
 def _dc_labels(base: str) -> list[str]:

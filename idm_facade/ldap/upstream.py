@@ -24,7 +24,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,13 +34,10 @@ from ldaptor.protocols.ldap import ldaperrors
 from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from twisted.internet import defer, endpoints, ssl
 
+from idm_facade.ldap.bind_settings import UpstreamSettings
 from idm_facade.ldap.transport import write_now
 
 log = logging.getLogger(__name__)
-
-
-class UpstreamConfigError(ValueError):
-    """``[ldap.upstream]`` is malformed (the message names the key)."""
 
 
 class Outcome(enum.Enum):
@@ -59,68 +55,6 @@ class Outcome(enum.Enum):
 #: Upstream result codes that mean "these credentials are not accepted" (AD answers 49 for a
 #: wrong password, a disabled or a locked account; 50/53 for accounts it will not bind).
 _REFUSALS = {32, 34, 48, 49, 50, 53}
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    """The ``[ldap.upstream]`` table."""
-
-    urls: tuple[str, ...]
-    dn_template: str | None = None
-    search_base: str | None = None
-    search_filter: str = "(uid={username})"
-    bind_dn: str | None = None
-    bind_password: str | None = None
-    ca_file: str | None = None
-    starttls: bool = False
-    timeout: float = 5.0
-    pool_size: int = 8
-
-    @classmethod
-    def from_config(cls, config: Any) -> UpstreamSettings | None:
-        """The settings, None when no upstream is configured (person binds are then off).
-        Keys and types are checked by the configuration's schema (:mod:`idm_facade.config`);
-        what is checked here is what only this table knows."""
-        ldap = config.section("ldap") if config is not None else {}
-        table = ldap.get("upstream")
-        if table is None:
-            return None
-        if not isinstance(table, dict):
-            raise UpstreamConfigError("[ldap.upstream] must be a table")
-        urls = table.get("urls")
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            raise UpstreamConfigError("[ldap.upstream] urls must be a non-empty list of "
-                                      "ldap:// or ldaps:// URLs")
-        for url in urls:
-            if urlsplit(url).scheme not in ("ldap", "ldaps") or not urlsplit(url).hostname:
-                raise UpstreamConfigError(f"[ldap.upstream] urls: {url!r} is not an ldap:// "
-                                          f"or ldaps:// URL")
-        template = table.get("dn_template")
-        base = table.get("search_base")
-        if (template is None) == (base is None):
-            raise UpstreamConfigError("[ldap.upstream] needs either dn_template or "
-                                      "search_base (search-then-bind), not both")
-        if template is not None and "{username}" not in str(template):
-            raise UpstreamConfigError("[ldap.upstream] dn_template must contain {username}")
-        search_filter = str(table.get("search_filter", cls.search_filter))
-        if "{username}" not in search_filter:
-            raise UpstreamConfigError("[ldap.upstream] search_filter must contain {username}")
-        ca_file = table.get("ca_file")
-        if ca_file is not None and not Path(str(ca_file)).is_file():
-            raise UpstreamConfigError(f"[ldap.upstream] ca_file {ca_file!r} does not exist")
-        try:
-            timeout = float(table.get("timeout", cls.timeout))
-            pool_size = int(table.get("pool_size", cls.pool_size))
-        except (TypeError, ValueError) as exc:
-            raise UpstreamConfigError(f"[ldap.upstream] timeout/pool_size: {exc}") from None
-        if timeout <= 0 or pool_size < 1:
-            raise UpstreamConfigError("[ldap.upstream] timeout must be > 0 and pool_size >= 1")
-        return cls(urls=tuple(urls), dn_template=str(template) if template else None,
-                   search_base=str(base) if base else None, search_filter=search_filter,
-                   bind_dn=table.get("bind_dn"), bind_password=table.get("bind_password"),
-                   ca_file=str(ca_file) if ca_file else None,
-                   starttls=bool(table.get("starttls", False)), timeout=timeout,
-                   pool_size=pool_size)
 
 
 def escape_dn_value(value: str) -> str:
