@@ -82,7 +82,6 @@ class _Lines:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.wake = threading.Event()
         self.lines: deque[tuple] = deque()
         self.stream: Any = None
         self._flusher: threading.Thread | None = None
@@ -125,8 +124,7 @@ class _Lines:
 
     def _run(self) -> None:
         while True:
-            self.wake.wait(self.FLUSH_SECONDS)
-            self.wake.clear()
+            time.sleep(self.FLUSH_SECONDS)
             self.flush()
 
 

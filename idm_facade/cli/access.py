@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -183,6 +184,21 @@ def audit_verify(db: str | None, config_path: str | None) -> None:
     sys.exit(1)
 
 
+def _broken(db: str | None, config_path: str | None, fine: str, about: str | None = None
+            ) -> Any:
+    """The access log when ``verify`` finds it broken (the break shown), else None with
+    ``fine`` said; a break that is not ``about`` what the command repairs is an error."""
+    audit = _audit(db, config_path)
+    result = audit.verify()
+    if result.ok:
+        click.echo(fine)
+        return None
+    click.echo(f"access log BROKEN: {result.message}", err=True)
+    if about is not None and about not in result.message:
+        raise click.ClickException(f"the problem is not the {about}; nothing done")
+    return audit
+
+
 @audit.command("reset-index")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @db_option
@@ -194,12 +210,9 @@ def audit_reset_index(yes: bool, db: str | None, config_path: str | None) -> Non
     refuses every record, so the server answers nothing. Restore the file if you can; if not,
     this empties the index so a fresh log can start, and the loss stays on record in the
     server's log and in this command's output."""
-    audit = _audit(db, config_path)
-    result = audit.verify()
-    if result.ok:
-        click.echo("the access log and its index agree: nothing to reset")
+    audit = _broken(db, config_path, "the access log and its index agree: nothing to reset")
+    if audit is None:
         return
-    click.echo(f"access log BROKEN: {result.message}", err=True)
     if not yes:
         click.confirm("Empty the index and accept the loss?", abort=True)
     audit.reset_index()
@@ -217,14 +230,10 @@ def audit_sign_anchor(yes: bool, db: str | None, config_path: str | None) -> Non
     signed with the key (``[audit] anchor_key`` or the key file in the state directory): one
     written into the database by anyone else could hide records. An anchor left by a version
     before signing needs this once, after you have checked that its purge was yours."""
-    audit = _audit(db, config_path)
-    result = audit.verify()
-    if result.ok:
-        click.echo("the purge anchor is signed and valid: nothing to do")
+    audit = _broken(db, config_path, "the purge anchor is signed and valid: nothing to do",
+                    about="purge anchor")
+    if audit is None:
         return
-    click.echo(f"access log BROKEN: {result.message}", err=True)
-    if "purge anchor" not in result.message:
-        raise click.ClickException("the problem is not the purge anchor; nothing signed")
     if not yes:
         click.confirm("Sign the anchor as this installation's own?", abort=True)
     audit.sign_anchor()

@@ -110,6 +110,11 @@ def escape_value(value: str) -> str:
     return "".join(out)
 
 
+def escape_filter_value(value: str) -> str:
+    """Escape an assertion value for a filter string (RFC 4515 §3)."""
+    return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\0" else ch for ch in value)
+
+
 # ------------------------------------------------------------------ value rendering
 
 

@@ -35,6 +35,7 @@ from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from twisted.internet import defer, endpoints, ssl
 
 from idm_facade.ldap.bind_settings import UpstreamSettings
+from idm_facade.ldap.syntax import escape_filter_value, escape_value
 from idm_facade.ldap.transport import write_now
 
 log = logging.getLogger(__name__)
@@ -55,24 +56,6 @@ class Outcome(enum.Enum):
 #: Upstream result codes that mean "these credentials are not accepted" (AD answers 49 for a
 #: wrong password, a disabled or a locked account; 50/53 for accounts it will not bind).
 _REFUSALS = {32, 34, 48, 49, 50, 53}
-
-
-def escape_dn_value(value: str) -> str:
-    """RFC 4514 escaping of an attribute value placed in a DN."""
-    out = []
-    for i, ch in enumerate(value):
-        if ch in ',+"\\<>;=' or (ch == "#" and i == 0) or (ch == " " and i in (0, len(value) - 1)):
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20:
-            out.append(f"\\{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def escape_filter_value(value: str) -> str:
-    """RFC 4515 escaping of an assertion value placed in a filter."""
-    return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\0" else ch for ch in value)
 
 
 class _Client(LDAPClient):
@@ -226,7 +209,7 @@ class UpstreamPool:
         """The upstream DN of ``username`` (None when the search finds not exactly one)."""
         s = self.settings
         if s.dn_template is not None:
-            return s.dn_template.replace("{username}", escape_dn_value(username))
+            return s.dn_template.replace("{username}", escape_value(username))
         code = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
         if code != 0:
             log.error("LDAP upstream: the search account's bind was refused (%d)", code)
