@@ -334,7 +334,8 @@ class _Builder:
         for key in ("organisation", "facets", "classes", "org_units", "related_units", "persons",
                     "engagements", "associations", "managers", "leaves", "it_systems",
                     "accounts", "addresses", "kles", "system_roles", "job_roles", "role_groups",
-                    "account_role_assignments", "unit_role_assignments"):
+                    "account_role_assignments", "unit_role_assignments", "person_kles",
+                    "manager_substitutes"):
             self.doc[key] = []
         self.cls: dict[str, dict[str, str]] = {}  # facet -> class user_key -> id
         self.title_ids: dict[str, str] = {}  # title name -> class id
@@ -392,6 +393,7 @@ class _Builder:
         self.kle()
         self.role_catalogue()
         self.assignments()
+        self.rollekatalog_extras()
         return self.doc
 
     def organisation(self) -> None:
@@ -1067,6 +1069,82 @@ class _Builder:
             elif feature == "no_inherit":
                 row["inherit"] = False
         assign(self.opening_unit, valid_from=self.at(self.next_month_day))
+
+    def rollekatalog_extras(self) -> None:
+        """What OS2rollekatalog adds beyond the basic catalogue, each at least once: KOMBIT
+        constraint identifiers (as if imported; a few links left without, so the made-up
+        fallback shows), the other value types, person KLE, manager substitutes, a delegated
+        role and an access-blocked IT system. Runs last, so everything before it is the same
+        as without it."""
+        rng = self.rng
+        aspects = self.cls["kle_aspect"]
+        links = [(role, link) for role in self.job_roles for link in role["system_roles"]
+                 if link["constraint_type"]]
+        unit_ids = [u.id for u in self.units if u.children and u is not self.root]
+        extra_types = [(ORG_CONSTRAINT, "INHERITED_FROM_MANAGER_ROLE"),
+                       (ORG_CONSTRAINT, "EXTENDED_INHERITED_FROM_MANAGER_ROLE"),
+                       (ORG_CONSTRAINT, "INHERITED_FROM_FUNCTIONS"),
+                       (ORG_CONSTRAINT, "EXTENDED_INHERITED_FROM_FUNCTIONS"),
+                       (ORG_CONSTRAINT, "SELECTED_INHERITED"),
+                       (KLE_CONSTRAINT, "EXTENDED_INHERITED"),
+                       (KLE_CONSTRAINT, "READ_AND_WRITE")]
+        kombit_roles = [role for role, _link in links]
+        for number, (ctype, cvtype) in enumerate(extra_types):
+            role = kombit_roles[(number * 7) % len(kombit_roles)]
+            value = None
+            if cvtype == "SELECTED_INHERITED":
+                parent = rng.choice(unit_ids)
+                child = next(u for u in self.units if u.id == parent).children[0].id
+                value = f"+{parent},-{child}"
+            link = {"id": self.uid(), "system_role_id": role["system_roles"][0]["system_role_id"],
+                    "constraint_type": ctype, "constraint_value_type": cvtype,
+                    "constraint_value": value}
+            role["system_roles"].append(link)
+            links.append((role, link))
+        for number, (_role, link) in enumerate(links):
+            if number % 5 != 4:
+                link["constraint_identifier"] = (f"http://{KOMBIT_DOMAIN}/id-{1000 + number}-"
+                                                 f"{2000 + number}-{number % 7 + 1}/1/parametric")
+        # Person KLE on about 3 % of the persons.
+        topics = [t for area in self.kle_topics.values() for t in area]
+        for person in self.doc["persons"]:
+            if rng.random() >= 0.03:
+                continue
+            for topic in rng.sample(topics, rng.randint(1, 2)):
+                self.doc["person_kles"].append({
+                    "id": self.uid(), "person_id": person["id"], "kle_number_id": topic,
+                    "aspect_id": aspects[rng.choice(("UDFOERENDE", "INDSIGT"))],
+                    "valid_from": person["valid_from"], "valid_to": None})
+        # A manager substitute for about 10 % of the managed units.
+        for manager in self.doc["managers"]:
+            members = [p for p in self.unit_members.get(manager["org_unit_id"], [])
+                       if p != manager["person_id"]]
+            if manager["person_id"] is None or not members or rng.random() >= 0.1:
+                continue
+            self.doc["manager_substitutes"].append({
+                "id": self.uid(), "person_id": rng.choice(members),
+                "org_unit_id": manager["org_unit_id"], "manager_id": manager["id"],
+                "valid_from": manager["valid_from"], "valid_to": None})
+        # A role delegated by a neighbouring municipality, held directly by a few accounts.
+        kombit = next(s for s in self.systems if s["system_type"] == "KOMBIT"
+                      and s is not self.fk)
+        delegated = {
+            "id": self.uid(), "it_system_id": kombit["id"], "identifier":
+            f"http://{KOMBIT_DOMAIN}/roles/jobrole/delegeret-sagsbehandler/1",
+            "name": "Delegeret sagsbehandler", "description": "Delegeret fra nabokommunen",
+            "sensitive": False, "delegated_from_cvr": synthetic_cvr(rng),
+            "valid_from": self.at(self.origin_day), "valid_to": None, "system_roles": []}
+        self.doc["job_roles"].append(delegated)
+        ad_accounts = [a for accounts in self.ad_accounts.values() for a in accounts
+                       if a["valid_to"] is None]
+        for account in rng.sample(ad_accounts, min(5, len(ad_accounts))):
+            self.doc["account_role_assignments"].append({
+                "id": self.uid(), "account_id": account["id"], "job_role_id": delegated["id"],
+                "role_group_id": None, "valid_from": account["valid_from"], "valid_to": None})
+        # The last SAML system is access-blocked: catalogued and assigned, never handed out.
+        saml = [s for s in self.systems if s["system_type"] == "SAML"]
+        if saml:
+            saml[-1]["access_blocked"] = True
 
 
 def generate(size: str, seed: int = 1, reference: datetime | None = None,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import changelog
@@ -40,6 +40,25 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
     if create:
         Base.metadata.create_all(engine)
     return engine
+
+
+def missing_columns(engine: Engine) -> dict[str, list[str]]:
+    """Columns of this version's tables that an existing store lacks (table -> names).
+
+    ``create_all`` makes missing tables but never alters existing ones, so a store made by an
+    earlier version would fail on its first query; this lets ``serve`` say why instead.
+    Tables that do not exist at all are not reported (they are made on demand)."""
+    inspector = inspect(engine)
+    present = set(inspector.get_table_names())
+    missing: dict[str, list[str]] = {}
+    for table in Base.metadata.tables.values():
+        if table.name not in present:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        lacking = [c.name for c in table.columns if c.name not in have]
+        if lacking:
+            missing[table.name] = lacking
+    return missing
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types

@@ -202,6 +202,18 @@ class Manager(Validity, Base):
     responsibilities: Mapped[list[Klasse]] = relationship(secondary=manager_responsibility)
 
 
+class ManagerSubstitute(Validity, Base):
+    """A stand-in for a unit's manager (OS2rollekatalog's ``ManagerSubstitute``): gets the
+    unit's manager-only roles and its manager-role constraint values, as the manager does."""
+
+    __tablename__ = "manager_substitute"
+    id: Mapped[str] = _id()
+    person_id: Mapped[str] = _fk("person.id")
+    org_unit_id: Mapped[str] = _fk("org_unit.id")
+    #: The manager post stood in for, when known.
+    manager_id: Mapped[str | None] = _fk("manager.id", nullable=True)
+
+
 class Leave(Validity, Base):
     """Orlov: a leave of absence on one engagement."""
 
@@ -224,6 +236,9 @@ class ItSystem(Validity, Base):
     name: Mapped[str] = mapped_column(String(200))
     #: OS2rollekatalog system type: AD, SAML, KOMBIT, MANUAL, ...
     system_type: Mapped[str | None] = mapped_column(String(30))
+    #: OS2rollekatalog's ``accessBlocked``: the system's roles are catalogued and assigned but
+    #: never handed out at login (role lookups leave the whole system out).
+    access_blocked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 account_engagement = Table(
@@ -289,6 +304,18 @@ class Kle(Validity, Base):
     aspects: Mapped[list[Klasse]] = relationship(secondary=kle_aspect)
 
 
+class PersonKle(Validity, Base):
+    """A KLE number on a person (OS2rollekatalog's user KLE): tasks the person performs or
+    has insight into wherever they work. ``aspect_id`` is a KLE aspect class (Udfoerende or
+    Indsigt). Counted in KLE constraints even when an engagement is do-not-inherit."""
+
+    __tablename__ = "person_kle"
+    id: Mapped[str] = _id()
+    person_id: Mapped[str] = _fk("person.id")
+    kle_number_id: Mapped[str] = _fk("klasse.id")
+    aspect_id: Mapped[str] = _fk("klasse.id")
+
+
 # --------------------------------------------------------------------------- role catalogue
 
 
@@ -317,6 +344,10 @@ class JobRoleSystemRole(Base):
     #: INHERITED, EXTENDED_INHERITED, LEVEL_1..6, READ_AND_WRITE, VALUE, ...
     constraint_value_type: Mapped[str | None] = mapped_column(String(40))
     constraint_value: Mapped[str | None] = mapped_column(String(4096))
+    #: The parametric constraint's name as registered with KOMBIT (OS2rollekatalog's
+    #: ``constraintIdentifier``, generated once from its internal ids and uploaded): it cannot
+    #: be recomputed elsewhere, so it is imported and kept. NULL: the facade makes one up.
+    constraint_identifier: Mapped[str | None] = mapped_column(String(500))
 
 
 class JobRole(Validity, Base):
@@ -329,6 +360,9 @@ class JobRole(Validity, Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text)
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: A role delegated by another municipality (OS2rollekatalog's ``delegatedFromCvr``): its
+    #: privilege is scoped to that CVR and carries no computed constraints.
+    delegated_from_cvr: Mapped[str | None] = mapped_column(String(8))
     system_roles: Mapped[list[JobRoleSystemRole]] = relationship(cascade="all, delete-orphan")
 
 
@@ -459,11 +493,13 @@ FACT_MODELS: dict[str, type[Base]] = {
     "engagements": Engagement,
     "associations": Association,
     "managers": Manager,
+    "manager_substitutes": ManagerSubstitute,
     "leaves": Leave,
     "it_systems": ItSystem,
     "accounts": Account,
     "addresses": Address,
     "kles": Kle,
+    "person_kles": PersonKle,
     "system_roles": SystemRole,
     "job_roles": JobRole,
     "role_groups": RoleGroup,

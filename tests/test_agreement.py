@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import ldap
@@ -43,6 +44,7 @@ class Views:
     creds: dict
     accounts: list  # the test process's own directory entries, for counts only
     roles: list
+    data: Any  # the catalogue rows of that snapshot (access-blocked, delegated roles)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def views(demo_db, tmp_path_factory) -> Iterator[Views]:
     roles = [e for e in snap.entries if e.kind == ROLE]
     serving = start_serve(db, config_path)
     try:
-        yield Views(serving, clients.base, creds, accounts, roles)
+        yield Views(serving, clients.base, creds, accounts, roles, snap.data)
     finally:
         serving.stop()
         engine.dispose()
@@ -152,7 +154,18 @@ def test_json_scim_and_ldap_agree_for_every_account(views):
     assert set(scim_roles) == set(ldap_idm_role) == {
         e.first("userName").casefold() for e in views.accounts}
 
-    # The role API, one request per account.
+    # The role API, per account: /roles (ours), and OS2rollekatalog's rolesAsList and the
+    # OIOBPP roleMap. SCIM and LDAP show every role held; role lookups leave out the roles of
+    # access-blocked systems (UserApi.java, UserService.generateOIOBPPPrivileges), and the
+    # OIOBPP of a request over every system (so expanded to system roles) also leaves out
+    # delegated roles ("nor can it be expanded to BSRs", UserService.java).
+    data = views.data
+    blocked = {r.id for r in data.job_roles.values()
+               if data.it_systems[r.it_system_id].access_blocked}
+    delegated = {r.id for r in data.job_roles.values() if r.delegated_from_cvr}
+    identifier = {r.id: r.identifier for r in data.job_roles.values()}
+    assert any(roles & blocked for roles in scim_roles.values()), "no blocked role held"
+    assert any(roles & delegated for roles in scim_roles.values()), "no delegated role held"
     mismatches = []
     with httpx.Client(base_url=f"{base}/api", headers=headers, timeout=30) as http:
         for name in sorted(scim_roles):
@@ -160,15 +173,23 @@ def test_json_scim_and_ldap_agree_for_every_account(views):
             assert response.status_code == 200, (name, response.text)
             body = response.json()
             json_roles = {r["id"] for s in body["itSystems"] for r in s["jobRoles"]}
-            views_of_name = (json_roles, scim_roles[name], ldap_idm_role[name],
-                             ldap_member_of[name])
-            if any(v != json_roles for v in views_of_name):
-                mismatches.append((name, *views_of_name))
+            views_of_name = (scim_roles[name], ldap_idm_role[name], ldap_member_of[name])
+            if any(v != scim_roles[name] for v in views_of_name) \
+                    or json_roles != scim_roles[name] - blocked:
+                mismatches.append((name, json_roles, *views_of_name))
             json_grants = _grants(
                 (r["id"], p["via"], (p["unit"] or {}).get("id"), (p["roleGroup"] or {}).get("id"))
                 for s in body["itSystems"] for r in s["jobRoles"] for p in r["provenance"])
-            if json_grants != scim_grants[name]:
+            if json_grants != _grants(g for g in scim_grants[name] if g[0] not in blocked):
                 mismatches.append((name, json_grants, scim_grants[name]))
+            open_roles = {identifier[r] for r in scim_roles[name] - blocked}
+            as_list = http.get(f"/user/{name}/rolesAsList", params={"system": ""}).json()
+            if set(as_list["userRoles"]) != open_roles:
+                mismatches.append((name, "rolesAsList", as_list["userRoles"], open_roles))
+            role_map = http.get(f"/user/{name}/roles").json()["roleMap"]
+            expanded = {identifier[r] for r in scim_roles[name] - blocked - delegated}
+            if set(role_map) != expanded:
+                mismatches.append((name, "oiobpp", sorted(role_map), expanded))
     assert not mismatches, mismatches[:5]
     holders = sum(1 for roles in scim_roles.values() if roles)
     assert holders > len(scim_roles) // 4, "too few accounts hold roles to prove anything"

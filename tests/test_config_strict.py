@@ -88,6 +88,28 @@ def test_serve_refuses_a_missing_or_empty_store(tmp_path: Path) -> None:
     assert result.returncode == 3 and "holds no organisation" in _short(result)
 
 
+def test_serve_refuses_a_store_from_an_earlier_version(tmp_path: Path) -> None:
+    """A store lacking a column this version reads (here ``it_system.access_blocked``) is
+    refused before serving, with the column named, instead of failing on its first query;
+    the store is left as it was."""
+    import sqlite3
+
+    old = tmp_path / "old.db"
+    subprocess.run([EXE, "init-db", "--db", f"sqlite:///{old}"], check=True,
+                   capture_output=True)
+    with sqlite3.connect(old) as db:
+        db.execute("ALTER TABLE it_system DROP COLUMN access_blocked")
+    schema = "SELECT name, sql FROM sqlite_master ORDER BY name"
+    with sqlite3.connect(old) as db:
+        before = db.execute(schema).fetchall()
+    result = _serve("--db", f"sqlite:///{old}")
+    assert result.returncode == 1  # a store problem, like an unreachable database
+    assert "earlier idm-facade" in _short(result)
+    assert "it_system: access_blocked" in result.stderr
+    with sqlite3.connect(old) as db:
+        assert db.execute(schema).fetchall() == before  # nothing was altered or created
+
+
 def test_bad_database_urls(tmp_path: Path) -> None:
     result = _serve("--db", "postgres://user:hunter2@127.0.0.1/idm")
     assert result.returncode == 1

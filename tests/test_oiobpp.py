@@ -40,6 +40,7 @@ class Org:
 
     def __init__(self, engine: Engine) -> None:
         org = self.b = OrgBuilder(engine)
+        self.persons: dict[str, str] = {}
         self.root = org.unit("Root", role_level=1)
         self.a = org.unit("A", self.root, role_level=2, inherit_kle=True)
         self.a1 = org.unit("A1", self.a)
@@ -57,7 +58,7 @@ class Org:
         self.dina = self.member("Dina", self.a1, do_not_inherit=True)
 
     def member(self, name: str, unit: str, **kw) -> str:
-        person = self.b.person(name, "Testsen")
+        person = self.persons[name] = self.b.person(name, "Testsen")
         engagement = self.b.engagement(person, unit, **kw)
         return self.b.account(person, name.lower(), engagements=(engagement,))
 
@@ -101,68 +102,184 @@ def test_kle_constraint_values(built):
     assert cons.constraint_value(load(o.b.engine, utcnow()), o.anna, None, None, None) is None
 
 
+def test_manager_function_and_selected_values(built):
+    """The value types OS2rollekatalog computes from other relations (ui/src/main/java/dk/
+    digitalidentity/rc/service/UserService.java: getOrganisationConstraintFromManagerRole
+    counts managed units and ``getSubstituteFor()``; getOrganisationConstraintFromFunctions;
+    SELECTED_INHERITED through util/OrganisationConstraintUtil.java's ``+parent,-excluded``
+    form), for both org-unit types; INHERITED/EXTENDED_INHERITED/LEVEL_N only for KOMBIT's."""
+    o = built
+    b = o.b
+    b.manager(o.a, o.persons["Anna"])
+    with write_session(b.engine, actor="test") as session:
+        session.add(m.ManagerSubstitute(person_id=o.persons["Zack"], org_unit_id=o.a1))
+        session.add(m.Association(person_id=o.persons["Zack"], org_unit_id=o.b_,
+                                  association_type_id=b.klass("association_type", "tr", "TR")))
+    for ctype in (ORG, INTERNAL_ORG):
+        assert value(o, o.anna, ctype, "INHERITED_FROM_MANAGER_ROLE") == o.a
+        assert value(o, o.anna, ctype, "EXTENDED_INHERITED_FROM_MANAGER_ROLE").split(",") == [
+            o.a, o.a1, o.a1x]
+        assert value(o, o.zack, ctype, "EXTENDED_INHERITED_FROM_MANAGER_ROLE").split(",") == [
+            o.a1, o.a1x]  # the substitute
+        assert value(o, o.zack, ctype, "INHERITED_FROM_FUNCTIONS") == o.b_
+        assert value(o, o.dina, ctype, "INHERITED_FROM_MANAGER_ROLE") == ""
+        assert value(o, o.anna, ctype, "SELECTED_INHERITED", f"{o.z1},{o.b_}") == \
+            f"{o.z1},{o.b_}"
+        assert set(value(o, o.anna, ctype, "SELECTED_INHERITED",
+                         f"+{o.a},-{o.a1x},+{o.z}").split(",")) == {o.a, o.a1, o.z, o.z1}
+    assert value(o, o.anna, INTERNAL_ORG, "INHERITED") == ""
+    assert value(o, o.anna, INTERNAL_ORG, "LEVEL_2") == ""
+
+
+def test_person_kle_counts_even_without_inheritance(built):
+    """A person's own KLE numbers join the units' (KleService.getKleAssignments(User, ...):
+    ``user.getKles()`` first, units only when no position is do-not-inherit)."""
+    o = built
+    b = o.b
+    number = b.klass("kle_number", "20.21.22", "20.21.22 (syntetisk)")
+    group = b.klass("kle_number", "30.31", "30.31 (syntetisk)")
+    performing = b.klass("kle_aspect", "UDFOERENDE", "UDFOERENDE")
+    insight = b.klass("kle_aspect", "INDSIGT", "INDSIGT")
+    with write_session(b.engine, actor="test") as session:
+        for person in ("Anna", "Dina"):
+            session.add(m.PersonKle(person_id=o.persons[person], kle_number_id=number,
+                                    aspect_id=performing))
+        session.add(m.PersonKle(person_id=o.persons["Dina"], kle_number_id=group,
+                                aspect_id=insight))
+    assert value(o, o.anna, KLE, "INHERITED") == "01.02.03,04.05.*,07.08.09,20.21.22"
+    assert value(o, o.dina, KLE, "INHERITED") == "20.21.22"  # do-not-inherit: own only
+    assert value(o, o.dina, KLE, "EXTENDED_INHERITED") == "30.31.*"
+    assert value(o, o.dina, KLE, "READ_AND_WRITE") == "20.21.22,30.31.*"
+
+
 def parse(document: bytes):
     root = ET.fromstring(document)
     assert root.tag == f"{NS}PrivilegeList"
     return root
 
 
-def test_privilege_list_structure_and_values(built):
-    o = built
+def _catalogue(o: Org) -> dict[str, str]:
+    """A KOMBIT role with an org-unit and a KLE constraint (one with a registered constraint
+    identifier), an unconstrained KOMBIT role, a SAML role whose internal org-unit constraint
+    is INHERITED, a delegated KOMBIT role, and a role in an access-blocked SAML system."""
     b = o.b
     sr_org = b._add(m.SystemRole(it_system_id=b.kombit, name="Læs",
                                  identifier="http://testby.dk/roles/usersystemrole/laes/1"))
     sr_kle = b._add(m.SystemRole(it_system_id=b.kombit, name="Skriv",
                                  identifier="http://testby.dk/roles/usersystemrole/skriv/1"))
-    sagsbeh = b.job_role("Sagsbehandler", identifier="sag-sagsbehandler")
-    plain = b.job_role("Opslag", identifier="sag-opslag")
-    b._add(m.JobRoleSystemRole(job_role_id=sagsbeh, system_role_id=sr_org,
-                               constraint_type=ORG, constraint_value_type="EXTENDED_INHERITED"))
-    b._add(m.JobRoleSystemRole(job_role_id=sagsbeh, system_role_id=sr_kle,
+    ids = {"sagsbeh": b.job_role("Sagsbehandler", identifier="sag-sagsbehandler"),
+           "plain": b.job_role("Opslag", identifier="sag-opslag"),
+           "delegated": b.job_role("Delegeret", identifier="deleg-1",
+                                   delegated_from_cvr="11223344")}
+    b._add(m.JobRoleSystemRole(job_role_id=ids["sagsbeh"], system_role_id=sr_org,
+                               constraint_type=ORG, constraint_value_type="EXTENDED_INHERITED",
+                               constraint_identifier=REGISTERED))
+    b._add(m.JobRoleSystemRole(job_role_id=ids["sagsbeh"], system_role_id=sr_kle,
                                constraint_type=KLE, constraint_value_type="INHERITED"))
-    b._add(m.JobRoleSystemRole(job_role_id=plain, system_role_id=sr_org))
+    b._add(m.JobRoleSystemRole(job_role_id=ids["plain"], system_role_id=sr_org))
     saml = b._add(m.ItSystem(user_key="ESDH", name="ESDH", system_type="SAML"))
     sr_saml = b._add(m.SystemRole(it_system_id=saml, name="Admin", identifier="esdh-admin"))
-    saml_role = b.job_role("ESDH admin", system=saml, identifier="esdh-admin-job")
-    b._add(m.JobRoleSystemRole(job_role_id=saml_role, system_role_id=sr_saml,
-                               constraint_type="http://digital-identity.dk/constraints/orgunit/1",
-                               constraint_value_type="INHERITED"))
-    data = load(b.engine, utcnow())
-    groups = oiobpp.privilege_groups(data, o.zack, [sagsbeh, plain, saml_role])
-    document = oiobpp.to_xml(groups)
-    # As OS2rollekatalog's UserService.generateOIOBPP (ui/src/main/java/dk/digitalidentity/rc/
-    # service/UserService.java): double-quoted declaration, xmlns:xsi on the root, one
-    # Privilege per PrivilegeGroup, constraints with an empty value left out.
+    ids["saml"] = b.job_role("ESDH admin", system=saml, identifier="esdh-admin-job")
+    b._add(m.JobRoleSystemRole(job_role_id=ids["saml"], system_role_id=sr_saml,
+                               constraint_type=INTERNAL_ORG, constraint_value_type="INHERITED"))
+    b._add(m.JobRoleSystemRole(job_role_id=ids["saml"], system_role_id=sr_saml,
+                               constraint_type=INTERNAL_ORG,
+                               constraint_value_type="INHERITED_FROM_FUNCTIONS"))
+    blocked = b._add(m.ItSystem(user_key="Blocked", name="Blocked", system_type="SAML",
+                                access_blocked=True))
+    sr_blocked = b._add(m.SystemRole(it_system_id=blocked, name="X", identifier="blocked-x"))
+    ids["blocked"] = b.job_role("Blocked role", system=blocked, identifier="blocked-job")
+    b._add(m.JobRoleSystemRole(job_role_id=ids["blocked"], system_role_id=sr_blocked))
+    return ids
+
+
+REGISTERED = "http://testby.dk/id-17-4711-3/1/parametric"
+INTERNAL_ORG = "http://digital-identity.dk/constraints/orgunit/1"
+
+
+def _groups(root) -> dict[str, dict]:
+    found = {}
+    for group in root.findall("PrivilegeGroup"):
+        privileges = [p.text for p in group.findall("Privilege")]
+        assert len(privileges) == 1 and set(group.attrib) == {"Scope"}
+        assert all(c.text for c in group.findall("Constraint"))
+        assert all(child.tag in ("Privilege", "Constraint") for child in group)
+        found[privileges[0]] = {"scope": group.get("Scope"), "constraints": {
+            c.get("Name"): c.text for c in group.findall("Constraint")}}
+    return found
+
+
+def test_privilege_list_kombit_only_request(built):
+    """A request naming only KOMBIT systems is not expanded: one group per job role with its
+    KOMBIT entity id, constraints named by the identifiers registered with KOMBIT
+    (``constraint.getConstraintIdentifier()``), a delegated role as its plain identifier
+    scoped to the delegating CVR (OS2rollekatalog ui/src/main/java/dk/digitalidentity/rc/
+    service/UserService.java, generateOIOBPPPrivileges and generateOIOBPP)."""
+    o = built
+    ids = _catalogue(o)
+    data = load(o.b.engine, utcnow())
+    kombit = [data.it_systems[o.b.kombit]]
+    result = oiobpp.privilege_groups(data, o.zack, [ids["sagsbeh"], ids["plain"],
+                                                    ids["delegated"]], systems=kombit)
+    document = oiobpp.to_xml(result.groups)
     assert document.startswith(b'<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList')
     assert b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"' in document
     encoded = oiobpp.encode(document)
     assert base64.b64decode(encoded) == document
     root = parse(base64.b64decode(encoded))
-    assert root.attrib == {}
-    found = root.findall("PrivilegeGroup")
-    assert len(found) == 3  # constrained KOMBIT role, unconstrained one, SAML system role
-    assert not root.findall(f"{NS}PrivilegeGroup")  # children are unqualified
-    by_privilege = {}
-    for group in found:
-        assert group.get("Scope") == "urn:dk:gov:saml:cvrNumberIdentifier:99999999"
-        privileges = [p.text for p in group.findall("Privilege")]
-        assert len(privileges) == 1 and set(group.attrib) == {"Scope"}
-        assert all(c.text for c in group.findall("Constraint"))
-        for child in group:
-            assert child.tag in ("Privilege", "Constraint")
-        for p in privileges:
-            by_privilege[p] = {c.get("Name"): c.text for c in group.findall("Constraint")}
-    kombit = by_privilege["http://testby.dk/roles/jobrole/sag-sagsbehandler/1"]
-    assert sorted(kombit.values()) == sorted([o.z1, "99.99.99"])
-    assert all(n.startswith("http://testby.dk/id-") and n.endswith("/1/parametric")
-               for n in kombit)
-    assert by_privilege["http://testby.dk/roles/jobrole/sag-opslag/1"] == {}
-    assert by_privilege["esdh-admin"] == {
-        "http://digital-identity.dk/constraints/orgunit/1": o.z1}
-    # Round trip: serialise the parsed tree and parse it again, same content.
+    assert root.attrib == {} and not root.findall(f"{NS}PrivilegeGroup")  # unqualified
+    found = _groups(root)
+    own = "urn:dk:gov:saml:cvrNumberIdentifier:99999999"
+    sagsbeh = found["http://testby.dk/roles/jobrole/sag-sagsbehandler/1"]
+    assert sagsbeh["scope"] == own
+    assert sagsbeh["constraints"][REGISTERED] == o.z1
+    (made_up,) = [n for n in sagsbeh["constraints"] if n != REGISTERED]
+    assert made_up.startswith("http://testby.dk/id-") and made_up.endswith("/1/parametric")
+    assert sagsbeh["constraints"][made_up] == "99.99.99"
+    assert found["http://testby.dk/roles/jobrole/sag-opslag/1"]["constraints"] == {}
+    assert found["deleg-1"] == {"scope": "urn:dk:gov:saml:cvrNumberIdentifier:11223344",
+                                "constraints": {}}
+    assert len(found) == 3
+    # roleMap: KOMBIT entity ids, and the delegated role's plain identifier
+    assert result.role_map == {
+        "http://testby.dk/roles/jobrole/sag-sagsbehandler/1": "Sagsbehandler (Sagssystem)",
+        "http://testby.dk/roles/jobrole/sag-opslag/1": "Opslag (Sagssystem)",
+        "deleg-1": "Delegeret (Sagssystem)"}
     again = parse(ET.tostring(root) if hasattr(ET, "tostring") else document)
     assert len(again.findall("PrivilegeGroup")) == 3
     assert oiobpp.to_xml([]).endswith(b"/>") and not parse(oiobpp.to_xml([])).findall("*")
+
+
+def test_privilege_list_mixed_request_expands_every_role(built):
+    """Any selected system that is not KOMBIT (no selection: every system) expands every
+    role, the KOMBIT ones too, to one group per system role, constraints named by their
+    type's entity id; delegated roles are left out; the access-blocked system is not among
+    the systems (``shouldExpandToBsr``, UserService.java). INHERITED on the internal
+    org-unit type is computed only for KOMBIT's type, so it is empty and left out."""
+    o = built
+    ids = _catalogue(o)
+    member = o.b.person("Fie", "Funktion")
+    engagement = o.b.engagement(member, o.z1)
+    fie = o.b.account(member, "fie", engagements=(engagement,))
+    with write_session(o.b.engine, actor="test") as session:
+        session.add(m.Association(person_id=member, org_unit_id=o.a1, association_type_id=
+                                  o.b.klass("association_type", "tr", "TR")))
+    data = load(o.b.engine, utcnow())
+    assert oiobpp.expands_to_system_roles(
+        [s for s in data.it_systems.values() if not s.access_blocked])
+    result = oiobpp.privilege_groups(data, fie, [ids["sagsbeh"], ids["plain"], ids["saml"],
+                                                 ids["delegated"]])
+    found = _groups(parse(oiobpp.to_xml(result.groups)))
+    assert set(found) == {"http://testby.dk/roles/usersystemrole/laes/1",
+                          "http://testby.dk/roles/usersystemrole/skriv/1", "esdh-admin"}
+    assert len(result.groups) == 4  # laes twice: once per role, as OS2rollekatalog sends it
+    laes = [g for g in result.groups
+            if g.privileges == ["http://testby.dk/roles/usersystemrole/laes/1"]]
+    assert sorted(g.constraints for g in laes) == [(), ((ORG, o.z1),)]
+    assert found["esdh-admin"]["constraints"] == {INTERNAL_ORG: o.a1}
+    assert result.role_map == {"sag-sagsbehandler": "Sagsbehandler (Sagssystem)",
+                               "sag-opslag": "Opslag (Sagssystem)",
+                               "esdh-admin-job": "ESDH admin (ESDH)"}
 
 
 def test_kombit_base_normalises_domain():
@@ -190,6 +307,6 @@ def test_a_constraint_with_an_empty_value_is_left_out(built) -> None:
                                constraint_value_type="INHERITED"))
     loner = b.account(b.person("Ida", "Uden"), "ida")
     data = load(b.engine, utcnow())
-    (group,) = oiobpp.privilege_groups(data, loner, [role])
+    (group,) = oiobpp.privilege_groups(data, loner, [role]).groups
     assert group.privileges == ["esdh-admin"] and group.constraints == ()
     assert not parse(oiobpp.to_xml([group])).findall(".//Constraint")

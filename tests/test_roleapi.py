@@ -151,8 +151,10 @@ def test_system_filter(served):
 
 def test_unknown_user_is_404(served):
     for path in ("/roles/nobody-here", "/user/nobody-here/roles",
-                 "/user/nobody-here/rolesAsList", "/user/nobody-here/hasUserRole/x"):
-        response = served.get(path)
+                 "/user/nobody-here/rolesAsList", "/user/nobody-here/nameid",
+                 "/user/nobody-here/hasUserRole/x"):
+        # rolesAsList's ``system`` is required (UserApi.java); empty means every system
+        response = served.get(path, system="")
         assert response.status_code == 404, path
         assert response.json()["error"] == "unknown user: nobody-here"
 
@@ -166,9 +168,9 @@ def test_name_id_shows_only_what_the_client_may_read(served):
     name, external = entry.first("formattedName"), entry.first("externalId")
     for path in (f"/user/{entry.first('userName')}/roles",
                  f"/user/{entry.first('userName')}/rolesAsList"):
-        full = served.get(path).json()["nameID"]
+        full = served.get(path, system="").json()["nameID"]
         assert f"CN={name}," in full and full.endswith(f"Serial={external}")
-        narrow = served.get(path, client="mail").json()["nameID"]
+        narrow = served.get(path, client="mail", system="").json()["nameID"]
         assert f"CN={entry.first('userName')}," in narrow
         assert narrow.endswith(f"Serial={entry.id}")
         assert external not in narrow and name not in narrow
@@ -199,7 +201,7 @@ def test_roles_as_list_and_has_user_role(served):
     data = served.snapshot.data
     entry = with_roles(served)[0]
     name = entry.first("userName")
-    body = served.get(f"/user/{name}/rolesAsList").json()
+    body = served.get(f"/user/{name}/rolesAsList", system="").json()
     assert set(body) == {"userRoles", "systemRoles", "dataRoles", "functionRoles", "roleMap",
                          "nameID", "disabled"}
     assert set(body["userRoles"]) == {data.job_roles[r].identifier for r in entry.attrs["role"]}
@@ -350,7 +352,7 @@ def test_attribute_restrictions_hold_in_the_role_api(served):
     data = served.snapshot.data
     entry = next(e for e in with_roles(served) if e.attrs.get("externalId"))
     name = entry.first("userName")
-    body = served.get(f"/user/{name}/rolesAsList", client="contact").json()
+    body = served.get(f"/user/{name}/rolesAsList", client="contact", system="").json()
     assert "disabled" not in body and body["userRoles"] == []
     assert not body["nameID"].endswith(entry.first("externalId"))
     refused = served.get(f"/user/{name}/hasUserRole/{entry.attrs['role'][0]}",
@@ -415,6 +417,6 @@ def test_has_system_role_nameid_and_lookup_by_external_uuid(served):
     assert served.get(f"/user/{name}/hasSystemRole").status_code == 400
     named = served.get(f"/user/{name}/nameid").json()["nameID"]
     assert named == served.get(f"/user/{name}/roles").json()["nameID"]
-    by_uuid = served.get(f"/user/{entry.first('externalId')}/rolesAsList")
+    by_uuid = served.get(f"/user/{entry.first('externalId')}/rolesAsList", system="")
     assert by_uuid.status_code == 200
     assert by_uuid.json()["nameID"] == named

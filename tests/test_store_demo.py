@@ -252,8 +252,31 @@ def test_kle_and_role_catalogue(small: dict[str, Any]) -> None:
                    for j in small["job_roles"] for c in j["system_roles"] if c["constraint_type"]}
     assert ("http://sts.kombit.dk/constraints/KLE/1", "INHERITED") in constraints
     org_types = {v for t, v in constraints if t == "http://sts.kombit.dk/constraints/orgenhed/1"}
-    assert org_types and org_types <= {"INHERITED", "EXTENDED_INHERITED", "LEVEL_2"}
+    assert org_types == {"INHERITED", "EXTENDED_INHERITED", "LEVEL_2",
+                         "INHERITED_FROM_MANAGER_ROLE", "EXTENDED_INHERITED_FROM_MANAGER_ROLE",
+                         "INHERITED_FROM_FUNCTIONS", "EXTENDED_INHERITED_FROM_FUNCTIONS",
+                         "SELECTED_INHERITED"}
+    kle_types = {v for t, v in constraints if t == "http://sts.kombit.dk/constraints/KLE/1"}
+    assert kle_types == {"INHERITED", "EXTENDED_INHERITED", "READ_AND_WRITE"}
     assert all(2 <= len(g["job_role_ids"]) for g in small["role_groups"])
+
+
+def test_rollekatalog_extras(small: dict[str, Any]) -> None:
+    """Each OS2rollekatalog feature the role API serves appears in the S demo: registered
+    constraint identifiers (and a few links without, for the made-up fallback), person KLE,
+    manager substitutes, a delegated role held by accounts, an access-blocked system."""
+    links = [c for j in small["job_roles"] for c in j["system_roles"] if c["constraint_type"]]
+    named = [c for c in links if c.get("constraint_identifier")]
+    assert named and len(named) < len(links)
+    assert all(c["constraint_identifier"].endswith("/1/parametric") for c in named)
+    assert small["person_kles"] and small["manager_substitutes"]
+    delegated = [j for j in small["job_roles"] if j.get("delegated_from_cvr")]
+    assert len(delegated) == 1 and len(delegated[0]["delegated_from_cvr"]) == 8
+    assert any(a["job_role_id"] == delegated[0]["id"]
+               for a in small["account_role_assignments"])
+    blocked = [s for s in small["it_systems"] if s.get("access_blocked")]
+    assert len(blocked) == 1 and blocked[0]["system_type"] == "SAML"
+    assert any(j["it_system_id"] == blocked[0]["id"] for j in small["job_roles"])
 
 
 def test_role_assignments_cover_every_rule(small: dict[str, Any]) -> None:

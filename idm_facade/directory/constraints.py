@@ -22,6 +22,21 @@ KLE constraint (``.../constraints/KLE/1``):
   any of the account's engagements is marked do-not-inherit.
 - an empty KLE result becomes ``99.99.99``, so login still succeeds, with no data.
 
+Org-unit values from other relations (both org-unit types, ``UserService.generateOIOBPP``):
+
+- ``INHERITED_FROM_MANAGER_ROLE`` / ``EXTENDED_INHERITED_FROM_MANAGER_ROLE``: the units the
+  account's person manages or stands in for as manager substitute (with their descendants);
+- ``INHERITED_FROM_FUNCTIONS`` / ``EXTENDED_INHERITED_FROM_FUNCTIONS``: the units of the
+  person's functions (OS2rollekatalog's ``UserOUFunction``; here the person's associations);
+- ``SELECTED_INHERITED``: the stored selection, either plain unit ids or OS2rollekatalog's
+  ``+parent,-excluded`` form (each ``+`` unit with its descendants, minus the ``-`` units;
+  ``OrganisationConstraintUtil``).
+
+As in OS2rollekatalog, ``INHERITED``, ``EXTENDED_INHERITED`` and ``LEVEL_N`` are computed only
+for KOMBIT's org-unit type, not the internal one, and a computed value that comes out empty
+leaves the constraint out. The person's own KLE numbers (``person_kle``) count in every KLE
+value, even when an engagement is do-not-inherit (``KleService.getKleAssignments``).
+
 ``VALUE`` is the stored literal for any constraint type. Values are comma-joined. Everything
 here reads :class:`~idm_facade.directory.load.OrgData` and per-load look-ups cached on
 ``data.derived``, so one account's values cost a few dictionary walks.
@@ -35,11 +50,17 @@ from typing import Any
 
 from idm_facade.directory import roles as role_calc
 
-ORG_UNIT_TYPES = frozenset({
+#: KOMBIT's org-unit constraint type (``Constants.OU_CONSTRAINT_ENTITY_ID``).
+KOMBIT_ORG_UNIT_TYPES = frozenset({
     "http://sts.kombit.dk/constraints/orgenhed/1",
     "https://sts.kombit.dk/constraints/orgenhed/1",
-    "http://digital-identity.dk/constraints/orgunit/1",
 })
+#: Every org-unit constraint type: KOMBIT's and OS2rollekatalog's internal one.
+ORG_UNIT_TYPES = KOMBIT_ORG_UNIT_TYPES | {"http://digital-identity.dk/constraints/orgunit/1"}
+#: Value types computed for both org-unit types.
+_EITHER_ORG_TYPE = frozenset({
+    "INHERITED_FROM_MANAGER_ROLE", "EXTENDED_INHERITED_FROM_MANAGER_ROLE",
+    "INHERITED_FROM_FUNCTIONS", "EXTENDED_INHERITED_FROM_FUNCTIONS", "SELECTED_INHERITED"})
 KLE_TYPES = frozenset({
     "http://sts.kombit.dk/constraints/KLE/1",
     "https://sts.kombit.dk/constraints/KLE/1",
@@ -63,6 +84,9 @@ class ConstraintIndex:
     children: dict[str, list[str]]
     kle: dict[str, dict[str, list[str]]]  # unit -> aspect -> KLE numbers
     subtrees: dict[str, tuple[str, ...]]  # filled lazily
+    person_kle: dict[str, dict[str, list[str]]]  # person -> aspect -> KLE numbers
+    managed: dict[str, list[str]]  # person -> units managed or stood in for
+    functions: dict[str, list[str]]  # person -> units of their functions (associations)
 
 
 def _aspect(data: Any, class_id: str) -> str | None:
@@ -99,7 +123,25 @@ def build_index(data: Any) -> ConstraintIndex:
             aspect = _aspect(data, class_id)
             if aspect and number not in kle[row.org_unit_id][aspect]:
                 kle[row.org_unit_id][aspect].append(number)
-    index = ConstraintIndex(chains, dict(children), kle, {})
+    person_kle: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in sorted(data.person_kles.values(), key=lambda k: k.id):
+        number_cls = data.classes.get(row.kle_number_id)
+        aspect = _aspect(data, row.aspect_id)
+        if number_cls is None or aspect is None:
+            continue
+        if number_cls.user_key not in person_kle[row.person_id][aspect]:
+            person_kle[row.person_id][aspect].append(number_cls.user_key)
+    managed: dict[str, list[str]] = defaultdict(list)
+    for mgr in data.managers.values():
+        if mgr.person_id:
+            managed[mgr.person_id].append(mgr.org_unit_id)
+    for sub in data.manager_substitutes.values():
+        managed[sub.person_id].append(sub.org_unit_id)
+    functions: dict[str, list[str]] = defaultdict(list)
+    for assoc in data.associations.values():
+        if assoc.person_id:
+            functions[assoc.person_id].append(assoc.org_unit_id)
+    index = ConstraintIndex(chains, dict(children), kle, {}, person_kle, managed, functions)
     data.derived["constraints"] = index
     return index
 
@@ -171,9 +213,12 @@ def kle_values(data: Any, account_id: str, aspect: str, visible: Visible = None)
     (only ``visible`` ones when given)."""
     index = build_index(data)
     units, blocked = engagement_units(data, account_id, visible)
+    account = data.accounts.get(account_id)
+    person = getattr(account, "person_id", None)
+    own = index.person_kle.get(person, {}) if person else {}
+    found: dict[str, None] = dict.fromkeys(own.get(aspect, ()))
     if blocked:
-        return []
-    found: dict[str, None] = {}
+        units = []
     for unit in units:
         for position, current in enumerate(index.chains.get(unit, (unit,))):
             if visible is not None and current not in visible:
@@ -224,11 +269,53 @@ def constraint_value(data: Any, account_id: str, constraint_type: str | None,
             codes = [literal] if literal else []
         return ",".join(codes) if codes else EMPTY_KLE
     if constraint_type in ORG_UNIT_TYPES:
-        values = org_unit_values(data, account_id, value_type, visible)
-        if not values and literal:
-            return literal
+        if value_type in _EITHER_ORG_TYPE:
+            values = related_unit_values(data, account_id, value_type, literal, visible)
+        elif constraint_type in KOMBIT_ORG_UNIT_TYPES:
+            values = org_unit_values(data, account_id, value_type, visible)
+        else:
+            values = []
         return ",".join(values)
     return literal
+
+
+def related_unit_values(data: Any, account_id: str, value_type: str, literal: str | None,
+                        visible: Visible = None) -> list[str]:
+    """Unit ids of the manager-role, function and selected value types (module docstring)."""
+    index = build_index(data)
+    account = data.accounts.get(account_id)
+    person = getattr(account, "person_id", None)
+    extended = value_type.startswith("EXTENDED_")
+    if value_type == "SELECTED_INHERITED":
+        units = selected_units(index, literal or "")
+        extended = False
+    elif value_type.endswith("_FROM_MANAGER_ROLE"):
+        units = index.managed.get(person, []) if person else []
+    else:
+        units = index.functions.get(person, []) if person else []
+    found: dict[str, None] = {}
+    for unit in units:
+        if unit not in data.units:
+            continue
+        found.update(dict.fromkeys(subtree(index, unit) if extended else (unit,)))
+    return [u for u in found if visible is None or u in visible]
+
+
+def selected_units(index: ConstraintIndex, value: str) -> list[str]:
+    """A stored selection: plain ids, or ``+parent,-excluded,...`` where each ``+`` unit
+    brings its descendants and the ``-`` units after it are taken out
+    (``OrganisationConstraintUtil.getOrganisationConstraintUuids``)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not any(p[0] in "+-" for p in parts):
+        return parts
+    found: dict[str, None] = {}
+    excluded: set[str] = set()
+    for part in parts:
+        if part.startswith("+"):
+            found.update(dict.fromkeys(subtree(index, part[1:])))
+        elif part.startswith("-"):
+            excluded.add(part[1:])
+    return [u for u in found if u not in excluded]
 
 
 def system_role_constraints(data: Any, account_id: str, job_role_id: str,

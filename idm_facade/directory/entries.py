@@ -29,14 +29,15 @@ DERIVED_DEPENDS: dict[str, frozenset[str]] = {
     "chains": frozenset({"units"}),
     "paths": frozenset({"units"}),
     "roles": frozenset({"units", "unit_assignments", "account_assignments", "managers",
-                        "engagements"}),
+                        "manager_substitutes", "engagements"}),
     "directory_accounts": frozenset({"accounts"}),
     "accounts_by_person": frozenset({"accounts"}),
     "addresses_by": frozenset({"addresses"}),
     "kle_by_unit": frozenset({"kles"}),
     "managers_by_unit": frozenset({"managers"}),
     "associations_by_person": frozenset({"associations"}),
-    "constraints": frozenset({"units", "kles", "kle_aspects"}),
+    "constraints": frozenset({"units", "kles", "kle_aspects", "person_kles", "managers",
+                              "manager_substitutes", "associations"}),
 }
 
 #: The IT system whose accounts are the directory's people (SCIM Users / LDAP persons).

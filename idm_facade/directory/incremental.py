@@ -50,6 +50,8 @@ _TABLES: dict[str, tuple[str, Any]] = {
     "job_role": ("job_roles", m.JobRole),
     "role_group": ("role_groups", m.RoleGroup),
     "system_role": ("system_roles", m.SystemRole),
+    "person_kle": ("person_kles", m.PersonKle),
+    "manager_substitute": ("manager_substitutes", m.ManagerSubstitute),
 }
 
 #: Link tables reloaded with their owner: (owner table, OrgData attribute, table, owner
@@ -253,6 +255,8 @@ def _rows_reach(old_data: OrgData, new: OrgData, touched: dict[str, set[str]]) -
             reach.unit_roots.add(row.org_unit_id)
             if row.person_id:
                 reach.persons.add(row.person_id)
+    for row_id in touched.get("manager_substitute", ()):
+        reach.persons.update(r.person_id for r in both("manager_substitutes", row_id))
     for row_id in touched.get("kle", ()):
         reach.unit_roots.update(r.org_unit_id for r in both("kles", row_id))
     for row_id in touched.get("unit_role_assignment", ()):

@@ -23,6 +23,7 @@ from store.changelog import last_seq
 VALIDITY_MODELS: tuple[Any, ...] = (
     m.Klasse, m.OrgUnit, m.RelatedUnit, m.Person, m.Engagement, m.Association, m.Manager,
     m.Leave, m.ItSystem, m.Account, m.Address, m.Kle, m.SystemRole, m.JobRole, m.RoleGroup,
+    m.PersonKle, m.ManagerSubstitute,
     m.AccountRoleAssignment, m.UnitRoleAssignment,
 )
 
@@ -60,6 +61,8 @@ class OrgData:
     unit_assignment_titles: dict[str, set[str]]
     unit_assignment_excepted_accounts: dict[str, set[str]]
     unit_assignment_excepted_units: dict[str, set[str]]
+    person_kles: dict[str, Any]
+    manager_substitutes: dict[str, Any]
     derived: dict[str, Any] = field(default_factory=dict)
 
     def class_name(self, class_id: str | None) -> str | None:
@@ -152,6 +155,8 @@ def load(engine: Engine, at: datetime) -> OrgData:
                 session, m.unit_assignment_excepted_account, "account_id"),
             unit_assignment_excepted_units=_set_links(
                 session, m.unit_assignment_excepted_unit, "org_unit_id"),
+            person_kles=_rows(session, m.PersonKle, at),
+            manager_substitutes=_rows(session, m.ManagerSubstitute, at),
         )
         data.job_role_system_roles = system_role_links(session)
     return data

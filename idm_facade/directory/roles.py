@@ -8,8 +8,9 @@ For one account (an IT user; OS2rollekatalog's "user"):
    each ancestor when the assignment is marked ``inherit``; narrowed by the title list
    (POSITIVE: only those titles, NEGATIVE: all but those), excepted accounts, and excepted
    units (the engagement's unit is, or lies below, an excepted unit);
-3. manager-only assignments on units the account's person manages (and on their ancestors,
-   when marked ``inherit``);
+3. manager-only assignments on units the account's person manages or stands in for as a
+   manager substitute (and on their ancestors, when marked ``inherit``), as
+   ``CurrentAssignmentCalculator`` gathers ``getManagedOrgUnits()`` and ``getSubstituteFor()``;
 4. role groups expanded into their job-function roles.
 
 Each grant keeps where it came from, so "why does she have this role" has an answer. The
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-DIRECT, UNIT, MANAGER = "direct", "unit", "manager"
+DIRECT, UNIT, MANAGER, SUBSTITUTE = "direct", "unit", "manager", "substitute"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class Grant:
     """One reason an account holds a job-function role."""
 
     role_id: str
-    via: str  # direct / unit / manager
+    via: str  # direct / unit / manager / substitute
     assignment_id: str
     unit_id: str | None = None  # the unit carrying the assignment (unit / manager grants)
     role_group_id: str | None = None  # set when the role came through a role group
@@ -47,6 +48,8 @@ class Grant:
             parts.append("assigned directly")
         elif self.via == UNIT:
             parts.append(f"via unit {_unit_name(data, self.unit_id)}")
+        elif self.via == SUBSTITUTE:
+            parts.append(f"as manager substitute at {_unit_name(data, self.unit_id)}")
         else:
             parts.append(f"as manager of {_unit_name(data, self.unit_id)}")
         if self.role_group_id:
@@ -70,6 +73,7 @@ class RoleIndex:
     unit_assignments: dict[str, list[Any]]
     account_assignments: dict[str, list[Any]]
     managed_units: dict[str, list[str]]
+    substitute_units: dict[str, list[str]]
     person_engagements: dict[str, list[str]]
 
 
@@ -112,10 +116,13 @@ def build_index(data: Any) -> RoleIndex:
     for mgr in data.managers.values():
         if mgr.person_id:
             managed[mgr.person_id].append(mgr.org_unit_id)
+    substitutes: dict[str, list[str]] = defaultdict(list)
+    for row in data.manager_substitutes.values():
+        substitutes[row.person_id].append(row.org_unit_id)
     person_engagements: dict[str, list[str]] = defaultdict(list)
     for eng in data.engagements.values():
         person_engagements[eng.person_id].append(eng.id)
-    index = RoleIndex(chains, by_unit, by_account, managed, person_engagements)
+    index = RoleIndex(chains, by_unit, by_account, managed, substitutes, person_engagements)
     data.derived["roles"] = index
     return index
 
@@ -185,21 +192,30 @@ def effective_roles(data: Any, account_id: str) -> list[Grant]:
                                             chain):
                     grants.extend(_expand(data, assignment, UNIT, unit_id, engagement.id))
     if account.person_id:
-        for managed in index.managed_units.get(account.person_id, ()):
-            for unit_id in index.chains.get(managed, ()):
-                for assignment in index.unit_assignments.get(unit_id, ()):
-                    if not assignment.manager_only:
-                        continue
-                    if unit_id != managed and not assignment.inherit:
-                        continue
-                    if account_id in data.unit_assignment_excepted_accounts.get(
-                            assignment.id, ()):
-                        continue
-                    grants.extend(_expand(data, assignment, MANAGER, unit_id, None))
+        for via, units in ((MANAGER, index.managed_units), (SUBSTITUTE, index.substitute_units)):
+            for managed in units.get(account.person_id, ()):
+                grants.extend(_manager_grants(data, index, account_id, managed, via))
     return sorted(grants, key=_grant_order)
 
 
-_VIA_RANK = {DIRECT: 0, UNIT: 1, MANAGER: 2}
+def _manager_grants(data: Any, index: RoleIndex, account_id: str, managed: str, via: str
+                    ) -> list[Grant]:
+    """Manager-only assignments reaching the manager (or substitute) of ``managed``: on the
+    unit itself, and on its ancestors when marked ``inherit``."""
+    grants: list[Grant] = []
+    for unit_id in index.chains.get(managed, ()):
+        for assignment in index.unit_assignments.get(unit_id, ()):
+            if not assignment.manager_only:
+                continue
+            if unit_id != managed and not assignment.inherit:
+                continue
+            if account_id in data.unit_assignment_excepted_accounts.get(assignment.id, ()):
+                continue
+            grants.extend(_expand(data, assignment, via, unit_id, None))
+    return grants
+
+
+_VIA_RANK = {DIRECT: 0, UNIT: 1, MANAGER: 2, SUBSTITUTE: 3}
 
 
 def _grant_order(grant: Grant) -> tuple:
@@ -210,7 +226,7 @@ def _grant_order(grant: Grant) -> tuple:
     full build and an incremental refresh list roles (and ``memberOf``) identically, and so do
     replicas: SCIM bodies, ETags and LDAP answers are byte-identical across them.
     """
-    return (grant.role_id, _VIA_RANK.get(grant.via, 3), grant.unit_id or "",
+    return (grant.role_id, _VIA_RANK.get(grant.via, 4), grant.unit_id or "",
             grant.role_group_id or "", grant.assignment_id, grant.engagement_id or "")
 
 

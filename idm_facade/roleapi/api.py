@@ -90,6 +90,8 @@ class RoleView:
                     rows.append(system_role)
             self.system_roles_of[role_id] = rows
         self.organisation = data.organisation
+        #: OS2rollekatalog's access-blocked systems: their roles are never handed out.
+        self.blocked = {s.user_key for s in data.it_systems.values() if s.access_blocked}
         self._lock = threading.Lock()
         self._accounts: OrderedDict = OrderedDict()
         self._holders: dict[tuple[str, Policy], list[Any]] = {}
@@ -107,6 +109,12 @@ class RoleView:
         if not found:
             raise ApiError(404, f"unknown IT system: {', '.join(wanted)}")
         return found
+
+    def open_systems(self, keys: set[str] | None) -> list[Any]:
+        """The selected IT systems (None: all) that are not access-blocked, in key order."""
+        return sorted((s for s in self.data.it_systems.values()
+                       if not s.access_blocked and (keys is None or s.user_key in keys)),
+                      key=lambda s: (s.user_key, s.id))
 
     def role_ids(self, view: ClientView, entry: Entry) -> list[str]:
         """Distinct job-role ids the account holds, in grant order, as the client sees."""
@@ -186,7 +194,8 @@ def account_json(view: ClientView, entry: Entry) -> dict:
 
 def roles_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[str] | None
                ) -> dict:
-    """``/api/roles/{username}``: roles grouped per IT system with provenance."""
+    """``/api/roles/{username}``: roles grouped per IT system with provenance (access-blocked
+    systems left out, as from every role lookup)."""
     data = roles.data
     by_system: dict[str, dict] = {}
     per_role: dict[str, dict] = {}
@@ -196,7 +205,7 @@ def roles_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[str
             continue
         system = data.it_systems.get(role.it_system_id)
         key = str(system.user_key if system else element.get("itSystem"))
-        if systems is not None and key not in systems:
+        if key in roles.blocked or (systems is not None and key not in systems):
             continue
         block = by_system.get(key)
         if block is None:
@@ -227,13 +236,22 @@ def roles_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[str
 
 def _filtered_roles(roles: RoleView, view: ClientView, entry: Entry,
                     systems: set[str] | None) -> list[str]:
+    """The account's roles in the selected systems (None: all), leaving out the roles of
+    access-blocked systems, which OS2rollekatalog never hands out (``UserApi``,
+    ``UserService.generateOIOBPPPrivileges``: ``filter(its -> !its.isAccessBlocked())``)."""
     ids = roles.role_ids(view, entry)
-    if systems is None:
+    if systems is None and not roles.blocked:
         return ids
     data = roles.data
-    return [r for r in ids if r in data.job_roles
-            and data.it_systems.get(data.job_roles[r].it_system_id) is not None
-            and data.it_systems[data.job_roles[r].it_system_id].user_key in systems]
+    kept = []
+    for role_id in ids:
+        role = data.job_roles.get(role_id)
+        system = data.it_systems.get(role.it_system_id) if role is not None else None
+        if system is None or system.user_key in roles.blocked:
+            continue
+        if systems is None or system.user_key in systems:
+            kept.append(role_id)
+    return kept
 
 
 def _name_id(roles: RoleView, view: ClientView, entry: Entry) -> str:
@@ -251,15 +269,17 @@ def oiobpp_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[st
     """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list, with
     org-unit constraint values limited to the units the client may see."""
     role_ids = _filtered_roles(roles, view, entry, systems)
-    groups = oiobpp.privilege_groups(roles.data, entry.id, role_ids, view.unit_ids())
+    privileges = oiobpp.privilege_groups(roles.data, entry.id, role_ids, view.unit_ids(),
+                                         roles.open_systems(systems))
     return {"nameID": _name_id(roles, view, entry),
-            "oioBPP": oiobpp.encode(oiobpp.to_xml(groups)),
-            "roleMap": _role_map(roles, role_ids)}
+            "oioBPP": oiobpp.encode(oiobpp.to_xml(privileges.groups)),
+            "roleMap": privileges.role_map}
 
 
 def _role_map(roles: RoleView, role_ids: list[str]) -> dict[str, str]:
-    """OS2rollekatalog's ``roleMap``: role identifier -> "name (IT system name)", the same in
-    ``/roles`` and ``/rolesAsList`` ("so it matches the OIO-BPP output", UserApi.java)."""
+    """``rolesAsList``'s ``roleMap``: role identifier -> "name (IT system name)"
+    (``UserApi.getUserRolesAsList``). ``/roles`` fills its own while building the OIOBPP,
+    keyed by KOMBIT entity id when the roles are not expanded."""
     data = roles.data
     out: dict[str, str] = {}
     for role_id in role_ids:
@@ -342,6 +362,20 @@ def _token() -> str | None:
 Handler = Callable[..., tuple[Any, list[str]]]
 
 
+def _check_domain(directory_system: str, view: ClientView) -> None:
+    """OS2rollekatalog's ``domain`` parameter (``DomainService.getDomainOrPrimary``): absent
+    or empty means the primary domain, an unknown one is 404. The facade serves one domain,
+    the directory IT system's accounts, named by that system's key or name."""
+    domain = request.args.get("domain")
+    if not domain:
+        return
+    names = {directory_system.casefold()}
+    names.update(s.name.casefold() for s in view.catalogue.it_systems.values()
+                 if s.user_key == directory_system)
+    if domain.casefold() not in names:
+        raise ApiError(404, f"unknown domain: {domain}")
+
+
 def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str]
            ) -> Response:
     """Authenticate, answer from one snapshot as the client sees it, record, respond: the
@@ -363,6 +397,7 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
         if ROLE not in client.policy.kinds:
             raise ApiError(403, f"client {client.name} may not read roles")
         view = ClientView.of(facade.directory.snapshot, client.policy)
+        _check_domain(facade.directory.directory_system, view)
         body, subjects = handler(view, role_view(view), **args)
         if isinstance(body, TextAnswer):
             status = body.status
@@ -389,9 +424,13 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
     return response
 
 
-def _per_account(render: Callable[..., Any]) -> Handler:
-    """A handler giving one account's roles in one shape, for the IT systems asked for."""
+def _per_account(render: Callable[..., Any], system_required: bool = False) -> Handler:
+    """A handler giving one account's roles in one shape, for the IT systems asked for
+    (``system`` is a required parameter of ``rolesAsList``: Spring answers 400 without it;
+    an empty value means every system, as ``StringUtils.hasLength`` reads it)."""
     def handle(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+        if system_required and "system" not in request.args:
+            raise ApiError(400, "Required parameter 'system' is not present")
         entry = find_account(view, user)
         systems = roles.systems_matching(request.args.getlist("system"))
         return render(roles, view, entry, systems), view.subjects([entry])
@@ -410,10 +449,16 @@ def _has_user_role(view: ClientView, roles: RoleView, user: str, role_id: str
     entry = find_account(view, user)
     systems = roles.systems_matching(request.args.getlist("system"))
     data = roles.data
-    for rid in _filtered_roles(roles, view, entry, systems):
-        role = data.job_roles[rid]
-        if role_id in (role.id, role.identifier):
-            return FOUND, view.subjects([entry])
+    role = data.job_roles.get(role_id) or next(
+        (r for r in data.job_roles.values() if r.identifier == role_id), None)
+    if role is None:
+        raise ApiError(404, f"unknown role: {role_id}")
+    system = data.it_systems.get(role.it_system_id)
+    if system is not None and system.access_blocked:
+        # UserApi.userHasUserRole: "access to it-system for userRole ... is blocked" -> 400
+        raise ApiError(400, f"access to the IT system of role {role_id} is blocked")
+    if role.id in _filtered_roles(roles, view, entry, systems):
+        return FOUND, view.subjects([entry])
     return NOT_FOUND, view.subjects([entry])
 
 
@@ -472,7 +517,7 @@ def _system_holders(view: ClientView, roles: RoleView, system_id: str
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/roles/<user>", "roles.lookup", _per_account(roles_json)),
     ("/user/<user>/roles", "roles.oiobpp", _per_account(oiobpp_json)),
-    ("/user/<user>/rolesAsList", "roles.list", _per_account(roles_as_list_json)),
+    ("/user/<user>/rolesAsList", "roles.list", _per_account(roles_as_list_json, True)),
     ("/user/<user>/nameid", "roles.nameid", _name_id_handler),
     ("/user/<user>/hasUserRole/<role_id>", "roles.has", _has_user_role),
     ("/user/<user>/hasSystemRole", "roles.hasSystemRole", _has_system_role),

@@ -12,14 +12,12 @@ put the base64 of this XML in the ``dk:gov:saml:attribute:Privileges_intermediat
       </PrivilegeGroup>
     </bpp:PrivilegeList>
 
-For KOMBIT systems the privilege is the job role's entity id
-(``<kombit domain>roles/jobrole/<identifier>/1``) and constraint names are the parametric ids
-the job role was registered with; for other systems there is one privilege per system role
-(its identifier) and constraint names are the constraint-type entity ids. As in
-OS2rollekatalog's ``UserService.generateOIOBPP``: one privilege per group, a constraint with
-an empty value is left out, KLE codes shorter than a full code end in ``.*``, the root
-declares ``xmlns:xsi`` and the XML declaration is double-quoted. Child elements are
-unqualified, as in the OIOBPP schema.
+Whether roles are sent as KOMBIT job roles or expanded to their system roles is decided once
+per request from the IT systems asked about (:func:`expands_to_system_roles`). As in
+OS2rollekatalog's ``UserService.generateOIOBPPPrivileges`` and ``generateOIOBPP``: one
+privilege per group, a constraint with an empty value is left out, KLE codes shorter than a
+full code end in ``.*``, the root declares ``xmlns:xsi`` and the XML declaration is
+double-quoted. Child elements are unqualified, as in the OIOBPP schema.
 """
 
 from __future__ import annotations
@@ -74,7 +72,12 @@ def _type_key(constraint_type: str) -> str:
 
 
 def parametric_name(base: str, system_role_id: str, link_id: str, constraint_type: str) -> str:
-    """Name of a KOMBIT job role's parametric data constraint."""
+    """A made-up name for a parametric data constraint that has no ``constraint_identifier``.
+
+    OS2rollekatalog builds its names once from its internal database ids
+    (``IdentifierGenerator.buildKombitConstraintIdentifier``) and registers them with KOMBIT,
+    so a made-up name has the same shape but is not one KOMBIT knows: import the registered
+    identifiers for a KOMBIT login to see the constraint."""
     return f"{base}id-{system_role_id}-{link_id}-{_type_key(constraint_type)}/1/parametric"
 
 
@@ -83,37 +86,81 @@ def scope(cvr: str | None) -> str:
     return SCOPE_PREFIX + (cvr or "")
 
 
+def expands_to_system_roles(systems: list[Any]) -> bool:
+    """OS2rollekatalog's ``shouldExpandToBsr``, decided once per request: when any selected
+    IT system (every system, when none is selected) is not a KOMBIT system, every role (the
+    KOMBIT ones too) is sent as one privilege per system role."""
+    return any((s.system_type or "").upper() != KOMBIT for s in systems)
+
+
+@dataclass
+class Privileges:
+    """What one request's OIOBPP generation gives: the groups and the ``roleMap`` filled on
+    the way (its keys depend on the expansion, as in OS2rollekatalog)."""
+
+    groups: list[PrivilegeGroup]
+    role_map: dict[str, str]
+
+
 def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
-                     visible_units: frozenset[str] | None = None) -> list[PrivilegeGroup]:
-    """The privilege groups of the account for these job roles (already filtered by
-    system), with constraint values computed from ``data`` as if only ``visible_units``
-    existed (None: every unit)."""
+                     visible_units: frozenset[str] | None = None,
+                     systems: list[Any] | None = None) -> Privileges:
+    """The account's privilege groups for these job roles (already narrowed to the selected,
+    not access-blocked ``systems``; None: every system not blocked), following
+    ``UserService.generateOIOBPPPrivileges``:
+
+    - expanded (:func:`expands_to_system_roles`): one group per system role of each role,
+      privilege = the system role's identifier, constraint names = the constraint types'
+      entity ids; delegated roles are left out;
+    - not expanded: one group per role, privilege = the job role's KOMBIT entity id,
+      constraint names = the identifiers registered with KOMBIT (``constraint_identifier``;
+      the facade makes one up for a link without one); a delegated role is its plain
+      identifier, scoped to the delegating CVR, with no constraints.
+
+    A constraint whose value comes out empty is left out. Constraint values are computed as
+    if only ``visible_units`` existed (None: every unit).
+    """
     organisation = data.organisation
     base = kombit_base(organisation)
-    the_scope = scope(getattr(organisation, "cvr", None))
-    groups: dict[tuple, PrivilegeGroup] = {}
-
-    def add(privilege: str, constraints: list[tuple[str, str]]) -> None:
-        kept = tuple(sorted((name, value) for name, value in constraints if value))
-        key = (privilege, kept)
-        if key not in groups:
-            groups[key] = PrivilegeGroup(the_scope, [privilege], kept)
-
+    own_scope = scope(getattr(organisation, "cvr", None))
+    if systems is None:
+        systems = [s for s in data.it_systems.values() if not s.access_blocked]
+    expand = expands_to_system_roles(systems)
+    groups: list[PrivilegeGroup] = []
+    role_map: dict[str, str] = {}
     for role_id in dict.fromkeys(job_role_ids):
         role = data.job_roles.get(role_id)
         if role is None:
             continue
         system = data.it_systems.get(role.it_system_id)
-        kombit = system is not None and (system.system_type or "").upper() == KOMBIT
+        shown = f"{role.name} ({system.name if system else ''})"
+        if role.delegated_from_cvr:
+            # "delegated roles cannot be constrained dynamically, nor can it be expanded"
+            if not expand:
+                role_map[role.identifier] = shown
+                groups.append(PrivilegeGroup(scope(role.delegated_from_cvr), [role.identifier]))
+            continue
         links = cons.system_role_constraints(data, account_id, role_id, visible_units)
-        if kombit:
-            named = [(parametric_name(base, link.system_role_id, link.id, ctype), value)
-                     for link, pairs in links for ctype, value in pairs]
-            add(job_role_entity_id(base, role.identifier), named)
-        else:
+        if expand:
+            role_map[role.identifier] = shown
+            # One group per system role of the role (OS2rollekatalog's SystemRoleAssignment,
+            # whose constraint values are the links naming that system role here).
+            per_system_role: dict[str, list[tuple[str, str]]] = {}
             for link, pairs in links:
-                add(data.system_roles[link.system_role_id].identifier, pairs)
-    return list(groups.values())
+                per_system_role.setdefault(link.system_role_id, []).extend(
+                    (name, value) for name, value in pairs if value)
+            for system_role_id, constraints in per_system_role.items():
+                groups.append(PrivilegeGroup(
+                    own_scope, [data.system_roles[system_role_id].identifier],
+                    tuple(constraints)))
+            continue
+        entity_id = job_role_entity_id(base, role.identifier)
+        role_map[entity_id] = shown
+        named = tuple((link.constraint_identifier
+                       or parametric_name(base, link.system_role_id, link.id, ctype), value)
+                      for link, pairs in links for ctype, value in pairs if value)
+        groups.append(PrivilegeGroup(own_scope, [entity_id], named))
+    return Privileges(groups, role_map)
 
 
 XSI = "http://www.w3.org/2001/XMLSchema-instance"

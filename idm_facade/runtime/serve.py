@@ -68,7 +68,7 @@ def check_store(db: str | None, allow_empty: bool = False) -> None:
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.orm import Session
 
-    from store.engine import database_url, make_engine
+    from store.engine import database_url, make_engine, missing_columns
     from store.exchange import store_is_empty
 
     url = database_url(db)
@@ -86,6 +86,12 @@ def check_store(db: str | None, allow_empty: bool = False) -> None:
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
         raise StoreProblem(f"database URL {_shown(url)}: {exc}") from None
     try:
+        lacking = missing_columns(engine)
+        if lacking:
+            shown = "; ".join(f"{table}: {', '.join(cols)}" for table, cols in lacking.items())
+            raise StoreProblem(f"store {_shown(url)} was made by an earlier idm-facade and "
+                               f"lacks columns ({shown}); export it with that version and "
+                               f"import the file into a new store")
         with Session(engine) as session:
             empty = store_is_empty(session)
     except sa_exc.OperationalError as exc:
