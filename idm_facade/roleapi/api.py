@@ -27,6 +27,7 @@ are cached on the snapshot object, so a lookup is a few dictionary reads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -92,6 +93,11 @@ class RoleView:
         self.organisation = data.organisation
         #: OS2rollekatalog's access-blocked systems: their roles are never handed out.
         self.blocked = {s.user_key for s in data.it_systems.values() if s.access_blocked}
+        #: Numeric ids (OS2rollekatalog's ``long`` ids) of roles, role groups and systems.
+        self.numbered: dict[int, Any] = {}
+        for table in (data.job_roles, data.role_groups, data.it_systems):
+            for row in table.values():
+                self.numbered[number(row.id)] = row
         self._lock = threading.Lock()
         self._accounts: OrderedDict = OrderedDict()
         self._holders: dict[tuple[str, Policy], list[Any]] = {}
@@ -147,6 +153,29 @@ class RoleView:
         with self._lock:
             self._holders[key] = result
         return result
+
+
+def number(ident: str) -> int:
+    """The numeric id shown where OS2rollekatalog has a ``long`` id (user roles, role groups,
+    IT systems): 52 bits of a hash of the facade's id, so it is the same in every process and
+    every run, fits a Java ``long`` and a JavaScript number, and needs no state."""
+    return int(hashlib.sha1(ident.encode("utf-8")).hexdigest()[:13], 16)
+
+
+def find_row(table: dict[str, Any], roles: RoleView, ref: str, *, identifier: bool = True
+             ) -> Any:
+    """A catalogue row by OS2rollekatalog's numeric id, the facade's id or (unless
+    ``identifier`` is false) its identifier; None when nothing matches."""
+    if ref.isdigit():
+        row = roles.numbered.get(int(ref))
+        if row is not None and table.get(row.id) is row:
+            return row
+    row = table.get(ref)
+    if row is None and identifier:
+        row = next((r for r in table.values()
+                    if (getattr(r, "identifier", None) or getattr(r, "user_key", None)) == ref),
+                   None)
+    return row
 
 
 def role_view(view: ClientView) -> RoleView:
@@ -325,8 +354,9 @@ def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
 
 
 def _system(roles: RoleView, identifier: str) -> Any:
-    """The IT system ``identifier`` names: its id, else its identifier (case-insensitive)."""
-    found = roles.data.it_systems.get(identifier)
+    """The IT system ``identifier`` names: its numeric or own id, else its identifier
+    (case-insensitive)."""
+    found = find_row(roles.data.it_systems, roles, identifier, identifier=False)
     if found is None:
         folded = identifier.casefold()
         found = next((s for s in sorted(roles.data.it_systems.values(), key=lambda s: s.id)
@@ -359,13 +389,21 @@ def _token() -> str | None:
     return api_key.strip() if api_key else None
 
 
-Handler = Callable[..., tuple[Any, list[str]]]
+#: ``handler(view, roles, **path_args)`` -> (body, persons disclosed[, sensitive attributes
+#: disclosed, e.g. ``["cpr"]``]).
+Handler = Callable[..., tuple]
 
 
-def _check_domain(directory_system: str, view: ClientView) -> None:
+#: Operations whose unknown ``domain`` is 400 rather than 404 (ReadOnlyApi.getUserRoles and
+#: getUserRoleGroups answer BAD_REQUEST).
+DOMAIN_400 = frozenset({"read.user.roles", "read.user.rolegroups"})
+
+
+def _check_domain(directory_system: str, view: ClientView, status: int) -> None:
     """OS2rollekatalog's ``domain`` parameter (``DomainService.getDomainOrPrimary``): absent
-    or empty means the primary domain, an unknown one is 404. The facade serves one domain,
-    the directory IT system's accounts, named by that system's key or name."""
+    or empty means the primary domain, an unknown one is 404 (400 on two reads). The facade
+    serves one domain, the directory IT system's accounts, named by that system's key or
+    name."""
     domain = request.args.get("domain")
     if not domain:
         return
@@ -373,7 +411,7 @@ def _check_domain(directory_system: str, view: ClientView) -> None:
     names.update(s.name.casefold() for s in view.catalogue.it_systems.values()
                  if s.user_key == directory_system)
     if domain.casefold() not in names:
-        raise ApiError(404, f"unknown domain: {domain}")
+        raise ApiError(status, f"unknown domain: {domain}")
 
 
 def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str]
@@ -386,6 +424,7 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
     client = None
     status, body = 200, None
     subjects: list[str] = []
+    sensitive: list[str] = []
     try:
         token = _token()
         client = facade.clients.authenticate_token(token) if token else None
@@ -397,21 +436,25 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
         if ROLE not in client.policy.kinds:
             raise ApiError(403, f"client {client.name} may not read roles")
         view = ClientView.of(facade.directory.snapshot, client.policy)
-        _check_domain(facade.directory.directory_system, view)
-        body, subjects = handler(view, role_view(view), **args)
+        _check_domain(facade.directory.directory_system, view,
+                      400 if operation in DOMAIN_400 else 404)
+        result = handler(view, role_view(view), **args)
+        body, subjects = result[0], result[1]
+        sensitive = list(result[2]) if len(result) > 2 else []
         if isinstance(body, TextAnswer):
             status = body.status
     except ApiError as exc:
         status, body, subjects = exc.status, {"error": exc.message, "status": exc.status}, []
+        sensitive = []
     except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
         log.exception("role API request failed: %s", request.full_path)
-        status, body, subjects = 500, {"error": "internal error", "status": 500}, []
+        status, body, subjects, sensitive = 500, {"error": "internal error", "status": 500}, [], []
     try:
         facade.audit.record(AccessRecord(
             client=client.name if client else "-",
             source=audit_source(request.remote_addr or "", request.environ.get(REQUEST_ID_KEY)),
             operation=operation, query=request.full_path.rstrip("?"), status=str(status),
-            subjects=subjects, sensitive=[]))
+            subjects=subjects, sensitive=sensitive))
     except AuditUnavailable:
         status, body = 500, {"error": "access log unavailable; nothing disclosed",
                              "status": 500}
@@ -449,8 +492,7 @@ def _has_user_role(view: ClientView, roles: RoleView, user: str, role_id: str
     entry = find_account(view, user)
     systems = roles.systems_matching(request.args.getlist("system"))
     data = roles.data
-    role = data.job_roles.get(role_id) or next(
-        (r for r in data.job_roles.values() if r.identifier == role_id), None)
+    role = find_row(data.job_roles, roles, role_id)
     if role is None:
         raise ApiError(404, f"unknown role: {role_id}")
     system = data.it_systems.get(role.it_system_id)
@@ -477,8 +519,9 @@ def _has_system_role(view: ClientView, roles: RoleView, user: str) -> tuple[Any,
 
 
 def _all_systems(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
-    """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems)."""
-    return [{"id": s.id, "name": s.name, "identifier": s.user_key}
+    """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems), ``id``
+    numeric as there."""
+    return [{"id": number(s.id), "name": s.name, "identifier": s.user_key}
             for s in sorted(roles.data.it_systems.values(), key=lambda s: (s.user_key, s.id))
             ], []
 
@@ -529,12 +572,15 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def blueprint(facade: Facade) -> Blueprint:
     """The role API for ``facade``, to be registered at ``/api`` (GET only)."""
+    from idm_facade.roleapi import organisation, readonly
+
     bp = Blueprint("roleapi", __name__)
-    for number, (rule, operation, handler) in enumerate(ROUTES):
+    routes = ROUTES + readonly.ROUTES + organisation.ROUTES
+    for index, (rule, operation, handler) in enumerate(routes):
         def view_func(operation: str = operation, handler: Handler = handler,
                       **args: str) -> Response:
             return answer(facade, operation, handler, args)
-        bp.add_url_rule(rule, f"route{number}", view_func, methods=["GET"])
+        bp.add_url_rule(rule, f"route{index}", view_func, methods=["GET"])
     return bp
 
 

@@ -42,7 +42,11 @@ class PrivilegeGroup:
 
     scope: str
     privileges: list[str] = field(default_factory=list)
-    constraints: tuple[tuple[str, str], ...] = ()
+    constraints: tuple[tuple[str, str], ...] = ()  # (Name, value)
+    #: The privilege's display name and each constraint's type entity id: not in the XML,
+    #: but in OS2rollekatalog's ``roleAssignmentsWithContraints`` read of the same groups.
+    name: str = ""
+    constraint_types: tuple[str, ...] = ()
 
 
 def kombit_base(organisation: Any) -> str:
@@ -138,7 +142,8 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
             # "delegated roles cannot be constrained dynamically, nor can it be expanded"
             if not expand:
                 role_map[role.identifier] = shown
-                groups.append(PrivilegeGroup(scope(role.delegated_from_cvr), [role.identifier]))
+                groups.append(PrivilegeGroup(scope(role.delegated_from_cvr), [role.identifier],
+                                             name=role.name))
             continue
         links = cons.system_role_constraints(data, account_id, role_id, visible_units)
         if expand:
@@ -148,18 +153,22 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
             per_system_role: dict[str, list[tuple[str, str]]] = {}
             for link, pairs in links:
                 per_system_role.setdefault(link.system_role_id, []).extend(
-                    (name, value) for name, value in pairs if value)
+                    (ctype, value) for ctype, value in pairs if value)
             for system_role_id, constraints in per_system_role.items():
+                system_role = data.system_roles[system_role_id]
                 groups.append(PrivilegeGroup(
-                    own_scope, [data.system_roles[system_role_id].identifier],
-                    tuple(constraints)))
+                    own_scope, [system_role.identifier], tuple(constraints),
+                    system_role.name, tuple(ctype for ctype, _ in constraints)))
             continue
         entity_id = job_role_entity_id(base, role.identifier)
         role_map[entity_id] = shown
+        kept = [(link, ctype, value) for link, pairs in links for ctype, value in pairs
+                if value]
         named = tuple((link.constraint_identifier
                        or parametric_name(base, link.system_role_id, link.id, ctype), value)
-                      for link, pairs in links for ctype, value in pairs if value)
-        groups.append(PrivilegeGroup(own_scope, [entity_id], named))
+                      for link, ctype, value in kept)
+        groups.append(PrivilegeGroup(own_scope, [entity_id], named, role.name,
+                                     tuple(ctype for _, ctype, _ in kept)))
     return Privileges(groups, role_map)
 
 
