@@ -22,6 +22,14 @@ def demo_store(size: str, seed: int = 1) -> str:
     path = BENCH_DIR / f"demo-{size}-{seed}.db"
     url = f"sqlite:///{path}"
     marker = path.with_suffix(".ok")
+    if marker.exists():
+        from store.engine import missing_columns
+
+        engine = make_engine(url, create=False)
+        outdated = bool(missing_columns(engine))
+        engine.dispose()
+        if outdated:  # made by an earlier version of the store: build it again
+            marker.unlink()
     if not marker.exists():
         path.unlink(missing_ok=True)
         engine = make_engine(url)
