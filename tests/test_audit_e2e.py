@@ -77,6 +77,12 @@ def test_deleting_the_log_while_serving_stops_every_answer(ctx: Ctx) -> None:
         time.sleep(0.3)  # the file is looked at at most every 0.2 s
         refused = _scim(serving, ctx.token)
         assert refused.status_code == 500 and ctx.token not in refused.text
+        # the role API too (its record is held for the same event-loop commit)
+        api = httpx.get(f"{serving.scim_base}/api/organisation/v3", timeout=30,
+                        headers={"ApiKey": ctx.token})
+        assert api.status_code == 500
+        assert api.json() == {"error": "access log unavailable; nothing disclosed",
+                              "status": 500}
         with pytest.raises(ldap.LDAPError) as failed:
             _ldap_search(serving, ctx)
         assert isinstance(failed.value, (ldap.OTHER, ldap.UNAVAILABLE)), failed.value

@@ -28,6 +28,7 @@ are cached on the snapshot object, so a lookup is a few dictionary reads.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from flask import Blueprint, Response, jsonify, request
 from idm_facade import metrics
 from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
 from idm_facade.access.audit.record import source as audit_source
+from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
@@ -393,6 +395,9 @@ def _token() -> str | None:
 #: disclosed, e.g. ``["cpr"]``]).
 Handler = Callable[..., tuple]
 
+_LOG_UNAVAILABLE = {"error": "access log unavailable; nothing disclosed", "status": 500}
+_LOG_UNAVAILABLE_BODY = json.dumps(_LOG_UNAVAILABLE).encode()
+
 
 #: Operations whose unknown ``domain`` is 400 rather than 404 (ReadOnlyApi.getUserRoles and
 #: getUserRoleGroups answer BAD_REQUEST).
@@ -449,15 +454,22 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
     except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
         log.exception("role API request failed: %s", request.full_path)
         status, body, subjects, sensitive = 500, {"error": "internal error", "status": 500}, [], []
-    try:
-        facade.audit.record(AccessRecord(
-            client=client.name if client else "-",
-            source=audit_source(request.remote_addr or "", request.environ.get(REQUEST_ID_KEY)),
-            operation=operation, query=request.full_path.rstrip("?"), status=str(status),
-            subjects=subjects, sensitive=sensitive))
-    except AuditUnavailable:
-        status, body = 500, {"error": "access log unavailable; nothing disclosed",
-                             "status": 500}
+    rec = AccessRecord(
+        client=client.name if client else "-",
+        source=audit_source(request.remote_addr or "", request.environ.get(REQUEST_ID_KEY)),
+        operation=operation, query=request.full_path.rstrip("?"), status=str(status),
+        subjects=subjects, sensitive=sensitive)
+    hold = request.environ.get(HOLD_KEY)
+    if hold is not None:
+        # The server holds the response until the record is committed in its event loop
+        # (one commit per loop turn, shared with SCIM and LDAP) and sends this error
+        # instead if it cannot be (idm_facade.runtime.http).
+        hold(rec, _LOG_UNAVAILABLE_BODY, b"application/json")
+    else:
+        try:
+            facade.audit.record(rec)
+        except AuditUnavailable:
+            status, body = 500, _LOG_UNAVAILABLE
     if isinstance(body, TextAnswer):
         return Response(body.text, status=body.status, mimetype="text/plain")
     response = jsonify(body)
