@@ -203,7 +203,11 @@ def _groups(root) -> dict[str, dict]:
         privileges = [p.text for p in group.findall("Privilege")]
         assert len(privileges) == 1 and set(group.attrib) == {"Scope"}
         assert all(c.text for c in group.findall("Constraint"))
-        assert all(child.tag in ("Privilege", "Constraint") for child in group)
+        # The schema's structure (digst/OIOSAML.Net src/dk.nita.saml20/dk.nita.saml20/Schema/
+        # BasicPrivilegeProfile/PrivilegeListType.cs and PrivilegeGroupType.cs: unqualified
+        # PrivilegeGroup children, Privilege elements before Constraint elements).
+        tags = [child.tag for child in group]
+        assert tags == sorted(tags, key=("Privilege", "Constraint").index)
         found[privileges[0]] = {"scope": group.get("Scope"), "constraints": {
             c.get("Name"): c.text for c in group.findall("Constraint")}}
     return found
