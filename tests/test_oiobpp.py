@@ -314,3 +314,15 @@ def test_a_constraint_with_an_empty_value_is_left_out(built) -> None:
     (group,) = oiobpp.privilege_groups(data, loner, [role]).groups
     assert group.privileges == ["esdh-admin"] and group.constraints == ()
     assert not parse(oiobpp.to_xml([group])).findall(".//Constraint")
+
+
+def test_values_are_escaped() -> None:
+    """A VALUE constraint is free text: ``&``, ``<``, quotes in names and values survive a
+    parse (OS2rollekatalog's generateOIOBPP escapes constraint values the same way)."""
+    group = oiobpp.PrivilegeGroup("urn:x", ['p&"1'], (('n"<&', 'a&b<c"d\'e'),))
+    root = parse(oiobpp.to_xml([group]))
+    (element,) = root.findall("PrivilegeGroup")
+    assert element.findtext("Privilege") == 'p&"1'
+    constraint = element.find("Constraint")
+    assert constraint is not None
+    assert (constraint.get("Name"), constraint.text) == ('n"<&', 'a&b<c"d\'e')

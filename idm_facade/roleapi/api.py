@@ -100,6 +100,9 @@ class RoleView:
         for table in (data.job_roles, data.role_groups, data.it_systems):
             for row in table.values():
                 self.numbered[number(row.id)] = row
+        self._open = sorted((s for s in data.it_systems.values() if not s.access_blocked),
+                            key=lambda s: (s.user_key, s.id))
+        self._matching: dict[tuple[str, ...], frozenset[str]] = {}
         self._lock = threading.Lock()
         self._accounts: OrderedDict = OrderedDict()
         self._holders: dict[tuple[str, Policy], list[Any]] = {}
@@ -110,19 +113,22 @@ class RoleView:
         wanted = [w for w in wanted if w]
         if not wanted:
             return None
-        folded = {w.casefold() for w in wanted}
-        found = {s.user_key for s in self.data.it_systems.values()
-                 if s.user_key.casefold() in folded or s.id.casefold() in folded
-                 or (s.system_type or "").casefold() in folded}
+        key = tuple(wanted)
+        found = self._matching.get(key)
+        if found is None:
+            folded = {w.casefold() for w in wanted}
+            found = frozenset(s.user_key for s in self.data.it_systems.values()
+                              if s.user_key.casefold() in folded or s.id.casefold() in folded
+                              or (s.system_type or "").casefold() in folded)
+            if len(self._matching) < 1000:  # bounded: the keys come from requests
+                self._matching[key] = found
         if not found:
             raise ApiError(404, f"unknown IT system: {', '.join(wanted)}")
-        return found
+        return set(found)
 
     def open_systems(self, keys: set[str] | None) -> list[Any]:
         """The selected IT systems (None: all) that are not access-blocked, in key order."""
-        return sorted((s for s in self.data.it_systems.values()
-                       if not s.access_blocked and (keys is None or s.user_key in keys)),
-                      key=lambda s: (s.user_key, s.id))
+        return [s for s in self._open if keys is None or s.user_key in keys]
 
     def role_ids(self, view: ClientView, entry: Entry) -> list[str]:
         """Distinct job-role ids the account holds, in grant order, as the client sees."""

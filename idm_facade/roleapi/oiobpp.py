@@ -23,9 +23,9 @@ double-quoted. Child elements are unqualified, as in the OIOBPP schema.
 from __future__ import annotations
 
 import base64
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from idm_facade.directory import constraints as cons
 
@@ -33,7 +33,6 @@ NAMESPACE = "http://itst.dk/oiosaml/basic_privilege_profile"
 SCOPE_PREFIX = "urn:dk:gov:saml:cvrNumberIdentifier:"
 KOMBIT = "KOMBIT"
 
-ET.register_namespace("bpp", NAMESPACE)
 
 
 @dataclass
@@ -176,16 +175,24 @@ XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 
 def to_xml(groups: list[PrivilegeGroup]) -> bytes:
-    """The PrivilegeList document, UTF-8 with a double-quoted XML declaration."""
-    root = ET.Element(f"{{{NAMESPACE}}}PrivilegeList", {"xmlns:xsi": XSI})
+    """The PrivilegeList document, UTF-8 with a double-quoted XML declaration, written out
+    directly (as OS2rollekatalog does) rather than through a tree: it is on the login path.
+    Text and attribute values are escaped."""
+    parts = ['<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="',
+             NAMESPACE, '" xmlns:xsi="', XSI, '"']
+    if not groups:
+        parts.append(" />")
+        return "".join(parts).encode("utf-8")
+    parts.append(">")
     for group in groups:
-        element = ET.SubElement(root, "PrivilegeGroup", {"Scope": group.scope})
+        parts += ["<PrivilegeGroup Scope=", quoteattr(group.scope), ">"]
         for privilege in group.privileges:
-            ET.SubElement(element, "Privilege").text = privilege
+            parts += ["<Privilege>", escape(privilege), "</Privilege>"]
         for name, value in group.constraints:
-            ET.SubElement(element, "Constraint", {"Name": name}).text = value
-    body = ET.tostring(root, encoding="unicode")
-    return ('<?xml version="1.0" encoding="UTF-8"?>' + body).encode("utf-8")
+            parts += ["<Constraint Name=", quoteattr(name), ">", escape(value), "</Constraint>"]
+        parts.append("</PrivilegeGroup>")
+    parts.append("</bpp:PrivilegeList>")
+    return "".join(parts).encode("utf-8")
 
 
 def encode(document: bytes) -> str:
