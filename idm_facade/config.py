@@ -62,6 +62,7 @@ SCHEMA: dict[str, Any] = {
               "retention": str, "index_interval": _NUMBER, "index_records": int,
               "write_timeout": _NUMBER, "replica": str, "anchor_key": str},
     "logging": {"requests": bool, "format": str},
+    "admin": {"secret_key": str, "idle_minutes": _NUMBER},
     "limits": {"filter_terms": int, "filter_depth": int, "search_seconds": _NUMBER},
     "provisioning": {
         # [[provisioning.target]]: an array of tables, each checked against this one

@@ -3,7 +3,8 @@
 # (ldapsearch, a real client in the tests), the OpenLDAP server (slapd plays the upstream
 # directory that person binds are verified against), the libldap/libsasl headers python-ldap
 # builds against, HAProxy (the balancer of the replicas test, deploy/haproxy.cfg), and the
-# PostgreSQL server binaries the tests start a throwaway cluster from.
+# PostgreSQL server binaries the tests start a throwaway cluster from, and Chromium with its
+# driver (the admin console's tests drive a real headless browser).
 set -euo pipefail
 missing=()
 command -v ldapsearch >/dev/null || missing+=(ldap-utils)
@@ -12,6 +13,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -e /usr/include/ldap.h ] || missing+=(libldap2-dev)
 [ -e /usr/include/sasl/sasl.h ] || missing+=(libsasl2-dev)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing OS packages: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})" >&2

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from idm_facade.cli import access, data, provisioning, roles, serve
+from idm_facade.cli import access, admins, data, provisioning, roles, serve
 from idm_facade.cli.options import ConfigFailure, NoStore
 from idm_facade.config import ConfigError
 from idm_facade.runtime.serve import StoreProblem
@@ -37,6 +37,6 @@ def main() -> None:
     """idm-facade: one organisation store served as SCIM 2.0, LDAP v3 and role lookup."""
 
 
-for _module in (data, roles, access, serve, provisioning):
+for _module in (data, roles, access, serve, provisioning, admins):
     for _command in _module.COMMANDS:
         main.add_command(_command)

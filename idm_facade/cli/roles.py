@@ -8,7 +8,7 @@ import click
 
 from idm_facade.cli.disclosure import record_disclosure
 from idm_facade.cli.options import config_option, db_option
-from idm_facade.roleapi.api import describe_roles
+from idm_facade.directory.roles import describe_roles
 
 
 @click.command("roles")

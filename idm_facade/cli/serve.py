@@ -102,6 +102,21 @@ def serve_command(db: str | None, host: str, scim_port: int, ldap_port: int | No
                    config_path)
 
 
+DEMO_ADMIN_PASSWORD = "demo-admin-change-me"
+
+
+def _demo_admin(facade: Facade) -> str:
+    """The demo's console administrator (role admin, a known password: demo only)."""
+    from idm_facade.admin.accounts import AdminError, AdminRegistry
+
+    registry = AdminRegistry(facade.directory.engine)
+    try:
+        registry.add("demo-admin", "admin", DEMO_ADMIN_PASSWORD)
+    except AdminError:
+        registry.set_password("demo-admin", DEMO_ADMIN_PASSWORD)
+    return DEMO_ADMIN_PASSWORD
+
+
 @click.command("demo")
 @db_option
 @click.option("--size", type=click.Choice(["S", "M", "L", "XL"], case_sensitive=False),
@@ -152,6 +167,7 @@ def demo_command(db: str | None, size: str, host: str, scim_port: int, ldap_port
                f"{time.monotonic() - started:.1f} s")
     click.echo("[4/4] registering the demo clients and serving")
     creds = facade.clients.ensure_demo_clients()
+    admin_password = _demo_admin(facade)
     snap = facade.directory.snapshot
     user = next((e.first("userName") for e in snap.entries if e.kind == "account"), "user")
     scim = creds["demo-scim"]["token"]
@@ -174,6 +190,7 @@ def demo_command(db: str | None, size: str, host: str, scim_port: int, ldap_port
     if ldap:
         lines.append(f"  LDAP bind DN:          {ldap.get('bind_dn')}")
         lines.append(f"  LDAP password:         {ldap.get('password')}")
+    lines.append(f"  Console {base}/admin/: demo-admin / {admin_password}")
     lines += [
         "",
         "Try:",

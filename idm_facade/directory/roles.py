@@ -236,3 +236,21 @@ def roles_by_id(grants: list[Grant]) -> dict[str, list[Grant]]:
     for grant in grants:
         found.setdefault(grant.role_id, []).append(grant)
     return found
+
+
+def describe_roles(data: Any, account_id: str, explain: bool) -> list[str]:
+    """Human-readable lines: the account's roles per IT system, with provenance."""
+    grants = effective_roles(data, account_id)
+    lines: list[str] = []
+    by_role = roles_by_id(grants)
+    rows = []
+    for role_id, role_grants in by_role.items():
+        role = data.job_roles[role_id]
+        system = data.it_systems.get(role.it_system_id)
+        rows.append((system.user_key if system else "?", role.name, role, role_grants))
+    for system_key, _name, role, role_grants in sorted(rows, key=lambda r: (r[0], r[1])):
+        lines.append(f"{system_key}\t{role.identifier}\t{role.name}")
+        if explain:
+            for grant in role_grants:
+                lines.append(f"\t- {grant.explain(data)}")
+    return lines

@@ -45,7 +45,6 @@ from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.directory import filters as f
-from idm_facade.directory import roles as role_calc
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.policy import ACCOUNTS_ONLY, Policy
 from idm_facade.directory.snapshot import CacheKey
@@ -600,24 +599,3 @@ def blueprint(facade: Facade) -> Blueprint:
             return answer(facade, operation, handler, args)
         bp.add_url_rule(rule, f"route{index}", view_func, methods=["GET"])
     return bp
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def describe_roles(data: Any, account_id: str, explain: bool) -> list[str]:
-    """Human-readable lines: the account's roles per IT system, with provenance."""
-    grants = role_calc.effective_roles(data, account_id)
-    lines: list[str] = []
-    by_role = role_calc.roles_by_id(grants)
-    rows = []
-    for role_id, role_grants in by_role.items():
-        role = data.job_roles[role_id]
-        system = data.it_systems.get(role.it_system_id)
-        rows.append((system.user_key if system else "?", role.name, role, role_grants))
-    for system_key, _name, role, role_grants in sorted(rows, key=lambda r: (r[0], r[1])):
-        lines.append(f"{system_key}\t{role.identifier}\t{role.name}")
-        if explain:
-            for grant in role_grants:
-                lines.append(f"\t- {grant.explain(data)}")
-    return lines

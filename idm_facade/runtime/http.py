@@ -38,6 +38,7 @@ from idm_facade import metrics, requestlog
 from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
 from idm_facade.access.facade import Facade
+from idm_facade.admin import console as admin_console
 from idm_facade.roleapi import api as roleapi
 from idm_facade.scim import app as scim_app
 
@@ -249,6 +250,9 @@ def route_of(path: str) -> tuple[str, str]:
     if path.startswith("/api/"):
         parts = path.strip("/").split("/")
         return "api", "/".join(["", *parts[:2]]) + ("/…" if len(parts) > 2 else "")
+    if path.startswith("/admin"):
+        parts = path.strip("/").split("/")
+        return "admin", "/".join(["", *parts[:2]]) + ("/…" if len(parts) > 2 else "")
     return "http", path if path in _PLAIN else "{other}"
 
 
@@ -279,6 +283,7 @@ def create_app(facade: Facade) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     scim_app.register(app, facade)
     app.register_blueprint(roleapi.blueprint(facade), url_prefix="/api")
+    app.register_blueprint(admin_console.blueprint(facade), url_prefix="/admin")
     app.register_error_handler(HTTPException, _json_error)
     _health(app, facade)
     return app

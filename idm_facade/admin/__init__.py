@@ -1,0 +1,1 @@
+"""The browser console for administrators and the data-protection officer (``/admin``)."""

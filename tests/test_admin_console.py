@@ -1,0 +1,241 @@
+"""The admin console in a real headless Chromium (selenium + Debian's chromedriver) against
+``idm-facade serve`` on the S demo: login, the pages, the role explanation, the access log
+and its export, CSRF refusal, lockout, a viewer kept out of the access log, logout.
+
+Screenshots of the main pages are written to a temporary folder (and checked to be PNGs);
+with ``IDM_FACADE_SCREENSHOTS=docs/admin`` they go there instead, for the documentation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from idm_facade.config import Config
+from idm_facade.directory import Directory
+from schemas.attributes import ACCOUNT
+from store.engine import make_engine
+from tests.serving import Serving, copy_store, start_serve
+
+IDM = str(Path(sys.executable).with_name("idm-facade"))
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PASSWORDS = {"ada-admin": "correct horse battery", "dora-dpo": "staple of the office",
+             "vic-viewer": "viewer password 42", "lock-me": "the right password"}
+ROLES = {"ada-admin": "admin", "dora-dpo": "dpo", "vic-viewer": "viewer", "lock-me": "viewer"}
+
+
+@dataclass
+class Console:
+    serving: Serving
+    base: str
+    db: str
+    shots: Path
+    person: object  # an account entry of the demo with roles
+
+
+@pytest.fixture(scope="module")
+def console(demo_db: str, tmp_path_factory) -> Iterator[Console]:
+    assert Path(CHROMIUM).exists() and Path(DRIVER).exists(), \
+        "Debian's chromium and chromium-driver are needed (scripts/os-packages.sh installs them)"
+    tmp = tmp_path_factory.mktemp("console")
+    db = copy_store(demo_db, tmp / "idm.db")
+    config = tmp / "idm.toml"
+    config.write_text(f'[directory]\nstate_dir = "{tmp}"\n')
+    for name, password in PASSWORDS.items():
+        added = subprocess.run([IDM, "admins", "add", name, "--role", ROLES[name],
+                                "--password-stdin", "--db", db], input=password + "\n",
+                               capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+    short = subprocess.run([IDM, "admins", "add", "shorty", "--password-stdin", "--db", db],
+                           input="short\n", capture_output=True, text=True, timeout=60)
+    assert short.returncode != 0 and "at least 12 characters" in short.stderr
+    engine = make_engine(db)
+    snap = Directory(engine).snapshot
+    person = next(e for e in snap.entries if e.kind == ACCOUNT and e.attrs.get("role")
+                  and e.first("displayName") and e.first("personId"))
+    engine.dispose()
+    serving = start_serve(db, config, ldap=False)
+    wanted = os.environ.get("IDM_FACADE_SCREENSHOTS")
+    shots = Path(wanted) if wanted else tmp / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        yield Console(serving, f"{serving.scim_base}/admin", db, shots, person)
+    finally:
+        serving.stop()
+
+
+def browser() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1200,900",
+                 "--lang=da"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "da,en"})
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+@pytest.fixture
+def chrome() -> Iterator[webdriver.Chrome]:
+    driver = browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(driver: webdriver.Chrome, console: Console, name: str) -> None:
+    driver.get(f"{console.base}/login")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(PASSWORDS[name])
+    driver.find_element(By.ID, "login-button").click()
+    # the click returns before the answer arrives: wait for the page it leads to
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.ID, "health") or d.find_elements(By.ID, "login-error"))
+
+
+def shot(driver: webdriver.Chrome, console: Console, name: str) -> None:
+    path = console.shots / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def audit_records(console: Console, client: str) -> list:
+    from idm_facade.access.audit import AuditLog
+
+    engine = make_engine(console.db)
+    try:
+        return AuditLog(engine, Config()).query(client=client)
+    finally:
+        engine.dispose()
+
+
+def test_an_admin_finds_a_person_and_sees_why_she_has_her_roles(chrome, console) -> None:
+    """Login, the overview, search, the account page with its roles explained (as
+    ``roles --explain``), a date before any role, each page that shows the person recorded in
+    the access log; the cookie is HttpOnly and SameSite=Strict."""
+    log_in(chrome, console, "ada-admin")
+    assert chrome.current_url.rstrip("/") == console.base
+    health = chrome.find_element(By.ID, "health").text
+    assert "Adgangslog" in health and "i orden" in health  # Danish by default
+    cookie = chrome.get_cookie("idmf_admin")
+    assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    shot(chrome, console, "overview")
+    person = console.person
+    word = str(person.first("displayName")).split()[-1]
+    chrome.get(f"{console.base}/search?q={word}")
+    chrome.find_element(By.LINK_TEXT, str(person.first("userName"))).click()
+    shot(chrome, console, "account")
+    roles = chrome.find_element(By.ID, "roles").text
+    assert any(reason in roles for reason in ("via unit", "assigned directly", "as manager"))
+    assert chrome.find_element(By.ID, "person-id").text == str(person.first("personId"))
+    chrome.find_element(By.ID, "at").send_keys("01011990")  # the date field, as typed
+    chrome.get(f"{chrome.current_url.split('?')[0]}?at=1990-01-01")
+    assert chrome.find_element(By.ID, "no-roles").is_displayed()
+    records = audit_records(console, "admin:ada-admin")
+    viewed = [r for r in records if r.operation == "admin.account"]
+    assert len(viewed) == 2 and all(str(person.first("personId")) in r.subjects for r in viewed)
+    assert any(r.operation == "admin.search" for r in records)
+    chrome.get(f"{console.base}/?lang=en")
+    assert "Access log" in chrome.find_element(By.ID, "health").text
+
+
+def test_the_dpo_answers_an_art_15_request(chrome, console) -> None:
+    """``dpo`` reads one person's access log (who looked, when) and exports it as CSV and
+    JSON; the lookup itself is recorded."""
+    person_id = str(console.person.first("personId"))
+    log_in(chrome, console, "dora-dpo")
+    chrome.get(f"{console.base}/audit?subject={person_id}")
+    table = chrome.find_element(By.ID, "records").text
+    assert "admin:ada-admin" in table and "admin.account" in table
+    shot(chrome, console, "access-log")
+    cookies = {c["name"]: c["value"] for c in chrome.get_cookies()}
+    exported = httpx.get(f"{console.base}/audit", params={"subject": person_id,
+                                                          "format": "csv"},
+                         cookies=cookies, timeout=30)
+    assert exported.status_code == 200 and "attachment" in exported.headers[
+        "content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert rows and {"seq", "time", "client", "operation"} <= set(rows[0])
+    assert any(r["client"] == "admin:ada-admin" for r in rows)
+    as_json = httpx.get(f"{console.base}/audit", params={"subject": person_id,
+                                                         "format": "json"},
+                        cookies=cookies, timeout=30).json()
+    assert as_json["subject"] == person_id and len(as_json["records"]) >= len(rows)
+    assert any(person_id in r.subjects for r in audit_records(console, "admin:dora-dpo"))
+
+
+def test_a_viewer_is_kept_out_of_the_access_log(chrome, console) -> None:
+    log_in(chrome, console, "vic-viewer")
+    assert not chrome.find_elements(By.LINK_TEXT, "Adgangslog")
+    chrome.get(f"{console.base}/audit?subject=anyone")
+    assert "giver ikke adgang" in chrome.find_element(By.ID, "message").text
+    assert not [r for r in audit_records(console, "admin:vic-viewer")
+                if r.operation == "admin.audit"]
+
+
+def test_forms_without_the_session_token_are_refused(chrome, console) -> None:
+    """A login or logout posted from elsewhere (no CSRF token, or another session's) is 400
+    and changes nothing: the browser stays logged in."""
+    refused = httpx.post(f"{console.base}/login", data={"name": "ada-admin",
+                                                        "password": PASSWORDS["ada-admin"]},
+                         timeout=30)
+    assert refused.status_code == 400 and 'id="health"' not in refused.text
+    log_in(chrome, console, "ada-admin")
+    cookies = {c["name"]: c["value"] for c in chrome.get_cookies()}
+    forged = httpx.post(f"{console.base}/logout", data={"csrf": "not-the-token"},
+                        cookies=cookies, timeout=30)
+    assert forged.status_code == 400
+    chrome.get(f"{console.base}/")
+    assert chrome.find_elements(By.ID, "health")  # still logged in
+    chrome.find_element(By.CSS_SELECTOR, "header form button").click()  # the real logout
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "login-button"))
+    chrome.get(f"{console.base}/")
+    assert chrome.find_elements(By.ID, "login-button")
+    # the old cookie no longer works either (logout ends the session generation)
+    again = httpx.get(f"{console.base}/", cookies=cookies, timeout=30)
+    assert again.status_code == 302 and "/admin/login" in again.headers["location"]
+
+
+def test_repeated_failures_lock_the_account(console) -> None:
+    """Five wrong passwords lock the account for 15 minutes: the right password is then
+    refused with the same answer as a wrong one; ``admins passwd`` lifts the lock."""
+    with httpx.Client(base_url=console.base, timeout=30) as http:
+        def attempt(password: str) -> httpx.Response:
+            page = http.get("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            return http.post("/login", data={"name": "lock-me", "password": password,
+                                             "csrf": token})
+        for _ in range(5):
+            assert attempt("wrong password!").status_code == 401
+        locked = attempt(PASSWORDS["lock-me"])
+        assert locked.status_code == 401 and "Forkert brugernavn" in locked.text
+        listed = subprocess.run([IDM, "admins", "list", "--db", console.db],
+                                capture_output=True, text=True, timeout=60).stdout
+        assert re.search(r"lock-me\tviewer\t\S+ \S+\t20\d\d-", listed)
+        reset = subprocess.run([IDM, "admins", "passwd", "lock-me", "--password-stdin",
+                                "--db", console.db], input=PASSWORDS["lock-me"] + "\n",
+                               capture_output=True, text=True, timeout=60)
+        assert reset.returncode == 0
+        assert attempt(PASSWORDS["lock-me"]).status_code == 302
+
+
+def test_screenshots_folder_is_filled(console) -> None:
+    """The screenshots the documentation shows exist (run after the page tests)."""
+    names = {p.name for p in console.shots.glob("*.png")}
+    assert {"overview.png", "account.png", "access-log.png"} <= names
