@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,68 @@ def test_repeated_failures_lock_the_account(console) -> None:
         assert attempt(PASSWORDS["lock-me"]).status_code == 302
 
 
+def test_the_organisation_tree_a_unit_and_a_role(chrome, console) -> None:
+    """Every hierarchy's tree (expandable without script), unit search, a unit with its
+    members and the roles assigned there, a role with its holders and why; unit and role
+    pages show persons, so each writes an access record."""
+    log_in(chrome, console, "vic-viewer")
+    chrome.get(f"{console.base}/units")
+    tree = chrome.find_element(By.ID, "tree-1")
+    summary = tree.find_element(By.TAG_NAME, "summary")
+    summary.click()  # opens the top unit: its children become visible
+    shot(chrome, console, "organisation")
+    child = tree.find_elements(By.CSS_SELECTOR, "details[open] > ul > li a")
+    assert child and child[0].is_displayed()
+    child[0].click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "unit-details"))
+    assert chrome.find_element(By.ID, "members").is_displayed()
+    first = console.person
+    chrome.get(f"{console.base}/account/{first.id}")
+    chrome.find_element(By.CSS_SELECTOR, "#roles a").click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "holder-count"))
+    shot(chrome, console, "role")
+    assert int(chrome.find_element(By.ID, "holder-count").text) >= 1
+    why = chrome.find_element(By.ID, "holders").text
+    assert any(w in why for w in ("via enhed", "tildelt direkte", "som leder"))
+    ops = {r.operation for r in audit_records(console, "admin:vic-viewer")}
+    assert {"admin.unit", "admin.role", "admin.account"} <= ops
+    chrome.get(f"{console.base}/units?q=center")
+    assert chrome.find_elements(By.CSS_SELECTOR, "#unit-hits a")
+
+
+def test_an_admin_adds_rotates_and_revokes_a_client(chrome, console) -> None:
+    """The client page (``admin`` only): a new client's token is shown once and works at
+    once; revoking it stops it; a viewer is refused the page."""
+    log_in(chrome, console, "ada-admin")
+    chrome.get(f"{console.base}/clients")
+    chrome.find_element(By.ID, "client-name").send_keys("web-added")
+    chrome.find_element(By.ID, "add-client").click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "secret"))
+    token = chrome.find_element(By.ID, "secret").text
+    assert token.startswith("idmf_")
+    api = f"{console.serving.scim_base}/api/itsystem/all"
+    assert httpx.get(api, headers={"ApiKey": token}, timeout=30).status_code == 200
+    chrome.get(f"{console.base}/clients")
+    assert not chrome.find_elements(By.ID, "secret")  # shown once
+    chrome.find_element(By.ID, "revoke-web-added").click()
+    WebDriverWait(chrome, 30).until(lambda d: "web-added" in d.find_element(By.ID, "clients").text)
+    for _ in range(50):  # a revocation takes effect within about a second (clients.py)
+        if httpx.get(api, headers={"ApiKey": token}, timeout=30).status_code == 401:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a revoked token still works")
+    viewer = browser()
+    try:
+        log_in(viewer, console, "vic-viewer")
+        viewer.get(f"{console.base}/clients")
+        assert "giver ikke adgang" in viewer.find_element(By.ID, "message").text
+    finally:
+        viewer.quit()
+
+
 def test_screenshots_folder_is_filled(console) -> None:
     """The screenshots the documentation shows exist (run after the page tests)."""
     names = {p.name for p in console.shots.glob("*.png")}
-    assert {"overview.png", "account.png", "access-log.png"} <= names
+    assert {"overview.png", "account.png", "access-log.png", "organisation.png",
+            "role.png"} <= names

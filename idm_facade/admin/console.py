@@ -22,15 +22,11 @@ Security, as an attacker with a browser would test it:
 
 from __future__ import annotations
 
-import csv
 import hmac
-import io
-import json
 import os
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
 from functools import wraps
 from typing import Any
 
@@ -42,14 +38,10 @@ from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.facade import Facade
 from idm_facade.admin.accounts import Admin, AdminRegistry
 from idm_facade.admin.texts import LANGUAGES, text
-from idm_facade.directory import filters as f
-from idm_facade.directory.policy import ACCOUNTS_ONLY, TRUSTED
-from idm_facade.directory.roles import describe_roles
+from idm_facade.directory.policy import TRUSTED
 from idm_facade.directory.view import ClientView
-from schemas.attributes import ACCOUNT
 
 COOKIE = "idmf_admin"
-SEARCH_LIMIT = 50
 
 
 def session_key(facade: Facade) -> bytes:
@@ -152,38 +144,44 @@ class Console:
             operation=operation, query=request.full_path.rstrip("?"), status="200",
             subjects=subjects, sensitive=[]))
 
+    def needs(self, role: str) -> Callable:
+        """A page for administrators whose role includes ``role``: logged in (else to the
+        login page), a POST with the session's CSRF token (else 400), the role (else 403);
+        an access log that cannot be written shows an error instead of the page."""
+        from idm_facade.access.audit import AuditUnavailable
+
+        def wrap(handler: Callable) -> Callable:
+            @wraps(handler)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                admin = self.admin()
+                if admin is None:
+                    return redirect(url_for("admin.login", ended=1 if g.get("ended") else None))
+                g.admin = admin
+                if request.method == "POST" and not self.check_csrf():
+                    return self.page("message.html", 400, message=self.t("bad_csrf"))
+                if not admin.may(role):
+                    return self.page("message.html", 403, message=self.t("forbidden"))
+                try:
+                    return handler(admin, *args, **kwargs)
+                except AuditUnavailable:
+                    return self.page("message.html", 500,
+                                     message="access log unavailable; nothing disclosed")
+            return guarded
+        return wrap
+
     def view(self) -> ClientView:
         return ClientView.of(self.facade.directory.snapshot, TRUSTED)
 
 
 def blueprint(facade: Facade) -> Blueprint:
     """The console's pages, to be registered at ``/admin``."""
-    from idm_facade.access.audit import AuditUnavailable
+    from idm_facade.admin import clients, organisation, people
 
     console = Console(facade)
+    needs = console.needs
     bp = Blueprint("admin", __name__, template_folder="templates")
     bp.before_request(console.load_session)
     bp.after_request(console.save_session)
-
-    def needs(role: str) -> Callable:
-        def wrap(handler: Callable) -> Callable:
-            @wraps(handler)
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                admin = console.admin()
-                if admin is None:
-                    return redirect(url_for("admin.login", ended=1 if g.get("ended") else None))
-                g.admin = admin
-                if request.method == "POST" and not console.check_csrf():
-                    return console.page("message.html", 400, message=console.t("bad_csrf"))
-                if not admin.may(role):
-                    return console.page("message.html", 403, message=console.t("forbidden"))
-                try:
-                    return handler(admin, *args, **kwargs)
-                except AuditUnavailable:
-                    return console.page("message.html", 500,
-                                        message="access log unavailable; nothing disclosed")
-            return guarded
-        return wrap
 
     @bp.route("/login", methods=["GET", "POST"])
     def login() -> Any:
@@ -223,90 +221,6 @@ def blueprint(facade: Facade) -> Blueprint:
             "store_status": directory.store_problem or console.t("ok")}
         return console.page("home.html", health=health)
 
-    @bp.get("/search")
-    @needs("viewer")
-    def search(admin: Admin) -> Any:
-        query = request.args.get("q", "").strip()
-        hits: list[dict] = []
-        if query:
-            view = console.view()
-            words = [w for w in query.split() if w]
-            name_filter = f.And(tuple(f.Substring("displayName", any=(w,)) for w in words))
-            found = view.search(f.Or((f.Eq("userName", query), name_filter)),
-                                kinds=ACCOUNTS_ONLY)[:SEARCH_LIMIT]
-            console.record(admin, "admin.search", view.subjects(found))
-            hits = [{"id": e.id, "userName": view.first(e, "userName"),
-                     "displayName": view.first(e, "displayName"),
-                     "title": view.first(e, "title")} for e in found]
-        return console.page("search.html", query=query, hits=hits)
-
-    @bp.get("/account/<account_id>")
-    @needs("viewer")
-    def account(admin: Admin, account_id: str) -> Any:
-        view = console.view()
-        entry = view.get(account_id)
-        if entry is None or entry.kind != ACCOUNT:
-            return console.page("message.html", 404, message=console.t("not_found"))
-        at_text = request.args.get("at", "").strip()
-        data = view.catalogue
-        if at_text:
-            try:
-                at = datetime.strptime(at_text, "%Y-%m-%d")
-            except ValueError:
-                return console.page("message.html", 400, message=console.t("bad_date"))
-            from idm_facade.directory.load import load
-
-            data = load(facade.directory.engine, at)
-        console.record(admin, "admin.account", view.subjects([entry]))
-        lines = describe_roles(data, entry.id, explain=True)
-        roles: list[dict] = []
-        for line in lines:
-            if line.startswith("\t- "):
-                roles[-1]["why"].append(line[3:])
-            else:
-                system, identifier, name = (line.split("\t") + ["", ""])[:3]
-                roles.append({"system": system, "identifier": identifier, "name": name,
-                              "why": []})
-        details = {"userName": view.first(entry, "userName"),
-                   "displayName": view.first(entry, "displayName"),
-                   "title": view.first(entry, "title"),
-                   "personId": view.first(entry, "personId")}
-        return console.page("account.html", entry_id=entry.id, details=details,
-                            engagements=view.complex(entry, "engagements"), roles=roles,
-                            at=at_text or data.at.date().isoformat())
-
-    @bp.get("/audit")
-    @needs("dpo")
-    def audit(admin: Admin) -> Any:
-        subject = request.args.get("subject", "").strip()
-        records: list[Any] = []
-        if subject:
-            console.record(admin, "admin.audit", [subject])
-            records = facade.audit.query(subject=subject)
-            fmt = request.args.get("format")
-            if fmt in ("csv", "json"):
-                return _export(records, subject, fmt)
-        return console.page("audit.html", subject=subject, records=records)
-
+    for pages in (people, organisation, clients):
+        pages.register(bp, console)
     return bp
-
-
-_FIELDS = ("seq", "time", "client", "source", "operation", "query", "status")
-
-
-def _export(records: list[Any], subject: str, fmt: str) -> Response:
-    """One person's access records, for a data subject's request (GDPR art. 15)."""
-    rows = [{name: (getattr(r, name).isoformat() if name == "time" else getattr(r, name))
-             for name in _FIELDS} for r in records]
-    name = f"access-log-{subject}.{fmt}"
-    if fmt == "json":
-        body = json.dumps({"subject": subject, "records": rows}, ensure_ascii=False, indent=1)
-        mimetype = "application/json"
-    else:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        body, mimetype = out.getvalue(), "text/csv"
-    return Response(body, mimetype=mimetype,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
