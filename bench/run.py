@@ -19,6 +19,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench.ldap_bench"],
     ["bench.person_bind_bench"],
     ["bench.provisioning_bench"],
+    ["bench.admin_bench"],
 ]
 
 
