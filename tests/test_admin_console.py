@@ -26,6 +26,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
+from idm_facade.access.clients import ClientRegistry
 from idm_facade.config import Config
 from idm_facade.directory import Directory
 from schemas.attributes import ACCOUNT
@@ -46,6 +47,7 @@ class Console:
     db: str
     shots: Path
     person: object  # an account entry of the demo with roles
+    creds: dict
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +70,15 @@ def console(demo_db: str, tmp_path_factory) -> Iterator[Console]:
     snap = Directory(engine).snapshot
     person = next(e for e in snap.entries if e.kind == ACCOUNT and e.attrs.get("role")
                   and e.first("displayName") and e.first("personId"))
+    creds = ClientRegistry(engine, Config({"directory": {"state_dir": str(tmp)}})
+                           ).ensure_demo_clients()
     engine.dispose()
-    serving = start_serve(db, config, ldap=False)
+    serving = start_serve(db, config)
     wanted = os.environ.get("IDM_FACADE_SCREENSHOTS")
     shots = Path(wanted) if wanted else tmp / "shots"
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        yield Console(serving, f"{serving.scim_base}/admin", db, shots, person)
+        yield Console(serving, f"{serving.scim_base}/admin", db, shots, person, creds)
     finally:
         serving.stop()
 
@@ -296,8 +300,85 @@ def test_an_admin_adds_rotates_and_revokes_a_client(chrome, console) -> None:
         viewer.quit()
 
 
+def test_a_class_renamed_in_the_editor_shows_over_scim_and_ldap(chrome, console) -> None:
+    """The Klassifikation editor: renaming the job-function class of a person's title is one
+    store write (change log actor ``admin:<name>``) that SCIM's ``title`` and LDAP's
+    ``title`` show after the refresh; an empty name is refused and changes nothing; a class
+    created today appears, and retiring it before it begins is refused."""
+    import ldap
+    from sqlalchemy import select
+
+    from store.models import Change, Klasse
+
+    title = str(console.person.first("title"))
+    engine = make_engine(console.db)
+    try:
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as session:
+            klasse = session.scalars(select(Klasse).where(Klasse.name == title)).first()
+            assert klasse is not None
+            class_id, facet_id = klasse.id, klasse.facet_id
+    finally:
+        engine.dispose()
+    log_in(chrome, console, "ada-admin")
+    chrome.get(f"{console.base}/klassifikation?facet={facet_id}")
+    field = chrome.find_element(By.ID, f"name-{class_id}")
+    field.clear()
+    chrome.execute_script("arguments[0].removeAttribute('required')", field)
+    field.submit()  # an empty name
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "problem"))
+    assert "needs a name" in chrome.find_element(By.ID, "problem").text
+    field = chrome.find_element(By.ID, f"name-{class_id}")
+    field.clear()
+    field.send_keys("Omdøbt stilling")
+    field.submit()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "saved"))
+    shot(chrome, console, "klassifikation")
+    user = str(console.person.first("userName"))
+    token = console.creds["demo-scim"]["token"]
+    seen_scim = seen_ldap = None
+    for _ in range(100):
+        found = httpx.get(f"{console.serving.scim_base}/scim/v2/Users/{console.person.id}",
+                          params={"attributes": "title"}, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}).json()
+        seen_scim = found.get("title")
+        conn = ldap.initialize(console.serving.ldap_url)
+        conn.simple_bind_s(console.creds["demo-ldap"]["bind_dn"],
+                           console.creds["demo-ldap"]["password"])
+        base = str(console.creds["demo-ldap"]["bind_dn"]).split(",ou=clients,")[1]
+        (_, attrs), = conn.search_s(f"ou=people,{base}", ldap.SCOPE_SUBTREE,
+                                    f"(uid={user})", ["title"])
+        conn.unbind_s()
+        seen_ldap = attrs.get("title", [b""])[0].decode()
+        if seen_scim == seen_ldap == "Omdøbt stilling":
+            break
+        time.sleep(0.1)
+    assert seen_scim == seen_ldap == "Omdøbt stilling", (seen_scim, seen_ldap)
+    engine = make_engine(console.db)
+    try:
+        with Session(engine) as session:
+            change = session.scalars(select(Change).order_by(Change.seq.desc())).first()
+            assert change is not None
+            assert (change.actor, change.object_type, change.object_id) == (
+                "admin:ada-admin", "klasse", class_id)
+    finally:
+        engine.dispose()
+    chrome.find_element(By.ID, "new-user-key").send_keys("ny-stilling")
+    chrome.find_element(By.ID, "new-name").send_keys("Ny stilling")
+    chrome.execute_script("document.getElementById('new-from').value = '2026-01-01'")
+    chrome.find_element(By.ID, "create-class").click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "class-ny-stilling"))
+    row = chrome.find_element(By.ID, "class-ny-stilling")
+    date = row.find_element(By.CSS_SELECTOR, "input[type=date]")
+    chrome.execute_script("arguments[0].value = '2025-06-01'", date)
+    date.submit()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "problem"))
+    assert "only be retired after it begins" in chrome.find_element(By.ID, "problem").text
+
+
 def test_screenshots_folder_is_filled(console) -> None:
     """The screenshots the documentation shows exist (run after the page tests)."""
     names = {p.name for p in console.shots.glob("*.png")}
     assert {"overview.png", "account.png", "access-log.png", "organisation.png",
-            "role.png"} <= names
+            "role.png", "klassifikation.png"} <= names

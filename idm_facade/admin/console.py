@@ -175,7 +175,7 @@ class Console:
 
 def blueprint(facade: Facade) -> Blueprint:
     """The console's pages, to be registered at ``/admin``."""
-    from idm_facade.admin import clients, organisation, people
+    from idm_facade.admin import clients, klassifikation, organisation, people
 
     console = Console(facade)
     needs = console.needs
@@ -221,6 +221,6 @@ def blueprint(facade: Facade) -> Blueprint:
             "store_status": directory.store_problem or console.t("ok")}
         return console.page("home.html", health=health)
 
-    for pages in (people, organisation, clients):
+    for pages in (people, organisation, clients, klassifikation):
         pages.register(bp, console)
     return bp
