@@ -182,6 +182,15 @@ def test_the_dpo_answers_an_art_15_request(chrome, console) -> None:
                                                          "format": "json"},
                         cookies=cookies, timeout=30).json()
     assert as_json["subject"] == person_id and len(as_json["records"]) >= len(rows)
+    # by client and by time: the records' own dates, so the run's day does not matter
+    day = rows[-1]["time"][:10]
+    by_client = httpx.get(f"{console.base}/audit", cookies=cookies, timeout=30, params={
+        "client": "admin:ada-admin", "since": day, "until": day, "format": "json"}).json()
+    assert by_client["records"] and all(r["client"] == "admin:ada-admin"
+                                        for r in by_client["records"])
+    later = httpx.get(f"{console.base}/audit", cookies=cookies, timeout=30, params={
+        "client": "admin:ada-admin", "since": "2999-01-01", "format": "json"}).json()
+    assert later["records"] == []
     assert any(person_id in r.subjects for r in audit_records(console, "admin:dora-dpo"))
 
 
@@ -284,7 +293,8 @@ def test_an_admin_adds_rotates_and_revokes_a_client(chrome, console) -> None:
     chrome.get(f"{console.base}/clients")
     assert not chrome.find_elements(By.ID, "secret")  # shown once
     chrome.find_element(By.ID, "revoke-web-added").click()
-    WebDriverWait(chrome, 30).until(lambda d: "web-added" in d.find_element(By.ID, "clients").text)
+    WebDriverWait(chrome, 30).until(lambda d: not d.find_elements(By.ID, "revoke-web-added"))
+    assert "tilbagekaldt" in chrome.find_element(By.ID, "clients").text
     for _ in range(50):  # a revocation takes effect within about a second (clients.py)
         if httpx.get(api, headers={"ApiKey": token}, timeout=30).status_code == 401:
             break
@@ -375,6 +385,33 @@ def test_a_class_renamed_in_the_editor_shows_over_scim_and_ldap(chrome, console)
     date.submit()
     WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "problem"))
     assert "only be retired after it begins" in chrome.find_element(By.ID, "problem").text
+
+
+def test_an_idle_session_ends(demo_db: str, tmp_path: Path) -> None:
+    """``[admin] idle_minutes``: a session unused for longer sends the browser back to the
+    login page, with the reason."""
+    db = copy_store(demo_db, tmp_path / "idm.db")
+    config = tmp_path / "idm.toml"
+    config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n[admin]\nidle_minutes = 0.04\n')
+    subprocess.run([IDM, "admins", "add", "ida-idle", "--password-stdin", "--db", db],
+                   input="idle password 123\n", check=True, capture_output=True, text=True,
+                   timeout=60)
+    serving = start_serve(db, config, ldap=False)
+    try:
+        with httpx.Client(base_url=f"{serving.scim_base}/admin", timeout=30) as http:
+            page = http.get("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            assert http.post("/login", data={"name": "ida-idle", "csrf": token,
+                                             "password": "idle password 123"}
+                             ).status_code == 302
+            assert http.get("/").status_code == 200
+            time.sleep(3)  # idle for longer than 0.04 minutes
+            ended = http.get("/")
+            assert ended.status_code == 302 and "ended=1" in ended.headers["location"]
+            login = httpx.get(serving.scim_base + ended.headers["location"], timeout=30)
+            assert "udløbet" in login.text
+    finally:
+        serving.stop()
 
 
 def test_screenshots_folder_is_filled(console) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -19,6 +19,8 @@ from idm_facade.directory.roles import describe_roles
 from schemas.attributes import ACCOUNT
 
 SEARCH_LIMIT = 50
+#: Access records listed on the page (newest first); the export has every one.
+AUDIT_SHOWN = 1000
 
 
 def register(bp: Blueprint, console: Console) -> None:
@@ -72,26 +74,45 @@ def register(bp: Blueprint, console: Console) -> None:
                               if r.identifier == identifier), None)
                 roles.append({"system": system, "identifier": identifier, "name": name,
                               "why": [], "id": found.id if found else None})
+        contact = [(e.get("type") or "", e.get("value")) for name in ("emails", "phoneNumbers")
+                   for e in view.complex(entry, name)]
         details = {"userName": view.first(entry, "userName"),
                    "displayName": view.first(entry, "displayName"),
                    "title": view.first(entry, "title"),
                    "personId": view.first(entry, "personId")}
-        return console.page("account.html", entry_id=entry.id, details=details,
+        return console.page("account.html", entry_id=entry.id, details=details, contact=contact,
                             engagements=view.complex(entry, "engagements"), roles=roles,
                             at=at_text or data.at.date().isoformat())
 
     @bp.get("/audit")
     @needs("dpo")
     def audit(admin: Admin) -> Any:
-        subject = request.args.get("subject", "").strip()
+        """The access log by person (``subject``), by client and by time (``since``,
+        ``until``: dates, UTC); at least one of subject and client. The newest
+        :data:`AUDIT_SHOWN` are listed, the export has them all."""
+        args = request.args
+        subject, client = args.get("subject", "").strip(), args.get("client", "").strip()
+        try:
+            since = _day(args.get("since", ""))
+            until = _day(args.get("until", ""))
+        except ValueError:
+            return console.page("message.html", 400, message=console.t("bad_date"))
         records: list[Any] = []
-        if subject:
-            console.record(admin, "admin.audit", [subject])
-            records = facade.audit.query(subject=subject)
-            fmt = request.args.get("format")
+        if subject or client:
+            console.record(admin, "admin.audit", [subject] if subject else [])
+            records = facade.audit.query(subject=subject or None, client=client or None,
+                                         since=since,
+                                         until=until + timedelta(days=1) if until else None)
+            fmt = args.get("format")
             if fmt in ("csv", "json"):
-                return _export(records, subject, fmt)
-        return console.page("audit.html", subject=subject, records=records)
+                return _export(records, subject or client, fmt)
+        return console.page("audit.html", subject=subject, client=client,
+                            since=args.get("since", ""), until=args.get("until", ""),
+                            records=records[-AUDIT_SHOWN:][::-1], total=len(records))
+
+
+def _day(text: str) -> datetime | None:
+    return datetime.strptime(text.strip(), "%Y-%m-%d") if text.strip() else None
 
 
 _FIELDS = ("seq", "time", "client", "source", "operation", "query", "status")
