@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def chrome() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+def http_session(base: str, name: str, password: str) -> httpx.Client:
+    """A logged-in console session without a browser (httpx, the login form's CSRF token)."""
+    http = httpx.Client(base_url=base, timeout=30)
+    page = http.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore
+    assert http.post("/login", data={"name": name, "password": password, "csrf": token}
+                     ).status_code == 302
+    return http
+
+
 def log_in(driver: webdriver.Chrome, console: Console, name: str) -> None:
     driver.get(f"{console.base}/login")
     driver.find_element(By.ID, "name").send_keys(name)
@@ -164,6 +175,8 @@ def test_the_dpo_answers_an_art_15_request(chrome, console) -> None:
     """``dpo`` reads one person's access log (who looked, when) and exports it as CSV and
     JSON; the lookup itself is recorded."""
     person_id = str(console.person.first("personId"))
+    with closing(http_session(console.base, "ada-admin", PASSWORDS["ada-admin"])) as admin:
+        assert admin.get(f"/account/{console.person.id}").status_code == 200
     log_in(chrome, console, "dora-dpo")
     chrome.get(f"{console.base}/audit?subject={person_id}")
     table = chrome.find_element(By.ID, "records").text
@@ -192,6 +205,9 @@ def test_the_dpo_answers_an_art_15_request(chrome, console) -> None:
         "client": "admin:ada-admin", "since": "2999-01-01", "format": "json"}).json()
     assert later["records"] == []
     assert any(person_id in r.subjects for r in audit_records(console, "admin:dora-dpo"))
+    chrome.find_element(By.ID, "verify").click()  # `audit verify`, from the page
+    WebDriverWait(chrome, 60).until(lambda d: d.find_elements(By.ID, "verified"))
+    assert "Kæden er hel" in chrome.find_element(By.ID, "verified").text
 
 
 def test_a_viewer_is_kept_out_of_the_access_log(chrome, console) -> None:
@@ -398,12 +414,8 @@ def test_an_idle_session_ends(demo_db: str, tmp_path: Path) -> None:
                    timeout=60)
     serving = start_serve(db, config, ldap=False)
     try:
-        with httpx.Client(base_url=f"{serving.scim_base}/admin", timeout=30) as http:
-            page = http.get("/login")
-            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-            assert http.post("/login", data={"name": "ida-idle", "csrf": token,
-                                             "password": "idle password 123"}
-                             ).status_code == 302
+        with closing(http_session(f"{serving.scim_base}/admin", "ida-idle",
+                                  "idle password 123")) as http:
             assert http.get("/").status_code == 200
             time.sleep(3)  # idle for longer than 0.04 minutes
             ended = http.get("/")

@@ -84,6 +84,8 @@ def register(bp: Blueprint, console: Console) -> None:
                             engagements=view.complex(entry, "engagements"), roles=roles,
                             at=at_text or data.at.date().isoformat())
 
+    _verify_route(bp, console)
+
     @bp.get("/audit")
     @needs("dpo")
     def audit(admin: Admin) -> Any:
@@ -109,6 +111,18 @@ def register(bp: Blueprint, console: Console) -> None:
         return console.page("audit.html", subject=subject, client=client,
                             since=args.get("since", ""), until=args.get("until", ""),
                             records=records[-AUDIT_SHOWN:][::-1], total=len(records))
+
+
+def _verify_route(bp: Blueprint, console: Console) -> None:
+    """``POST /admin/audit/verify`` (``dpo``): run ``audit verify`` (the hash chain from the
+    purge anchor, and the subject index against it) and show its verdict."""
+
+    @bp.post("/audit/verify")
+    @console.needs("dpo")
+    def verify(admin: Admin) -> Any:
+        result = console.facade.audit.verify()
+        return console.page("audit.html", subject="", client="", since="", until="",
+                            records=[], total=0, verified=result)
 
 
 def _day(text: str) -> datetime | None:
