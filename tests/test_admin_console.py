@@ -403,6 +403,27 @@ def test_a_class_renamed_in_the_editor_shows_over_scim_and_ldap(chrome, console)
     assert "only be retired after it begins" in chrome.find_element(By.ID, "problem").text
 
 
+def test_local_terms_replace_the_console_labels(chrome, console) -> None:
+    """An admin gives a label the municipality's own word; every page uses it (here the
+    account page), and clearing it brings the default back."""
+    log_in(chrome, console, "ada-admin")
+    chrome.get(f"{console.base}/terms")
+    field = chrome.find_element(By.ID, "title_field.da")
+    field.clear()
+    field.send_keys("Jobfunktion")
+    chrome.find_element(By.ID, "save-terms").click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "saved"))
+    chrome.get(f"{console.base}/account/{console.person.id}")
+    assert "Jobfunktion" in chrome.find_element(By.ID, "details").text
+    chrome.get(f"{console.base}/terms")
+    chrome.find_element(By.ID, "title_field.da").clear()
+    chrome.find_element(By.ID, "save-terms").click()
+    WebDriverWait(chrome, 30).until(lambda d: d.find_elements(By.ID, "saved"))
+    chrome.get(f"{console.base}/account/{console.person.id}")
+    details = chrome.find_element(By.ID, "details").text
+    assert "Stilling" in details and "Jobfunktion" not in details
+
+
 def test_an_idle_session_ends(demo_db: str, tmp_path: Path) -> None:
     """``[admin] idle_minutes``: a session unused for longer sends the browser back to the
     login page, with the reason."""

@@ -37,6 +37,7 @@ from idm_facade.access.audit.record import REQUEST_ID_KEY
 from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.facade import Facade
 from idm_facade.admin.accounts import Admin, AdminRegistry
+from idm_facade.admin.terms import Terms
 from idm_facade.admin.texts import LANGUAGES, text
 from idm_facade.directory.policy import TRUSTED
 from idm_facade.directory.view import ClientView
@@ -66,6 +67,7 @@ class Console:
     def __init__(self, facade: Facade) -> None:
         self.facade = facade
         self.admins = AdminRegistry(facade.directory.engine)
+        self.terms = Terms(facade.directory.engine)
         self.signer = URLSafeSerializer(session_key(facade), salt="idm-facade-admin")
         self.idle = float(facade.config.get("admin", "idle_minutes", 15)) * 60
 
@@ -126,7 +128,9 @@ class Console:
     # ------------------------------------------------------------------ helpers
 
     def t(self, key: str) -> str:
-        return text(key, g.session.get("l", "da"))
+        """The label in the session's language: the municipality's local term, else ours."""
+        language = g.session.get("l", "da")
+        return self.terms.text(key, language) or text(key, language)
 
     def page(self, template: str, status: int = 200, **values: Any) -> Response:
         body = render_template(template, t=self.t, csrf=g.session.get("c", ""),
@@ -175,7 +179,7 @@ class Console:
 
 def blueprint(facade: Facade) -> Blueprint:
     """The console's pages, to be registered at ``/admin``."""
-    from idm_facade.admin import clients, klassifikation, organisation, people
+    from idm_facade.admin import clients, klassifikation, local_terms, organisation, people
 
     console = Console(facade)
     needs = console.needs
@@ -221,6 +225,6 @@ def blueprint(facade: Facade) -> Blueprint:
             "store_status": directory.store_problem or console.t("ok")}
         return console.page("home.html", health=health)
 
-    for pages in (people, organisation, clients, klassifikation):
+    for pages in (people, organisation, clients, klassifikation, local_terms):
         pages.register(bp, console)
     return bp

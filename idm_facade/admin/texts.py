@@ -91,6 +91,15 @@ TEXTS: dict[str, dict[str, str]] = {
     "rotate": {"da": "Ny hemmelighed", "en": "Rotate"},
     "revoke": {"da": "Tilbagekald", "en": "Revoke"},
     "add_client": {"da": "Tilføj klient", "en": "Add client"},
+    "local_terms": {"da": "Lokale betegnelser", "en": "Local terms"},
+    "local_terms_help": {"da": "Kommunens egne ord for konsollens betegnelser. Et tomt felt "
+                               "bruger standardteksten.",
+                         "en": "The municipality's own words for the console's labels. An "
+                               "empty field uses the default."},
+    "terms_saved": {"da": "Gemt.", "en": "Saved."},
+    "label": {"da": "Betegnelse", "en": "Label"},
+    "local": {"da": "Lokal", "en": "Local"},
+    "save": {"da": "Gem", "en": "Save"},
     "verify_log": {"da": "Efterprøv adgangsloggens kæde", "en": "Verify the access log's chain"},
     "verify_ok": {"da": "Kæden er hel", "en": "The chain is intact"},
     "verify_bad": {"da": "Kæden er brudt", "en": "The chain is broken"},
