@@ -67,7 +67,8 @@ SCHEMA: dict[str, Any] = {
         # [[provisioning.target]]: an array of tables, each checked against this one
         "target": [{"name": str, "url": str, "token": str, "ca_file": str, "policy": str,
                     "filter": str, "groups": _STRINGS, "leaver": str, "timeout": _NUMBER,
-                    "batch": int}],
+                    "batch": int, "token_url": str, "client_id": str,
+                    "client_secret": str, "scope": str}],
         "interval": _NUMBER,
     },
     "policies": None,
