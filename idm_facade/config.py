@@ -69,6 +69,9 @@ SCHEMA: dict[str, Any] = {
                     "filter": str, "groups": _STRINGS, "leaver": str, "timeout": _NUMBER,
                     "batch": int, "token_url": str, "client_id": str,
                     "client_secret": str, "scope": str}],
+        # [[provisioning.feed]]: a change feed that one client polls
+        "feed": [{"name": str, "client": str, "filter": str, "groups": _STRINGS,
+                  "retention": str}],
         "interval": _NUMBER,
     },
     "policies": None,
