@@ -4,9 +4,13 @@ write to the target holding it.
 scim2-server (in memory, one process) is started on loopback; ``idm-facade provisioning sync``
 pushes the whole store to it (users, role and unit groups), timed; then ``idm-facade serve``
 runs with the target configured, and a person's given name is changed in the store N times:
-each time, the seconds until the target holds the new name.
+each time, the seconds until the target holds the new name. Then the steady state: a stream
+of store writes at a fixed rate (``--rate`` per second for ``--seconds``, each renaming a
+different person with one account, so each is exactly one user delivery), while the
+target's users are read over and over: how many of the changes per second the target holds,
+and each one's lag from its write (to within one read of the target).
 
-usage: python -m bench.provisioning_bench [--size S] [--changes 5]
+usage: python -m bench.provisioning_bench [--size S] [--changes 5] [--rate 25] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,6 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="S")
     parser.add_argument("--changes", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=25.0,
+                        help="store writes per second in the steady-state stream")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="how long the stream lasts (fewer when the store has fewer "
+                             "people with one account)")
     args = parser.parse_args()
     from sqlalchemy import select
 
@@ -79,11 +90,67 @@ def main() -> None:
                             raise SystemExit("the change did not reach the target in 60 s")
                         time.sleep(0.02)
                     lags.append(time.monotonic() - written)
-                engine.dispose()
                 print(f"store write -> target holds it ({args.changes} changes): median "
                       f"{statistics.median(lags):.2f} s, max {max(lags):.2f} s")
+                steady(engine, target, args.rate, args.seconds, exclude=account.person_id)
+                engine.dispose()
     finally:
         target.kill()
+
+
+def steady(engine: Any, target: Target, rate: float, seconds: float, exclude: str) -> None:
+    """Write a stream of renames at ``rate`` per second and see them arrive at the target."""
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from store.engine import write_session
+    from store.models import Account, Person
+
+    held = {u["externalId"] for u in target.all("User") if u.get("externalId")}
+    with engine.connect() as conn:
+        rows = [r for r in conn.execute(select(Account.id, Account.person_id)
+                                        .order_by(Account.id)) if r.id in held]
+    users_of = Counter(r.person_id for r in rows)  # users the target holds per person
+    people = [(r.id, r.person_id) for r in rows
+              if users_of[r.person_id] == 1 and r.person_id != exclude]
+    count = min(len(people), int(rate * seconds))
+    people = people[:count]
+    written: dict[str, float] = {}  # name -> when its write committed
+
+    def write() -> None:
+        start = time.monotonic()
+        for number, (_, person_id) in enumerate(people):
+            pause = start + number / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            name = f"Steady{number}"
+            with write_session(engine, actor="bench") as session:
+                session.get(Person, person_id).given_name = name
+            written[name] = time.monotonic()
+
+    writer = threading.Thread(target=write, daemon=True)
+    began = time.monotonic()
+    writer.start()
+    arrived: dict[str, float] = {}
+    reads = []
+    while len(arrived) < count:
+        if time.monotonic() - began > seconds * 3 + 120:
+            raise SystemExit(f"steady state: {count - len(arrived)} changes never arrived")
+        read_start = time.monotonic()
+        for user in target.all("User"):
+            given = user.get("name", {}).get("givenName", "")
+            if given.startswith("Steady") and given not in arrived:
+                arrived[given] = time.monotonic()
+        reads.append(time.monotonic() - read_start)
+    writer.join()
+    offered = count / (max(written.values()) - began)
+    delivered = count / (max(arrived.values()) - began)
+    lags = sorted(arrived[name] - written[name] for name in written)
+    print(f"steady state: {count} writes at {offered:.1f}/s offered -> {delivered:.1f}/s held "
+          f"by the target; lag median {statistics.median(lags):.2f} s, p95 "
+          f"{lags[int(len(lags) * 0.95) - 1]:.2f} s, max {lags[-1]:.2f} s (target read "
+          f"every {statistics.median(reads):.2f} s)")
 
 
 if __name__ == "__main__":
