@@ -13,6 +13,8 @@ cursor whose events were pruned, or one never given out, is 410 with the cursor 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -262,3 +264,13 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
         assert other.get("/feed/short", params={"after": latest}).status_code == 200
         assert other.get("/feed/short", params={"after": latest + 1000}).status_code == 410
         assert isinstance(datetime.fromisoformat(events[0]["time"].rstrip("Z")), datetime)
+
+        # provisioning status shows how far each feed is.
+        exe = str(Path(sys.executable).with_name("idm-facade"))
+        status = subprocess.run([exe, "provisioning", "status", "--db", copy.db, "--config",
+                                 str(copy.config)], capture_output=True, text=True,
+                                timeout=120)
+        assert status.returncode == 0, status.stderr
+        lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()}
+        assert int(lines["plain"][1]) >= cursor and lines["plain"][3] == "reader"
+        assert int(lines["short"][2]) > 1  # its first events were pruned
