@@ -63,6 +63,8 @@ feed_head = Table(
     Column("feed", String(64), primary_key=True),
     Column("last", Integer, nullable=False),  # the newest cursor given out (0: none yet)
     Column("pruned", Integer, nullable=False),  # every cursor up to this one is gone
+    # who the events were planned for (the client and its policy's fingerprint)
+    Column("reader", String(120), nullable=True),
 )
 
 
@@ -89,6 +91,23 @@ def recorded(conn: Any, feed: str) -> dict[str, Any]:
     """What the feed last told of each entry it shows: {entry_id: row(kind, digest)}."""
     return {r.entry_id: r for r in conn.execute(
         select(feed_state).where(feed_state.c.feed == feed))}
+
+
+def reader_changed(conn: Any, feed: str, reader: str) -> bool:
+    """Note who the feed's events are planned for from now on; when that changed (another
+    client, or its policy), every event kept so far is dropped (cursors up to the newest
+    become unreadable): they show what the earlier reader was allowed, perhaps more than the
+    new one is (a CPR grant taken away). Returns whether that happened."""
+    row = conn.execute(select(feed_head).where(feed_head.c.feed == feed)).first()
+    if row is None:
+        conn.execute(feed_head.insert().values(feed=feed, last=0, pruned=0, reader=reader))
+        return False
+    if row.reader == reader:
+        return False
+    conn.execute(update(feed_head).where(feed_head.c.feed == feed)
+                 .values(reader=reader, pruned=row.last))
+    conn.execute(delete(feed_event).where(feed_event.c.feed == feed))
+    return row.reader is not None
 
 
 def append(conn: Any, feed: str, events: list[dict], at: datetime) -> int:

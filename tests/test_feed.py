@@ -7,7 +7,8 @@ account whose engagements all ended a ``replace`` with ``active: false``, an end
 ``delete`` with only its id; a client without the CPR grant never sees a CPR number in its
 feed while one with the grant does; another client's token is refused (403), none or a bad
 one too (401); every answer leaves an access record naming the persons it disclosed; a
-cursor whose events were pruned, or one never given out, is 410 with the cursor to go on from.
+cursor whose events were pruned, or one never given out, is 410 with the cursor to go on from;
+taking the CPR grant away drops the events that showed CPR numbers.
 """
 
 from __future__ import annotations
@@ -274,3 +275,16 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
         lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()}
         assert int(lines["plain"][1]) >= cursor and lines["plain"][3] == "reader"
         assert int(lines["short"][2]) > 1  # its first events were pruned
+
+        # The CPR grant taken away: the events that showed CPR numbers are dropped (a
+        # reader behind is told to resync), and what follows shows none.
+        taken = subprocess.run([exe, "clients", "policy", "hr", "default", "--db", copy.db,
+                                "--config", str(copy.config)], capture_output=True, text=True,
+                               timeout=120)
+        assert taken.returncode == 0, taken.stderr
+        _wait(lambda: hr.get("/feed/hr", params={"after": 0}).status_code == 410,
+              "the hr feed kept its events after the CPR grant was taken away", seconds=30)
+        oldest = hr.get("/feed/hr", params={"after": 0}).json()["oldest"]
+        after_change, _ = _read_all(hr, "hr", oldest)
+        assert after_change and {e["type"] for e in after_change} <= {"replace", "delete"}
+        assert "cprNumber" not in json.dumps(after_change)

@@ -66,7 +66,7 @@ def _rename(copy, account_id: str, name: str) -> None:
 def test_oauth_target_converges_through_expiry_revocation_and_outage(
         demo_db: str, tmp_path: Path, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_VAR, SECRET)
-    tokens = TokenEndpoint("facade", SECRET, expires_in=3.0)
+    tokens = TokenEndpoint("facade", SECRET, expires_in=5.0)
     proxy = Faults(target, tokens=tokens)
     with served_copy(demo_db, tmp_path, _config(proxy.url, tokens.url),
                      (("reader", "scim", "default"),)) as copy:
@@ -76,10 +76,10 @@ def test_oauth_target_converges_through_expiry_revocation_and_outage(
         assert tokens.grants >= 1 and tokens.refused == 0
         account_id = sorted(_ours(copy, reader)[0])[0]
 
-        # Expiry: the tokens live 3 s; the client fetches a new one before each runs out,
-        # so the target never has to refuse an expired one.
+        # Expiry: the tokens live 5 s; the client fetches a new one before each runs out
+        # (half a second early), so the target never has to refuse an expired one.
         grants, refusals = tokens.grants, proxy.answered.count(401)
-        time.sleep(3.5)
+        time.sleep(5.5)
         _rename(copy, account_id, "Udløbet")
         _shows(copy, reader, lambda ours: ours[0][account_id][3] == "Udløbet")
         _converged(copy, reader, target)
@@ -88,7 +88,7 @@ def test_oauth_target_converges_through_expiry_revocation_and_outage(
 
         # Revoked: the target answers 401 once, the client fetches a new token and resends.
         tokens.expires_in = 3600.0
-        time.sleep(3.5)  # the last short-lived token is dropped; the next one lives long
+        time.sleep(5.5)  # the last short-lived token is dropped; the next one lives long
         _rename(copy, account_id, "Forny")
         _converged(copy, reader, target)
         grants, refusals = tokens.grants, proxy.answered.count(401)

@@ -7,7 +7,9 @@ A feed is a pull target: nothing is sent, the consumer polls ``GET /feed/{name}`
 events after its cursor (:mod:`idm_facade.feed.api`). An entry the client can no longer read
 (an ended account, a policy narrowed) becomes a ``delete``: the feed cannot show what the
 client may not see. A change of the client's policy is planned too, within a few seconds,
-without a write to the store.
+without a write to the store; and since events already kept show what the earlier policy
+allowed (a CPR grant since taken away), they are dropped then: a consumer behind is told to
+read everything again, under the policy it has now.
 
 One process fills a feed at a time (the outbox's lease, named ``feed:<name>``), so cursors
 are dense and in commit order. The same worker prunes events older than the feed's
@@ -82,6 +84,10 @@ class FeedPlanner:
         want = desired.readable(view, self.feed.filter, self.feed.groups)
         name = self.feed.name
         with self.engine.begin() as conn:
+            if feed_store.reader_changed(conn, name, f"{self.feed.client}:{policy.fingerprint}"):
+                log.warning("feed %s: the client or its policy changed; the events kept so "
+                            "far were dropped (a reader at an older cursor is told to read "
+                            "everything again)", name)
             held = {entry_id: diff.Held(row.kind, row.digest)
                     for entry_id, row in feed_store.recorded(conn, name).items()}
             events: list[dict[str, Any]] = []
