@@ -68,7 +68,11 @@ SCHEMA: dict[str, Any] = {
         # [[provisioning.target]]: an array of tables, each checked against this one
         "target": [{"name": str, "url": str, "token": str, "ca_file": str, "policy": str,
                     "filter": str, "groups": _STRINGS, "leaver": str, "timeout": _NUMBER,
-                    "batch": int}],
+                    "batch": int, "token_url": str, "client_id": str,
+                    "client_secret": str, "scope": str}],
+        # [[provisioning.feed]]: a change feed that one client polls
+        "feed": [{"name": str, "client": str, "filter": str, "groups": _STRINGS,
+                  "retention": str}],
         "interval": _NUMBER,
     },
     "policies": None,

@@ -1,5 +1,7 @@
 """scim2-server (PyPI) as a provisioning target the tests and the benchmark start on loopback,
-and a forwarding proxy in front of it that answers chosen requests with errors."""
+and a forwarding proxy in front of it that answers chosen requests with errors and, given a
+token endpoint, lets through only requests with a bearer token that endpoint issued (an
+OAuth-protected target)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -72,10 +75,16 @@ class Target:
 
 class Faults(http.server.ThreadingHTTPServer):
     """A forwarding proxy in front of the target that answers the next requests with the
-    queued statuses instead (429 with Retry-After, 500), then forwards again."""
+    queued statuses instead (429 with Retry-After, 500), then forwards again. With
+    ``tokens`` (a :class:`tests.oauth_server.TokenEndpoint`), a request whose bearer token
+    that endpoint did not issue, or has expired or revoked, gets 401."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, tokens: Any = None) -> None:
         self.target = target
+        self.tokens = tokens
+        #: One pooled client for forwarding (a connection per request made the proxy the
+        #: slowest part of a first sync on a loaded machine).
+        self.forward = httpx.Client(timeout=30)
         self.queue: list[int] = []
         self.answered: list[int] = []
         self.lock = threading.Lock()
@@ -108,8 +117,20 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             return
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() in ("authorization", "content-type", "accept")}
-        response = httpx.request(self.command, self.server.target.url + self.path,
-                                 headers=headers, content=body, timeout=30)
+        if self.server.tokens is not None:
+            given = self.headers.get("Authorization", "")
+            if not (given.startswith("Bearer ") and self.server.tokens.valid(given[7:])):
+                self.server.answered.append(401)
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        response = self.server.forward.request(self.command,
+                                               self.server.target.url + self.path,
+                                               headers=headers, content=body)
         self.server.answered.append(response.status_code)
         self.send_response(response.status_code)
         self.send_header("Content-Type", response.headers.get("content-type", "text/plain"))

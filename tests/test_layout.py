@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "idm_facade.ldap": 2,
     "idm_facade.roleapi": 2,
     "idm_facade.admin": 2,
+    "idm_facade.feed": 2,
     "idm_facade.access": 3,
     "idm_facade.directory": 4,
     "idm_facade.config": 5,
@@ -188,7 +189,7 @@ def test_front_ends_read_entries_only_through_the_client_view():
     found = []
     for name, path in _modules().items():
         if _group(name) in ("idm_facade.scim", "idm_facade.ldap", "idm_facade.roleapi",
-                            "idm_facade.admin"):
+                            "idm_facade.admin", "idm_facade.feed"):
             found += _raw_reads(path, name)
     assert not found, "\n".join(found)
 

@@ -5,24 +5,26 @@ background, one worker per target."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
 from idm_facade.cli.options import config_option, db_option
 
 
-def _provisioners(db: str | None, config_path: str | None, name: str | None) -> list:
+def _provisioners(db: str | None, config_path: str | None, name: str | None,
+                  facade: Any = None, required: bool = True) -> list:
     from idm_facade.provisioning.outbox import Provisioner
     from idm_facade.provisioning.targets import targets
     from idm_facade.runtime.serve import build_facade
 
-    facade = build_facade(db, config_path)
+    facade = facade if facade is not None else build_facade(db, config_path)
     found = targets(facade.config)
     if name is not None:
         found = [t for t in found if t.name == name]
         if not found:
             raise click.ClickException(f"no [[provisioning.target]] named {name!r}")
-    if not found:
+    if not found and required:
         raise click.ClickException("no [[provisioning.target]] is configured")
     return [Provisioner(facade.directory.engine, facade, t) for t in found]
 
@@ -63,13 +65,34 @@ def sync(name: str, wait: float, db: str | None, config_path: str | None) -> Non
 @db_option
 @config_option
 def status(db: str | None, config_path: str | None) -> None:
-    """How far each target is: held, pending, lag, last error."""
-    click.echo(f"{'TARGET':<20} {'HELD':>7} {'PENDING':>8} {'LAG S':>8}  LAST ERROR")
-    for p in _provisioners(db, config_path, None):
+    """How far each target is (held, pending, lag, last error) and each change feed (newest
+    cursor, oldest cursor still readable, client)."""
+    from idm_facade.feed.settings import feeds
+    from idm_facade.runtime.serve import build_facade
+    from store import feed as feed_store
+
+    facade = build_facade(db, config_path)
+    found = _provisioners(db, config_path, None, facade, required=False)
+    configured = feeds(facade.config)
+    if not found and not configured:
+        raise click.ClickException("no [[provisioning.target]] or [[provisioning.feed]] is "
+                                   "configured")
+    if found:
+        click.echo(f"{'TARGET':<20} {'HELD':>7} {'PENDING':>8} {'LAG S':>8}  LAST ERROR")
+    for p in found:
         s = p.status()
         click.echo(f"{s['target']:<20} {s['held']:>7} {s['pending']:>8} "
                    f"{s['lag_seconds']:>8.1f}  {s['last_error'] or '-'}")
         p.close()
+    if configured:
+        engine = facade.directory.engine
+        feed_store.create(engine)
+        click.echo(f"{'FEED':<20} {'LATEST':>8} {'OLDEST':>8}  CLIENT")
+        with engine.connect() as conn:
+            for feed in configured:
+                head = feed_store.head(conn, feed.name)
+                click.echo(f"{feed.name:<20} {head.last:>8} {head.pruned + 1:>8}  "
+                           f"{feed.client}")
 
 
 @provisioning.command("reconcile")

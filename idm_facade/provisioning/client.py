@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from idm_facade.provisioning.oauth import BearerAuth, TokenSource, TokenUnavailable
 from idm_facade.provisioning.targets import Target
 
 SCIM_JSON = "application/scim+json"
@@ -46,20 +47,30 @@ class ScimClient:
 
     def __init__(self, target: Target) -> None:
         headers = {"Accept": SCIM_JSON, "Content-Type": SCIM_JSON}
-        if target.token:
+        verify: str | bool = target.ca_file if target.ca_file else True
+        auth: httpx.Auth | None = None
+        #: Access tokens from the target's authorization server (None with a fixed token).
+        self.tokens: TokenSource | None = None
+        if target.oauth is not None:
+            self.tokens = TokenSource(target.oauth, target.timeout, verify)
+            auth = BearerAuth(self.tokens)
+        elif target.token:
             headers["Authorization"] = f"Bearer {target.token}"
-        self.http = httpx.Client(base_url=target.url, headers=headers,
-                                 timeout=target.timeout,
-                                 verify=target.ca_file if target.ca_file else True)
+        self.http = httpx.Client(base_url=target.url, headers=headers, auth=auth,
+                                 timeout=target.timeout, verify=verify)
 
     def close(self) -> None:
         self.http.close()
+        if self.tokens is not None:
+            self.tokens.close()
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:  # refused, reset, timed out, TLS
             raise Retry(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        except TokenUnavailable as exc:  # the target's authorization server is away
+            raise Retry(f"{method} {path}: {exc}", exc.after) from None
         status = response.status_code
         if status == 429 or status >= 500:
             after = response.headers.get("Retry-After")

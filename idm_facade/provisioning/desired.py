@@ -1,5 +1,5 @@
 """What a target should hold: its users and groups, worked out from one snapshot as the
-target's policy sees it.
+target's policy sees it; and what a change feed's client should read (:func:`readable`).
 
 The bodies are the facade's own SCIM resources (:func:`idm_facade.scim.render.render`, so a
 target gets exactly what a client with the same policy would read), cut to the core and
@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from idm_facade.directory import filters as f
 from idm_facade.directory.view import ClientView
 from idm_facade.provisioning.targets import Target
 from idm_facade.scim import filters as scim_filters
+from idm_facade.scim import schema as scim_schemas
 from idm_facade.scim.render import render, selection
 from schemas.attributes import ACCOUNT, CORE_GROUP, CORE_USER, ENTERPRISE_USER
 
@@ -38,6 +40,8 @@ class Wanted:
     digest: str
     #: Persons the body discloses (for the access record of its delivery).
     subjects: tuple[str, ...]
+    #: Sensitive attributes the body shows ("cpr"), for the access record.
+    sensitive: tuple[str, ...] = ()
 
 
 def _digest(body: dict) -> str:
@@ -85,5 +89,47 @@ def wanted(view: ClientView, target: Target) -> dict[str, Wanted]:
     users = set(out)
     for entry in view.search(f.TRUE, kinds=frozenset(target.groups)):
         item = _group(view, entry, users)
+        out[item.entry_id] = item
+    return out
+
+
+def _every_attribute() -> str:
+    """Every schema of Users and Groups by URN: every attribute, the ``returned: request``
+    ones (cprNumber, role provenance) included, and no ``meta``."""
+    urns = [urn for resource in (scim_schemas.USER, scim_schemas.GROUP)
+            for urn in scim_schemas.SCHEMAS[resource]]
+    return ",".join(urns)
+
+
+def _without_refs(value: Any) -> Any:
+    """``value`` without ``$ref``: a reference URL holds the base URL the client asked at,
+    which a feed planned once for every replica and listener does not know (``value`` is
+    the id the URL would end in)."""
+    if isinstance(value, dict):
+        return {k: _without_refs(v) for k, v in value.items() if k != "$ref"}
+    if isinstance(value, list):
+        return [_without_refs(v) for v in value]
+    return value
+
+
+def _readable(view: ClientView, entry: Any, kind: str) -> Wanted:
+    rendered = render(view, entry, _BASE, selection(_every_attribute(), None))
+    body = _without_refs(json.loads(rendered.json))
+    return Wanted(body["id"], kind, body, _digest(body), rendered.subjects, rendered.sensitive)
+
+
+def readable(view: ClientView, flt: str | None, groups: tuple[str, ...]) -> dict[str, Wanted]:
+    """What a client reads through ``view``, for its change feed: every user (narrowed by
+    ``flt``) and group of ``groups`` it may see, each the whole SCIM resource as
+    ``/scim/v2`` gives it (every attribute its policy allows, CPR only with the grant),
+    without ``meta``, whose timestamps change when nothing the client sees does, and
+    without ``$ref`` URLs."""
+    users = scim_filters.translate(flt, ("User",)) if flt else f.TRUE
+    out: dict[str, Wanted] = {}
+    for entry in view.search(users, kinds=frozenset({ACCOUNT})):
+        item = _readable(view, entry, USER)
+        out[item.entry_id] = item
+    for entry in view.search(f.TRUE, kinds=frozenset(groups)):
+        item = _readable(view, entry, GROUP)
         out[item.entry_id] = item
     return out

@@ -34,7 +34,7 @@ from idm_facade.access.audit import AccessRecord
 from idm_facade.access.audit.record import replica
 from idm_facade.access.audit.record import source as audit_source
 from idm_facade.directory.view import ClientView
-from idm_facade.provisioning import desired
+from idm_facade.provisioning import desired, diff
 from idm_facade.provisioning.client import Conflict, Gone, Refused, Retry, ScimClient
 from idm_facade.provisioning.desired import GROUP, USER
 from idm_facade.provisioning.targets import Target
@@ -68,6 +68,29 @@ def _upsert(conn: Any, table: Any, keys: dict, values: dict) -> None:
         conn.execute(table.insert().values(**keys, **values))
 
 
+def take_lease(engine: Any, name: str, seconds: float = 15.0) -> bool:
+    """Take or renew this process's lease called ``name`` (a target, or ``feed:<name>``);
+    False while another replica or worker holds it."""
+    holder, now = replica(), utcnow()
+    until = now + timedelta(seconds=seconds)
+    try:
+        with engine.begin() as conn:
+            taken = conn.execute(update(outbox_lease).where(
+                outbox_lease.c.target == name,
+                or_(outbox_lease.c.holder == holder, outbox_lease.c.expires < now))
+                .values(holder=holder, expires=until)).rowcount
+            if taken:
+                return True
+            if conn.execute(select(outbox_lease.c.target).where(
+                    outbox_lease.c.target == name)).first() is not None:
+                return False
+            conn.execute(outbox_lease.insert().values(target=name, holder=holder,
+                                                      expires=until))
+            return True
+    except IntegrityError:
+        return False  # another process inserted it first
+
+
 class Provisioner:
     """Plans and sends one target's deliveries."""
 
@@ -86,25 +109,7 @@ class Provisioner:
     def lease(self, seconds: float = 15.0) -> bool:
         """Take or renew this process's lease on the target; False while another replica
         or worker holds it."""
-        holder, now = replica(), utcnow()
-        until = now + timedelta(seconds=seconds)
-        name = self.target.name
-        try:
-            with self.engine.begin() as conn:
-                taken = conn.execute(update(outbox_lease).where(
-                    outbox_lease.c.target == name,
-                    or_(outbox_lease.c.holder == holder, outbox_lease.c.expires < now))
-                    .values(holder=holder, expires=until)).rowcount
-                if taken:
-                    return True
-                if conn.execute(select(outbox_lease.c.target).where(
-                        outbox_lease.c.target == name)).first() is not None:
-                    return False
-                conn.execute(outbox_lease.insert().values(target=name, holder=holder,
-                                                          expires=until))
-                return True
-        except IntegrityError:
-            return False  # another process inserted it first
+        return take_lease(self.engine, self.target.name, seconds)
 
     def release(self) -> None:
         """Give the lease up (a CLI sync that is done)."""
@@ -126,35 +131,26 @@ class Provisioner:
         name, now = self.target.name, utcnow()
         queued = 0
         with self.engine.begin() as conn:
-            state = {r.entry_id: r for r in conn.execute(
+            held = {r.entry_id: diff.Held(r.kind, r.digest, r.state) for r in conn.execute(
                 select(outbox_state).where(outbox_state.c.target == name))}
             pending = {r.entry_id: r for r in conn.execute(
                 select(outbox_item).where(outbox_item.c.target == name))}
-            for entry_id, item in want.items():
-                held = state.get(entry_id)
-                waiting = pending.get(entry_id)
-                if held is not None and held.state == "present" and held.digest == item.digest:
-                    if waiting is not None:  # changed and changed back before it was sent
-                        conn.execute(delete(outbox_item).where(
-                            outbox_item.c.target == name, outbox_item.c.entry_id == entry_id))
+            planned = diff.changes(want, held, self.target.leaver)
+            changed = {c.entry_id for c in planned}
+            for entry_id in pending.keys() & (want.keys() - changed):
+                # changed and changed back before it was sent
+                conn.execute(delete(outbox_item).where(
+                    outbox_item.c.target == name, outbox_item.c.entry_id == entry_id))
+            for change in planned:
+                waiting = pending.get(change.entry_id)
+                item = change.item
+                digest = item.digest if item is not None else change.action
+                if waiting is not None and waiting.action == change.action \
+                        and waiting.digest == digest:
                     continue
-                if waiting is not None and waiting.action == "upsert" \
-                        and waiting.digest == item.digest:
-                    continue
-                self._queue(conn, item.entry_id, item.kind, "upsert", item.body, item.digest,
-                            list(item.subjects), now)
-                queued += 1
-            for entry_id, held in state.items():
-                if entry_id in want:
-                    continue
-                action = "delete" if held.kind == GROUP or self.target.leaver == "delete" \
-                    else "disable"
-                if action == "disable" and held.state == "disabled":
-                    continue
-                waiting = pending.get(entry_id)
-                if waiting is not None and waiting.action == action:
-                    continue
-                self._queue(conn, entry_id, held.kind, action, None, action, [], now)
+                self._queue(conn, change.entry_id, change.kind, change.action,
+                            item.body if item is not None else None, digest,
+                            list(item.subjects) if item is not None else [], now)
                 queued += 1
         self.planned_snapshot = snapshot
         return queued

@@ -39,6 +39,7 @@ from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
 from idm_facade.access.facade import Facade
 from idm_facade.admin import console as admin_console
+from idm_facade.feed import api as feedapi
 from idm_facade.roleapi import api as roleapi
 from idm_facade.scim import app as scim_app
 
@@ -253,6 +254,8 @@ def route_of(path: str) -> tuple[str, str]:
     if path.startswith("/admin"):
         parts = path.strip("/").split("/")
         return "admin", "/".join(["", *parts[:2]]) + ("/…" if len(parts) > 2 else "")
+    if path.startswith("/feed/"):
+        return "feed", "/feed/{name}"
     return "http", path if path in _PLAIN else "{other}"
 
 
@@ -276,7 +279,8 @@ def _request_done(request: Request) -> None:
 
 
 def create_app(facade: Facade) -> Flask:
-    """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api.
+    """The HTTP application of one facade: SCIM at /scim/v2, role lookup at /api, change
+    feeds at /feed.
 
     Assembled here, above both front ends, so neither imports the other."""
     app = Flask("idm_facade")
@@ -284,6 +288,7 @@ def create_app(facade: Facade) -> Flask:
     scim_app.register(app, facade)
     app.register_blueprint(roleapi.blueprint(facade), url_prefix="/api")
     app.register_blueprint(admin_console.blueprint(facade), url_prefix="/admin")
+    app.register_blueprint(feedapi.blueprint(facade), url_prefix="/feed")
     app.register_error_handler(HTTPException, _json_error)
     _health(app, facade)
     return app

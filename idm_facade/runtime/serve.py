@@ -124,6 +124,16 @@ def provisioning_workers(facade: Facade) -> list[Any]:
     return workers
 
 
+def feed_workers(facade: Facade) -> list[Any]:
+    """One background worker per ``[[provisioning.feed]]`` filling it with events."""
+    from idm_facade.feed.settings import feeds
+    from idm_facade.provisioning.feed import FeedPlanner, FeedWorker
+
+    interval = float(facade.config.get("provisioning", "interval", 0.5))
+    return [FeedWorker(FeedPlanner(facade.directory.engine, facade, feed), interval)
+            for feed in feeds(facade.config)]
+
+
 def build_facade(db: str | None, config_path: str | None = None,
                  progress: Callable[[str], None] | None = None) -> Facade:
     """The store, directory (built now; ``progress`` hears of each build step), client
@@ -198,7 +208,7 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
     reactor.addSystemEventTrigger("before", "shutdown", facade.directory.stop)
     from idm_facade.runtime import http, lifecycle
 
-    for worker in provisioning_workers(facade):
+    for worker in provisioning_workers(facade) + feed_workers(facade):
         worker.start()
         reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
 
@@ -217,6 +227,7 @@ def announce_listening(listening: Listening) -> None:
     host = listening.host
     print(f"SCIM      http://{host}:{listening.http_port}/scim/v2", flush=True)
     print(f"role API  http://{host}:{listening.http_port}/api", flush=True)
+    print(f"feeds     http://{host}:{listening.http_port}/feed", flush=True)
     for port in listening.ldap_ports:
         print(f"LDAP      {host}:{port}", flush=True)
     sys.stdout.flush()
