@@ -73,6 +73,10 @@ def without_outside(doc: dict, top: str, at: datetime) -> dict:
     for table in ("engagements", "associations", "managers", "kles",
                   "unit_role_assignments"):
         doc[table] = [r for r in doc[table] if r["org_unit_id"] in keep]
+    managers = {m["id"] for m in doc["managers"]}
+    doc["manager_substitutes"] = [r for r in doc.get("manager_substitutes", [])
+                                  if r["org_unit_id"] in keep
+                                  and r.get("manager_id") in managers | {None}]
     engagements = {e["id"] for e in doc["engagements"]}
     doc["leaves"] = [r for r in doc["leaves"] if r["engagement_id"] in engagements]
     current = {e["id"] for e in doc["engagements"]
