@@ -1141,10 +1141,17 @@ class _Builder:
             self.doc["account_role_assignments"].append({
                 "id": self.uid(), "account_id": account["id"], "job_role_id": delegated["id"],
                 "role_group_id": None, "valid_from": account["valid_from"], "valid_to": None})
-        # The last SAML system is access-blocked: catalogued and assigned, never handed out.
+        # The last SAML system is access-blocked: catalogued and assigned (to a few accounts
+        # directly, whatever else the day's demo assigns), never handed out.
         saml = [s for s in self.systems if s["system_type"] == "SAML"]
         if saml:
             saml[-1]["access_blocked"] = True
+            blocked_role = next(r for r in self.job_roles if r["it_system_id"] == saml[-1]["id"])
+            for account in rng.sample(ad_accounts, min(3, len(ad_accounts))):
+                self.doc["account_role_assignments"].append({
+                    "id": self.uid(), "account_id": account["id"],
+                    "job_role_id": blocked_role["id"], "role_group_id": None,
+                    "valid_from": account["valid_from"], "valid_to": None})
 
 
 def generate(size: str, seed: int = 1, reference: datetime | None = None,

@@ -72,9 +72,16 @@ def contract(demo_db: str, tmp_path_factory) -> Iterator[Contract]:
     db = copy_store(demo_db, tmp / "idm.db")
     engine = make_engine(db)
     snapshot = Directory(engine).snapshot
-    top = next(e for e in snapshot.entries if e.kind == UNIT
+    # a unit just below a root, the one with most accounts below it (a directorate)
+    below: dict[str, int] = {}
+    for entry in snapshot.entries:
+        if entry.kind == ACCOUNT:
+            for unit in entry.attrs.get("ancestor", ()):
+                below[str(unit)] = below.get(str(unit), 0) + 1
+    top = max((e for e in snapshot.entries if e.kind == UNIT
                and e.first("parent") and snapshot.get(str(e.first("parent")))
-               and not snapshot.get(str(e.first("parent"))).first("parent"))
+               and not snapshot.get(str(e.first("parent"))).first("parent")),
+              key=lambda e: (below.get(e.id, 0), e.id))
     settings = {"directory": {"state_dir": str(tmp)},
                 "policies": {"rk-sub": {"subtrees": [top.id]},
                              "rk-people": {"kinds": ["account", "unit"]}}}
@@ -206,13 +213,15 @@ def test_has_user_role_by_numeric_id(contract: Contract) -> None:
 def test_has_system_role_and_name_id(contract: Contract) -> None:
     """UserApi.userHasSystemRole (``roleIdentifier`` required: 400 without) and getUserNameId
     (``{nameID}``, ``C=DK,O=<cvr>,CN=<name>,Serial=<extUuid>``, UserService.getUserNameId)."""
-    entry = next(e for e in contract.accounts() if e.attrs.get("role")
-                 and not any(contract.data.it_systems[
-                     contract.data.job_roles[r].it_system_id].access_blocked
-                     for r in e.attrs["role"]))
+    def open_roles(entry: Any) -> list[str]:
+        return [r for r in entry.attrs.get("role", ())
+                if not contract.data.it_systems[contract.data.job_roles[r].it_system_id
+                                                ].access_blocked
+                and contract.data.job_role_system_roles.get(r)]
+
+    entry = next(e for e in contract.accounts() if open_roles(e))
     user = entry.first("userName")
-    link = next(link for r in entry.attrs["role"]
-                for link in contract.data.job_role_system_roles.get(r, ()))
+    link = contract.data.job_role_system_roles[open_roles(entry)[0]][0]
     identifier = contract.data.system_roles[link.system_role_id].identifier
     assert contract.get(f"/user/{user}/hasSystemRole").status_code == 400
     found = contract.get(f"/user/{user}/hasSystemRole", params={"roleIdentifier": identifier})
@@ -310,7 +319,18 @@ def test_read_itsystem_assignments(contract: Contract) -> None:
     UserReadRoleSystemRole, UserReadDTO: direct assignments unless ``indirectRoles=true``;
     ``assignedThrough`` DIRECT/ROLEGROUP/ORGUNIT; computed constraint values shown as
     ``*** DYNAMIC ***``; a bad boolean is 400, an unknown system 404."""
-    ad = contract.system(user_key="AD")
+    # the system whose roles are held both directly and through units (the day's demo
+    # decides which)
+    kinds: dict[str, set[str]] = {}
+    for entry in contract.accounts():
+        for grant in entry.complex.get("roles", ()):
+            role = contract.data.job_roles.get(grant["value"])
+            if role is not None:
+                kinds.setdefault(role.it_system_id, set()).add(
+                    "group" if grant.get("viaRoleGroup") else "unit" if grant.get("viaUnit")
+                    else "direct")
+    ad = next(s for s in sorted(contract.data.it_systems.values(), key=lambda s: s.user_key)
+              if {"unit", "direct"} <= kinds.get(s.id, set()))
     direct = contract.get(f"/read/itsystem/{ad.user_key}").json()
     indirect = contract.get(f"/read/itsystem/{ad.user_key}",
                             params={"indirectRoles": "true", "withDescription": "true"}).json()
