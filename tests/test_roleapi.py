@@ -66,7 +66,10 @@ class Served:
 def served(tmp_path_factory) -> Iterator[Served]:
     path = tmp_path_factory.mktemp("roleapi") / "idm.db"
     engine = make_engine(f"sqlite:///{path}")
-    exchange.import_document(engine, demo.generate("S", 1), actor="test")
+    doc = demo.generate("S", 1)
+    for system in doc["it_systems"]:  # blocked systems: tests/test_roleapi_contract.py
+        system["access_blocked"] = False
+    exchange.import_document(engine, doc, actor="test")
     directory = Directory(engine)
     top = populated_directorate(directory.snapshot)
     config = Config({"policies": {"one-directorate": {"subtrees": [top.id]},
@@ -130,7 +133,7 @@ def test_roles_json_shape_and_provenance(served):
             assert data.it_systems[row.it_system_id].user_key == system["identifier"]
             assert role["identifier"] == row.identifier and role["provenance"]
             for p in role["provenance"]:
-                assert p["via"] in ("direct", "unit", "manager")
+                assert p["via"] in ("direct", "unit", "manager", "substitute")
                 assert (p["unit"] is None) == (p["via"] == "direct")
     assert seen == set(entry.attrs["role"])
 
