@@ -93,7 +93,10 @@ def browser() -> webdriver.Chrome:
                  "--lang=da"):
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"intl.accept_languages": "da,en"})
-    return webdriver.Chrome(service=Service(DRIVER), options=options)
+    # the browser keeps the real clock: under libfaketime (make test-dates) only the facade's
+    # own processes move in time, and Chromium does not start with the library preloaded
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
+    return webdriver.Chrome(service=Service(DRIVER, env=env), options=options)
 
 
 @pytest.fixture
