@@ -195,3 +195,25 @@ def provisioning_reader(provisioner: Any) -> Callable[[], dict]:
         }
 
     return read
+
+
+def feed_reader(engine: Any, feed: str) -> Callable[[], dict]:
+    """What the scrape reads of one change feed: its newest cursor (how far it has got) and
+    the oldest it still keeps (readers behind that get 410), and the events kept."""
+    from store import feed as feed_store
+
+    name = feed.replace("-", "_").replace(".", "_")
+
+    def read() -> dict[str, tuple[str, float]]:
+        with engine.connect() as conn:
+            head = feed_store.head(conn, feed)
+        prefix = f"idm_facade_feed_{name}"
+        return {
+            f"{prefix}_latest": ("The newest cursor the feed gave out.", float(head.last)),
+            f"{prefix}_oldest": ("Cursors up to this one are pruned (readers get 410).",
+                                 float(head.pruned)),
+            f"{prefix}_events": ("Events the feed keeps.", float(head.last - head.pruned)),
+        }
+
+    return read
+

@@ -14,6 +14,7 @@ taking the CPR grant away drops the events that showed CPR numbers.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -190,6 +191,12 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
             assert "events" not in answer.json()
         assert reader.get("/feed/nosuch").status_code == 404
         assert reader.get("/feed/plain", params={"after": "x"}).status_code == 400
+
+        # /metrics: how far each feed has got (no token needed, nothing about persons)
+        scraped = httpx.get(f"{copy.serving.scim_base}/metrics", timeout=30).text
+        latest = re.search(r"^idm_facade_feed_plain_latest (\S+)$", scraped, re.M)
+        assert latest and float(latest.group(1)) >= cursor
+        assert re.search(r"^idm_facade_feed_plain_oldest 0(\.0)?$", scraped, re.M)
 
         # A rename: one replace of that user.
         candidates = _single_account_people(copy, users)

@@ -126,12 +126,17 @@ def provisioning_workers(facade: Facade) -> list[Any]:
 
 def feed_workers(facade: Facade) -> list[Any]:
     """One background worker per ``[[provisioning.feed]]`` filling it with events."""
+    from idm_facade import metrics
     from idm_facade.feed.settings import feeds
     from idm_facade.provisioning.feed import FeedPlanner, FeedWorker
 
     interval = float(facade.config.get("provisioning", "interval", 0.5))
-    return [FeedWorker(FeedPlanner(facade.directory.engine, facade, feed), interval)
-            for feed in feeds(facade.config)]
+    workers = [FeedWorker(FeedPlanner(facade.directory.engine, facade, feed), interval)
+               for feed in feeds(facade.config)]
+    for feed in feeds(facade.config):
+        metrics.sample(f"feed:{feed.name}", metrics.feed_reader(facade.directory.engine,
+                                                                feed.name))
+    return workers
 
 
 def build_facade(db: str | None, config_path: str | None = None,
