@@ -26,7 +26,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,27 @@ SCHEMA: dict[str, Any] = {
 class ConfigError(ValueError):
     """The configuration is wrong; the message names where (file:line or variable) and
     what."""
+
+
+#: A name in an array of named tables (``[[provisioning.target]]``, ``[[provisioning.feed]]``).
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
+
+
+def named_tables(config: Any, section: str, key: str) -> Iterator[tuple[str, str, dict]]:
+    """``(where, name, table)`` of each table of ``[[section.key]]``, in file order, once the
+    name is known good and not used twice; ``where`` names the table in error messages."""
+    names: set[str] = set()
+    tables = config.section(section).get(key, []) if config is not None else []
+    for number, table in enumerate(tables, 1):
+        name = table.get("name")
+        if not isinstance(name, str) or not _TABLE_NAME.match(name):
+            raise ConfigError(f"[[{section}.{key}]] #{number}: name must be letters, digits, "
+                              f"'.', '_', '-'")
+        where = f"[[{section}.{key}]] {name}"
+        if name in names:
+            raise ConfigError(f"{where}: the name is used twice")
+        names.add(name)
+        yield where, name, table
 
 
 @dataclass

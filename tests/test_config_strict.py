@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from idm_facade.config import ConfigError, load_config
+from idm_facade.config import Config, ConfigError, load_config
 from tests.serving import copy_store
 
 EXE = str(Path(sys.executable).with_name("idm-facade"))
@@ -160,3 +160,22 @@ def test_an_attribute_source_the_store_lacks_is_an_error(tmp_path: Path, demo_db
         result = _serve("--db", demo_db, "--config", str(path), *extra)
         assert result.returncode == 2
         assert "person has no column 'no_such_column'" in _short(result)
+
+
+def test_named_tables_need_good_unique_names() -> None:
+    """``[[provisioning.target]]`` and ``[[provisioning.feed]]`` are read by one reader of
+    named tables: a bad name names the table by its number, a name used twice by its name."""
+    from idm_facade.feed.settings import feeds
+    from idm_facade.provisioning.targets import targets
+
+    for key, read, extra in (("target", targets, {"url": "https://t.example/scim", "token": "t"}),
+                             ("feed", feeds, {"client": "reader"})):
+        bad = Config({"provisioning": {key: [{"name": "no spaces", **extra}]}})
+        with pytest.raises(ConfigError, match=rf"\[\[provisioning\.{key}\]\] #1: name must"):
+            read(bad)
+        twice = Config({"provisioning": {key: [{"name": "x", **extra}, {"name": "x", **extra}]}})
+        with pytest.raises(ConfigError,
+                           match=rf"\[\[provisioning\.{key}\]\] x: the name is used twice"):
+            read(twice)
+        assert [t.name for t in read(Config({"provisioning": {key: [
+            {"name": "a", **extra}, {"name": "b.c", **extra}]}}))] == ["a", "b.c"]

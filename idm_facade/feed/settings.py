@@ -19,12 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from idm_facade.access.audit.settings import cutoff_for, parse_age
-from idm_facade.config import ConfigError
+from idm_facade.config import ConfigError, named_tables
 
 #: Group kinds a feed may carry.
 GROUP_KINDS = ("role", "rolegroup", "unit")
 DEFAULT_RETENTION = "30d"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 _SECONDS = re.compile(r"^\s*(\d+)\s*(s|sec|secs|seconds?)\s*$", re.IGNORECASE)
 
 
@@ -57,15 +56,7 @@ class Feed:
 def feeds(config: Any) -> list[Feed]:
     """Every configured feed (ConfigError naming the feed and key when one is wrong)."""
     found: list[Feed] = []
-    tables = config.section("provisioning").get("feed", []) if config is not None else []
-    for number, table in enumerate(tables, 1):
-        where = f"[[provisioning.feed]] #{number}"
-        name = table.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{where}: name must be letters, digits, '.', '_', '-'")
-        where = f"[[provisioning.feed]] {name}"
-        if any(f.name == name for f in found):
-            raise ConfigError(f"{where}: the name is used twice")
+    for where, name, table in named_tables(config, "provisioning", "feed"):
         client = table.get("client")
         if not isinstance(client, str) or not client:
             raise ConfigError(f"{where}: client must name the client that reads the feed "

@@ -10,16 +10,14 @@ the dataclass's ``repr`` so no log line or error message can carry one."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from idm_facade.config import ConfigError
+from idm_facade.config import ConfigError, named_tables
 
 #: Group kinds a target may take: roles, role groups, units.
 GROUP_KINDS = ("role", "rolegroup", "unit")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 
 
 @dataclass(frozen=True)
@@ -106,15 +104,7 @@ def _oauth(table: dict, where: str) -> OAuth | None:
 def targets(config: Any) -> list[Target]:
     """Every configured target (ConfigError naming the target and key when one is wrong)."""
     found: list[Target] = []
-    tables = config.section("provisioning").get("target", []) if config is not None else []
-    for number, table in enumerate(tables, 1):
-        where = f"[[provisioning.target]] #{number}"
-        name = table.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{where}: name must be letters, digits, '.', '_', '-'")
-        where = f"[[provisioning.target]] {name}"
-        if any(t.name == name for t in found):
-            raise ConfigError(f"{where}: the name is used twice")
+    for where, name, table in named_tables(config, "provisioning", "target"):
         url = str(table.get("url", ""))
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise ConfigError(f"{where}: url must be the target's http(s) SCIM base URL")
