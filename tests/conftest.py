@@ -65,3 +65,18 @@ def demo_db(tmp_path_factory) -> str:
     import_document(engine, generate("S", seed=1, reference=DEMO_REFERENCE), actor="demo")
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def target():  # noqa: ANN201 - a tests.scim_target.Target
+    """A real SCIM server we don't control (scim2-server, behind a fault proxy) on loopback,
+    the provisioning target of a test; killed afterwards."""
+    from tests.scim_target import Target
+
+    found = Target()
+    found.start()
+    try:
+        yield found
+    finally:
+        found.kill()
+

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +123,32 @@ class StoreCopy:
     @property
     def base(self) -> str:
         return str(self.registry.base)
+
+    def write(self, change: Callable[[Any], None]) -> None:
+        """Change the copy's store in one transaction (with the change log, as every write)."""
+        from store.engine import make_engine, write_session
+
+        engine = make_engine(self.db)
+        try:
+            with write_session(engine, actor="test") as session:
+                change(session)
+        finally:
+            engine.dispose()
+
+
+def ending_engagements(person_id: str) -> Callable[[Any], None]:
+    """A store change ending, now, every engagement of the person in effect: a leaver."""
+    def change(session: Any) -> None:
+        from sqlalchemy import select
+
+        from store.models import Engagement
+        from store.validity import utcnow
+
+        now = utcnow()
+        for row in session.scalars(select(Engagement).where(Engagement.person_id == person_id)):
+            if row.valid_from <= now and (row.valid_to is None or row.valid_to > now):
+                row.valid_to = now
+    return change
 
     def bind_dn(self, name: str) -> str:
         return str(self.registry.bind_dn_of(name))

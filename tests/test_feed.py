@@ -26,10 +26,10 @@ import httpx
 from sqlalchemy import select
 
 from idm_facade.access.audit import AuditLog
-from store.engine import make_engine, write_session
-from store.models import Account, Engagement, Person
+from store.engine import make_engine
+from store.models import Account, Person
 from store.validity import utcnow
-from tests.serving import StoreCopy, served_copy
+from tests.serving import StoreCopy, ending_engagements, served_copy
 
 CONFIG = """
 [provisioning]
@@ -91,13 +91,6 @@ def _without_refs(value: object) -> object:
     if isinstance(value, list):
         return [_without_refs(v) for v in value]
     return value
-
-
-def _write(copy: StoreCopy, change: Callable) -> None:
-    engine = make_engine(copy.db)
-    with write_session(engine, actor="test") as session:
-        change(session)
-    engine.dispose()
 
 
 def _new_events(http: httpx.Client, name: str, after: int, entry_id: str
@@ -205,7 +198,7 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
         def rename(session) -> None:
             session.get(Person, renamed.person_id).given_name = "Omdøbt"
 
-        _write(copy, rename)
+        copy.write(rename)
         found, cursor = _new_events(reader, "plain", cursor, renamed.id)
         mine = [e for e in found if e["id"] == renamed.id]
         assert len(mine) == 1 and mine[0]["type"] == "replace"
@@ -215,14 +208,7 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
                    for e in found if e["id"] != renamed.id)
 
         # A leaver whose engagements all ended: a replace with active false.
-        def leave(session) -> None:
-            now = utcnow()
-            for row in session.scalars(select(Engagement).where(
-                    Engagement.person_id == leaver.person_id)):
-                if row.valid_from <= now and (row.valid_to is None or row.valid_to > now):
-                    row.valid_to = now
-
-        _write(copy, leave)
+        copy.write(ending_engagements(leaver.person_id))
         found, cursor = _new_events(reader, "plain", cursor, leaver.id)
         mine = [e for e in found if e["id"] == leaver.id]
         assert len(mine) == 1 and mine[0]["type"] == "replace"
@@ -232,7 +218,7 @@ def test_feed_over_http(demo_db: str, tmp_path: Path) -> None:
         def end_account(session) -> None:
             session.get(Account, ended.id).valid_to = utcnow()
 
-        _write(copy, end_account)
+        copy.write(end_account)
         found, cursor = _new_events(reader, "plain", cursor, ended.id)
         mine = [e for e in found if e["id"] == ended.id]
         assert len(mine) == 1 and mine[0]["type"] == "delete"

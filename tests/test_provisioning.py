@@ -15,19 +15,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from store.engine import make_engine, write_session
+from store.engine import make_engine
 from store.models import Account, AccountRoleAssignment, Engagement, JobRole, OrgUnit, Person
-from store.validity import utcnow
 from tests.scim_target import TOKEN, Faults, Target
-from tests.serving import StoreCopy, served_copy
+from tests.serving import StoreCopy, ending_engagements, served_copy
 
 
 def _config(url: str, extra: str = "") -> str:
@@ -97,21 +95,6 @@ def _converged(copy: StoreCopy, token: str, target: Target, seconds: float = 90)
         time.sleep(0.3)
 
 
-@pytest.fixture
-def target() -> Iterator[Target]:
-    found = Target()
-    found.start()
-    try:
-        yield found
-    finally:
-        found.kill()
-
-
-def _write(copy: StoreCopy, change: Callable) -> None:
-    engine = make_engine(copy.db)
-    with write_session(engine, actor="test") as session:
-        change(session)
-    engine.dispose()
 
 
 def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) -> None:
@@ -135,7 +118,7 @@ def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) 
             person = session.get(Person, account.person_id)
             person.given_name = "Omdøbt"
 
-        _write(copy, rename)
+        copy.write(rename)
         _shows(copy, token, lambda ours: ours[0][account.id][3] == "Omdøbt")
         _converged(copy, token, target)
         renamed = next(u for u in target.all("User") if u.get("externalId") == account.id)
@@ -146,7 +129,7 @@ def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) 
                                               valid_from=datetime(2000, 1, 1)))
 
         before = _ours(copy, token)[1]
-        _write(copy, grant)
+        copy.write(grant)
         _shows(copy, token, lambda ours: ours[1] != before)
         _converged(copy, token, target)
 
@@ -156,7 +139,7 @@ def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) 
                     AccountRoleAssignment.job_role_id == role.id)):
                 session.delete(row)
 
-        _write(copy, revoke)
+        copy.write(revoke)
         _shows(copy, token, lambda ours: ours[1] == before)
         _converged(copy, token, target)
 
@@ -165,7 +148,7 @@ def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) 
                 Engagement.person_id == account.person_id)).first()
             engagement.org_unit_id = next(u for u in units if u != engagement.org_unit_id)
 
-        _write(copy, move)
+        copy.write(move)
         _shows(copy, token, lambda ours: ours[1] != before)
         _converged(copy, token, target)
 
@@ -182,19 +165,12 @@ def test_changes_reach_the_target(demo_db: str, tmp_path: Path, target: Target) 
                                    job_function_id=engagement.job_function_id,
                                    is_primary=True, valid_from=datetime(2000, 1, 1)))
 
-        _write(copy, new_person)
+        copy.write(new_person)
         _shows(copy, token, lambda ours: len(ours[0]) == first_users + 1)
         _converged(copy, token, target)
         assert len(target.all("User")) == first_users + 1
 
-        def leaver(session) -> None:
-            now = utcnow()
-            for row in session.scalars(select(Engagement).where(
-                    Engagement.person_id == account.person_id)):
-                if row.valid_from <= now and (row.valid_to is None or row.valid_to > now):
-                    row.valid_to = now
-
-        _write(copy, leaver)
+        copy.write(ending_engagements(account.person_id))
         _shows(copy, token, lambda ours: ours[0][account.id][1] is False)
         _converged(copy, token, target)
         gone = next(u for u in target.all("User") if u["externalId"] == account.id)

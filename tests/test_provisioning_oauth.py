@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,10 @@ from store.models import Account, Person
 from tests.oauth_server import TokenEndpoint
 from tests.scim_target import Faults, Target
 from tests.serving import served_copy
-from tests.test_provisioning import _converged, _ours, _shows, _write
+from tests.test_provisioning import _converged, _ours, _shows
 
 SECRET = "s3cret:with/odd+chars"  # ':' and '+' must survive RFC 6749 §2.3.1 encoding
 SECRET_VAR = "IDMF_TEST_OAUTH_SECRET"
-
-
-@pytest.fixture
-def target() -> Iterator[Target]:
-    found = Target()
-    found.start()
-    try:
-        yield found
-    finally:
-        found.kill()
 
 
 def _config(url: str, token_url: str) -> str:
@@ -60,7 +49,7 @@ def _rename(copy, account_id: str, name: str) -> None:
     def change(session) -> None:
         session.get(Person, person_id).given_name = name
 
-    _write(copy, change)
+    copy.write(change)
 
 
 def test_oauth_target_converges_through_expiry_revocation_and_outage(
