@@ -138,6 +138,15 @@ class Console:
                                lang=g.session.get("l", "da"), **values)
         return Response(body, status=status, mimetype="text/html")
 
+    def message(self, status: int, key: str) -> Response:
+        """A page saying one thing (an error) with its status."""
+        return self.page("message.html", status, message=self.t(key))
+
+    def entry(self, view: ClientView, entry_id: str, kind: str) -> Any:
+        """The entry of ``kind`` with this id as the console sees it, or None."""
+        entry = view.get(entry_id)
+        return entry if entry is not None and entry.kind == kind else None
+
     def record(self, admin: Admin, operation: str, subjects: list[str]) -> None:
         """The access record of a page that shows persons (raises AuditUnavailable)."""
         from idm_facade.access.audit import AccessRecord
@@ -162,9 +171,9 @@ class Console:
                     return redirect(url_for("admin.login", ended=1 if g.get("ended") else None))
                 g.admin = admin
                 if request.method == "POST" and not self.check_csrf():
-                    return self.page("message.html", 400, message=self.t("bad_csrf"))
+                    return self.message(400, "bad_csrf")
                 if not admin.may(role):
-                    return self.page("message.html", 403, message=self.t("forbidden"))
+                    return self.message(403, "forbidden")
                 try:
                     return handler(admin, *args, **kwargs)
                 except AuditUnavailable:
@@ -192,7 +201,7 @@ def blueprint(facade: Facade) -> Blueprint:
         failed = False
         if request.method == "POST":
             if not console.check_csrf():
-                return console.page("message.html", 400, message=console.t("bad_csrf"))
+                return console.message(400, "bad_csrf")
             found = console.admins.login(request.form.get("name", ""),
                                          request.form.get("password", ""))
             if found is not None:

@@ -56,9 +56,9 @@ def register(bp: Blueprint, console: Console) -> None:
     @needs("viewer")
     def unit(admin: Admin, unit_id: str) -> Any:
         view = console.view()
-        entry = view.get(unit_id)
-        if entry is None or entry.kind != UNIT:
-            return console.page("message.html", 404, message=console.t("not_found"))
+        entry = console.entry(view, unit_id, UNIT)
+        if entry is None:
+            return console.message(404, "not_found")
         members = view.search(f.Eq("unit", entry.id), kinds=ACCOUNTS_ONLY)
         manager = view.get(str(view.first(entry, "managerId") or ""))
         shown = members + ([manager] if manager is not None else [])
@@ -89,7 +89,7 @@ def register(bp: Blueprint, console: Console) -> None:
         data = view.catalogue
         found = data.job_roles.get(role_id)
         if found is None:
-            return console.page("message.html", 404, message=console.t("not_found"))
+            return console.message(404, "not_found")
         holders = view.search(f.Eq("role", found.id), kinds=ACCOUNTS_ONLY)
         shown = holders[:HOLDERS_SHOWN]
         console.record(admin, "admin.role", view.subjects(shown))

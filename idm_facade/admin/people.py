@@ -49,16 +49,16 @@ def register(bp: Blueprint, console: Console) -> None:
     @needs("viewer")
     def account(admin: Admin, account_id: str) -> Any:
         view = console.view()
-        entry = view.get(account_id)
-        if entry is None or entry.kind != ACCOUNT:
-            return console.page("message.html", 404, message=console.t("not_found"))
+        entry = console.entry(view, account_id, ACCOUNT)
+        if entry is None:
+            return console.message(404, "not_found")
         at_text = request.args.get("at", "").strip()
         data = view.catalogue
         if at_text:
             try:
                 at = datetime.strptime(at_text, "%Y-%m-%d")
             except ValueError:
-                return console.page("message.html", 400, message=console.t("bad_date"))
+                return console.message(400, "bad_date")
             from idm_facade.directory.load import load
 
             data = load(facade.directory.engine, at)
@@ -98,7 +98,7 @@ def register(bp: Blueprint, console: Console) -> None:
             since = _day(args.get("since", ""))
             until = _day(args.get("until", ""))
         except ValueError:
-            return console.page("message.html", 400, message=console.t("bad_date"))
+            return console.message(400, "bad_date")
         records: list[Any] = []
         if subject or client:
             console.record(admin, "admin.audit", [subject] if subject else [])
