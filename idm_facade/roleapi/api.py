@@ -2,22 +2,22 @@
 
 Identity providers and IT systems ask this at login. Everything is answered from the current
 directory snapshot (one snapshot per request), in our own JSON shape and in the shapes
-OS2rollekatalog integrations already consume:
+OS2rollekatalog integrations already consume (docs/role-api.md lists every endpoint):
 
 - ``GET /api/roles/{username}[?system=ID]``: the account, its job-function roles and system
   roles grouped per IT system, each role with its provenance and validity;
-- ``GET /api/user/{userId}/roles?system=``: ``{nameID, oioBPP}``, the base64 OIOBPP
-  privilege list with org-unit and KLE constraint values computed for the account;
-- ``GET /api/user/{userId}/rolesAsList?system=``: ``{userRoles, systemRoles, dataRoles,
-  functionRoles, roleMap, nameID, disabled}``;
-- ``GET /api/user/{userId}/hasUserRole/{roleId}``: ``true`` / ``false``;
-- ``GET /api/itsystem/{identifier}/users?startIndex=&count=``: who holds a role in a system.
+- OS2rollekatalog's ``UserApi`` and ``ItSystemApi`` (here): ``/api/user/{userId}/roles``
+  (nameID, the base64 OIOBPP privilege list with computed constraint values, roleMap),
+  ``rolesAsList``, ``nameid``, ``hasUserRole`` and ``hasSystemRole`` (200 "Found role" /
+  404 "Did not find role"), ``/api/itsystem/all`` and ``/{id}/users``;
+- its ``ReadOnlyApi`` (:mod:`readonly`) and organisation read (:mod:`organisation`).
 
-``system`` matches an IT system's key or its type (``system=KOMBIT`` selects every KOMBIT
-system) case-insensitively and may repeat; a filter that matches nothing gives empty lists.
-Clients authenticate with a bearer token (``Authorization: Bearer ...``, or OS2rollekatalog's
-``ApiKey`` header); the account must be visible under the client's policy, otherwise it is
-reported unknown (404), like an account that does not exist. Every request writes exactly one
+``system`` matches an IT system's key, id or type (``system=KOMBIT`` selects every KOMBIT
+system) case-insensitively and may repeat; one that matches nothing is 404, as in
+OS2rollekatalog. Access-blocked systems are left out of every lookup. Clients authenticate
+with a bearer token (``Authorization: Bearer ...``, or OS2rollekatalog's ``ApiKey``
+header); the account must be visible under the client's policy, otherwise it is reported
+unknown (404), like an account that does not exist. Every request writes exactly one
 access-log record before the response leaves; if the log cannot be written the request fails
 with 500 and discloses nothing.
 
@@ -360,7 +360,7 @@ def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
     return body
 
 
-def _system(roles: RoleView, identifier: str) -> Any:
+def find_system(roles: RoleView, identifier: str) -> Any:
     """The IT system ``identifier`` names: its numeric or own id, else its identifier
     (case-insensitive)."""
     found = find_row(roles.data.it_systems, roles, identifier, identifier=False)
@@ -547,7 +547,7 @@ def _system_users(view: ClientView, roles: RoleView, system_id: str) -> tuple[An
     """The user ids of the active accounts holding a role in the system, a bare JSON array
     (ItSystemApi.getUsersForItSystem: disabled users skipped); the system by id or
     identifier."""
-    system = _system(roles, system_id)
+    system = find_system(roles, system_id)
     holders = [e for e in roles.holders(view, system.user_key)
                if view.first(e, "active") is not False]
     return [str(view.first(e, "userName")) for e in holders], view.subjects(holders)
@@ -556,7 +556,7 @@ def _system_users(view: ClientView, roles: RoleView, system_id: str) -> tuple[An
 def _system_holders(view: ClientView, roles: RoleView, system_id: str
                     ) -> tuple[Any, list[str]]:
     """Our paged extension of ``users``: each holder with names and the roles held."""
-    system = _system(roles, system_id)
+    system = find_system(roles, system_id)
     start = _int_arg("startIndex", 1, 1)
     count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
     holders = roles.holders(view, system.user_key)

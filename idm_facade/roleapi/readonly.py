@@ -28,6 +28,7 @@ from idm_facade.roleapi.api import (
     RoleView,
     find_account,
     find_row,
+    find_system,
     number,
 )
 from schemas.attributes import ACCOUNT, UNIT
@@ -137,17 +138,6 @@ def _holders_of(view: ClientView, roles: RoleView, role: Any) -> list[Entry]:
         return []
     return [e for e in roles.holders(view, system.user_key)
             if role.id in view.values(e, "role")]
-
-
-def _read_system(roles: RoleView, ref: str) -> Any:
-    """The IT system by identifier, then id (numeric or the facade's); 404 otherwise."""
-    folded = ref.casefold()
-    found = next((s for s in sorted(roles.data.it_systems.values(), key=lambda s: s.id)
-                  if s.user_key.casefold() == folded), None)
-    found = found or find_row(roles.data.it_systems, roles, ref, identifier=False)
-    if found is None:
-        raise ApiError(404, f"unknown IT system: {ref}")
-    return found
 
 
 # --------------------------------------------------------------------------- handlers
@@ -264,7 +254,7 @@ def system_assignments(view: ClientView, roles: RoleView, system: str
                        ) -> tuple[Any, list[str]]:
     """``GET /api/read/itsystem/{system}``: per role of the system that someone holds (only
     directly, unless ``indirectRoles``), a ``UserReadWrapperDTO``."""
-    found = _read_system(roles, system)
+    found = find_system(roles, system)
     indirect, with_description = flag("indirectRoles"), flag("withDescription")
     with_value_set = flag("withConstraintTypeValueSet")
     flag("includePostponedConstraints")  # accepted; postponed constraints are not modelled
@@ -300,7 +290,7 @@ def system_constraints(view: ClientView, roles: RoleView, system: str
     """``GET /api/read/itsystem/roleAssignmentsWithContraints/{system}``: per holder of a
     role in the system, the privilege groups the OIOBPP of a login to that system alone
     would carry (an access-blocked system: every holder with no assignments)."""
-    found = _read_system(roles, system)
+    found = find_system(roles, system)
     holders = roles.holders(view, found.user_key)
     keys = {found.user_key}
     systems = roles.open_systems(keys)
