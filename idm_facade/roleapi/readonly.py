@@ -267,8 +267,8 @@ def system_assignments(view: ClientView, roles: RoleView, system: str
         wrapper = _wrapper(view, roles, role, mine, indirect, with_description, with_value_set)
         if wrapper["assignments"]:
             wrappers.append(wrapper)
-            disclosed.extend(e for e in mine if any(
-                a["uuid"] == e.id for a in wrapper["assignments"]))
+            shown = {a["uuid"] for a in wrapper["assignments"]}
+            disclosed.extend(e for e in mine if e.id in shown)
     return wrappers, view.subjects(disclosed)
 
 
