@@ -85,8 +85,6 @@ class ConstraintIndex:
     kle: dict[str, dict[str, list[str]]]  # unit -> aspect -> KLE numbers
     subtrees: dict[str, tuple[str, ...]]  # filled lazily
     person_kle: dict[str, dict[str, list[str]]]  # person -> aspect -> KLE numbers
-    managed: dict[str, list[str]]  # person -> units managed or stood in for
-    functions: dict[str, list[str]]  # person -> units of their functions (associations)
 
 
 def _aspect(data: Any, class_id: str) -> str | None:
@@ -131,17 +129,7 @@ def build_index(data: Any) -> ConstraintIndex:
             continue
         if number_cls.user_key not in person_kle[row.person_id][aspect]:
             person_kle[row.person_id][aspect].append(number_cls.user_key)
-    managed: dict[str, list[str]] = defaultdict(list)
-    for mgr in data.managers.values():
-        if mgr.person_id:
-            managed[mgr.person_id].append(mgr.org_unit_id)
-    for sub in data.manager_substitutes.values():
-        managed[sub.person_id].append(sub.org_unit_id)
-    functions: dict[str, list[str]] = defaultdict(list)
-    for assoc in data.associations.values():
-        if assoc.person_id:
-            functions[assoc.person_id].append(assoc.org_unit_id)
-    index = ConstraintIndex(chains, dict(children), kle, {}, person_kle, managed, functions)
+    index = ConstraintIndex(chains, dict(children), kle, {}, person_kle)
     data.derived["constraints"] = index
     return index
 
@@ -289,10 +277,13 @@ def related_unit_values(data: Any, account_id: str, value_type: str, literal: st
     if value_type == "SELECTED_INHERITED":
         units = selected_units(index, literal or "")
         extended = False
-    elif value_type.endswith("_FROM_MANAGER_ROLE"):
-        units = index.managed.get(person, []) if person else []
+    elif not person:
+        units = []
+    elif value_type.endswith("_FROM_MANAGER_ROLE"):  # managed units, and stood in for
+        roles = role_calc.build_index(data)
+        units = [*roles.managed_units.get(person, ()), *roles.substitute_units.get(person, ())]
     else:
-        units = index.functions.get(person, []) if person else []
+        units = role_calc.associations_by_person(data).get(person, [])
     found: dict[str, None] = {}
     for unit in units:
         if unit not in data.units:

@@ -36,8 +36,7 @@ DERIVED_DEPENDS: dict[str, frozenset[str]] = {
     "kle_by_unit": frozenset({"kles"}),
     "managers_by_unit": frozenset({"managers"}),
     "associations_by_person": frozenset({"associations"}),
-    "constraints": frozenset({"units", "kles", "kle_aspects", "person_kles", "managers",
-                              "manager_substitutes", "associations"}),
+    "constraints": frozenset({"units", "kles", "kle_aspects", "person_kles"}),
 }
 
 #: The IT system whose accounts are the directory's people (SCIM Users / LDAP persons).
@@ -318,14 +317,7 @@ class EntryBuilder:
 
     def _associations_by_person(self) -> dict[str, list[str]]:
         """Units where each person holds an association (MED, TR, ...)."""
-        cached = self.data.derived.get("associations_by_person")
-        if cached is None:
-            cached = defaultdict(list)
-            for assoc in self.data.associations.values():
-                if assoc.person_id:
-                    cached[assoc.person_id].append(assoc.org_unit_id)
-            self.data.derived["associations_by_person"] = cached
-        return cached
+        return role_calc.associations_by_person(self.data)
 
     def _engagement_element(self, eng: Any) -> dict:
         unit = self.data.units.get(eng.org_unit_id)

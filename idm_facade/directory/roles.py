@@ -127,6 +127,19 @@ def build_index(data: Any) -> RoleIndex:
     return index
 
 
+def associations_by_person(data: Any) -> dict[str, list[str]]:
+    """Units where each person holds an association (MED, TR, ...; OS2rollekatalog's
+    functions), derived once per load."""
+    cached = data.derived.get("associations_by_person")
+    if cached is None:
+        cached = defaultdict(list)
+        for assoc in data.associations.values():
+            if assoc.person_id:
+                cached[assoc.person_id].append(assoc.org_unit_id)
+        data.derived["associations_by_person"] = cached
+    return cached
+
+
 def account_engagements(data: Any, index: RoleIndex, account: Any) -> list[Any]:
     """Engagements in effect the account is scoped to; all its person's when none are named."""
     scoped = data.account_engagements.get(account.id)
