@@ -124,6 +124,9 @@ class StoreCopy:
     def base(self) -> str:
         return str(self.registry.base)
 
+    def bind_dn(self, name: str) -> str:
+        return str(self.registry.bind_dn_of(name))
+
     def write(self, change: Callable[[Any], None]) -> None:
         """Change the copy's store in one transaction (with the change log, as every write)."""
         from store.engine import make_engine, write_session
@@ -149,9 +152,6 @@ def ending_engagements(person_id: str) -> Callable[[Any], None]:
             if row.valid_from <= now and (row.valid_to is None or row.valid_to > now):
                 row.valid_to = now
     return change
-
-    def bind_dn(self, name: str) -> str:
-        return str(self.registry.bind_dn_of(name))
 
 
 @contextmanager
