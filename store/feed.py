@@ -87,10 +87,15 @@ def head(conn: Any, feed: str) -> Head:
     return Head(int(row.last), int(row.pruned)) if row is not None else Head()
 
 
-def recorded(conn: Any, feed: str) -> dict[str, Any]:
-    """What the feed last told of each entry it shows: {entry_id: row(kind, digest)}."""
-    return {r.entry_id: r for r in conn.execute(
-        select(feed_state).where(feed_state.c.feed == feed))}
+def recorded(conn: Any, feed: str, ids: set[str] | None = None) -> dict[str, Any]:
+    """What the feed last told of each entry it shows, or of ``ids`` only:
+    {entry_id: row(kind, digest)}."""
+    query = select(feed_state).where(feed_state.c.feed == feed)
+    if ids is None:
+        return {r.entry_id: r for r in conn.execute(query)}
+    wanted = sorted(ids)
+    return {r.entry_id: r for i in range(0, len(wanted), 500)
+            for r in conn.execute(query.where(feed_state.c.entry_id.in_(wanted[i:i + 500])))}
 
 
 def reader_changed(conn: Any, feed: str, reader: str) -> bool:

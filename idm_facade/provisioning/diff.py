@@ -56,3 +56,24 @@ def changes(want: Mapping[str, Wanted], held: Mapping[str, Held], leaver: str
             continue
         out.append(Change(entry_id, had.kind, action, None, True))
     return out
+
+
+def touched(want: Mapping[str, Wanted], last: Mapping[str, Wanted] | None,
+            dirty: set[str]) -> set[str] | None:
+    """The entries a plan must compare with what the consumer holds: those whose wanted
+    body is not the very object the last plan wanted (:class:`desired.Wants` keeps the
+    objects of unchanged entries), those no longer wanted, and ``dirty`` ones; None (every
+    entry) when there was no last plan to go by."""
+    if last is None:
+        return None
+    out = {entry_id for entry_id, item in want.items() if last.get(entry_id) is not item}
+    out.update(entry_id for entry_id in last if entry_id not in want)
+    out.update(dirty)
+    return out
+
+
+def only(want: Mapping[str, Wanted], ids: set[str] | None) -> Mapping[str, Wanted]:
+    """``want`` cut to ``ids`` (all of it for None), in ``want``'s order."""
+    if ids is None:
+        return want
+    return {entry_id: item for entry_id, item in want.items() if entry_id in ids}

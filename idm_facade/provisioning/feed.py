@@ -1,5 +1,5 @@
 """Filling the change feeds of ``[[provisioning.feed]]``: after every new snapshot, what the
-feed's client reads (:func:`desired.readable`, under its policy) is compared with what the
+feed's client reads (:func:`desired.read`, under its policy) is compared with what the
 feed last recorded for it, by the same diff as a push target's outbox (:mod:`diff`), and each
 difference is appended to the feed as one event: ``create``, ``replace`` or ``delete``.
 
@@ -48,6 +48,9 @@ class FeedPlanner:
         self.planned_snapshot: Any = None
         self.planned_policy: Policy | None = None
         self._warned = False
+        self._wants = desired.read()
+        #: What the last committed plan wanted (None: compare everything next time).
+        self._last: dict[str, desired.Wanted] | None = None
         outbox.create(engine)  # the lease table
         feed_store.create(engine)
 
@@ -81,17 +84,21 @@ class FeedPlanner:
             return 0
         self._warned = False
         view = ClientView.of(snapshot, policy)
-        want = desired.readable(view, self.feed.filter, self.feed.groups)
+        want = self._wants.of(view, desired.users_filter(self.feed.filter), self.feed.groups)
+        last = self._last if policy == self.planned_policy else None
+        self._last = None  # until this plan is committed
+        touched = diff.touched(want, last, set())
         name = self.feed.name
         with self.engine.begin() as conn:
             if feed_store.reader_changed(conn, name, f"{self.feed.client}:{policy.fingerprint}"):
                 log.warning("feed %s: the client or its policy changed; the events kept so "
                             "far were dropped (a reader at an older cursor is told to read "
                             "everything again)", name)
+                touched = None
             held = {entry_id: diff.Held(row.kind, row.digest)
-                    for entry_id, row in feed_store.recorded(conn, name).items()}
+                    for entry_id, row in feed_store.recorded(conn, name, touched).items()}
             events: list[dict[str, Any]] = []
-            for change in diff.changes(want, held, leaver="delete"):
+            for change in diff.changes(diff.only(want, touched), held, leaver="delete"):
                 item = change.item
                 if item is None:
                     events.append({"type": "delete", "kind": change.kind,
@@ -106,7 +113,13 @@ class FeedPlanner:
             feed_store.append(conn, name, events, utcnow())
         self.planned_snapshot = snapshot
         self.planned_policy = policy
+        self._last = want
         return len(events)
+
+    def forget(self) -> None:
+        """Compare everything at the next plan: another process may have filled the feed
+        while it held the lease."""
+        self._last = None
 
     def prune(self) -> int:
         """Remove events older than the feed's retention."""
@@ -137,6 +150,7 @@ class FeedWorker(threading.Thread):
             try:
                 if not take_lease(p.engine, p.feed.lease_name,
                                   seconds=max(15.0, self.interval * 8)):
+                    p.forget()
                     self.stopping.wait(self.interval * 4)  # another process fills it
                     continue
                 now = time.monotonic()

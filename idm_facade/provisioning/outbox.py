@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,6 +91,19 @@ def take_lease(engine: Any, name: str, seconds: float = 15.0) -> bool:
         return False  # another process inserted it first
 
 
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """``ids`` in pieces small enough for one ``IN (...)`` (SQLite's parameter limit)."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _rows(conn: Any, table: Any, target: str, ids: set[str] | None) -> list[Any]:
+    """The target's rows of ``table``: all of them, or those of ``ids``."""
+    if ids is None:
+        return list(conn.execute(select(table).where(table.c.target == target)))
+    return [row for chunk in _chunks(sorted(ids)) for row in conn.execute(
+        select(table).where(table.c.target == target, table.c.entry_id.in_(chunk)))]
+
+
 class Provisioner:
     """Plans and sends one target's deliveries."""
 
@@ -101,6 +114,11 @@ class Provisioner:
         self.client = ScimClient(target)
         self.planned_snapshot: Any = None
         self.last_error: str | None = None
+        self._wants = desired.pushed()
+        #: What the last committed plan wanted (None: compare everything next time).
+        self._last: dict[str, desired.Wanted] | None = None
+        #: Entries sent without some references resolved, to be planned again.
+        self._dirty: set[str] = set()
         outbox.create(engine)
 
     def close(self) -> None:
@@ -108,8 +126,11 @@ class Provisioner:
 
     def lease(self, seconds: float = 15.0) -> bool:
         """Take or renew this process's lease on the target; False while another replica
-        or worker holds it."""
-        return take_lease(self.engine, self.target.name, seconds)
+        or worker holds it (which may change the target's records meanwhile)."""
+        if take_lease(self.engine, self.target.name, seconds):
+            return True
+        self.forget()
+        return False
 
     def release(self) -> None:
         """Give the lease up (a CLI sync that is done)."""
@@ -125,22 +146,33 @@ class Provisioner:
 
     def plan(self, snapshot: Any | None = None) -> int:
         """Queue the differences between what the target should hold and what it holds;
-        returns how many deliveries were queued."""
+        returns how many deliveries were queued.
+
+        Only entries whose body changed since the last plan (or that came or went, or were
+        sent incomplete) are compared with the store's record of the target: the others
+        were settled by that plan (queued, or already held) and only this provisioner's
+        sends have changed their records since. The first plan, and the first after the
+        records may have been changed elsewhere (a reconcile, another process holding the
+        lease for a while), compares everything."""
         snapshot = snapshot if snapshot is not None else self.facade.directory.snapshot
-        want = desired.wanted(self.view(snapshot), self.target)
+        want = self.wanted(snapshot)
+        last, dirty = self._last, self._dirty
+        self._last, self._dirty = None, set()  # until this plan is committed
+        touched = diff.touched(want, last, dirty)
         name, now = self.target.name, utcnow()
         queued = 0
         with self.engine.begin() as conn:
-            held = {r.entry_id: diff.Held(r.kind, r.digest, r.state) for r in conn.execute(
-                select(outbox_state).where(outbox_state.c.target == name))}
-            pending = {r.entry_id: r for r in conn.execute(
-                select(outbox_item).where(outbox_item.c.target == name))}
-            planned = diff.changes(want, held, self.target.leaver)
+            held = {r.entry_id: diff.Held(r.kind, r.digest, r.state)
+                    for r in _rows(conn, outbox_state, name, touched)}
+            pending = {r.entry_id: r for r in _rows(conn, outbox_item, name, touched)}
+            planned = diff.changes(diff.only(want, touched), held, self.target.leaver)
             changed = {c.entry_id for c in planned}
-            for entry_id in pending.keys() & (want.keys() - changed):
+            settled = [entry_id for entry_id in pending.keys() & (want.keys() - changed)]
+            for chunk in _chunks(settled):
                 # changed and changed back before it was sent
                 conn.execute(delete(outbox_item).where(
-                    outbox_item.c.target == name, outbox_item.c.entry_id == entry_id))
+                    outbox_item.c.target == name, outbox_item.c.entry_id.in_(chunk)))
+            new: list[dict] = []
             for change in planned:
                 waiting = pending.get(change.entry_id)
                 item = change.item
@@ -148,19 +180,34 @@ class Provisioner:
                 if waiting is not None and waiting.action == change.action \
                         and waiting.digest == digest:
                     continue
-                self._queue(conn, change.entry_id, change.kind, change.action,
-                            item.body if item is not None else None, digest,
-                            list(item.subjects) if item is not None else [], now)
+                values = {"kind": change.kind, "action": change.action,
+                          "body": item.body if item is not None else None, "digest": digest,
+                          "subjects": list(item.subjects) if item is not None else [],
+                          "queued": now, "attempts": 0, "next_attempt": now,
+                          "last_error": None}
+                if waiting is None:
+                    new.append({"target": name, "entry_id": change.entry_id, **values})
+                else:
+                    conn.execute(update(outbox_item).where(
+                        outbox_item.c.target == name,
+                        outbox_item.c.entry_id == change.entry_id).values(**values))
                 queued += 1
+            if new:
+                conn.execute(outbox_item.insert(), new)
         self.planned_snapshot = snapshot
+        self._last = want
         return queued
 
-    def _queue(self, conn: Any, entry_id: str, kind: str, action: str, body: dict | None,
-               digest: str, subjects: list[str], now: datetime) -> None:
-        _upsert(conn, outbox_item, {"target": self.target.name, "entry_id": entry_id},
-                {"kind": kind, "action": action, "body": body, "digest": digest,
-                 "subjects": subjects, "queued": now, "attempts": 0, "next_attempt": now,
-                 "last_error": None})
+    def wanted(self, snapshot: Any | None = None) -> dict[str, desired.Wanted]:
+        """Everything the target should hold (:class:`desired.Wants`), users first."""
+        snapshot = snapshot if snapshot is not None else self.facade.directory.snapshot
+        return self._wants.of(self.view(snapshot), desired.users_filter(self.target.filter),
+                              self.target.groups)
+
+    def forget(self) -> None:
+        """Compare everything at the next plan: the target's records may have been changed
+        by someone else (a reconcile, another process that held the lease)."""
+        self._last = None
 
     # ------------------------------------------------------------------ send
 
@@ -266,6 +313,8 @@ class Provisioner:
                      "digest": row.digest if complete else INCOMPLETE, "state": "present",
                      "sent": utcnow()})
             self._done(conn, row)
+        if not complete:
+            self._dirty.add(row.entry_id)
 
     def put(self, kind: str, entry_id: str, known: str | None, body: dict) -> str:
         """Replace the resource at the target, creating it when it is not there."""

@@ -21,7 +21,7 @@ from idm_facade.directory.policy import ALL
 from idm_facade.directory.view import ClientView
 from idm_facade.provisioning import desired
 from idm_facade.provisioning.desired import GROUP, USER
-from idm_facade.provisioning.outbox import Provisioner, _upsert
+from idm_facade.provisioning.outbox import INCOMPLETE, Provisioner, _upsert
 from store.outbox import outbox_item, outbox_state
 from store.validity import utcnow
 
@@ -64,7 +64,7 @@ def covers(have: Any, want: Any) -> bool:
 def reconcile(provisioner: Provisioner, dry_run: bool = False) -> Differences:
     """Compare the target with what it should hold and, unless ``dry_run``, make it so."""
     target, client = provisioner.target, provisioner.client
-    want = desired.wanted(provisioner.view(provisioner.facade.directory.snapshot), target)
+    want = provisioner.wanted()
     found = Differences()
     remote: dict[str, str] = {}  # facade id -> target id
     held: dict[str, dict] = {}
@@ -104,7 +104,7 @@ def reconcile(provisioner: Provisioner, dry_run: bool = False) -> Differences:
         with provisioner.engine.begin() as conn:
             _upsert(conn, outbox_state, {"target": target.name, "entry_id": entry_id},
                     {"kind": item.kind, "remote_id": remote[entry_id],
-                     "digest": item.digest if complete else "incomplete",
+                     "digest": item.digest if complete else INCOMPLETE,
                      "state": "present", "sent": now})
     if not dry_run:
         with provisioner.engine.begin() as conn:
@@ -116,6 +116,7 @@ def reconcile(provisioner: Provisioner, dry_run: bool = False) -> Differences:
                         outbox_state.c.target == target.name,
                         outbox_state.c.entry_id == row.entry_id))
             conn.execute(delete(outbox_item).where(outbox_item.c.target == target.name))
+        provisioner.forget()  # the records were rewritten here: compare them all
         provisioner.plan()  # whatever is still incomplete goes out with the next send
     return found
 
