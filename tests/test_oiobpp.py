@@ -434,3 +434,29 @@ def test_postponed_values_expanded_per_system_role(built) -> None:
     assert len(fixed) == 1
     assert sorted(c for c in by_privilege[sr(1)] if c not in fixed) == sorted(
         [(), (), ((ORG, "other-1"),), ((ORG, "v-1"),)])
+
+
+def test_postponed_unit_values_name_only_visible_units(built) -> None:
+    """A postponed org-unit value is unit ids (OS2rollekatalog's UI stores the chosen units'
+    UUIDs); a client limited to part of the organisation is told only the units it may see,
+    as with every computed org-unit value (#19). KLE values are not units: kept whole."""
+    o = built
+    b = o.b
+    role = b.job_role("Udskudt enhed", identifier="sag-udskudt-enhed", allow_postponing=True)
+    sr_org = b._add(m.SystemRole(it_system_id=b.kombit, name="Org", identifier="sr-org"))
+    sr_kle = b._add(m.SystemRole(it_system_id=b.kombit, name="Kle", identifier="sr-kle"))
+    for system_role, ctype in ((sr_org, ORG), (sr_kle, KLE)):
+        b._add(m.JobRoleSystemRole(job_role_id=role, system_role_id=system_role,
+                                   constraint_type=ctype, constraint_value_type="POSTPONED"))
+    assignment = b.assign_account(o.zack, role)
+    b._add(m.PostponedConstraint(assignment_id=assignment, system_role_id=sr_org,
+                                 constraint_type=ORG, value=f"{o.a1},{o.z1}"))
+    b._add(m.PostponedConstraint(assignment_id=assignment, system_role_id=sr_kle,
+                                 constraint_type=KLE, value="01.02.03,04.05"))
+    data, grants = _zack_grants(o)
+    kombit = [data.it_systems[b.kombit]]
+    every = oiobpp.privilege_groups(data, o.zack, grants, systems=kombit).groups
+    part = oiobpp.privilege_groups(data, o.zack, grants, frozenset({o.z, o.z1}),
+                                   systems=kombit).groups
+    assert sorted(v for _, v in every[0].constraints) == ["01.02.03,04.05", f"{o.a1},{o.z1}"]
+    assert sorted(v for _, v in part[0].constraints) == ["01.02.03,04.05", o.z1]

@@ -316,20 +316,24 @@ def selected_units(index: ConstraintIndex, value: str) -> list[str]:
 POSTPONED = "POSTPONED"
 
 
-def postponed_text(value: str) -> str:
+def postponed_text(value: str, constraint_type: str, visible: Visible = None) -> str:
     """A stored postponed value as OS2rollekatalog hands it out: split at commas when the
     current assignments are computed (``CurrentAssignmentMapper``) and joined again with
-    commas, which drops trailing empty parts as Java's ``split`` does."""
-    return value.rstrip(",")
+    commas, which drops trailing empty parts as Java's ``split`` does. An org-unit value
+    names only ``visible`` units when given, like every computed org-unit value here."""
+    value = value.rstrip(",")
+    if visible is None or constraint_type not in ORG_UNIT_TYPES:
+        return value
+    return ",".join(unit for unit in value.split(",") if unit in visible)
 
 
-def postponed_value(postponed: Iterable[Any], system_role_id: str, constraint_type: str
-                    ) -> str:
+def postponed_value(postponed: Iterable[Any], system_role_id: str, constraint_type: str,
+                    visible: Visible = None) -> str:
     """The value an assignment gives a POSTPONED constraint of one system role
     (``UserService.generateOIOBPPPrivileges``: the values of every postponed row of the
     assignment with that constraint type and system role, appended). Empty when the
     assignment gives none."""
-    return "".join(postponed_text(row.value) for row in postponed
+    return "".join(postponed_text(row.value, constraint_type, visible) for row in postponed
                    if row.system_role_id == system_role_id
                    and row.constraint_type == constraint_type)
 
@@ -349,8 +353,8 @@ def system_role_constraints(data: Any, account_id: str, job_role_id: str,
             continue
         pairs: list[tuple[str, str]] = []
         if link.constraint_value_type == POSTPONED:
-            value = (postponed_value(postponed, link.system_role_id, link.constraint_type)
-                     if link.constraint_type else None)
+            value = (postponed_value(postponed, link.system_role_id, link.constraint_type,
+                                     visible) if link.constraint_type else None)
         else:
             value = constraint_value(data, account_id, link.constraint_type,
                                      link.constraint_value_type, link.constraint_value, visible)

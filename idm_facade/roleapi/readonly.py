@@ -95,15 +95,17 @@ def _user(view: ClientView, entry: Entry, through: str, postponed: list[dict]) -
             "assignedThrough": [through], "postponedConstraints": postponed}
 
 
-def _postponed(roles: RoleView, role: Any, grant: dict) -> list[dict]:
+def _postponed(view: ClientView, roles: RoleView, role: Any, grant: dict) -> list[dict]:
     """``PostponedConstraintReadDTO`` of the grant's postponed values: only a direct
     assignment of the role carries them (``CurrentAssignmentMapper``); ``systemRoleId`` is
     the user role's number, as ``ReadOnlyApi.getUsersWithUserRole`` passes
-    ``userRole.getId()``."""
+    ``userRole.getId()``. Org-unit values name only the units the client may see."""
     if not _is_direct(grant):
         return []
+    visible = view.unit_ids()
     return [{"type": _TYPE_NAMES.get(row.constraint_type, row.constraint_type),
-             "systemRoleId": number(role.id), "value": cons.postponed_text(row.value)}
+             "systemRoleId": number(role.id),
+             "value": cons.postponed_text(row.value, row.constraint_type, visible)}
             for row in roles.data.postponed_constraints.get(str(grant.get("assignment")), ())]
 
 
@@ -143,8 +145,8 @@ def _wrapper(view: ClientView, roles: RoleView, role: Any, holders: list[Entry],
         for grant in view.complex(entry, "roles"):
             if grant.get("value") != role.id or not (indirect or _is_direct(grant)):
                 continue
-            assignments.append(_user(view, entry, assigned_through(grant),
-                                     _postponed(roles, role, grant) if with_postponed else []))
+            postponed = _postponed(view, roles, role, grant) if with_postponed else []
+            assignments.append(_user(view, entry, assigned_through(grant), postponed))
     return {"roleId": number(role.id), "roleIdentifier": role.identifier,
             "roleName": role.name,
             "roleDescription": role.description if with_description else None,
