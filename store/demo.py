@@ -335,7 +335,7 @@ class _Builder:
                     "engagements", "associations", "managers", "leaves", "it_systems",
                     "accounts", "addresses", "kles", "system_roles", "job_roles", "role_groups",
                     "account_role_assignments", "unit_role_assignments", "person_kles",
-                    "manager_substitutes"):
+                    "manager_substitutes", "postponed_constraints"):
             self.doc[key] = []
         self.cls: dict[str, dict[str, str]] = {}  # facet -> class user_key -> id
         self.title_ids: dict[str, str] = {}  # title name -> class id
@@ -1074,7 +1074,8 @@ class _Builder:
         """What OS2rollekatalog adds beyond the basic catalogue, each at least once: KOMBIT
         constraint identifiers (as if imported; a few links left without, so the made-up
         fallback shows), the other value types, person KLE, manager substitutes, a delegated
-        role and an access-blocked IT system. Runs last, so everything before it is the same
+        role, an access-blocked IT system, a role with postponed constraints and weighted
+        system roles (:meth:`postponed_role`). Runs last, so everything before it is the same
         as without it."""
         rng = self.rng
         aspects = self.cls["kle_aspect"]
@@ -1152,6 +1153,52 @@ class _Builder:
                     "id": self.uid(), "account_id": account["id"],
                     "job_role_id": blocked_role["id"], "role_group_id": None,
                     "valid_from": account["valid_from"], "valid_to": None})
+        self.postponed_role(kombit, ad_accounts)
+
+    def postponed_role(self, kombit: dict[str, Any], ad_accounts: list[dict[str, Any]]) -> None:
+        """A KOMBIT role whose org-unit and KLE constraints are POSTPONED (given per
+        assignment, OS2rollekatalog's ``allowPostponing``), assigned directly to a few
+        accounts with their own values: one account holds it twice with different values
+        (two privilege groups), one without a KLE value (that constraint is left out). The
+        system role carrying the org-unit constraint weighs 2, so in ``rolesAsList`` it
+        outranks the system's other system roles for whoever holds it."""
+        rng = self.rng
+        own = [r for r in self.doc["system_roles"] if r["it_system_id"] == kombit["id"]]
+        writer, reader = own[0], own[1]
+        writer["weight"] = 2
+        role = {
+            "id": self.uid(), "it_system_id": kombit["id"],
+            "identifier": f"{_slug(kombit['user_key'])}-udskudt-afgraensning",
+            "name": f"{kombit['name']} - udskudt afgrænsning",
+            "description": "Afgrænsningen angives ved tildelingen", "sensitive": False,
+            "allow_postponing": True, "valid_from": self.at(self.origin_day),
+            "valid_to": None, "system_roles": []}
+        for number, (system_role, ctype) in enumerate(((writer, ORG_CONSTRAINT),
+                                                       (reader, KLE_CONSTRAINT))):
+            role["system_roles"].append({
+                "id": self.uid(), "system_role_id": system_role["id"],
+                "constraint_type": ctype, "constraint_value_type": "POSTPONED",
+                "constraint_value": None,
+                "constraint_identifier": (f"http://{KOMBIT_DOMAIN}/id-{3000 + number}-"
+                                          f"{4000 + number}-{number + 1}/1/parametric")})
+        self.doc["job_roles"].append(role)
+        units = [u.id for u in self.units if u is not self.root]
+        codes = sorted(code for code in self.cls["kle_number"] if len(code) == 8)
+        holders = rng.sample([a for a in ad_accounts if a["valid_from"] <= self.at(0)],
+                             min(4, len(ad_accounts)))
+        for number, account in enumerate([*holders, holders[0]]):
+            assignment = {"id": self.uid(), "account_id": account["id"],
+                          "job_role_id": role["id"], "role_group_id": None,
+                          "valid_from": account["valid_from"], "valid_to": None}
+            self.doc["account_role_assignments"].append(assignment)
+            values = [(writer, ORG_CONSTRAINT, ",".join(sorted(rng.sample(units, 2))))]
+            if number != 1:
+                values.append((reader, KLE_CONSTRAINT, ",".join(sorted(rng.sample(codes, 2)))))
+            for system_role, ctype, value in values:
+                self.doc["postponed_constraints"].append({
+                    "id": self.uid(), "assignment_id": assignment["id"],
+                    "system_role_id": system_role["id"], "constraint_type": ctype,
+                    "value": value})
 
 
 def generate(size: str, seed: int = 1, reference: datetime | None = None,

@@ -465,6 +465,7 @@ class _Validator:
                 if (row.get("job_role_id") is None) == (row.get("role_group_id") is None):
                     self.problem(f"{table}[id={row['id']}]", "job_role_id",
                                  "exactly one of job_role_id and role_group_id must be set")
+        self.postponed(loaded)
         for row in rows.get("unit_role_assignments", []):
             if row.get("title_mode") not in TITLE_MODES:
                 self.problem(f"unit_role_assignments[id={row['id']}]", "title_mode",
@@ -477,6 +478,34 @@ class _Validator:
                     self.problem(f"persons[id={row['id']}]", "cpr", f"not a valid CPR: {reason}")
         for table in ("org_units", "classes"):
             self.acyclic(table, rows.get(table, []))
+
+    def postponed(self, loaded: Loaded) -> None:
+        """A postponed value fills in a POSTPONED constraint of the role it is assigned with
+        (``RoleAssignmentApiV2.assignUserRoleToUser`` refuses a constraint type the role does
+        not postpone, and ``PostponedConstraintService.isValidConstraint`` an empty value);
+        only direct assignments of a role carry them, once per system role and type."""
+        assignments = {row["id"]: row for row in loaded.rows.get("account_role_assignments", [])}
+        postponable = {(link.get(EMBEDDED_OWNER), link.get("system_role_id"),
+                        link.get("constraint_type"))
+                       for link in loaded.embedded
+                       if link.get("constraint_value_type") == "POSTPONED"}
+        for row in loaded.rows.get("postponed_constraints", []):
+            where = f"postponed_constraints[id={row['id']}]"
+            if not row.get("value"):
+                self.problem(where, "value", "must not be empty")
+            assignment = assignments.get(row.get("assignment_id"))
+            if assignment is None:
+                continue  # reported as a dangling reference
+            role = assignment.get("job_role_id")
+            if role is None:
+                self.problem(where, "assignment_id", "a role group assignment carries no "
+                             "postponed constraint values")
+            elif (role, row.get("system_role_id"), row.get("constraint_type")) \
+                    not in postponable:
+                self.problem(where, "constraint_type", "the assigned role has no POSTPONED "
+                             "constraint of this type on this system role")
+        self.unique("postponed_constraints", ("assignment_id", "system_role_id",
+                                              "constraint_type"))
 
     def unique(self, table: str, columns: tuple[str, ...], shown: str | None = None,
                note: str = "") -> None:

@@ -330,6 +330,10 @@ class SystemRole(Validity, Base):
     description: Mapped[str | None] = mapped_column(Text)
     #: BOTH, DATA_ROLE or FUNCTION_ROLE.
     role_type: Mapped[str] = mapped_column(String(20), default="BOTH")
+    #: OS2rollekatalog's ``weight`` (at least 1, default 1): among the system roles one
+    #: account holds in one IT system, only those of the highest weight are effective
+    #: (``SystemRoleService.filterByWeight``), so a system can rank "read" below "write".
+    weight: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class JobRoleSystemRole(Base):
@@ -363,6 +367,10 @@ class JobRole(Validity, Base):
     #: A role delegated by another municipality (OS2rollekatalog's ``delegatedFromCvr``): its
     #: privilege is scoped to that CVR and carries no computed constraints.
     delegated_from_cvr: Mapped[str | None] = mapped_column(String(8))
+    #: OS2rollekatalog's ``allowPostponing``: the role's POSTPONED constraints take their
+    #: value per assignment (:class:`PostponedConstraint`), so each assignment of it is its
+    #: own OIOBPP privilege group instead of one per role.
+    allow_postponing: Mapped[bool] = mapped_column(Boolean, default=False)
     system_roles: Mapped[list[JobRoleSystemRole]] = relationship(cascade="all, delete-orphan")
 
 
@@ -398,6 +406,30 @@ class AccountRoleAssignment(Validity, Base):
         CheckConstraint(
             "(job_role_id IS NULL) <> (role_group_id IS NULL)", name="ck_account_assignment_one"
         ),
+    )
+
+
+class PostponedConstraint(Base):
+    """The value of a POSTPONED constraint for one direct role assignment.
+
+    A system-role link whose ``constraint_value_type`` is ``POSTPONED`` has no value of its
+    own: the value is given when the role is assigned to an account (OS2rollekatalog's
+    ``PostponedConstraint`` on a ``UserUserRoleAssignment``; assignments through units and
+    role groups carry none there either). ``value`` is comma-separated, as there. Owned by
+    the assignment, so it has no validity of its own: it is in effect while the assignment is.
+    """
+
+    __tablename__ = "postponed_constraint"
+    id: Mapped[str] = _id()
+    assignment_id: Mapped[str] = _fk("account_role_assignment.id", ondelete="CASCADE")
+    system_role_id: Mapped[str] = _fk("system_role.id")
+    #: Constraint type entity id, as on the system-role link it fills in.
+    constraint_type: Mapped[str] = mapped_column(String(300))
+    value: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_postponed_constraint_one", "assignment_id", "system_role_id",
+              "constraint_type", unique=True),
     )
 
 
@@ -505,4 +537,5 @@ FACT_MODELS: dict[str, type[Base]] = {
     "role_groups": RoleGroup,
     "account_role_assignments": AccountRoleAssignment,
     "unit_role_assignments": UnitRoleAssignment,
+    "postponed_constraints": PostponedConstraint,
 }

@@ -196,6 +196,25 @@ def _within(s, unit_id: str, ancestor: str) -> bool:  # noqa: ANN001
     return False
 
 
+def _postpone_value(s) -> None:  # noqa: ANN001
+    """A direct assignment of a role gets a value for a POSTPONED constraint (the role
+    API reads it per request; no entry shows it)."""
+    assignment = _first(s, m.AccountRoleAssignment, m.AccountRoleAssignment.job_role_id.isnot(
+        None), m.AccountRoleAssignment.id.not_in(select(m.PostponedConstraint.assignment_id)))
+    link = _first(s, m.JobRoleSystemRole)
+    s.add(m.PostponedConstraint(assignment_id=assignment.id,
+                                system_role_id=link.system_role_id,
+                                constraint_type="http://sts.kombit.dk/constraints/orgenhed/1",
+                                value="a,b"))
+
+
+def _withdraw_postponed_assignment(s) -> None:  # noqa: ANN001
+    """An assignment carrying postponed values is deleted; the database deletes its values
+    with it (no change-log entry of their own)."""
+    s.delete(_first(s, m.AccountRoleAssignment, m.AccountRoleAssignment.id.in_(
+        select(m.PostponedConstraint.assignment_id))))
+
+
 WRITES: dict[str, Callable] = {
     "rename person": _rename_person, "move engagement": _move_engagement,
     "add address": _add_address, "vacate manager": _vacate_manager,
@@ -207,6 +226,8 @@ WRITES: dict[str, Callable] = {
     "constrain system role": _constrain_system_role, "end job role": _end_job_role,
     "manager of two units": _manager_of_two,
     "end two-unit manager's account": _end_two_unit_managers_account,
+    "postpone a constraint value": _postpone_value,
+    "withdraw an assignment with postponed values": _withdraw_postponed_assignment,
 }
 
 
@@ -252,6 +273,8 @@ def test_incremental_equals_full_build(store_copy: str) -> None:
         assert directory.snapshot.drift or name in NO_DRIFT, name  # patched, not rebuilt
         assert directory.snapshot.data.job_role_system_roles == \
             full.data.job_role_system_roles
+        assert directory.snapshot.data.postponed_constraints == \
+            full.data.postponed_constraints, name
         hits = directory.snapshot.search(f.TRUE, kinds=ALL_KINDS, policy=TRUSTED)
         assert [e.id for e in hits] == [e.id for e in full.search(
             f.TRUE, kinds=ALL_KINDS, policy=TRUSTED)]

@@ -98,6 +98,9 @@ def without_outside(doc: dict, top: str, at: datetime) -> dict:
     kept_accounts = {a["id"] for a in accounts}
     doc["account_role_assignments"] = [r for r in doc["account_role_assignments"]
                                        if r["account_id"] in kept_accounts]
+    kept_assignments = {r["id"] for r in doc["account_role_assignments"]}
+    doc["postponed_constraints"] = [r for r in doc.get("postponed_constraints", ())
+                                    if r["assignment_id"] in kept_assignments]
     addresses = []
     for address in doc["addresses"]:
         # a deleted owner leaves the address to its other owners (a person's phone at a

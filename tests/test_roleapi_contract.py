@@ -378,6 +378,121 @@ def test_read_role_assignments_with_constraints(contract: Contract) -> None:
     assert values and all(set(v) == {"constraintType", "constraintValues"} for v in values)
 
 
+# --------------------------------------------------------------------------- postponed, weight
+
+
+@dataclass
+class Postponing:
+    """The demo's role that allows postponing, its IT system and its direct assignments
+    with their postponed constraint values."""
+
+    role: Any
+    system: Any
+    assignments: dict[str, list[Any]]  # account id -> its assignments' ids
+
+    def values(self, contract: Contract, assignment: str) -> list[Any]:
+        return list(contract.data.postponed_constraints.get(assignment, ()))
+
+
+def _postponing(contract: Contract) -> Postponing:
+    (role,) = [r for r in contract.data.job_roles.values() if r.allow_postponing]
+    assignments: dict[str, list[str]] = {}
+    for row in sorted(contract.data.account_assignments.values(), key=lambda a: a.id):
+        if row.job_role_id == role.id and contract.snapshot.get(row.account_id) is not None:
+            assignments.setdefault(row.account_id, []).append(row.id)
+    assert assignments
+    return Postponing(role, contract.data.it_systems[role.it_system_id], assignments)
+
+
+def test_login_with_postponed_constraints(contract: Contract) -> None:
+    """service/UserService.java generateOIOBPPPrivileges, ``case POSTPONED``: each POSTPONED
+    constraint takes the value of the direct assignment (dao/model/PostponedConstraint.java,
+    matched by constraint type and system role), and a role that allows postponing
+    (dao/model/UserRole.java ``allowPostponing``) is one privilege group per assignment, so
+    an account holding it twice logs in with both value sets; a constraint the assignment
+    gives no value is left out."""
+    found = _postponing(contract)
+    account, assigned = max(found.assignments.items(), key=lambda item: len(item[1]))
+    assert len(assigned) == 2
+    user = contract.snapshot.get(account).first("userName")
+    body = contract.get(f"/user/{user}/roles", params={"system": found.system.user_key}).json()
+    root = ET.fromstring(base64.b64decode(body["oioBPP"]))
+    entity = f"{JOBROLE}{found.role.identifier}/1"
+    groups = [{c.get("Name"): c.text for c in g.findall("Constraint")}
+              for g in root.findall("PrivilegeGroup")
+              if (g.findtext("Privilege") or "").endswith(entity)]
+    names = {(link.system_role_id, link.constraint_type): link.constraint_identifier
+             for link in contract.data.job_role_system_roles[found.role.id]}
+    expected = [{names[(v.system_role_id, v.constraint_type)]: v.value
+                 for v in found.values(contract, a)} for a in assigned]
+    assert sorted(groups, key=sorted) == sorted(expected, key=sorted)
+    assert groups[0] != groups[1]
+    # an assignment without a KLE value: its KLE constraint is left out
+    shorter = [a for accounts in found.assignments.values() for a in accounts
+               if len(found.values(contract, a)) == 1]
+    assert len(shorter) == 1
+
+
+def test_read_itsystem_postponed_constraints(contract: Contract) -> None:
+    """ReadOnlyApi getUsersWithGivenUserRoles with ``includePostponedConstraints=true``:
+    each assignment's ``postponedConstraints`` are dto/read/PostponedConstraintReadDTO
+    ``{type, systemRoleId, value}``, built ``new PostponedConstraintReadDTO(p,
+    userRole.getId())``, so ``systemRoleId`` is the user role's id; ``type`` is the
+    constraint type's name. Without the flag (and always on ``/api/read/assigned/{id}``,
+    which passes ``false``) the list is empty. ``weight`` is the system role's
+    (UserReadRoleSystemRole, ``assignment.getSystemRole().getWeight()``)."""
+    found = _postponing(contract)
+    listed = contract.get(f"/read/itsystem/{found.system.user_key}",
+                          params={"includePostponedConstraints": "true"}).json()
+    (wrapper,) = [w for w in listed if w["roleIdentifier"] == found.role.identifier]
+    assert wrapper["roleId"] == number(found.role.id)
+    shown = sorted(sorted((p["type"], p["value"]) for p in a["postponedConstraints"])
+                   for a in wrapper["assignments"])
+    names = {"http://sts.kombit.dk/constraints/orgenhed/1": "Organisation",
+             "http://sts.kombit.dk/constraints/KLE/1": "KLE"}
+    expected = sorted(sorted((names[v.constraint_type], v.value)
+                             for v in found.values(contract, a))
+                      for accounts in found.assignments.values() for a in accounts)
+    assert shown == expected
+    assert {p["systemRoleId"] for a in wrapper["assignments"]
+            for p in a["postponedConstraints"]} == {number(found.role.id)}
+    assert all(set(p) == {"type", "systemRoleId", "value"} for a in wrapper["assignments"]
+               for p in a["postponedConstraints"])
+    weights = {sr["roleIdentifier"]: sr["weight"] for sr in wrapper["systemRoles"]}
+    assert sorted(weights.values()) == [1, 2]
+    plain = contract.get(f"/read/itsystem/{found.system.user_key}").json()
+    assert all(a["postponedConstraints"] == [] for w in plain for a in w["assignments"])
+    one = contract.get(f"/read/assigned/{number(found.role.id)}").json()
+    assert one["assignments"] and all(a["postponedConstraints"] == []
+                                      for a in one["assignments"])
+
+
+def test_roles_as_list_filters_by_weight(contract: Contract) -> None:
+    """UserApi.getUserRolesAsList takes service/SystemRoleService.java
+    getEffectiveSystemRoles = ``filterByWeight``: per IT system only the system roles of the
+    highest weight the user holds (dao/model/SystemRole.java ``weight``, default 1), in
+    ``systemRoles``, ``dataRoles`` and ``functionRoles`` alike; ``hasSystemRole`` looks at
+    every system role of the user's roles, weight or not (UserApi.userHasSystemRole)."""
+    found = _postponing(contract)
+    bundled = {contract.data.system_roles[link.system_role_id]
+               for link in contract.data.job_role_system_roles[found.role.id]}
+    heavy = max(bundled, key=lambda sr: sr.weight)
+    light = min(bundled, key=lambda sr: sr.weight)
+    assert heavy.weight == 2 and light.weight == 1
+    user = contract.snapshot.get(next(iter(found.assignments))).first("userName")
+    body = contract.get(f"/user/{user}/rolesAsList",
+                        params={"system": found.system.user_key}).json()
+    assert found.role.identifier in body["userRoles"]
+    assert heavy.identifier in body["systemRoles"]
+    assert light.identifier not in body["systemRoles"]
+    in_system = {sr.identifier for sr in contract.data.system_roles.values()
+                 if sr.it_system_id == found.system.id and sr.weight < heavy.weight}
+    assert not in_system & set(body["systemRoles"] + body["dataRoles"] + body["functionRoles"])
+    held = contract.get(f"/user/{user}/hasSystemRole",
+                        params={"roleIdentifier": light.identifier})
+    assert (held.status_code, held.text) == (200, "Found role")
+
+
 # --------------------------------------------------------------------------- OrganisationApi
 
 

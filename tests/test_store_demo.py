@@ -255,9 +255,9 @@ def test_kle_and_role_catalogue(small: dict[str, Any]) -> None:
     assert org_types == {"INHERITED", "EXTENDED_INHERITED", "LEVEL_2",
                          "INHERITED_FROM_MANAGER_ROLE", "EXTENDED_INHERITED_FROM_MANAGER_ROLE",
                          "INHERITED_FROM_FUNCTIONS", "EXTENDED_INHERITED_FROM_FUNCTIONS",
-                         "SELECTED_INHERITED"}
+                         "SELECTED_INHERITED", "POSTPONED"}
     kle_types = {v for t, v in constraints if t == "http://sts.kombit.dk/constraints/KLE/1"}
-    assert kle_types == {"INHERITED", "EXTENDED_INHERITED", "READ_AND_WRITE"}
+    assert kle_types == {"INHERITED", "EXTENDED_INHERITED", "READ_AND_WRITE", "POSTPONED"}
     assert all(2 <= len(g["job_role_ids"]) for g in small["role_groups"])
 
 
@@ -277,6 +277,29 @@ def test_rollekatalog_extras(small: dict[str, Any]) -> None:
     blocked = [s for s in small["it_systems"] if s.get("access_blocked")]
     assert len(blocked) == 1 and blocked[0]["system_type"] == "SAML"
     assert any(j["it_system_id"] == blocked[0]["id"] for j in small["job_roles"])
+
+
+def test_postponed_constraints_and_weights(small: dict[str, Any]) -> None:
+    """The role with POSTPONED constraints (OS2rollekatalog's ``allowPostponing``) is held
+    directly by a few accounts, each assignment with its own values; one account holds it
+    twice, one assignment lacks the KLE value; one system role of its system weighs 2."""
+    (role,) = [j for j in small["job_roles"] if j.get("allow_postponing")]
+    postponed = {(c["system_role_id"], c["constraint_type"]) for c in role["system_roles"]
+                 if c["constraint_value_type"] == "POSTPONED"}
+    assert len(postponed) == 2
+    assignments = {a["id"]: a for a in small["account_role_assignments"]
+                   if a["job_role_id"] == role["id"]}
+    values = small["postponed_constraints"]
+    assert values and {v["assignment_id"] for v in values} == set(assignments)
+    assert all((v["system_role_id"], v["constraint_type"]) in postponed and v["value"]
+               for v in values)
+    per_assignment = Counter(v["assignment_id"] for v in values)
+    assert sorted(per_assignment.values()).count(1) == 1
+    holders = Counter(a["account_id"] for a in assignments.values())
+    assert max(holders.values()) == 2
+    weights = {r.get("weight", 1) for r in small["system_roles"]
+               if r["it_system_id"] == role["it_system_id"]}
+    assert weights == {1, 2}
 
 
 def test_role_assignments_cover_every_rule(small: dict[str, Any]) -> None:

@@ -105,21 +105,37 @@ def small_doc() -> dict[str, Any]:
                   "aspect_ids": ["c-udf", "c-ans"]}],
         "system_roles": [{"id": "sr-1", "it_system_id": "s-kombit",
                           "identifier": "http://birkeaa.kommune.example/roles/usersystemrole/"
-                                        "sag-laes/1", "name": "Læs"}],
+                                        "sag-laes/1", "name": "Læs"},
+                         {"id": "sr-2", "it_system_id": "s-kombit",
+                          "identifier": "http://birkeaa.kommune.example/roles/usersystemrole/"
+                                        "sag-skriv/1", "name": "Skriv", "weight": 2}],
         "job_roles": [{"id": "jr-1", "it_system_id": "s-kombit", "identifier": "sag-laeser",
                        "name": "Sagslæser",
                        "system_roles": [{"id": "jrs-1", "system_role_id": "sr-1",
                                          "constraint_type":
                                              "http://sts.kombit.dk/constraints/orgenhed/1",
-                                         "constraint_value_type": "INHERITED"}]}],
+                                         "constraint_value_type": "INHERITED"}]},
+                      {"id": "jr-2", "it_system_id": "s-kombit", "identifier": "sag-udskudt",
+                       "name": "Sagsbehandler", "allow_postponing": True,
+                       "system_roles": [{"id": "jrs-2", "system_role_id": "sr-2",
+                                         "constraint_type":
+                                             "http://sts.kombit.dk/constraints/orgenhed/1",
+                                         "constraint_value_type": "POSTPONED"}]}],
         "role_groups": [{"id": "rg-1", "identifier": "alle", "name": "Alle",
                          "job_role_ids": ["jr-1"]}],
         "account_role_assignments": [{"id": "ara-1", "account_id": "a-bo",
-                                      "role_group_id": "rg-1"}],
+                                      "role_group_id": "rg-1"},
+                                     {"id": "ara-2", "account_id": "a-anne",
+                                      "job_role_id": "jr-2"}],
         "unit_role_assignments": [{"id": "ura-1", "org_unit_id": "u-root", "job_role_id": "jr-1",
                                    "inherit": True, "title_mode": "NEGATIVE",
                                    "title_ids": ["c-flex"], "excepted_account_ids": ["a-bo"],
                                    "excepted_unit_ids": ["u-pay"]}],
+        "postponed_constraints": [{"id": "pc-1", "assignment_id": "ara-2",
+                                   "system_role_id": "sr-2",
+                                   "constraint_type":
+                                       "http://sts.kombit.dk/constraints/orgenhed/1",
+                                   "value": "u-school,u-pay"}],
     }
 
 
@@ -150,6 +166,9 @@ def test_import_then_export_is_lossless(db_url: str, tmp_path: Path) -> None:
     assert _find(exported, "org_units", "u-root")["valid_to"] is None
     assert _find(exported, "job_roles", "jr-1")["system_roles"][0]["constraint_value_type"] \
         == "INHERITED"
+    assert _find(exported, "postponed_constraints", "pc-1")["value"] == "u-school,u-pay"
+    assert _find(exported, "system_roles", "sr-1")["weight"] == 1  # OS2rollekatalog's default
+    assert _find(exported, "job_roles", "jr-2")["allow_postponing"] is True
     # Export -> import into a fresh store -> export is byte-identical.
     other = make_engine(f"sqlite:///{tmp_path / 'second.db'}")
     exchange.import_document(other, json.loads(exchange.dumps(exported)))
@@ -290,6 +309,19 @@ BAD_DOCUMENTS: list[tuple[str, Mutation, list[str]]] = [
      ["unit_role_assignments[id=ura-1].job_role_id", "exactly one"]),
     ("bad title mode", _set("unit_role_assignments", "ura-1", "title_mode", "SOME"),
      ["unit_role_assignments[id=ura-1].title_mode", "POSITIVE"]),
+    ("empty postponed value", _set("postponed_constraints", "pc-1", "value", ""),
+     ["postponed_constraints[id=pc-1].value", "must not be empty"]),
+    ("postponed value on a role group assignment",
+     _set("postponed_constraints", "pc-1", "assignment_id", "ara-1"),
+     ["postponed_constraints[id=pc-1].assignment_id", "role group"]),
+    ("postponed value for a constraint the role does not postpone",
+     _set("postponed_constraints", "pc-1", "system_role_id", "sr-1"),
+     ["postponed_constraints[id=pc-1].constraint_type", "no POSTPONED constraint"]),
+    ("postponed value given twice", _append_copy("postponed_constraints", "pc-1", id="pc-2"),
+     ["postponed_constraints[id=pc-2].constraint_type", "already used"]),
+    ("postponed value of no assignment",
+     _set("postponed_constraints", "pc-1", "assignment_id", "ara-nowhere"),
+     ["postponed_constraints[id=pc-1].assignment_id", "ara-nowhere"]),
     ("parent cycle", _set("org_units", "u-root", "parent_id", "u-school"),
      ["org_units[id=", ".parent_id", "cycle"]),
     ("duplicate facet key", _append_copy("facets", "f-vis", id="f-vis2"),

@@ -37,7 +37,10 @@ for KOMBIT's org-unit type, not the internal one, and a computed value that come
 leaves the constraint out. The person's own KLE numbers (``person_kle``) count in every KLE
 value, even when an engagement is do-not-inherit (``KleService.getKleAssignments``).
 
-``VALUE`` is the stored literal for any constraint type. Values are comma-joined. Everything
+``VALUE`` is the stored literal for any constraint type. ``POSTPONED`` has no value on the
+role: each direct assignment of the role supplies one (``postponed_constraint`` rows, matched
+by system role and constraint type; :func:`postponed_value`); any other grant leaves it
+empty, so the constraint is left out. Values are comma-joined. Everything
 here reads :class:`~idm_facade.directory.load.OrgData` and per-load look-ups cached on
 ``data.derived``, so one account's values cost a few dictionary walks.
 """
@@ -45,6 +48,7 @@ here reads :class:`~idm_facade.directory.load.OrgData` and per-load look-ups cac
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,19 +313,51 @@ def selected_units(index: ConstraintIndex, value: str) -> list[str]:
     return [u for u in found if u not in excluded]
 
 
+POSTPONED = "POSTPONED"
+
+
+def postponed_text(value: str, constraint_type: str, visible: Visible = None) -> str:
+    """A stored postponed value as OS2rollekatalog hands it out: split at commas when the
+    current assignments are computed (``CurrentAssignmentMapper``) and joined again with
+    commas, which drops trailing empty parts as Java's ``split`` does. An org-unit value
+    names only ``visible`` units when given, like every computed org-unit value here."""
+    value = value.rstrip(",")
+    if visible is None or constraint_type not in ORG_UNIT_TYPES:
+        return value
+    return ",".join(unit for unit in value.split(",") if unit in visible)
+
+
+def postponed_value(postponed: Iterable[Any], system_role_id: str, constraint_type: str,
+                    visible: Visible = None) -> str:
+    """The value an assignment gives a POSTPONED constraint of one system role
+    (``UserService.generateOIOBPPPrivileges``: the values of every postponed row of the
+    assignment with that constraint type and system role, appended). Empty when the
+    assignment gives none."""
+    return "".join(postponed_text(row.value, constraint_type, visible) for row in postponed
+                   if row.system_role_id == system_role_id
+                   and row.constraint_type == constraint_type)
+
+
 def system_role_constraints(data: Any, account_id: str, job_role_id: str,
-                            visible: Visible = None
+                            visible: Visible = None, postponed: Iterable[Any] = ()
                             ) -> list[tuple[Any, list[tuple[str, str]]]]:
     """The system roles of a job role, each with its (constraint type, value) pairs for the
-    account (as if only ``visible`` units existed, when given)."""
+    account (as if only ``visible`` units existed, when given); ``postponed``: the postponed
+    constraint rows of the assignment the role is held through (none for a grant through a
+    unit or role group)."""
+    postponed = tuple(postponed)
     result = []
     for link in data.job_role_system_roles.get(job_role_id, ()):
         system_role = data.system_roles.get(link.system_role_id)
         if system_role is None:
             continue
         pairs: list[tuple[str, str]] = []
-        value = constraint_value(data, account_id, link.constraint_type,
-                                 link.constraint_value_type, link.constraint_value, visible)
+        if link.constraint_value_type == POSTPONED:
+            value = (postponed_value(postponed, link.system_role_id, link.constraint_type,
+                                     visible) if link.constraint_type else None)
+        else:
+            value = constraint_value(data, account_id, link.constraint_type,
+                                     link.constraint_value_type, link.constraint_value, visible)
         if value is not None:
             pairs.append((link.constraint_type, value))
         result.append((link, pairs))

@@ -27,7 +27,12 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from idm_facade.directory.entries import DERIVED_DEPENDS, Entry, EntryBuilder, _version
-from idm_facade.directory.load import OrgData, next_boundary, system_role_links
+from idm_facade.directory.load import (
+    OrgData,
+    next_boundary,
+    postponed_values,
+    system_role_links,
+)
 from idm_facade.directory.roles import unit_chains
 from idm_facade.directory.snapshot import Snapshot
 from schemas.attributes import ACCOUNT, UNIT
@@ -72,8 +77,9 @@ _LINKS: tuple[tuple[str, str, Any, str, str, bool], ...] = (
      False),
 )
 
-#: Tables whose changes leave every entry in place (not rendered).
-_IGNORED = frozenset({"related_unit", "leave", "job_role_system_role"})
+#: Tables whose changes leave every entry in place (not rendered). Postponed constraint
+#: values are read per request by the role API, from the reloaded map (:func:`_reload`).
+_IGNORED = frozenset({"related_unit", "leave", "job_role_system_role", "postponed_constraint"})
 
 #: Upper bound on touched rows for the incremental path; beyond it a full build is cheaper.
 MAX_TOUCHED = 2000
@@ -141,6 +147,9 @@ def _reload(session: Session, data: OrgData, touched: dict[str, set[str]], at: d
         setattr(new, attr, _replaced(getattr(data, attr), ids, fresh))
     if touched.keys() & {"job_role", "job_role_system_role"}:
         new.job_role_system_roles = system_role_links(session)
+    # An assignment's values go with it (deleting one cascades in the database, unlogged).
+    if touched.keys() & {"account_role_assignment", "postponed_constraint"}:
+        new.postponed_constraints = postponed_values(session)
     for owner, attr, link_table, owner_col, target_col, as_set in _LINKS:
         link_ids = touched.get(owner)
         if not link_ids:

@@ -63,6 +63,8 @@ class OrgData:
     unit_assignment_excepted_units: dict[str, set[str]]
     person_kles: dict[str, Any]
     manager_substitutes: dict[str, Any]
+    #: Direct role assignment -> the values of its POSTPONED constraints, in id order.
+    postponed_constraints: dict[str, list[Any]] = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)
 
     def class_name(self, class_id: str | None) -> str | None:
@@ -159,6 +161,7 @@ def load(engine: Engine, at: datetime) -> OrgData:
             manager_substitutes=_rows(session, m.ManagerSubstitute, at),
         )
         data.job_role_system_roles = system_role_links(session)
+        data.postponed_constraints = postponed_values(session)
     return data
 
 
@@ -169,6 +172,16 @@ def system_role_links(session: Session) -> dict[str, list[Any]]:
     for link in _by_id(session, select(table), table).values():
         bundled[link.job_role_id].append(link)
     return bundled
+
+
+def postponed_values(session: Session) -> dict[str, list[Any]]:
+    """Role assignment -> its postponed constraint values, in id order. All rows: a value
+    is in effect while its assignment is, and only assignments in effect are looked up."""
+    table = m.PostponedConstraint.__table__
+    by_assignment: dict[str, list[Any]] = defaultdict(list)
+    for row in _by_id(session, select(table), table).values():
+        by_assignment[row.assignment_id].append(row)
+    return dict(by_assignment)
 
 
 def _set_links(session: Session, table, value: str) -> dict[str, set[str]]:

@@ -290,6 +290,25 @@ def _filtered_roles(roles: RoleView, view: ClientView, entry: Entry,
     return kept
 
 
+def _filtered_grants(roles: RoleView, view: ClientView, entry: Entry,
+                     systems: set[str] | None) -> list[dict]:
+    """The account's grants (elements of ``roles``, in grant order) of the roles
+    :func:`_filtered_roles` keeps: the OIOBPP is built per grant, as OS2rollekatalog builds
+    it per current assignment (postponed constraint values belong to one assignment)."""
+    kept = set(_filtered_roles(roles, view, entry, systems))
+    return [g for g in view.complex(entry, "roles") if g.get("value") in kept]
+
+
+def by_weight(system_roles: list[Any]) -> list[Any]:
+    """``SystemRoleService.filterByWeight``: per IT system, only the system roles of the
+    highest weight among these (order kept), so an IT system that ranks its roles (read
+    below write) is told only the strongest one the account holds."""
+    highest: dict[str, int] = {}
+    for row in system_roles:
+        highest[row.it_system_id] = max(highest.get(row.it_system_id, row.weight), row.weight)
+    return [row for row in system_roles if row.weight >= highest[row.it_system_id]]
+
+
 def _name_id(roles: RoleView, view: ClientView, entry: Entry) -> str:
     """OS2rollekatalog's NameID (``C=DK,O=<cvr>,CN=<name>,Serial=<external UUID>``), from
     what the client may read of the account: a client not allowed the external id gets the
@@ -304,8 +323,8 @@ def oiobpp_json(roles: RoleView, view: ClientView, entry: Entry, systems: set[st
                 ) -> dict:
     """``/api/user/{userId}/roles``: nameID and the base64 OIOBPP privilege list, with
     org-unit constraint values limited to the units the client may see."""
-    role_ids = _filtered_roles(roles, view, entry, systems)
-    privileges = oiobpp.privilege_groups(roles.data, entry.id, role_ids, view.unit_ids(),
+    grants = _filtered_grants(roles, view, entry, systems)
+    privileges = oiobpp.privilege_groups(roles.data, entry.id, grants, view.unit_ids(),
                                          roles.open_systems(systems))
     return {"nameID": _name_id(roles, view, entry),
             "oioBPP": oiobpp.encode(oiobpp.to_xml(privileges.groups)),
@@ -336,19 +355,24 @@ def roles_as_list_json(roles: RoleView, view: ClientView, entry: Entry,
     data_roles: list[str] = []
     function_roles: list[str] = []
     held = _filtered_roles(roles, view, entry, systems)
+    carried: dict[str, Any] = {}
     for role_id in held:
         role = data.job_roles[role_id]
         user_roles.append(role.identifier)
         for system_role in roles.system_roles_of.get(role_id, ()):
-            if system_role.identifier in system_roles:
-                continue
-            system_roles.append(system_role.identifier)
-            # UserApi.getUserRolesAsList: DATA_ROLE and FUNCTION_ROLE only; BOTH (and any
-            # other type) is in systemRoles and in neither of the two lists
-            if system_role.role_type == "DATA_ROLE":
-                data_roles.append(system_role.identifier)
-            elif system_role.role_type == "FUNCTION_ROLE":
-                function_roles.append(system_role.identifier)
+            carried.setdefault(system_role.id, system_role)
+    # UserApi.getUserRolesAsList takes SystemRoleService.getEffectiveSystemRoles: the
+    # distinct system roles, filtered by weight per IT system
+    for system_role in by_weight(list(carried.values())):
+        if system_role.identifier in system_roles:
+            continue
+        system_roles.append(system_role.identifier)
+        # DATA_ROLE and FUNCTION_ROLE only; BOTH (and any other type) is in systemRoles and
+        # in neither of the two lists
+        if system_role.role_type == "DATA_ROLE":
+            data_roles.append(system_role.identifier)
+        elif system_role.role_type == "FUNCTION_ROLE":
+            function_roles.append(system_role.identifier)
     role_map = _role_map(roles, held)
     body: dict[str, Any] = {
         "userRoles": user_roles, "systemRoles": system_roles, "dataRoles": data_roles,

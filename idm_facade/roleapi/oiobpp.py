@@ -23,6 +23,7 @@ double-quoted. Child elements are unqualified, as in the OIOBPP schema.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -105,13 +106,33 @@ class Privileges:
     role_map: dict[str, str]
 
 
-def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
+def _held(grant: str | Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+    """(role id, assignment key, the direct assignment's id) of a grant element of the
+    account's ``roles`` (``value``, ``assignment``, ``via``, ``viaRoleGroup``); a bare role
+    id is a grant of its own with no assignment. Only a direct assignment of the role itself
+    (not through a role group) carries postponed constraint values, as in OS2rollekatalog's
+    ``CurrentAssignmentMapper``."""
+    if isinstance(grant, str):
+        return grant, None, None
+    assignment = grant.get("assignment")
+    group = grant.get("viaRoleGroup")
+    direct = grant.get("via") == "direct" and not group
+    return (str(grant.get("value")), f"{assignment}/{group or ''}",
+            str(assignment) if direct and assignment else None)
+
+
+def privilege_groups(data: Any, account_id: str, grants: Sequence[str | Mapping[str, Any]],
                      visible_units: frozenset[str] | None = None,
                      systems: list[Any] | None = None) -> Privileges:
-    """The account's privilege groups for these job roles (already narrowed to the selected,
-    not access-blocked ``systems``; None: every system not blocked), following
+    """The account's privilege groups for these grants of job roles (elements of the
+    account's ``roles``, or bare role ids; already narrowed to the selected, not
+    access-blocked ``systems``; None: every system not blocked), following
     ``UserService.generateOIOBPPPrivileges``:
 
+    - one pass over the grants (OS2rollekatalog's current assignments): a role is emitted
+      once, at its first grant, unless it allows postponing (``allow_postponing``), whose
+      groups may differ per assignment: then once per assignment (a role-group assignment
+      counts once per role);
     - expanded (:func:`expands_to_system_roles`): one group per system role of each role,
       privilege = the system role's identifier, constraint names = the constraint types'
       entity ids; delegated roles are left out;
@@ -120,8 +141,10 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
       the facade makes one up for a link without one); a delegated role is its plain
       identifier, scoped to the delegating CVR, with no constraints.
 
-    A constraint whose value comes out empty is left out. Constraint values are computed as
-    if only ``visible_units`` existed (None: every unit).
+    A POSTPONED constraint takes the value the direct assignment behind the grant gives it
+    (``data.postponed_constraints``); through a unit or role group it has none. A constraint
+    whose value comes out empty is left out. Constraint values are computed as if only
+    ``visible_units`` existed (None: every unit).
     """
     organisation = data.organisation
     base = kombit_base(organisation)
@@ -131,10 +154,18 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
     expand = expands_to_system_roles(systems)
     groups: list[PrivilegeGroup] = []
     role_map: dict[str, str] = {}
-    for role_id in dict.fromkeys(job_role_ids):
+    added: set[str] = set()
+    for grant in grants:
+        role_id, assignment, direct_assignment = _held(grant)
         role = data.job_roles.get(role_id)
         if role is None:
             continue
+        # "if the userRole allows postponing, then the constraints might (likely) differ on
+        # each assignment ... for those direct/inherited ... we can skip duplicates"
+        seen = f"{role.identifier}@{assignment}" if role.allow_postponing else role.identifier
+        if seen in added:
+            continue
+        added.add(seen)
         system = data.it_systems.get(role.it_system_id)
         shown = f"{role.name} ({system.name if system else ''})"
         if role.delegated_from_cvr:
@@ -144,7 +175,10 @@ def privilege_groups(data: Any, account_id: str, job_role_ids: list[str],
                 groups.append(PrivilegeGroup(scope(role.delegated_from_cvr), [role.identifier],
                                              name=role.name))
             continue
-        links = cons.system_role_constraints(data, account_id, role_id, visible_units)
+        postponed = data.postponed_constraints.get(direct_assignment, ()) \
+            if direct_assignment else ()
+        links = cons.system_role_constraints(data, account_id, role_id, visible_units,
+                                             postponed)
         if expand:
             role_map[role.identifier] = shown
             # One group per system role of the role (OS2rollekatalog's SystemRoleAssignment,

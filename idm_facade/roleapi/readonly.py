@@ -9,8 +9,11 @@ facade's id or the identifier. An OS2rollekatalog *user* is an account of the di
 system: ``uuid`` its id, ``userId`` its userName, ``extUuid`` its externalId.
 
 What is not OS2rollekatalog's: error bodies are the facade's JSON (same status codes), lists
-are in a stable order, postponed constraints (not modelled) are always empty, and persons and
-units come from the client's view like everywhere else.
+are in a stable order, and persons and units come from the client's view like everywhere else.
+Postponed constraint values are shown as ``PostponedConstraintReadDTO`` fills them, including
+its ``systemRoleId``, which is the *user role's* id there (``new PostponedConstraintReadDTO(p,
+userRole.getId())``), and ``type``, the constraint type's name (its entity id for a type
+without a known name).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from flask import request
 
+from idm_facade.directory import constraints as cons
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.view import ClientView
 from idm_facade.roleapi import oiobpp
@@ -83,12 +87,26 @@ def _account(view: ClientView, roles: RoleView, ref: str) -> Entry:
     return find_account(view, ref)
 
 
-def _user(view: ClientView, entry: Entry, through: str) -> dict:
+def _user(view: ClientView, entry: Entry, through: str, postponed: list[dict]) -> dict:
     """``UserReadDTO`` for one grant of the account."""
     return {"uuid": entry.id, "extUuid": view.first(entry, "externalId"),
             "userId": view.first(entry, "userName"),
             "name": view.first(entry, "formattedName") or view.first(entry, "displayName"),
-            "assignedThrough": [through], "postponedConstraints": []}
+            "assignedThrough": [through], "postponedConstraints": postponed}
+
+
+def _postponed(view: ClientView, roles: RoleView, role: Any, grant: dict) -> list[dict]:
+    """``PostponedConstraintReadDTO`` of the grant's postponed values: only a direct
+    assignment of the role carries them (``CurrentAssignmentMapper``); ``systemRoleId`` is
+    the user role's number, as ``ReadOnlyApi.getUsersWithUserRole`` passes
+    ``userRole.getId()``. Org-unit values name only the units the client may see."""
+    if not _is_direct(grant):
+        return []
+    visible = view.unit_ids()
+    return [{"type": _TYPE_NAMES.get(row.constraint_type, row.constraint_type),
+             "systemRoleId": number(role.id),
+             "value": cons.postponed_text(row.value, row.constraint_type, visible)}
+            for row in roles.data.postponed_constraints.get(str(grant.get("assignment")), ())]
 
 
 def assigned_through(grant: dict) -> str:
@@ -106,14 +124,16 @@ def _is_direct(grant: dict) -> bool:
 
 
 def _wrapper(view: ClientView, roles: RoleView, role: Any, holders: list[Entry],
-             indirect: bool, with_description: bool, with_value_set: bool) -> dict:
-    """``UserReadWrapperDTO``: the role, its system roles and one assignment per grant."""
+             indirect: bool, with_description: bool, with_value_set: bool,
+             with_postponed: bool = False) -> dict:
+    """``UserReadWrapperDTO``: the role, its system roles and one assignment per grant
+    (with its postponed constraint values when ``with_postponed``)."""
     system_roles = []
     for system_role_id, links in _system_roles(roles, role.id).items():
         system_role = roles.data.system_roles[system_role_id]
         system_roles.append({
             "roleName": system_role.name, "roleIdentifier": system_role.identifier,
-            "weight": 1,
+            "weight": system_role.weight,
             "roleConstraintValues": [{
                 "constraintType": link.constraint_type,
                 "constraintValue": (link.constraint_value
@@ -125,7 +145,8 @@ def _wrapper(view: ClientView, roles: RoleView, role: Any, holders: list[Entry],
         for grant in view.complex(entry, "roles"):
             if grant.get("value") != role.id or not (indirect or _is_direct(grant)):
                 continue
-            assignments.append(_user(view, entry, assigned_through(grant)))
+            postponed = _postponed(view, roles, role, grant) if with_postponed else []
+            assignments.append(_user(view, entry, assigned_through(grant), postponed))
     return {"roleId": number(role.id), "roleIdentifier": role.identifier,
             "roleName": role.name,
             "roleDescription": role.description if with_description else None,
@@ -257,14 +278,15 @@ def system_assignments(view: ClientView, roles: RoleView, system: str
     found = find_system(roles, system)
     indirect, with_description = flag("indirectRoles"), flag("withDescription")
     with_value_set = flag("withConstraintTypeValueSet")
-    flag("includePostponedConstraints")  # accepted; postponed constraints are not modelled
+    with_postponed = flag("includePostponedConstraints")
     holders = roles.holders(view, found.user_key)
     wrappers = []
     disclosed: list[Entry] = []
     for role in sorted((r for r in roles.data.job_roles.values()
                         if r.it_system_id == found.id), key=lambda r: (r.name, r.id)):
         mine = [e for e in holders if role.id in view.values(e, "role")]
-        wrapper = _wrapper(view, roles, role, mine, indirect, with_description, with_value_set)
+        wrapper = _wrapper(view, roles, role, mine, indirect, with_description, with_value_set,
+                           with_postponed)
         if wrapper["assignments"]:
             wrappers.append(wrapper)
             shown = {a["uuid"] for a in wrapper["assignments"]}
@@ -297,8 +319,9 @@ def system_constraints(view: ClientView, roles: RoleView, system: str
     units = view.unit_ids()
     out = []
     for entry in holders:
-        held = [r for r in roles.role_ids(view, entry)
-                if r in roles.data.job_roles and roles.data.job_roles[r].it_system_id == found.id]
+        held = [g for g in view.complex(entry, "roles")
+                if g.get("value") in roles.data.job_roles
+                and roles.data.job_roles[g["value"]].it_system_id == found.id]
         groups = oiobpp.privilege_groups(roles.data, entry.id, held, units, systems).groups \
             if systems else []
         out.append({"extUuid": view.first(entry, "externalId"),
