@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,7 +50,10 @@ MAX_BACKOFF = 300.0
 #: A delivery the target refused for good is tried again this much later (someone may fix
 #: the target meanwhile), and no sooner.
 REFUSED_BACKOFF = 600.0
-INCOMPLETE = "incomplete"  # digest of a body sent without some references resolved
+INCOMPLETE = "incomplete"
+#: Deliveries whose access records are committed together, and whose outcome is recorded in
+#: the store in one transaction: one commit each per delivery was most of a delivery's cost.
+RECORD_CHUNK = 25  # digest of a body sent without some references resolved
 
 
 @dataclass
@@ -102,6 +106,31 @@ def _rows(conn: Any, table: Any, target: str, ids: set[str] | None) -> list[Any]
         return list(conn.execute(select(table).where(table.c.target == target)))
     return [row for chunk in _chunks(sorted(ids)) for row in conn.execute(
         select(table).where(table.c.target == target, table.c.entry_id.in_(chunk)))]
+
+
+def _manager_depths(want: dict[str, desired.Wanted]) -> dict[str, int]:
+    """How many managers up each wanted user's chain of managers goes among the wanted
+    users. Sending in this order (it sets the ``queued`` microseconds, by which users are
+    sent) gives every manager a target id before the users naming it are sent, so a first
+    sync does not send a third of its users twice (first without their manager)."""
+    managers: dict[str, str] = {}
+    for entry_id, item in want.items():
+        enterprise = item.body.get(desired.ENTERPRISE_USER) if item.kind == USER else None
+        manager = enterprise.get("manager") if isinstance(enterprise, dict) else None
+        if manager and manager.get("value") in want:
+            managers[entry_id] = manager["value"]
+    depths: dict[str, int] = {}
+    for entry_id in managers:
+        chain: list[str] = []
+        at = entry_id
+        while at in managers and at not in depths and len(chain) < 50 and at not in chain:
+            chain.append(at)
+            at = managers[at]
+        below = depths.get(at, 0)
+        for step in reversed(chain):
+            below += 1
+            depths[step] = below
+    return depths
 
 
 class Provisioner:
@@ -173,6 +202,7 @@ class Provisioner:
                 conn.execute(delete(outbox_item).where(
                     outbox_item.c.target == name, outbox_item.c.entry_id.in_(chunk)))
             new: list[dict] = []
+            depth = _manager_depths(want)
             for change in planned:
                 waiting = pending.get(change.entry_id)
                 item = change.item
@@ -183,8 +213,8 @@ class Provisioner:
                 values = {"kind": change.kind, "action": change.action,
                           "body": item.body if item is not None else None, "digest": digest,
                           "subjects": list(item.subjects) if item is not None else [],
-                          "queued": now, "attempts": 0, "next_attempt": now,
-                          "last_error": None}
+                          "queued": now + timedelta(microseconds=depth.get(change.entry_id, 0)),
+                          "attempts": 0, "next_attempt": now, "last_error": None}
                 if waiting is None:
                     new.append({"target": name, "entry_id": change.entry_id, **values})
                 else:
@@ -228,32 +258,47 @@ class Provisioner:
                 .limit(limit or self.target.batch)).all()
             remote = self._remote_ids(conn)
         done = Round()
-        for row in rows:
+        for start in range(0, len(rows), RECORD_CHUNK):
+            chunk = rows[start:start + RECORD_CHUNK]
+            self._record(chunk)
+            settle: list[Callable[[Any], None]] = []
             try:
-                self._record(row)
-                self._deliver(row, remote)
-                done.sent += 1
-                self.last_error = None
-            except Retry as exc:
-                self._failed(row, str(exc), exc.after)
-                done.failed += 1
-                done.retry = True
-                break  # the target is away or busy: the rest waits, others go on
-            except Refused as exc:
-                self._failed(row, str(exc), REFUSED_BACKOFF)
-                done.failed += 1
+                for row in chunk:
+                    try:
+                        settle.append(self._deliver(row, remote))
+                        done.sent += 1
+                        self.last_error = None
+                    except Retry as exc:
+                        self._failed(row, str(exc), exc.after)
+                        done.failed += 1
+                        done.retry = True
+                        break  # the target is away or busy: the rest waits, others go on
+                    except Refused as exc:
+                        self._failed(row, str(exc), REFUSED_BACKOFF)
+                        done.failed += 1
+            finally:
+                if settle:
+                    with self.engine.begin() as conn:
+                        for step in settle:
+                            step(conn)
+            if done.retry:
+                break
         return done
 
-    def _record(self, row: Any) -> None:
-        """No record, no delivery (AuditUnavailable stops the round)."""
+    def _record(self, rows: list[Any]) -> None:
+        """No record, no delivery: the records of a few deliveries are committed together
+        before the first of them is sent (AuditUnavailable stops the round). A round cut
+        short leaves records of deliveries that were not sent yet (their status says
+        ``sending``); they are recorded again when they are."""
         audit = self.facade.audit
         if audit is None:
             return
         host = urlsplit(self.target.url).netloc
-        audit.record(AccessRecord(
+        audit.record_many([AccessRecord(
             client=self.target.client_name, source=audit_source(f"push:{host}"),
             operation=f"provisioning.{row.action} /{row.kind}s", query=row.entry_id,
-            status="sending", subjects=list(row.subjects or []), sensitive=[]))
+            status="sending", subjects=list(row.subjects or []), sensitive=[])
+            for row in rows])
 
     def references(self, row: Any, remote: dict[str, str]) -> tuple[dict, bool]:
         """The body with the facade's ids replaced by the target's; False when some were not
@@ -280,41 +325,48 @@ class Provisioner:
             body[desired.ENTERPRISE_USER] = enterprise
         return body, complete
 
-    def _deliver(self, row: Any, remote: dict[str, str]) -> None:
+    def _deliver(self, row: Any, remote: dict[str, str]) -> Callable[[Any], None]:
+        """Send one delivery; returns what records it in the store (run with the others of
+        its chunk in one transaction: a crash before that sends it again, which changes
+        nothing at the target: PUT by id, found by externalId)."""
         name, client = self.target.name, self.client
         known = remote.get(row.entry_id)
         if row.action == "delete":
             if known:
                 client.delete(row.kind, known)
-            with self.engine.begin() as conn:
+            remote.pop(row.entry_id, None)
+
+            def deleted(conn: Any) -> None:
                 conn.execute(delete(outbox_state).where(outbox_state.c.target == name,
                                                         outbox_state.c.entry_id == row.entry_id))
                 self._done(conn, row)
-            remote.pop(row.entry_id, None)
-            return
+            return deleted
         if row.action == "disable":
             if known:
                 try:
                     client.patch_active(row.kind, known, False)
                 except Gone:
                     pass
-            with self.engine.begin() as conn:
+
+            def disabled(conn: Any) -> None:
                 conn.execute(update(outbox_state).where(
                     outbox_state.c.target == name, outbox_state.c.entry_id == row.entry_id)
                     .values(state="disabled", sent=utcnow()))
                 self._done(conn, row)
-            return
+            return disabled
         body, complete = self.references(row, remote)
         remote_id = self.put(row.kind, row.entry_id, known, body)
         remote[row.entry_id] = remote_id
-        with self.engine.begin() as conn:
+        if not complete:
+            self._dirty.add(row.entry_id)
+
+        def held(conn: Any) -> None:
             _upsert(conn, outbox_state, {"target": name, "entry_id": row.entry_id},
                     {"kind": row.kind, "remote_id": remote_id,
                      "digest": row.digest if complete else INCOMPLETE, "state": "present",
                      "sent": utcnow()})
             self._done(conn, row)
-        if not complete:
-            self._dirty.add(row.entry_id)
+        return held
 
     def put(self, kind: str, entry_id: str, known: str | None, body: dict) -> str:
         """Replace the resource at the target, creating it when it is not there."""
