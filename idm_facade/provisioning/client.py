@@ -109,12 +109,15 @@ class ScimClient:
         except Gone:
             pass  # already gone: the wanted outcome
 
-    def all(self, kind: str, page: int = 200) -> Iterator[dict]:
-        """Every ``kind`` resource of the target (paged with startIndex)."""
+    def all(self, kind: str, page: int = 200, attributes: str | None = None
+            ) -> Iterator[dict]:
+        """Every ``kind`` resource of the target (paged with startIndex), with only
+        ``attributes`` (and ``id``) when given."""
         index = 1
+        extra = {"attributes": attributes} if attributes else {}
         while True:
             body = self._send("GET", f"/{kind}s", params={
-                "startIndex": index, "count": page}).json()
+                "startIndex": index, "count": page, **extra}).json()
             resources = body.get("Resources") or []
             yield from resources
             index += len(resources)

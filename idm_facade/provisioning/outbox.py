@@ -53,7 +53,12 @@ REFUSED_BACKOFF = 600.0
 INCOMPLETE = "incomplete"
 #: Deliveries whose access records are committed together, and whose outcome is recorded in
 #: the store in one transaction: one commit each per delivery was most of a delivery's cost.
-RECORD_CHUNK = 25  # digest of a body sent without some references resolved
+RECORD_CHUNK = 25
+#: A round with at least this many resources the facade knows no target id for (a first
+#: sync) lists the target's externalIds once, instead of searching for each one; the
+#: listing is used for this many seconds.
+LIST_FROM = 50
+LIST_FOR = 60.0  # digest of a body sent without some references resolved
 
 
 @dataclass
@@ -148,6 +153,8 @@ class Provisioner:
         self._last: dict[str, desired.Wanted] | None = None
         #: Entries sent without some references resolved, to be planned again.
         self._dirty: set[str] = set()
+        #: (when, {(kind, externalId): target id}) of the last listing of the target.
+        self._listed: tuple[float, dict[tuple[str, str], str]] | None = None
         outbox.create(engine)
 
     def close(self) -> None:
@@ -258,6 +265,14 @@ class Provisioner:
                 .limit(limit or self.target.batch)).all()
             remote = self._remote_ids(conn)
         done = Round()
+        unknown = sum(1 for r in rows if r.action == "upsert" and r.entry_id not in remote)
+        if unknown >= LIST_FROM and not self._listing():
+            try:
+                self._list({r.kind for r in rows})
+            except Retry as exc:
+                self.last_error = str(exc)
+                done.retry = True
+                return done
         for start in range(0, len(rows), RECORD_CHUNK):
             chunk = rows[start:start + RECORD_CHUNK]
             self._record(chunk)
@@ -368,12 +383,32 @@ class Provisioner:
             self._done(conn, row)
         return held
 
+    def _listing(self) -> dict[tuple[str, str], str] | None:
+        """The last listing of the target's externalIds, while it is recent enough."""
+        listed = self._listed
+        if listed is None or time.monotonic() - listed[0] > LIST_FOR:
+            return None
+        return listed[1]
+
+    def _list(self, kinds: set[str]) -> None:
+        """List the target's resources of ``kinds`` by externalId (one paged read instead
+        of a search per resource)."""
+        found: dict[tuple[str, str], str] = {}
+        for kind in sorted(kinds):
+            for resource in self.client.all(kind, page=1000, attributes="externalId"):
+                external = resource.get("externalId")
+                if external:
+                    found.setdefault((kind, str(external)), str(resource["id"]))
+        self._listed = (time.monotonic(), found)
+
     def put(self, kind: str, entry_id: str, known: str | None, body: dict) -> str:
         """Replace the resource at the target, creating it when it is not there."""
         client = self.client
         candidates = [known] if known else []
         if not candidates:
-            found = client.find(kind, "externalId", entry_id)
+            listing = self._listing()
+            found = listing.get((kind, entry_id)) if listing is not None \
+                else client.find(kind, "externalId", entry_id)
             candidates = [found] if found else []
         for remote_id in candidates:
             try:
