@@ -63,8 +63,8 @@ def main() -> None:
             with served_copy(db, folder, config, start=False) as copy:
                 started = time.monotonic()
                 out = subprocess.run([exe, "provisioning", "sync", "bench", "--db", copy.db,
-                                      "--config", str(copy.config)], capture_output=True,
-                                     text=True, check=True)
+                                      "--config", str(copy.config), "--wait", "7200"],
+                                     capture_output=True, text=True, check=True)
                 seconds = time.monotonic() - started
                 sent = int(out.stdout.split(":")[1].split()[0])
                 print(f"first sync {args.size}: {sent:,} deliveries in {seconds:.1f} s "
