@@ -13,7 +13,8 @@ plain JSON over this authenticated GET rather than as signed SETs pushed or poll
 ``type`` is ``create`` (``prov:create:full``), ``replace`` (``prov:put:full``: the whole
 resource as it is now) or ``delete`` (``prov:delete``: the client can no longer read the
 entry; only its id). ``resource`` is what ``GET /scim/v2/Users/{id}`` shows the feed's
-client, every attribute its policy allows, without ``meta``. The page ends with ``next`` (the
+client, every attribute its policy allows, without ``meta``; its ``$ref`` URLs are those of
+the address the feed was read at. The page ends with ``next`` (the
 cursor to ask after next time), ``more`` (whether more events are waiting now) and
 ``latest`` (the newest cursor).
 
@@ -79,7 +80,36 @@ def _time(value: datetime) -> str:
     return value.replace(microsecond=0).isoformat() + "Z"
 
 
-def _event(row: Any) -> dict[str, Any]:
+#: Where the values of reference attributes point, for their ``$ref`` (RFC 7643 §2.3.7):
+#: ``members`` by each element's ``type``.
+_REFERENCES = {"groups": "Groups", "members": None}
+_ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+def _ref(base: str, endpoint: str, element: Any) -> Any:
+    if not isinstance(element, dict) or not element.get("value"):
+        return element
+    return {**element, "$ref": f"{base}/{endpoint}/{element['value']}"}
+
+
+def with_refs(resource: dict, base: str) -> dict:
+    """``resource`` with the ``$ref`` URLs ``/scim/v2`` gives under ``base`` (the reader's
+    ``scheme://host/scim/v2``). Events are planned once for every replica and listener, so
+    they keep only the ids; each reader gets the URLs of the address it asked at, and a
+    resource equal to what SCIM shows it."""
+    out = dict(resource)
+    for key, endpoint in _REFERENCES.items():
+        if isinstance(out.get(key), list):
+            out[key] = [_ref(base, endpoint or ("Groups" if isinstance(e, dict) and
+                                                e.get("type") == "Group" else "Users"), e)
+                        for e in out[key]]
+    enterprise = out.get(_ENTERPRISE)
+    if isinstance(enterprise, dict) and isinstance(enterprise.get("manager"), dict):
+        out[_ENTERPRISE] = {**enterprise, "manager": _ref(base, "Users", enterprise["manager"])}
+    return out
+
+
+def _event(row: Any, base: str) -> dict[str, Any]:
     event: dict[str, Any] = {"cursor": int(row.cursor), "type": row.type,
                              "event": EVENT_URIS[row.type], "resourceType": row.kind,
                              "id": row.entry_id}
@@ -88,7 +118,7 @@ def _event(row: Any) -> dict[str, Any]:
             event["externalId"] = row.external_id
     event["time"] = _time(row.at)
     if row.type != "delete":
-        event["resource"] = row.body
+        event["resource"] = with_refs(row.body, base)
     return event
 
 
@@ -137,13 +167,14 @@ class FeedService:
             rows = feed_store.events(conn, name, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
+        base = request.host_url.rstrip("/") + "/scim/v2"
         subjects: set[str] = set()
         sensitive: set[str] = set()
         for row in rows:
             subjects.update(row.subjects or ())
             sensitive.update(row.sensitive or ())
         body = {"schemas": [FEED_SCHEMA], "feed": name,
-                "events": [_event(r) for r in rows],
+                "events": [_event(r, base) for r in rows],
                 "next": int(rows[-1].cursor) if rows else after, "more": more,
                 "latest": max(head.last, int(rows[-1].cursor) if rows else 0)}
         return body, sorted(subjects), sorted(sensitive)
