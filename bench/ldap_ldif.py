@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from idm_facade.directory.policy import Policy
+from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit, subschema
 from schemas.attributes import ACCOUNT, ATTRIBUTES, GROUP_KINDS, UNIT
 
@@ -67,6 +68,7 @@ def export_ldif(snapshot: Any, config: Any, ldif_path: Path, schema_path: Path,
     policy = policy or Policy(name="default")
     options = dit.options_from(config, snapshot)
     layout = dit.layout_for(snapshot, options)
+    seen = ClientView.of(snapshot, policy)
     schema_path.write_text(schema_text())
     count = 0
     with ldif_path.open("w") as out:
@@ -83,7 +85,7 @@ def export_ldif(snapshot: Any, config: Any, ldif_path: Path, schema_path: Path,
                           (dit.GROUPS, list(layout.group_dn))):
             for entry_id in ids:
                 entry = snapshot.get(entry_id)
-                rendered = dit.render_attributes(layout, view, entry, policy, snapshot)
+                rendered = dit.render_attributes(layout, view, entry, seen)
                 attrs = [(n, v) for n, v, _ in rendered]
                 if view == dit.GROUPS and not any(n == "member" for n, _ in attrs):
                     attrs.append(("member", [layout.base]))
