@@ -159,15 +159,22 @@ def main() -> None:
 
     server, base = start([PY, "-c", "from idm_facade.cli import main; main()", "serve",
                           "--db", url, "--scim-port", "0"], r"SCIM\s+(http://\S+)/scim/v2")
+    # the facade on both cores, as gunicorn's floor may be (its better of 1 and 2 workers)
+    server2, base2 = start([PY, "-c", "from idm_facade.cli import main; main()", "serve",
+                            "--db", url, "--scim-port", "0", "--workers", "2"],
+                           r"SCIM\s+(http://\S+)/scim/v2")
     site, site_url = start([PY, "-c", HELLO, "32"], r"HELLO (\S+)")
     floors = {w: gunicorn_hello(w) for w in (1, 2)}
     rows: dict[str, list[tuple[float, str, str]]] = {}
     try:
         run_wrk(base + "/", 2, auth, login_paths)  # warm up: caches, thread pool
+        run_wrk(base2 + "/", 2, auth, login_paths)
         for number in range(args.rounds):
             for label, target, headers, paths in (
                     ("GET /api/user/{id}/roles?system=KOMBIT", base + "/", auth, login_paths),
                     ("GET /api/roles/{username}", base + "/", auth, roles_paths),
+                    ("GET /api/user/{id}/roles?system=KOMBIT, --workers 2", base2 + "/", auth,
+                     login_paths),
                     ("hello-world, our twisted.web site", site_url, None, None),
                     ("hello-world, gunicorn 1 worker", floors[1][1], None, None),
                     ("hello-world, gunicorn 2 workers", floors[2][1], None, None)):
@@ -176,7 +183,7 @@ def main() -> None:
                 print(f"round {number + 1}: {label}: {result[0]:,.0f} req/s "
                       f"(p50 {result[1]}, p99 {result[2]})", flush=True)
     finally:
-        for proc in (server, site, *(p for p, _ in floors.values())):
+        for proc in (server, server2, site, *(p for p, _ in floors.values())):
             proc.terminate()
             proc.wait(timeout=30)
 

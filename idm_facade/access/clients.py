@@ -178,6 +178,13 @@ DEMO_CPR_TOKEN = "idmf_democpr_demo-cpr-token-change-me"
 DEMO_LDAP_PASSWORD = "demo-ldap-password"
 
 
+def _token_key(token: str) -> bytes | None:
+    """The verification cache's key of a bearer token; None for what is not one of ours."""
+    if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX + "_"):
+        return None
+    return hashlib.sha256(b"T\0" + token.encode()).digest()
+
+
 class ClientRegistry:
     """Registered clients: add, revoke, rotate, list; authenticate tokens and binds."""
 
@@ -531,9 +538,9 @@ class ClientRegistry:
 
     def authenticate_token(self, token: str) -> Client | None:
         """The SCIM client holding bearer ``token``, or None (unknown, wrong, revoked)."""
-        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX + "_"):
+        key = _token_key(token)
+        if key is None:
             return None
-        key = hashlib.sha256(b"T\0" + token.encode()).digest()
         cached = self._cached(key)
         if cached is not None:
             return cached
@@ -548,6 +555,15 @@ class ClientRegistry:
         if not self._verify(row.secret_hash, token):
             return None
         return self._remember(key, row)
+
+    def verified_recently(self, token: str) -> bool:
+        """Whether bearer ``token`` was verified lately (its check is in the cache): then
+        :meth:`authenticate_token` costs no slow hash, at most one look at its row."""
+        key = _token_key(token)
+        if key is None:
+            return False
+        with self._lock:
+            return key in self._cache
 
     def authenticate_bind(self, dn: str, password: str) -> Client | None:
         """The LDAP client binding as ``dn`` with ``password``, or None."""
