@@ -17,6 +17,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench.audit_bench"],
     ["bench.roles_bench"],
     ["bench.scim_bench"],
+    ["bench.scim_floor_bench"],
     ["bench.ldap_bench"],
     ["bench.person_bind_bench"],
     ["bench.provisioning_bench"],

@@ -108,8 +108,9 @@ REQUEST_LINES_DROPPED = Counter("idm_facade_request_lines_dropped", "Request log
 AUDIT_RECORDS = Counter("idm_facade_access_log_records", "Access records committed.",
                         registry=REGISTRY)
 HTTP_INLINE = Counter("idm_facade_http_inline_requests", "HTTP requests answered in the "
-                      "event loop instead of a worker thread (one account's role lookup "
-                      "with a recently verified token).", registry=REGISTRY)
+                      "event loop instead of a worker thread (one account's role lookup, "
+                      "a SCIM point read of users, with a recently verified token).",
+                      registry=REGISTRY)
 
 
 class _Sampled:

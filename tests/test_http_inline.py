@@ -1,6 +1,6 @@
-"""One account's role lookup is answered in the event loop once its token is verified, and
-the answer is the one a worker thread gives: same status, headers and body, an access record
-each, and no answer without its record.
+"""One account's role lookup, and a SCIM point read of users, is answered in the event loop
+once its token is verified, and the answer is the one a worker thread gives: same status,
+headers and body, an access record each, and no answer without its record.
 
 The first request of a token goes to a worker thread (verifying a token costs a slow hash,
 which must not run in the event loop); the later ones are answered in the loop, which
@@ -63,11 +63,36 @@ def test_role_lookups_answered_in_the_loop_equal_the_threads(demo_db: str,
         assert len(_records(copy.db, f"/api/user/{name}/roles")) == 2
         assert len(_records(copy.db, "/api/roles/nobody-here")) == 2
 
+        # SCIM point reads of users: by id, and by a filter on userName, externalId or id
+        bearer = {"Authorization": f"Bearer {token}"}
+        before = _inline_count(http)
+        for path, params in ((f"/scim/v2/Users/{user['id']}", {}),
+                             ("/scim/v2/Users/no-such-id", {}),
+                             ("/scim/v2/Users", {"filter": f'userName eq "{name}"'}),
+                             ("/scim/v2/Users", {"filter": f'ID Eq "{user["id"]}"',
+                                                 "attributes": "userName"}),
+                             ("/scim/v2/Users", {"filter": 'externalId eq "nobody \\"x"'})):
+            first = http.get(path, params=params, headers=bearer)
+            second = http.get(path, params=params, headers=bearer)
+            _same(first, second)
+            assert first.status_code in (200, 404), (path, first.text)
+        assert _inline_count(http) == before + 10
+        found = http.get("/scim/v2/Users", params={"filter": f'userName eq "{name}"'},
+                         headers=bearer).json()
+        assert [u["id"] for u in found["Resources"]] == [user["id"]]
+
         # never in the loop: a wrong token (401 as from the threads), lists of every
-        # account, other methods
+        # account, groups, other filters and methods
         counted = _inline_count(http)
         wrong = http.get(f"/api/roles/{name}", headers={"ApiKey": token[:-2] + "xx"})
         assert wrong.status_code == 401
         assert http.get("/api/itsystem/all", headers={"ApiKey": token}).status_code == 200
         assert http.post(f"/api/roles/{name}", headers={"ApiKey": token}).status_code == 405
+        for params in ([], [("filter", f'userName sw "{name[:2]}"')],
+                       [("filter", f'userName eq "{name}" or userName eq "x"')],
+                       [("filter", f'userName eq "{name}"'), ("filter", 'userName eq "x"')]):
+            assert http.get("/scim/v2/Users", params=params, headers=bearer).status_code \
+                in (200, 400)
+        assert http.get("/scim/v2/Groups", params={"count": 1},
+                        headers=bearer).status_code == 200
         assert _inline_count(http) == counted

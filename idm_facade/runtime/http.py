@@ -200,7 +200,7 @@ class _Channel(HTTPChannel):
 class _Resource(WSGIResource):
     """WSGIResource that gives the application a way to hold its response for a record,
     and answers the requests ``inline`` picks in the event loop itself (see
-    :func:`inline_role_lookups`)."""
+    :func:`inline_requests`)."""
 
     def __init__(self, reactor: Any, threadpool: Any, application: Callable,
                  audit: Any, inline: Callable[[Request], bool] | None = None) -> None:
@@ -234,7 +234,7 @@ def _answer_inline(application: Callable, request: HeldRequest, environ: dict) -
     like any other). For requests that cost less than the hand-over to a worker thread and
     back, which costs about as much as a hello-world answer (measured: hello-world through
     the thread pool 0.40-0.42 of gunicorn's, answered in the loop 0.74-0.87); only for what
-    never waits on anything but memory (see :func:`inline_role_lookups`)."""
+    never waits on anything but memory (see :func:`inline_requests`)."""
     started: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]],
@@ -271,16 +271,37 @@ def _answer_inline(application: Callable, request: HeldRequest, environ: dict) -
 #: account (``/api/itsystem/...``, ``/api/read/...``) stay in the worker threads, where a
 #: long one cannot hold up LDAP and other HTTP clients.
 INLINE_PREFIXES = (b"/api/user/", b"/api/roles/")
+#: SCIM reads answered in the event loop: one user by id, and the point look-up provisioning
+#: clients make before every write (``filter=userName eq "..."``, ``externalId``, ``id``: an
+#: index hit, at most a few users). Every other SCIM request, lists and groups (whose member
+#: lists can be long) among them, stays in the worker threads.
+_SCIM_USER = re.compile(rb"/scim/v2/Users/[^/]+")
+_SCIM_POINT = re.compile(r'\s*(?:userName|externalId|id)\s+eq\s+"(?:[^"\\]|\\.)*"\s*',
+                         re.IGNORECASE)
 
 
-def inline_role_lookups(facade: Facade) -> Callable[[Request], bool]:
-    """Which requests :func:`_answer_inline` may take: GETs of one account's roles whose
-    token was verified recently (a token to verify costs a slow hash, which must not run in
-    the event loop; the first request of a token goes to a worker thread)."""
+def _scim_point_read(request: Request) -> bool:
+    path = request.path
+    if _SCIM_USER.fullmatch(path):
+        return True
+    if path.rstrip(b"/") != b"/scim/v2/Users":
+        return False
+    _, _, query = request.uri.partition(b"?")
+    found = parse_qs(query).get(b"filter")
+    return found is not None and len(found) == 1 and \
+        _SCIM_POINT.fullmatch(found[0].decode("utf-8", "replace")) is not None
+
+
+def inline_requests(facade: Facade) -> Callable[[Request], bool]:
+    """Which requests :func:`_answer_inline` may take: GETs of one account's roles, and
+    SCIM point reads of users, whose token was verified recently (a token to verify costs a
+    slow hash, which must not run in the event loop; the first request of a token goes to
+    a worker thread)."""
     clients = facade.clients
 
     def inline(request: Request) -> bool:
-        if request.method != b"GET" or not request.path.startswith(INLINE_PREFIXES):
+        if request.method != b"GET" or not (request.path.startswith(INLINE_PREFIXES)
+                                            or _scim_point_read(request)):
             return False
         headers = request.requestHeaders
         given = headers.getRawHeaders(b"authorization")
@@ -290,7 +311,6 @@ def inline_role_lookups(facade: Facade) -> Callable[[Request], bool]:
             token = given[0].decode("latin-1").strip() if given else None
         return token is not None and clients.verified_recently(token)
     return inline
-
 
 
 def http_site(reactor: Any, app: Any, threads: int, audit: Any = None,
