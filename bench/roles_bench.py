@@ -124,14 +124,26 @@ def in_process(size: str) -> tuple[int, float, float]:
     return len(accounts), statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="XL", choices=["S", "M", "L", "XL"])
+def arguments(doc: str, size: str) -> argparse.Namespace:
+    """``--size``, ``--seconds`` (per wrk run) and ``--rounds`` of an HTTP floor bench."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--size", default=size, choices=["S", "M", "L", "XL"])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def floors_ready(what: str) -> bool:
+    """Whether wrk and gunicorn are there (else say which bench is skipped)."""
     if ensure_wrk() is None or shutil.which("gunicorn", path=str(Path(PY).parent)) is None:
-        print("wrk or gunicorn is missing: skipping the role API bench")
+        print(f"wrk or gunicorn is missing: skipping {what}")
+        return False
+    return True
+
+
+def main() -> None:
+    args = arguments(__doc__ or "", "XL")
+    if not floors_ready("the role API bench"):
         return
     count, er_median, er_p99 = in_process(args.size)
     print(f"effective_roles per account: median {er_median:.0f} us, p99 {er_p99:.0f} us "

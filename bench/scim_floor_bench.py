@@ -15,10 +15,8 @@ cores too). usage: python -m bench.scim_floor_bench [--size M] [--seconds 8] [--
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
 import urllib.parse
@@ -27,18 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.datasets import machine  # noqa: E402
-from bench.roles_bench import PY, gunicorn_hello, run_wrk  # noqa: E402
-from bench.scim_bench import HELLO, ensure_db, ensure_wrk, start  # noqa: E402
+from bench.roles_bench import PY, arguments, floors_ready, gunicorn_hello, run_wrk  # noqa: E402
+from bench.scim_bench import HELLO, ensure_db, start  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="M", choices=["S", "M", "L", "XL"])
-    parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if ensure_wrk() is None or shutil.which("gunicorn", path=str(Path(PY).parent)) is None:
-        print("wrk or gunicorn is missing: skipping the SCIM floor bench")
+    args = arguments(__doc__ or "", "M")
+    if not floors_ready("the SCIM floor bench"):
         return
     url = ensure_db(args.size, None)
     from idm_facade.access.clients import ClientRegistry
