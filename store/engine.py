@@ -8,9 +8,10 @@ and the file enforces the same integrity PostgreSQL does.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,18 @@ from store import changelog
 from store.models import Base
 
 DEFAULT_URL = "sqlite:///var/idm.db"
+
+
+#: Values bound in one ``IN (...)`` at most: well under SQLite's limit on parameters.
+IN_CHUNK = 500
+
+
+def in_chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """``values`` (ids or sequence numbers), sorted, in pieces small enough for one
+    ``IN (...)`` each."""
+    ordered = sorted(values)
+    for start in range(0, len(ordered), IN_CHUNK):
+        yield ordered[start:start + IN_CHUNK]
 
 
 def database_url(url: str | None = None) -> str:

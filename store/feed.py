@@ -34,6 +34,8 @@ from sqlalchemy import (
     update,
 )
 
+from store.engine import in_chunks
+
 metadata = MetaData()
 
 feed_event = Table(
@@ -93,9 +95,8 @@ def recorded(conn: Any, feed: str, ids: set[str] | None = None) -> dict[str, Any
     query = select(feed_state).where(feed_state.c.feed == feed)
     if ids is None:
         return {r.entry_id: r for r in conn.execute(query)}
-    wanted = sorted(ids)
-    return {r.entry_id: r for i in range(0, len(wanted), 500)
-            for r in conn.execute(query.where(feed_state.c.entry_id.in_(wanted[i:i + 500])))}
+    return {r.entry_id: r for chunk in in_chunks(ids)
+            for r in conn.execute(query.where(feed_state.c.entry_id.in_(chunk)))}
 
 
 def reader_changed(conn: Any, feed: str, reader: str) -> bool:

@@ -39,6 +39,7 @@ from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.feed.settings import Feed, feeds
+from schemas.attributes import ENTERPRISE_USER
 from store import feed as feed_store
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ def _time(value: datetime) -> str:
 #: Where the values of reference attributes point, for their ``$ref`` (RFC 7643 §2.3.7):
 #: ``members`` by each element's ``type``.
 _REFERENCES = {"groups": "Groups", "members": None}
-_ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def _ref(base: str, endpoint: str, element: Any) -> Any:
@@ -103,9 +103,9 @@ def with_refs(resource: dict, base: str) -> dict:
             out[key] = [_ref(base, endpoint or ("Groups" if isinstance(e, dict) and
                                                 e.get("type") == "Group" else "Users"), e)
                         for e in out[key]]
-    enterprise = out.get(_ENTERPRISE)
+    enterprise = out.get(ENTERPRISE_USER)
     if isinstance(enterprise, dict) and isinstance(enterprise.get("manager"), dict):
-        out[_ENTERPRISE] = {**enterprise, "manager": _ref(base, "Users", enterprise["manager"])}
+        out[ENTERPRISE_USER] = {**enterprise, "manager": _ref(base, "Users", enterprise["manager"])}
     return out
 
 

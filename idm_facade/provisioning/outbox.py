@@ -40,6 +40,7 @@ from idm_facade.provisioning.client import Conflict, Gone, Refused, Retry, ScimC
 from idm_facade.provisioning.desired import GROUP, USER
 from idm_facade.provisioning.targets import Target
 from store import outbox
+from store.engine import in_chunks
 from store.outbox import outbox_item, outbox_lease, outbox_state
 from store.validity import utcnow
 
@@ -50,7 +51,7 @@ MAX_BACKOFF = 300.0
 #: A delivery the target refused for good is tried again this much later (someone may fix
 #: the target meanwhile), and no sooner.
 REFUSED_BACKOFF = 600.0
-INCOMPLETE = "incomplete"
+INCOMPLETE = "incomplete"  # digest of a body sent without some references resolved
 #: Deliveries whose access records are committed together, and whose outcome is recorded in
 #: the store in one transaction: one commit each per delivery was most of a delivery's cost.
 RECORD_CHUNK = 25
@@ -58,7 +59,7 @@ RECORD_CHUNK = 25
 #: sync) lists the target's externalIds once, instead of searching for each one; the
 #: listing is used for this many seconds.
 LIST_FROM = 50
-LIST_FOR = 60.0  # digest of a body sent without some references resolved
+LIST_FOR = 60.0
 
 
 @dataclass
@@ -100,42 +101,29 @@ def take_lease(engine: Any, name: str, seconds: float = 15.0) -> bool:
         return False  # another process inserted it first
 
 
-def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
-    """``ids`` in pieces small enough for one ``IN (...)`` (SQLite's parameter limit)."""
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
-
-
 def _rows(conn: Any, table: Any, target: str, ids: set[str] | None) -> list[Any]:
     """The target's rows of ``table``: all of them, or those of ``ids``."""
     if ids is None:
         return list(conn.execute(select(table).where(table.c.target == target)))
-    return [row for chunk in _chunks(sorted(ids)) for row in conn.execute(
+    return [row for chunk in in_chunks(ids) for row in conn.execute(
         select(table).where(table.c.target == target, table.c.entry_id.in_(chunk)))]
 
 
-def _manager_depths(want: dict[str, desired.Wanted]) -> dict[str, int]:
-    """How many managers up each wanted user's chain of managers goes among the wanted
-    users. Sending in this order (it sets the ``queued`` microseconds, by which users are
-    sent) gives every manager a target id before the users naming it are sent, so a first
-    sync does not send a third of its users twice (first without their manager)."""
-    managers: dict[str, str] = {}
-    for entry_id, item in want.items():
-        enterprise = item.body.get(desired.ENTERPRISE_USER) if item.kind == USER else None
+def _manager_depth(want: dict[str, desired.Wanted], entry_id: str) -> int:
+    """How many managers up a wanted user's chain of managers goes among the wanted users.
+    Users are sent in this order (it sets the ``queued`` microseconds, by which they are
+    sent), so every manager has a target id before the users naming it are sent, and a
+    first sync does not send a third of its users twice (first without their manager)."""
+    depth, seen, at = 0, {entry_id}, want.get(entry_id)
+    while at is not None and at.kind == USER and depth < 50:
+        enterprise = at.body.get(desired.ENTERPRISE_USER)
         manager = enterprise.get("manager") if isinstance(enterprise, dict) else None
-        if manager and manager.get("value") in want:
-            managers[entry_id] = manager["value"]
-    depths: dict[str, int] = {}
-    for entry_id in managers:
-        chain: list[str] = []
-        at = entry_id
-        while at in managers and at not in depths and len(chain) < 50 and at not in chain:
-            chain.append(at)
-            at = managers[at]
-        below = depths.get(at, 0)
-        for step in reversed(chain):
-            below += 1
-            depths[step] = below
-    return depths
+        above = manager.get("value") if isinstance(manager, dict) else None
+        if above is None or above in seen or above not in want:
+            break
+        seen.add(above)
+        depth, at = depth + 1, want[above]
+    return depth
 
 
 class Provisioner:
@@ -203,13 +191,11 @@ class Provisioner:
             pending = {r.entry_id: r for r in _rows(conn, outbox_item, name, touched)}
             planned = diff.changes(diff.only(want, touched), held, self.target.leaver)
             changed = {c.entry_id for c in planned}
-            settled = [entry_id for entry_id in pending.keys() & (want.keys() - changed)]
-            for chunk in _chunks(settled):
+            for chunk in in_chunks(pending.keys() & (want.keys() - changed)):
                 # changed and changed back before it was sent
                 conn.execute(delete(outbox_item).where(
                     outbox_item.c.target == name, outbox_item.c.entry_id.in_(chunk)))
             new: list[dict] = []
-            depth = _manager_depths(want)
             for change in planned:
                 waiting = pending.get(change.entry_id)
                 item = change.item
@@ -220,7 +206,8 @@ class Provisioner:
                 values = {"kind": change.kind, "action": change.action,
                           "body": item.body if item is not None else None, "digest": digest,
                           "subjects": list(item.subjects) if item is not None else [],
-                          "queued": now + timedelta(microseconds=depth.get(change.entry_id, 0)),
+                          "queued": now + timedelta(
+                              microseconds=_manager_depth(want, change.entry_id)),
                           "attempts": 0, "next_attempt": now, "last_error": None}
                 if waiting is None:
                     new.append({"target": name, "entry_id": change.entry_id, **values})

@@ -57,6 +57,7 @@ from idm_facade.access.audit.record import (
     encode_seqs,
 )
 from idm_facade.access.audit.settings import AuditSettings, _engine_for, _index_url
+from store.engine import in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +385,8 @@ class IndexMixin(DatabaseMixin):
                                           client))
                 seqs = posted if seqs is None else seqs & posted
             if seqs is not None:
-                ordered = sorted(seqs)
-                for start in range(0, len(ordered), 500):
-                    if take(conn.execute(stmt.where(
-                            access_log.c.seq.in_(ordered[start:start + 500])))):
+                for chunk in in_chunks(seqs):
+                    if take(conn.execute(stmt.where(access_log.c.seq.in_(chunk)))):
                         return found
             else:
                 runs = select(access_log_runs.c.first_seq, access_log_runs.c.last_seq) \
