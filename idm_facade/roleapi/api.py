@@ -36,7 +36,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, request
+from werkzeug.wrappers import Request, Response
 
 from idm_facade import metrics
 from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
@@ -102,6 +103,7 @@ class RoleView:
         self._open = sorted((s for s in data.it_systems.values() if not s.access_blocked),
                             key=lambda s: (s.user_key, s.id))
         self._matching: dict[tuple[str, ...], frozenset[str]] = {}
+        self._open_for: dict[frozenset[str] | None, list[Any]] = {}
         self._lock = threading.Lock()
         self._accounts: OrderedDict = OrderedDict()
         self._holders: dict[tuple[str, Policy], list[Any]] = {}
@@ -126,8 +128,15 @@ class RoleView:
         return set(found)
 
     def open_systems(self, keys: set[str] | None) -> list[Any]:
-        """The selected IT systems (None: all) that are not access-blocked, in key order."""
-        return [s for s in self._open if keys is None or s.user_key in keys]
+        """The selected IT systems (None: all) that are not access-blocked, in key order
+        (kept per selection: a login lookup asks for the same few systems every time)."""
+        key = frozenset(keys) if keys is not None else None
+        found = self._open_for.get(key)
+        if found is None:
+            found = [s for s in self._open if keys is None or s.user_key in keys]
+            if len(self._open_for) < 1000:  # bounded: the selections come from requests
+                self._open_for[key] = found
+        return found
 
     def role_ids(self, view: ClientView, entry: Entry) -> list[str]:
         """Distinct job-role ids the account holds, in grant order, as the client sees."""
@@ -397,8 +406,8 @@ def find_system(roles: RoleView, identifier: str) -> Any:
     return found
 
 
-def _int_arg(name: str, default: int, low: int) -> int:
-    raw = request.args.get(name)
+def _int_arg(req: Request, name: str, default: int, low: int) -> int:
+    raw = req.args.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -411,16 +420,16 @@ def _int_arg(name: str, default: int, low: int) -> int:
 # --------------------------------------------------------------------------- blueprint
 
 
-def _token() -> str | None:
+def _token(req: Request) -> str | None:
     """The bearer token, or OS2rollekatalog's ``ApiKey`` header."""
-    token = bearer_token(request.headers.get("Authorization"))
+    token = bearer_token(req.headers.get("Authorization"))
     if token:
         return token
-    api_key = request.headers.get("ApiKey")
+    api_key = req.headers.get("ApiKey")
     return api_key.strip() if api_key else None
 
 
-#: ``handler(view, roles, **path_args)`` -> (body, persons disclosed[, sensitive attributes
+#: ``handler(view, roles, request, **path_args)`` -> (body, persons disclosed[, sensitive attributes
 #: disclosed, e.g. ``["cpr"]``]).
 Handler = Callable[..., tuple]
 
@@ -433,12 +442,13 @@ _LOG_UNAVAILABLE_BODY = json.dumps(_LOG_UNAVAILABLE).encode()
 DOMAIN_400 = frozenset({"read.user.roles", "read.user.rolegroups"})
 
 
-def _check_domain(directory_system: str, view: ClientView, status: int) -> None:
+def _check_domain(req: Request, directory_system: str, view: ClientView, status: int
+                  ) -> None:
     """OS2rollekatalog's ``domain`` parameter (``DomainService.getDomainOrPrimary``): absent
     or empty means the primary domain, an unknown one is 404 (400 on two reads). The facade
     serves one domain, the directory IT system's accounts, named by that system's key or
     name."""
-    domain = request.args.get("domain")
+    domain = req.args.get("domain")
     if not domain:
         return
     names = {directory_system.casefold()}
@@ -448,11 +458,12 @@ def _check_domain(directory_system: str, view: ClientView, status: int) -> None:
         raise ApiError(status, f"unknown domain: {domain}")
 
 
-def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str]
-           ) -> Response:
+def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str],
+           req: Request) -> Response:
     """Authenticate, answer from one snapshot as the client sees it, record, respond: the
-    path every role API request takes. ``handler(view, roles, **args)`` gives the body and
-    the persons it discloses; no record, no answer."""
+    path every role API request takes. ``handler(view, roles, req, **args)`` gives the body
+    and the persons it discloses; no record, no answer. ``req`` is the werkzeug request, so
+    the server can answer without Flask's dispatch (:mod:`idm_facade.runtime.fastlane`)."""
     from idm_facade.access.audit import AccessRecord, AuditUnavailable
 
     client = None
@@ -460,19 +471,19 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
     subjects: list[str] = []
     sensitive: list[str] = []
     try:
-        token = _token()
+        token = _token(req)
         client = facade.clients.authenticate_token(token) if token else None
         if client is None:
             metrics.AUTH_FAILURES.labels("api", "no token" if token is None
                                          else "invalid token").inc()
             raise ApiError(401, "a valid bearer token is required")
-        request.environ[CLIENT_KEY] = client.name
+        req.environ[CLIENT_KEY] = client.name
         if ROLE not in client.policy.kinds:
             raise ApiError(403, f"client {client.name} may not read roles")
         view = ClientView.of(facade.directory.snapshot, client.policy)
-        _check_domain(facade.directory.directory_system, view,
+        _check_domain(req, facade.directory.directory_system, view,
                       400 if operation in DOMAIN_400 else 404)
-        result = handler(view, role_view(view), **args)
+        result = handler(view, role_view(view), req, **args)
         body, subjects = result[0], result[1]
         sensitive = list(result[2]) if len(result) > 2 else []
         if isinstance(body, TextAnswer):
@@ -481,14 +492,14 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
         status, body, subjects = exc.status, {"error": exc.message, "status": exc.status}, []
         sensitive = []
     except Exception:  # noqa: BLE001 - a bug must not take the answer's record with it
-        log.exception("role API request failed: %s", request.full_path)
+        log.exception("role API request failed: %s", req.full_path)
         status, body, subjects, sensitive = 500, {"error": "internal error", "status": 500}, [], []
     rec = AccessRecord(
         client=client.name if client else "-",
-        source=audit_source(request.remote_addr or "", request.environ.get(REQUEST_ID_KEY)),
-        operation=operation, query=request.full_path.rstrip("?"), status=str(status),
+        source=audit_source(req.remote_addr or "", req.environ.get(REQUEST_ID_KEY)),
+        operation=operation, query=req.full_path.rstrip("?"), status=str(status),
         subjects=subjects, sensitive=sensitive)
-    hold = request.environ.get(HOLD_KEY)
+    hold = req.environ.get(HOLD_KEY)
     if hold is not None:
         # The server holds the response until the record is committed in its event loop
         # (one commit per loop turn, shared with SCIM and LDAP) and sends this error
@@ -501,37 +512,46 @@ def answer(facade: Facade, operation: str, handler: Handler, args: dict[str, str
             status, body = 500, _LOG_UNAVAILABLE
     if isinstance(body, TextAnswer):
         return Response(body.text, status=body.status, mimetype="text/plain")
-    response = jsonify(body)
-    response.status_code = status
+    response = json_response(body, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="idm-facade"'
     return response
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """``body`` as JSON, byte for byte as Flask's ``jsonify`` writes it outside debug mode
+    (compact, ASCII, keys in insertion order, a final newline), but needing no Flask
+    application context, so the event loop's fast lane can answer with it too."""
+    return Response(json.dumps(body, separators=(",", ":")) + "\n", status=status,
+                    mimetype="application/json")
 
 
 def _per_account(render: Callable[..., Any], system_required: bool = False) -> Handler:
     """A handler giving one account's roles in one shape, for the IT systems asked for
     (``system`` is a required parameter of ``rolesAsList``: Spring answers 400 without it;
     an empty value means every system, as ``StringUtils.hasLength`` reads it)."""
-    def handle(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
-        if system_required and "system" not in request.args:
+    def handle(view: ClientView, roles: RoleView, req: Request, user: str
+               ) -> tuple[Any, list[str]]:
+        if system_required and "system" not in req.args:
             raise ApiError(400, "Required parameter 'system' is not present")
         entry = find_account(view, user)
-        systems = roles.systems_matching(request.args.getlist("system"))
+        systems = roles.systems_matching(req.args.getlist("system"))
         return render(roles, view, entry, systems), view.subjects([entry])
     return handle
 
 
-def _name_id_handler(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+def _name_id_handler(view: ClientView, roles: RoleView, req: Request, user: str
+                     ) -> tuple[Any, list[str]]:
     entry = find_account(view, user)
     return {"nameID": _name_id(roles, view, entry)}, view.subjects([entry])
 
 
-def _has_user_role(view: ClientView, roles: RoleView, user: str, role_id: str
+def _has_user_role(view: ClientView, roles: RoleView, req: Request, user: str, role_id: str
                    ) -> tuple[Any, list[str]]:
     """200 "Found role" or 404 "Did not find role" (``UserApi.userHasUserRole``);
     ``role_id`` is the role's id or identifier, ``?system=`` narrows the systems."""
     entry = find_account(view, user)
-    systems = roles.systems_matching(request.args.getlist("system"))
+    systems = roles.systems_matching(req.args.getlist("system"))
     data = roles.data
     role = find_row(data.job_roles, roles, role_id)
     if role is None:
@@ -545,21 +565,22 @@ def _has_user_role(view: ClientView, roles: RoleView, user: str, role_id: str
     return NOT_FOUND, view.subjects([entry])
 
 
-def _has_system_role(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+def _has_system_role(view: ClientView, roles: RoleView, req: Request, user: str
+                     ) -> tuple[Any, list[str]]:
     """``?roleIdentifier=`` (required) ``&system=``: does any role the user holds carry that
     system role (``UserApi.userHasSystemRole``)."""
-    wanted = request.args.get("roleIdentifier")
+    wanted = req.args.get("roleIdentifier")
     if not wanted:
         raise ApiError(400, "roleIdentifier is required")
     entry = find_account(view, user)
-    systems = roles.systems_matching(request.args.getlist("system"))
+    systems = roles.systems_matching(req.args.getlist("system"))
     for rid in _filtered_roles(roles, view, entry, systems):
         if any(sr.identifier == wanted for sr in roles.system_roles_of.get(rid, ())):
             return FOUND, view.subjects([entry])
     return NOT_FOUND, view.subjects([entry])
 
 
-def _all_systems(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+def _all_systems(view: ClientView, roles: RoleView, req: Request) -> tuple[Any, list[str]]:
     """``[{id, name, identifier}]`` of every IT system (ItSystemApi.getAllItSystems), ``id``
     numeric as there."""
     return [{"id": number(s.id), "name": s.name, "identifier": s.user_key}
@@ -567,7 +588,8 @@ def _all_systems(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
             ], []
 
 
-def _system_users(view: ClientView, roles: RoleView, system_id: str) -> tuple[Any, list[str]]:
+def _system_users(view: ClientView, roles: RoleView, req: Request, system_id: str
+                  ) -> tuple[Any, list[str]]:
     """The user ids of the active accounts holding a role in the system, a bare JSON array
     (ItSystemApi.getUsersForItSystem: disabled users skipped); the system by id or
     identifier."""
@@ -577,12 +599,12 @@ def _system_users(view: ClientView, roles: RoleView, system_id: str) -> tuple[An
     return [str(view.first(e, "userName")) for e in holders], view.subjects(holders)
 
 
-def _system_holders(view: ClientView, roles: RoleView, system_id: str
+def _system_holders(view: ClientView, roles: RoleView, req: Request, system_id: str
                     ) -> tuple[Any, list[str]]:
     """Our paged extension of ``users``: each holder with names and the roles held."""
     system = find_system(roles, system_id)
-    start = _int_arg("startIndex", 1, 1)
-    count = min(_int_arg("count", DEFAULT_COUNT, 0), MAX_COUNT)
+    start = _int_arg(req, "startIndex", 1, 1)
+    count = min(_int_arg(req, "count", DEFAULT_COUNT, 0), MAX_COUNT)
     holders = roles.holders(view, system.user_key)
     page = holders[start - 1:start - 1 + count]
     users = []
@@ -620,6 +642,7 @@ def blueprint(facade: Facade) -> Blueprint:
     for index, (rule, operation, handler) in enumerate(routes):
         def view_func(operation: str = operation, handler: Handler = handler,
                       **args: str) -> Response:
-            return answer(facade, operation, handler, args)
+            return answer(facade, operation, handler, args,
+                          request._get_current_object())  # type: ignore[attr-defined]
         bp.add_url_rule(rule, f"route{index}", view_func, methods=["GET"])
     return bp

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from werkzeug.wrappers import Request
+
 from idm_facade.directory import constraints as cons
 from idm_facade.directory import filters as f
 from idm_facade.directory import roles as role_calc
@@ -87,7 +89,7 @@ def _user_json(view: ClientView, data: Any, index: cons.ConstraintIndex, entry: 
             "kleInterest": list(own_kle.get(cons.INTEREST, ()))}
 
 
-def organisation(view: ClientView, roles: RoleView
+def organisation(view: ClientView, roles: RoleView, req: Request
                  ) -> tuple[Any, list[str], list[str]]:
     """``GET /api/organisation/v3``: ``{users, orgUnits}`` as the client may see them."""
     data = roles.data

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
+from werkzeug.wrappers import Request
 
 from idm_facade.directory import constraints as cons
 from idm_facade.directory.entries import Entry
@@ -48,9 +48,9 @@ _TYPE_NAMES = {
 }
 
 
-def flag(name: str) -> bool:
+def flag(req: Request, name: str) -> bool:
     """A boolean query parameter as Spring reads it (missing or empty: false)."""
-    raw = request.args.get(name, "").strip().lower()
+    raw = req.args.get(name, "").strip().lower()
     if raw in _TRUE:
         return True
     if raw in _FALSE:
@@ -164,17 +164,17 @@ def _holders_of(view: ClientView, roles: RoleView, role: Any) -> list[Entry]:
 # --------------------------------------------------------------------------- handlers
 
 
-def user_roles(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+def user_roles(view: ClientView, roles: RoleView, req: Request) -> tuple[Any, list[str]]:
     """``GET /api/read/userroles``: every user role, ``{id, name, itSystemName}``."""
     rows = sorted(roles.data.job_roles.values(), key=lambda r: (r.name, r.id))
     return [role_short(roles, r) for r in rows], []
 
 
-def user_roles_by_system(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+def user_roles_by_system(view: ClientView, roles: RoleView, req: Request) -> tuple[Any, list[str]]:
     """``GET /api/read/userroles/itsystems`` with an optional JSON body of IT system ids:
     ``{id, name, identifier, description, itSystemName}`` of their roles (all without a
     body). OS2rollekatalog fails with 500 on an empty list; here it is an empty answer."""
-    wanted = request.get_json(silent=True) if request.content_length else None
+    wanted = req.get_json(silent=True) if req.content_length else None
     if wanted is not None and not (isinstance(wanted, list)
                                    and all(isinstance(w, int | str) for w in wanted)):
         raise ApiError(400, "the body must be a JSON list of IT system ids")
@@ -187,7 +187,8 @@ def user_roles_by_system(view: ClientView, roles: RoleView) -> tuple[Any, list[s
             for r in rows], []
 
 
-def user_role(view: ClientView, roles: RoleView, role_ref: str) -> tuple[Any, list[str]]:
+def user_role(view: ClientView, roles: RoleView, req: Request, role_ref: str
+              ) -> tuple[Any, list[str]]:
     """``GET /api/read/userroles/{id}``: ``UserRoleDTO`` with its system roles and their
     constraint values (the stored value; NULL for computed ones)."""
     role = find_row(roles.data.job_roles, roles, role_ref)
@@ -208,13 +209,14 @@ def user_role(view: ClientView, roles: RoleView, role_ref: str) -> tuple[Any, li
             "systemRoleAssignments": assignments}, []
 
 
-def role_groups(view: ClientView, roles: RoleView) -> tuple[Any, list[str]]:
+def role_groups(view: ClientView, roles: RoleView, req: Request) -> tuple[Any, list[str]]:
     """``GET /api/read/rolegroups``: ``[{id, name}]``."""
     rows = sorted(roles.data.role_groups.values(), key=lambda g: (g.name, g.id))
     return [{"id": number(g.id), "name": g.name} for g in rows], []
 
 
-def role_group(view: ClientView, roles: RoleView, group_ref: str) -> tuple[Any, list[str]]:
+def role_group(view: ClientView, roles: RoleView, req: Request, group_ref: str
+               ) -> tuple[Any, list[str]]:
     """``GET /api/read/rolegroups/{id}``: ``{id, name, roles: [UserRoleReadDTO]}``."""
     group = find_row(roles.data.role_groups, roles, group_ref)
     if group is None:
@@ -225,7 +227,8 @@ def role_group(view: ClientView, roles: RoleView, group_ref: str) -> tuple[Any, 
             "roles": [role_short(roles, r) for r in members]}, []
 
 
-def account_roles(view: ClientView, roles: RoleView, user: str) -> tuple[Any, list[str]]:
+def account_roles(view: ClientView, roles: RoleView, req: Request, user: str
+                  ) -> tuple[Any, list[str]]:
     """``GET /api/read/user/{uuid}/roles``: the roles assigned to the account directly."""
     entry = _account(view, roles, user)
     seen: dict[str, None] = {}
@@ -235,7 +238,7 @@ def account_roles(view: ClientView, roles: RoleView, user: str) -> tuple[Any, li
     return [role_short(roles, roles.data.job_roles[r]) for r in seen], view.subjects([entry])
 
 
-def account_role_groups(view: ClientView, roles: RoleView, user: str
+def account_role_groups(view: ClientView, roles: RoleView, req: Request, user: str
                         ) -> tuple[Any, list[str]]:
     """``GET /api/read/user/{uuid}/rolegroups``: role groups assigned to it directly."""
     entry = _account(view, roles, user)
@@ -256,14 +259,15 @@ def _unit_assignments(view: ClientView, roles: RoleView, unit_ref: str) -> list[
     return sorted(rows, key=lambda a: a.id)
 
 
-def unit_roles(view: ClientView, roles: RoleView, unit: str) -> tuple[Any, list[str]]:
+def unit_roles(view: ClientView, roles: RoleView, req: Request, unit: str) -> tuple[Any, list[str]]:
     """``GET /api/read/ous/{uuid}/roles``: roles assigned to the unit (one per assignment)."""
     rows = [a for a in _unit_assignments(view, roles, unit)
             if a.job_role_id in roles.data.job_roles]
     return [role_short(roles, roles.data.job_roles[a.job_role_id]) for a in rows], []
 
 
-def unit_role_groups(view: ClientView, roles: RoleView, unit: str) -> tuple[Any, list[str]]:
+def unit_role_groups(view: ClientView, roles: RoleView, req: Request, unit: str
+                     ) -> tuple[Any, list[str]]:
     """``GET /api/read/ous/{uuid}/rolegroups``: role groups assigned to the unit."""
     rows = [a for a in _unit_assignments(view, roles, unit)
             if a.role_group_id in roles.data.role_groups]
@@ -271,14 +275,14 @@ def unit_role_groups(view: ClientView, roles: RoleView, unit: str) -> tuple[Any,
             for a in rows], []
 
 
-def system_assignments(view: ClientView, roles: RoleView, system: str
+def system_assignments(view: ClientView, roles: RoleView, req: Request, system: str
                        ) -> tuple[Any, list[str]]:
     """``GET /api/read/itsystem/{system}``: per role of the system that someone holds (only
     directly, unless ``indirectRoles``), a ``UserReadWrapperDTO``."""
     found = find_system(roles, system)
-    indirect, with_description = flag("indirectRoles"), flag("withDescription")
-    with_value_set = flag("withConstraintTypeValueSet")
-    with_postponed = flag("includePostponedConstraints")
+    indirect, with_description = flag(req, "indirectRoles"), flag(req, "withDescription")
+    with_value_set = flag(req, "withConstraintTypeValueSet")
+    with_postponed = flag(req, "includePostponedConstraints")
     holders = roles.holders(view, found.user_key)
     wrappers = []
     disclosed: list[Entry] = []
@@ -294,20 +298,21 @@ def system_assignments(view: ClientView, roles: RoleView, system: str
     return wrappers, view.subjects(disclosed)
 
 
-def role_assigned(view: ClientView, roles: RoleView, role_ref: str) -> tuple[Any, list[str]]:
+def role_assigned(view: ClientView, roles: RoleView, req: Request, role_ref: str
+                  ) -> tuple[Any, list[str]]:
     """``GET /api/read/assigned/{id}``: one ``UserReadWrapperDTO`` (assignments possibly
     empty)."""
     role = find_row(roles.data.job_roles, roles, role_ref)
     if role is None:
         raise ApiError(404, f"unknown role: {role_ref}")
     holders = _holders_of(view, roles, role)
-    wrapper = _wrapper(view, roles, role, holders, flag("indirectRoles"),
-                       flag("withDescription"), False)
+    wrapper = _wrapper(view, roles, role, holders, flag(req, "indirectRoles"),
+                       flag(req, "withDescription"), False)
     shown = {a["uuid"] for a in wrapper["assignments"]}
     return wrapper, view.subjects(e for e in holders if e.id in shown)
 
 
-def system_constraints(view: ClientView, roles: RoleView, system: str
+def system_constraints(view: ClientView, roles: RoleView, req: Request, system: str
                        ) -> tuple[Any, list[str]]:
     """``GET /api/read/itsystem/roleAssignmentsWithContraints/{system}``: per holder of a
     role in the system, the privilege groups the OIOBPP of a login to that system alone

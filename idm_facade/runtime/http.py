@@ -38,7 +38,6 @@ from werkzeug.exceptions import HTTPException
 from idm_facade import metrics, requestlog
 from idm_facade.access.audit.record import CLIENT_KEY, REQUEST_ID_KEY
 from idm_facade.access.audit.turnlog import HOLD_KEY, turn_log
-from idm_facade.access.clients import bearer_token
 from idm_facade.access.facade import Facade
 from idm_facade.admin import console as admin_console
 from idm_facade.feed import api as feedapi
@@ -70,7 +69,7 @@ class HeldRequest(Request):
         IN_FLIGHT[0] += 1
         given = self.requestHeaders.getRawHeaders(b"x-request-id")
         text = given[0].decode("ascii", "replace") if given else ""
-        rid = text if _REQUEST_ID.fullmatch(text) else os.urandom(6).hex()
+        rid = text if REQUEST_ID.fullmatch(text) else os.urandom(6).hex()
         self.__dict__["request_id"] = rid
         self.responseHeaders.setRawHeaders(b"x-request-id", [rid.encode()])
         bare, sep, query = path.partition(b"?")
@@ -171,7 +170,51 @@ class HeldRequest(Request):
 
 class _Channel(HTTPChannel):
     """twisted.web's HTTP channel, answering requests it cannot take with a JSON error
-    instead of closing the connection silently (a line over 16 KB) or with a bare 400."""
+    instead of closing the connection silently (a line over 16 KB) or with a bare 400, and
+    handing the requests its site's fast lane takes (:mod:`fastlane`) to the lane while the
+    connection is idle."""
+
+    #: A fast-lane answer is waiting for its record: what arrives meanwhile waits too.
+    _fast_busy = False
+    _fast_paused = False
+    _fast_backlog: list[bytes]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._fast_busy:
+            self._fast_backlog.append(data)
+            if not self._fast_paused and \
+                    sum(map(len, self._fast_backlog)) > self._optimisticEagerReadSize:
+                self._fast_paused = True
+                transport: Any = self.transport
+                transport.pauseProducing()
+            return
+        lane = getattr(getattr(self, "site", None), "lane", None)
+        if lane is not None and not self._handlingRequest and not self.requests \
+                and self.line_mode and not self._buffer \
+                and getattr(self, "_HTTPChannel__first_line", 0) == 1:
+            self.resetTimeout()
+            if lane.take(self, data):
+                return
+        super().dataReceived(data)
+
+    def fast_begin(self) -> None:
+        """The lane took a request: hold further input until its answer is out."""
+        self._fast_busy, self._fast_backlog = True, []
+
+    def fast_done(self, answer: bytes, close: bool) -> None:
+        """Send the lane's answer, then go on with what arrived meanwhile."""
+        self._fast_busy = False
+        transport: Any = self.transport
+        transport.write(answer)
+        if close:
+            self.loseConnection()
+            return
+        backlog, self._fast_backlog = b"".join(self._fast_backlog), []
+        if self._fast_paused:
+            self._fast_paused = False
+            transport.resumeProducing()
+        if backlog:
+            self.dataReceived(backlog)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         first = getattr(self, "_HTTPChannel__first_line", 0)
@@ -198,15 +241,13 @@ class _Channel(HTTPChannel):
 
 
 class _Resource(WSGIResource):
-    """WSGIResource that gives the application a way to hold its response for a record,
-    and answers the requests ``inline`` picks in the event loop itself (see
-    :func:`inline_requests`)."""
+    """WSGIResource that gives the application a way to hold its response for a record."""
 
     def __init__(self, reactor: Any, threadpool: Any, application: Callable,
-                 audit: Any, inline: Callable[[Request], bool] | None = None) -> None:
+                 audit: Any) -> None:
         super().__init__(reactor, threadpool, application)
-        self._turns = turn_log(reactor, audit)
-        self._inline = inline
+        #: The reactor's TurnLog (None when the log is not fast enough for the event loop).
+        self.turns = turn_log(reactor, audit)
 
     def render(self, request: Request) -> Any:
         if not isinstance(request, HeldRequest):
@@ -217,113 +258,25 @@ class _Resource(WSGIResource):
         response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
         response.environ[REQUEST_ID_KEY] = request.request_id
         request.__dict__["_environ"] = response.environ
-        turns = self._turns
+        turns = self.turns
         if turns is not None:
             request._turns = turns
             response.environ[HOLD_KEY] = request.hold_for_record
-            if self._inline is not None and self._inline(request):
-                metrics.HTTP_INLINE.inc()
-                _answer_inline(self._application, request, response.environ)
-                return NOT_DONE_YET
         response.start()
         return NOT_DONE_YET
 
 
-def _answer_inline(application: Callable, request: HeldRequest, environ: dict) -> None:
-    """Run the WSGI application in the event loop and send its answer (held for its record
-    like any other). For requests that cost less than the hand-over to a worker thread and
-    back, which costs about as much as a hello-world answer (measured: hello-world through
-    the thread pool 0.40-0.42 of gunicorn's, answered in the loop 0.74-0.87); only for what
-    never waits on anything but memory (see :func:`inline_requests`)."""
-    started: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], None]:
-        started["status"], started["headers"] = status, headers
-        return chunks.append
-
-    chunks: list[bytes] = []
-    try:
-        result = application(environ, start_response)
-        try:
-            chunks.extend(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-    except Exception:  # noqa: BLE001 - Flask answers its own errors; this is a last resort
-        log.exception("inline request failed: %s", request.uri)
-        started = {"status": "500 Internal Server Error",
-                   "headers": [("Content-Type", "application/json")]}
-        chunks = [json.dumps({"error": "internal error", "status": 500}).encode()]
-    code, _, reason = started["status"].partition(" ")
-    request.setResponseCode(int(code), reason.encode("latin-1"))
-    for key, value in started["headers"]:
-        request.responseHeaders.addRawHeader(key.encode("latin-1"), value.encode("latin-1"))
-    body = b"".join(chunks)
-    if body:
-        request.write(body)
-    request.finish()
-
-
-#: Role API paths answered in the event loop: one account's lookup (``/api/user/{id}/...``,
-#: ``/api/roles/{username}``), a few dictionary walks over the snapshot. Lists over every
-#: account (``/api/itsystem/...``, ``/api/read/...``) stay in the worker threads, where a
-#: long one cannot hold up LDAP and other HTTP clients.
-INLINE_PREFIXES = (b"/api/user/", b"/api/roles/")
-#: SCIM reads answered in the event loop: one user by id, and the point look-up provisioning
-#: clients make before every write (``filter=userName eq "..."``, ``externalId``, ``id``: an
-#: index hit, at most a few users). Every other SCIM request, lists and groups (whose member
-#: lists can be long) among them, stays in the worker threads.
-_SCIM_USER = re.compile(rb"/scim/v2/Users/[^/]+")
-_SCIM_POINT = re.compile(r'\s*(?:userName|externalId|id)\s+eq\s+"(?:[^"\\]|\\.)*"\s*',
-                         re.IGNORECASE)
-
-
-def _scim_point_read(request: Request) -> bool:
-    path = request.path
-    if _SCIM_USER.fullmatch(path):
-        return True
-    if path.rstrip(b"/") != b"/scim/v2/Users":
-        return False
-    _, _, query = request.uri.partition(b"?")
-    found = parse_qs(query).get(b"filter")
-    return found is not None and len(found) == 1 and \
-        _SCIM_POINT.fullmatch(found[0].decode("utf-8", "replace")) is not None
-
-
-def inline_requests(facade: Facade) -> Callable[[Request], bool]:
-    """Which requests :func:`_answer_inline` may take: GETs of one account's roles, and
-    SCIM point reads of users, whose token was verified recently (a token to verify costs a
-    slow hash, which must not run in the event loop; the first request of a token goes to
-    a worker thread)."""
-    clients = facade.clients
-
-    def inline(request: Request) -> bool:
-        if request.method != b"GET" or not (request.path.startswith(INLINE_PREFIXES)
-                                            or _scim_point_read(request)):
-            return False
-        headers = request.requestHeaders
-        given = headers.getRawHeaders(b"authorization")
-        token = bearer_token(given[0].decode("latin-1")) if given else None
-        if not token:  # OS2rollekatalog's ApiKey header
-            given = headers.getRawHeaders(b"apikey")
-            token = given[0].decode("latin-1").strip() if given else None
-        return token is not None and clients.verified_recently(token)
-    return inline
-
-
-def http_site(reactor: Any, app: Any, threads: int, audit: Any = None,
-              inline: Callable[[Request], bool] | None = None) -> Site:
+def http_site(reactor: Any, app: Any, threads: int, audit: Any = None) -> Site:
     """A twisted.web Site serving a WSGI app from a thread pool started with the reactor;
-    with ``audit``, responses can be held for their access record (see the module), and
-    the requests ``inline`` picks are answered in the event loop."""
+    with ``audit``, responses can be held for their access record (see the module). A fast
+    lane for the most frequent requests can be added (:func:`fastlane.install`)."""
     from twisted.python.threadpool import ThreadPool
 
     pool = ThreadPool(minthreads=min(4, threads), maxthreads=threads, name="wsgi")
     reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-    site = Site(_Resource(reactor, pool, app, audit, inline), requestFactory=HeldRequest)
+    site = Site(_Resource(reactor, pool, app, audit), requestFactory=HeldRequest)
+    site.lane = None  # type: ignore[attr-defined]
     site.protocol = _Channel  # type: ignore[assignment]
     site.displayTracebacks = False
     site.log = _request_done  # type: ignore[method-assign,assignment]
@@ -332,7 +285,7 @@ def http_site(reactor: Any, app: Any, threads: int, audit: Any = None,
 
 #: HTTP requests received and not yet finished (a drain waits for them); reactor thread only.
 IN_FLIGHT = [0]
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SCIM_RESOURCES = {"Users", "Groups", "Schemas", "ResourceTypes", "ServiceProviderConfig",
                    ".search", "Bulk", "Me"}
 _PLAIN = {"/healthz", "/readyz", "/metrics"}

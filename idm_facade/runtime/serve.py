@@ -178,10 +178,12 @@ def listen(reactor: Any, facade: Facade, host: str, scim_port: int,
            threads: int = DEFAULT_THREADS, sockets: Sockets | None = None) -> Listening:
     """Open every listener on ``reactor`` (call before ``reactor.run()``); with ``sockets``
     (a ``--workers`` worker), serve on those already-listening sockets instead."""
-    from idm_facade.runtime.http import create_app, http_site, inline_requests
+    from idm_facade.runtime import fastlane
+    from idm_facade.runtime.http import create_app, http_site
 
     app = create_app(facade)
-    site = http_site(reactor, app, threads, facade.audit, inline_requests(facade))
+    site = http_site(reactor, app, threads, facade.audit)
+    fastlane.install(site, app, facade)
     port = (reactor.listenTCP(scim_port, site, interface=host) if sockets is None
             else sockets.adopt_http(reactor, site))
     listening = Listening(host, port.getHost().port, ports=[port])

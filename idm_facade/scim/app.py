@@ -138,8 +138,8 @@ def _parse_args(raw: bytes) -> ImmutableMultiDict:
                                         errors="werkzeug.url_quote"))
 
 
-def _args() -> ImmutableMultiDict:
-    return _parse_args(request.query_string)
+def _args(req: Any) -> ImmutableMultiDict:
+    return _parse_args(req.query_string)
 
 
 def _weak_equal(header: str, tag: str) -> bool:
@@ -174,11 +174,14 @@ class ScimService:
 
     # ------------------------------------------------------------------ entry point
 
-    def handle(self, path: str) -> Response:
-        """Answer one request under /scim/v2 and record it."""
+    def handle(self, path: str, req: Any = None) -> Response:
+        """Answer one request under /scim/v2 and record it. ``req`` is the werkzeug request
+        (the server's fast lane answers without Flask: :mod:`idm_facade.runtime.fastlane`);
+        None means Flask's current request."""
         # The request object itself, once: every ``flask.request.x`` goes through a context
         # proxy, and the hot path (a repeated query) is short enough for that to show.
-        req = request._get_current_object()  # type: ignore[attr-defined]
+        if req is None:
+            req = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
         method = environ["REQUEST_METHOD"]
         path = path.strip("/")
@@ -196,7 +199,7 @@ class ScimService:
         except ScimError as exc:
             outcome = Outcome(json.dumps(exc.body()), exc.status, exc.headers)
         except Exception:  # noqa: BLE001 - a bug must not take the answer's audit with it
-            log.exception("SCIM request failed: %s %s", method, request.full_path)
+            log.exception("SCIM request failed: %s %s", method, req.full_path)
             err = ScimError(500, "internal error")
             outcome = Outcome(json.dumps(err.body()), 500)
         query = outcome.query or req.query_string.decode("utf-8", "replace")
@@ -223,12 +226,13 @@ class ScimService:
 
     def base(self, req: Any = None) -> str:
         """``scheme://host/scim/v2`` of this request (werkzeug's host_url, kept per Host)."""
-        env = (req or request).environ
+        req = req or request
+        env = req.environ
         key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
                env.get("SERVER_PORT"))
         found = self._bases.get(key)
         if found is None:
-            found = request.host_url.rstrip("/") + PREFIX
+            found = req.host_url.rstrip("/") + PREFIX
             if len(self._bases) >= 256:  # Host is client-chosen: keep the memo bounded
                 self._bases.clear()
             self._bases[key] = found
@@ -243,21 +247,21 @@ class ScimService:
             if not parts:
                 return self.list(client, _ALL, None, req.query_string, req)
             if head == "serviceproviderconfig" and len(parts) == 1:
-                return Outcome(self.discovery.documents(self.base())["spc"])
+                return Outcome(self.discovery.documents(self.base(req))["spc"])
             if head in ("resourcetypes", "schemas") and len(parts) <= 2:
-                return self.discovery_doc(head, parts[1] if len(parts) == 2 else None)
+                return self.discovery_doc(head, parts[1] if len(parts) == 2 else None, req)
             if head in _RESOURCES and len(parts) == 1:
                 return self.list(client, _RESOURCES[head], None, req.query_string, req)
             if head in _RESOURCES and len(parts) == 2:
-                return self.get(client, _RESOURCES[head][0], parts[1])
+                return self.get(client, _RESOURCES[head][0], parts[1], req)
             if head in ("me", "bulk"):
                 raise ScimError(501, f"/{parts[0]} is not supported by this service")
             raise not_found(f"no such endpoint: {PREFIX}/{path}")
         if method == "POST" and parts and parts[-1].lower() == ".search":
             if len(parts) == 1:
-                return self.search(client, _ALL)
+                return self.search(client, _ALL, req)
             if len(parts) == 2 and head in _RESOURCES:
-                return self.search(client, _RESOURCES[head])
+                return self.search(client, _RESOURCES[head], req)
         if method in _WRITE_METHODS or method == "OPTIONS":
             if head in ("me", "bulk"):
                 raise ScimError(501, f"/{parts[0]} is not supported by this service")
@@ -268,8 +272,8 @@ class ScimService:
             raise read_only(method)
         raise ScimError(405, f"{method} is not supported", headers={"Allow": "GET, HEAD"})
 
-    def discovery_doc(self, head: str, ident: str | None) -> Outcome:
-        docs = self.discovery.documents(self.base())
+    def discovery_doc(self, head: str, ident: str | None, req: Any) -> Outcome:
+        docs = self.discovery.documents(self.base(req))
         if head == "resourcetypes":
             key = "rts" if ident is None else f"rt:{ident.lower()}"
         else:
@@ -282,17 +286,18 @@ class ScimService:
 
     # ------------------------------------------------------------------ resources
 
-    def get(self, client: Client, resource: str, ident: str) -> Outcome:
+    def get(self, client: Client, resource: str, ident: str, req: Any) -> Outcome:
         view = ClientView.of(self.facade.directory.snapshot, client.policy)
         entry = view.get(ident)
         if entry is None or (entry.kind == ACCOUNT) != (resource == s.USER):
             raise not_found(f"{resource} {ident} not found")
-        args = _args()
+        args = _args(req)
         sel = selection(args.get("attributes"), args.get("excludedAttributes"))
-        rendered = render(view, entry, self.base(), sel)
+        base = self.base(req)
+        rendered = render(view, entry, base, sel)
         headers = {"ETag": rendered.version,
-                   "Location": f"{self.base()}/{s.ENDPOINTS[resource]}/{entry.id}"}
-        match = request.environ.get("HTTP_IF_NONE_MATCH")
+                   "Location": f"{base}/{s.ENDPOINTS[resource]}/{entry.id}"}
+        match = req.environ.get("HTTP_IF_NONE_MATCH")
         if match and _weak_equal(match, rendered.version):
             return Outcome(None, 304, headers)
         outcome = Outcome(rendered.json, 200, headers)
@@ -300,11 +305,11 @@ class ScimService:
         outcome.sensitive = rendered.sensitive
         return outcome
 
-    def search(self, client: Client, resources: tuple[str, ...]) -> Outcome:
-        length = request.content_length
+    def search(self, client: Client, resources: tuple[str, ...], req: Any) -> Outcome:
+        length = req.content_length
         if length is not None and length > MAX_SEARCH_BODY:
             raise too_large(f"a SearchRequest body is limited to {MAX_SEARCH_BODY} bytes")
-        raw = request.get_data(cache=False)
+        raw = req.get_data(cache=False)
         if len(raw) > MAX_SEARCH_BODY:
             raise too_large(f"a SearchRequest body is limited to {MAX_SEARCH_BODY} bytes")
         try:
@@ -341,7 +346,7 @@ class ScimService:
                 else:
                     raise invalid_value(f"{key} must be a list of attribute names")
         query = json.dumps(params, sort_keys=True)
-        outcome = self.list(client, resources, params, b"POST " + query.encode())
+        outcome = self.list(client, resources, params, b"POST " + query.encode(), req)
         outcome.query = query
         return outcome
 
@@ -362,8 +367,8 @@ class ScimService:
                 outcome.sensitive = hit[2]
                 return outcome
         if params is None:
-            params = _args()
-        outcome = self._list(view, client, resources, params)
+            params = _args(req)
+        outcome = self._list(view, client, resources, params, req)
         if cache is not None and params.get("cursor") is None:
             body = outcome.body.encode() if isinstance(outcome.body, str) else outcome.body
             outcome.body = body
@@ -374,7 +379,7 @@ class ScimService:
         return outcome
 
     def _list(self, view: ClientView, client: Client, resources: tuple[str, ...],
-              params: Any) -> Outcome:
+              params: Any, req: Any) -> Outcome:
         text = params.get("filter")
         if text not in (None, ""):
             try:
@@ -401,7 +406,7 @@ class ScimService:
                               policy.fingerprint) \
             if params.get("cursor") is not None else ""
         page = self.pager.page(results, params, digest, f"{view.seq}:{view.at.isoformat()}")
-        base = self.base()
+        base = self.base(req)
         parts = [_LIST_HEAD, f',"totalResults":{page.total}']
         if not page.cursor_mode:
             parts.append(f',"startIndex":{page.start + 1}')
