@@ -7,7 +7,9 @@ workers, ``../shared/research/perf-floors.md``) and through our own twisted.web 
 
 - repeated: random names from 5,000, so after warm-up most answers come from the facade's
   answer cache;
-- distinct: every request carries a different unused parameter, so no answer is a repeat.
+- distinct: every request carries a different unused parameter, so no answer is a repeat;
+- deep page: ``/scim/v2/Users?startIndex=<half the users>&count=100``, a different unused
+  parameter on every request (the answer cache defeated), as a full sync pages through.
 
 The facade runs with one process and with ``--workers 2`` (gunicorn's floor may use both
 cores too). usage: python -m bench.scim_floor_bench [--size M] [--seconds 8] [--rounds 3]
@@ -52,6 +54,8 @@ def main() -> None:
 
     repeated = [point(n) for n in picked]
     distinct = [f"{point(random.Random(i).choice(picked))}&n={i}" for i in range(60_000)]
+    deep = [f"/scim/v2/Users?startIndex={len(names) // 2}&count=100&n={i}"
+            for i in range(60_000)]
     auth = {"Authorization": f"Bearer {token}"}
     serve = [PY, "-c", "from idm_facade.cli import main; main()", "serve", "--db", url,
              "--scim-port", "0"]
@@ -69,6 +73,8 @@ def main() -> None:
                     ("userName eq, repeated, --workers 2", base2 + "/", auth, repeated),
                     ("userName eq, every query distinct", base1 + "/", auth, distinct),
                     ("userName eq, distinct, --workers 2", base2 + "/", auth, distinct),
+                    ("deep page, distinct", base1 + "/", auth, deep),
+                    ("deep page, distinct, --workers 2", base2 + "/", auth, deep),
                     ("hello-world, our twisted.web site", site_url, None, None),
                     ("hello-world, gunicorn 1 worker", floors[1][1], None, None),
                     ("hello-world, gunicorn 2 workers", floors[2][1], None, None)):
