@@ -15,6 +15,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench.demo_bench"],
     ["bench.directory_bench"],
     ["bench.audit_bench"],
+    ["bench.audit_writers_bench"],
     ["bench.roles_bench"],
     ["bench.scim_bench"],
     ["bench.scim_floor_bench"],

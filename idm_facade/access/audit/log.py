@@ -139,6 +139,8 @@ class AuditLog(WriterMixin, IndexMixin, VerifyMixin, RetentionMixin):
                 self._conn.close()
             finally:
                 self._conn = None
+        if self._writers is not None:
+            self._writers.close()
         self.engine.dispose()
         if self._split:
             self.index_engine.dispose()

@@ -56,6 +56,7 @@ from sqlalchemy import Engine
 
 from idm_facade import metrics
 from idm_facade.access.audit.db import _PG_LOCK
+from idm_facade.access.audit.filelock import FileLock
 from idm_facade.access.audit.record import GENESIS, AccessRecord, AuditUnavailable, _now, _Row
 from idm_facade.access.audit.settings import _sqlite_file
 
@@ -120,6 +121,10 @@ class WriterMixin:
         #: unlinked file (:meth:`_check_file`).
         self._file = _sqlite_file(url)
         self._file_id: tuple[int, int] | None = None
+        #: Taken around each append, so writers in other processes (``--workers N``) wait
+        #: for each other without SQLite's sleeping busy handler (:mod:`filelock`).
+        self._writers = FileLock(Path(f"{self._file}.lock")) if self._file is not None \
+            else None
         self._file_checked = 0.0
         self.max_batch = max_batch
         self._idle = threading.Condition(self._lock)
@@ -392,9 +397,19 @@ class WriterMixin:
     def _write_rows(self, rows: list[_Row]) -> None:
         """One transaction: lock, read the tail, insert the records (one row each: the
         subject index is derived later, in bulk, by :meth:`index_subjects`). On SQLite, once
-        this process knows the tail, one INSERT statement (see :meth:`_append_after_tail`)."""
+        this process knows the tail, one INSERT statement (see :meth:`_append_after_tail`),
+        and the writers of other processes kept out by a file lock while it runs."""
         conn = self._connection()
         self._check_file()
+        writers = self._writers
+        held = writers is not None and writers.acquire(self.write_timeout)
+        try:
+            self._write_locked(conn, rows)
+        finally:
+            if held:
+                writers.release()  # type: ignore[union-attr]
+
+    def _write_locked(self, conn: Any, rows: list[_Row]) -> None:
         sqlite = self.dialect == "sqlite"
         try:
             cursor = conn.cursor()
