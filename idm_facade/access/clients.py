@@ -185,6 +185,11 @@ def _token_key(token: str) -> bytes | None:
     return hashlib.sha256(b"T\0" + token.encode()).digest()
 
 
+def _bind_key(norm: str, password: str) -> bytes:
+    """The verification cache's key of a bind (normalised DN and password)."""
+    return hashlib.sha256(b"B\0" + norm.encode() + b"\0" + password.encode()).digest()
+
+
 class ClientRegistry:
     """Registered clients: add, revoke, rotate, list; authenticate tokens and binds."""
 
@@ -565,12 +570,22 @@ class ClientRegistry:
         with self._lock:
             return key in self._cache
 
+    def bind_verified_recently(self, dn: str, password: str) -> bool:
+        """Whether this bind's check is in the cache: then :meth:`authenticate_bind` costs
+        no slow hash (at most one look at the client's row), so an event loop may call it.
+        A wrong password is never cached: it always takes the slow way."""
+        if not dn or not password:
+            return False
+        key = _bind_key(normalise_dn(dn), password)
+        with self._lock:
+            return key in self._cache
+
     def authenticate_bind(self, dn: str, password: str) -> Client | None:
         """The LDAP client binding as ``dn`` with ``password``, or None."""
         if not dn or not password:
             return None
         norm = normalise_dn(dn)
-        key = hashlib.sha256(b"B\0" + norm.encode() + b"\0" + password.encode()).digest()
+        key = _bind_key(norm, password)
         cached = self._cached(key)
         if cached is not None:
             return cached

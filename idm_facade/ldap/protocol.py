@@ -521,9 +521,13 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                                        f"credentials")
                     return Verdict(SUCCESS, "", client, client.name, "success")
 
-                verdict = self.factory.in_thread(
-                    self.factory.facade.clients.authenticate_bind, dn, secret)
-                verdict.addCallback(check)
+                clients = self.factory.facade.clients
+                if clients.bind_verified_recently(dn, secret):
+                    # verified before: no slow hash to keep out of the event loop
+                    verdict = defer.succeed(check(clients.authenticate_bind(dn, secret)))
+                else:
+                    verdict = self.factory.in_thread(clients.authenticate_bind, dn, secret)
+                    verdict.addCallback(check)
         self.hold()
 
         def audited(ok: bool, result: Verdict) -> None:

@@ -197,7 +197,8 @@ class Lane:
                 head.append(f"{header}: {text}".encode("latin-1"))
         if response.status_code not in (204, 304):
             head.append(b"Content-Length: %d" % len(body))
-        close = headers.get(b"connection", b"").lower() == b"close"
+        close = b"close" in (option.strip() for option in
+                             headers.get(b"connection", b"").lower().split(b","))
         head += [b"X-Request-Id: " + rid.encode(), b"Date: " + self._now()]
         if close:
             head.append(b"Connection: close")

@@ -204,6 +204,8 @@ class _Channel(HTTPChannel):
     def fast_done(self, answer: bytes, close: bool) -> None:
         """Send the lane's answer, then go on with what arrived meanwhile."""
         self._fast_busy = False
+        if not self.connected:
+            return  # the client went away while the record was committed
         transport: Any = self.transport
         transport.write(answer)
         if close:
