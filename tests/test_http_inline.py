@@ -178,6 +178,18 @@ def test_the_lane_answers_as_twisted_web_does_and_keeps_order(demo_db: str,
                 assert head1.get(header) == head0.get(header), (path, header)
             assert head1["x-request-id"] and head1["date"]
 
+        # a conditional read of a user: 304 without a body either way
+        etag = _exchange(base, _get(paths[3], token))[0][0][1]["etag"]
+        assert etag.startswith('W/"')
+        before = _inline_count(http)
+        [(status0, _, body0)], _ = _exchange(
+            base, _get(paths[3], token, "HTTP/1.0", f"If-None-Match: {etag}\r\n"))
+        [(status1, head1, body1)], closed1 = _exchange(
+            base, _get(paths[3], token, extra=f"If-None-Match: {etag}\r\n"))
+        assert status0.split(" ")[1] == status1.split(" ")[1] == "304"
+        assert body0 == body1 == b"" and head1["etag"] == etag and not closed1
+        assert _inline_count(http) == before + 1
+
         # pipelined requests in one read, and a head split over two reads: twisted.web
         # takes them, the answers keep their order; then the lane on the same connection
         before = _inline_count(http)
