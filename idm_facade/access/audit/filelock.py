@@ -5,8 +5,8 @@ lets one writer in at a time and makes the others wait in its busy handler, whic
 1 ms on the first conflict, then 2, 5, 10 ms and more. Those sleeps happen in the event loop,
 so every LDAP and HTTP client of that worker waits with them. Measured with two processes
 appending one record at a time with 0.5 ms of other work between appends: 6-7 % of appends
-took over 1 ms (p99 1.35 ms); appending as fast as they could, one process starved the
-other for up to 0.5 s. An append holds the write lock for some tens of microseconds, so a
+took over 1 ms (p99 1.3 ms); appending as fast as they could, one process starved the
+other for up to 0.7 s. An append holds the write lock for some tens of microseconds, so a
 writer that waits by polling a file lock at microsecond steps gets in almost at once: p99
 0.34 ms, as with one process (``BENCHMARKS.md``, "Access log").
 
