@@ -570,15 +570,14 @@ class ClientRegistry:
         with self._lock:
             return key in self._cache
 
-    def bind_verified_recently(self, dn: str, password: str) -> bool:
-        """Whether this bind's check is in the cache: then :meth:`authenticate_bind` costs
-        no slow hash (at most one look at the client's row), so an event loop may call it.
-        A wrong password is never cached: it always takes the slow way."""
+    def bind_from_cache(self, dn: str, password: str) -> Client | None:
+        """The client of a bind whose check is cached, with no slow hash (at most one look
+        at the client's row), so an event loop may call it; None when only
+        :meth:`authenticate_bind` can tell (not cached: a wrong password never is; or no
+        longer valid, which it then says)."""
         if not dn or not password:
-            return False
-        key = _bind_key(normalise_dn(dn), password)
-        with self._lock:
-            return key in self._cache
+            return None
+        return self._cached(_bind_key(normalise_dn(dn), password))
 
     def authenticate_bind(self, dn: str, password: str) -> Client | None:
         """The LDAP client binding as ``dn`` with ``password``, or None."""

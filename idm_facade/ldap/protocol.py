@@ -522,9 +522,10 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                     return Verdict(SUCCESS, "", client, client.name, "success")
 
                 clients = self.factory.facade.clients
-                if clients.bind_verified_recently(dn, secret):
+                cached = clients.bind_from_cache(dn, secret)
+                if cached is not None:
                     # verified before: no slow hash to keep out of the event loop
-                    verdict = defer.succeed(check(clients.authenticate_bind(dn, secret)))
+                    verdict = defer.succeed(check(cached))
                 else:
                     verdict = self.factory.in_thread(clients.authenticate_bind, dn, secret)
                     verdict.addCallback(check)
