@@ -224,9 +224,8 @@ class ScimService:
             response.headers.update(outcome.headers)
         return response
 
-    def base(self, req: Any = None) -> str:
+    def base(self, req: Any) -> str:
         """``scheme://host/scim/v2`` of this request (werkzeug's host_url, kept per Host)."""
-        req = req or request
         env = req.environ
         key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
                env.get("SERVER_PORT"))
@@ -351,7 +350,7 @@ class ScimService:
         return outcome
 
     def list(self, client: Client, resources: tuple[str, ...], params: Any | None,
-             raw: bytes | None = None, req: Any = None) -> Outcome:
+             raw: bytes | None, req: Any) -> Outcome:
         """A ListResponse; ``raw`` (the query string or the SearchRequest's canonical JSON)
         keys the snapshot's body cache: the same raw query gives the same parameters.
         ``params`` None means the request's query arguments (parsed only on a cache miss)."""
