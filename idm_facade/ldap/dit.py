@@ -209,6 +209,8 @@ class Layout:
     group_by_cn: dict[str, str] = field(default_factory=dict)
     line_root: str | None = None
     cache: dict[tuple, Any] = field(default_factory=dict)
+    #: Filters translated once per shape (:mod:`idm_facade.ldap.filtershape`).
+    filters: dict[tuple, Any] = field(default_factory=dict)
     lock: Lock = field(default_factory=Lock)
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -61,7 +61,8 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _name(node: Any) -> str:
+def attribute_name(node: Any) -> str:
+    """The attribute an assertion names, without options (``cn;lang-da`` is ``cn``)."""
     value = getattr(node, "value", node)
     return _text(value).strip().split(";", 1)[0]
 
@@ -81,6 +82,43 @@ def _posix_off(cls: str) -> None:
                     "(nslcd, SSSD)", cls)
 
 
+#: The directory's comparison for each LDAP comparison filter (approximate match is equality).
+COMPARISONS: dict[type, type] = {
+    pureldap.LDAPFilter_equalityMatch: f.Eq, pureldap.LDAPFilter_approxMatch: f.Eq,
+    pureldap.LDAPFilter_greaterOrEqual: f.Ge, pureldap.LDAPFilter_lessOrEqual: f.Le}
+
+
+# Three-valued logic (RFC 4511 §4.5.1): Undefined parts decide only when nothing else does;
+# otherwise the folding is the one SCIM uses (``all_of`` / ``any_of``). Shared by the
+# translator and the translations kept by shape (:mod:`idm_facade.ldap.filtershape`).
+
+
+def all_parts(parts: list[f.Filter]) -> f.Filter:
+    """An LDAP AND of translated parts."""
+    if any(p is UNDEFINED or p == f.FALSE for p in parts):
+        return f.FALSE if any(p == f.FALSE for p in parts) else UNDEFINED
+    return f.all_of(parts)
+
+
+def any_part(parts: list[f.Filter]) -> f.Filter:
+    """An LDAP OR of translated parts."""
+    if any(p == f.TRUE for p in parts):
+        return f.TRUE
+    kept = [p for p in parts if p is not UNDEFINED]
+    if not any(p != f.FALSE for p in kept):
+        return UNDEFINED if any(p is UNDEFINED for p in parts) else f.FALSE
+    return f.any_of(kept)
+
+
+def negated(inner: f.Filter) -> f.Filter:
+    """An LDAP NOT of a translated part (Undefined stays Undefined)."""
+    if inner is UNDEFINED:
+        return UNDEFINED
+    if isinstance(inner, f.Const):
+        return f.Const(not inner.value)
+    return f.Not(inner)
+
+
 class Translator:
     """Translates one search's filter for one view."""
 
@@ -98,41 +136,21 @@ class Translator:
     # -------------------------------------------------------------- structure
 
     def node(self, node: Any) -> f.Filter:
-        # Three-valued logic (RFC 4511 §4.5.1): Undefined parts decide only when nothing
-        # else does; otherwise the folding is the one SCIM uses (``all_of`` / ``any_of``).
         if isinstance(node, pureldap.LDAPFilter_and):
-            parts = [self.node(p) for p in node.data]
-            if any(p is UNDEFINED or p == f.FALSE for p in parts):
-                return f.FALSE if any(p == f.FALSE for p in parts) else UNDEFINED
-            return f.all_of(parts)
+            return all_parts([self.node(p) for p in node.data])
         if isinstance(node, pureldap.LDAPFilter_or):
-            parts = [self.node(p) for p in node.data]
-            if any(p == f.TRUE for p in parts):
-                return f.TRUE
-            kept = [p for p in parts if p is not UNDEFINED]
-            if not any(p != f.FALSE for p in kept):
-                return UNDEFINED if any(p is UNDEFINED for p in parts) else f.FALSE
-            return f.any_of(kept)
+            return any_part([self.node(p) for p in node.data])
         if isinstance(node, pureldap.LDAPFilter_not):
-            inner = self.node(node.value)
-            if inner is UNDEFINED:
-                return UNDEFINED
-            if isinstance(inner, f.Const):
-                return f.Const(not inner.value)
-            return f.Not(inner)
+            return negated(self.node(node.value))
         if isinstance(node, pureldap.LDAPFilter_present):
-            return self.present(_name(node))
+            return self.present(attribute_name(node))
         if isinstance(node, pureldap.LDAPFilter_substrings):
             return self.substrings(node)
         if isinstance(node, pureldap.LDAPFilter_extensibleMatch):
             return self.extensible(node)
-        if isinstance(node, (pureldap.LDAPFilter_equalityMatch,
-                             pureldap.LDAPFilter_approxMatch)):
-            return self.compare(f.Eq, _name(node.attributeDesc), node.assertionValue.value)
-        if isinstance(node, pureldap.LDAPFilter_greaterOrEqual):
-            return self.compare(f.Ge, _name(node.attributeDesc), node.assertionValue.value)
-        if isinstance(node, pureldap.LDAPFilter_lessOrEqual):
-            return self.compare(f.Le, _name(node.attributeDesc), node.assertionValue.value)
+        op = COMPARISONS.get(type(node))
+        if op is not None:
+            return self.compare(op, attribute_name(node.attributeDesc), node.assertionValue.value)
         return UNDEFINED
 
     # -------------------------------------------------------------- leaves
@@ -166,39 +184,58 @@ class Translator:
         return found[1]
 
     def compare(self, cls: type, name: str, raw: Any) -> f.Filter:
+        """``name`` compared by ``cls`` (Eq, Ge, Le) with the asserted value ``raw``."""
+        how = self.comparer(cls, name)
+        return how if isinstance(how, f.Filter) else how(raw)
+
+    def comparer(self, cls: type, name: str) -> f.Filter | Callable[[Any], f.Filter]:
+        """What comparing ``name`` by ``cls`` translates to: a filter when the asserted
+        value cannot change it (an attribute this view lacks, an ordering on a DN), else a
+        function of the value. The part that depends on the name alone is decided here once,
+        so a translation kept by shape only calls the function."""
         lower = name.lower()
-        text = _text(raw)
-        if lower == "objectclass":
+        if lower in ("objectclass", "entrydn"):
             if cls is not f.Eq:
                 return UNDEFINED
-            wanted = text.strip().lower()
-            if wanted in _POSIX_CLASSES and not self.posix:
-                _posix_off(wanted)
-            return f.TRUE if wanted in self.classes else f.FALSE
-        if lower == "entrydn":
-            if cls is not f.Eq:
-                return UNDEFINED
-            found = self._resolve_dn(raw, None)
-            if found is None:
-                return f.FALSE
-            return f.Eq("id", found) if self.layout.dn_of(self.view, found) else f.FALSE
+            return self._object_class if lower == "objectclass" else self._entry_dn
         if lower == "memberuid":
             if self.view != dit.GROUPS:
                 return _lacking(name)
             if cls is not f.Eq:
                 return UNDEFINED  # memberUid has equality only
-            account = self.layout.account_by_uid.get(" ".join(text.split()).casefold())
-            return f.Eq("member", account) if account else f.FALSE
+            return self._member_uid
         if lower == "hassubordinates":
             return UNDEFINED
         mapped = dit.directory_attrs(self.view, name, self.posix)
         if mapped is None:
             return _lacking(name)
+        attrs = tuple(mapped[1])
+        if cls is not f.Eq and any(a in dit.DN_ATTRS for a in attrs):
+            return UNDEFINED  # DNs have equality only
+        return lambda raw: self._mapped(cls, attrs, raw)
+
+    def _object_class(self, raw: Any) -> f.Filter:
+        wanted = _text(raw).strip().lower()
+        if wanted in _POSIX_CLASSES and not self.posix:
+            _posix_off(wanted)
+        return f.TRUE if wanted in self.classes else f.FALSE
+
+    def _entry_dn(self, raw: Any) -> f.Filter:
+        found = self._resolve_dn(raw, None)
+        if found is None:
+            return f.FALSE
+        return f.Eq("id", found) if self.layout.dn_of(self.view, found) else f.FALSE
+
+    def _member_uid(self, raw: Any) -> f.Filter:
+        account = self.layout.account_by_uid.get(" ".join(_text(raw).split()).casefold())
+        return f.Eq("member", account) if account else f.FALSE
+
+    def _mapped(self, cls: type, attrs: tuple[str, ...], raw: Any) -> f.Filter:
+        """``raw`` compared with the directory attributes an LDAP name maps to."""
+        text = _text(raw)
         parts: list[f.Filter] = []
-        for attr in mapped[1]:
+        for attr in attrs:
             if attr in dit.DN_ATTRS:
-                if cls is not f.Eq:
-                    return UNDEFINED
                 found = self._resolve_dn(raw, dit.DN_ATTRS[attr])
                 parts.append(f.Eq(attr, found) if found else f.FALSE)
                 continue
@@ -231,7 +268,7 @@ class Translator:
         return text
 
     def substrings(self, node: Any) -> f.Filter:
-        name = _name(node.type)
+        name = attribute_name(node.type)
         initial, any_, final = substring_parts(node)
         lower = name.lower()
         if lower == "objectclass":
@@ -263,7 +300,7 @@ class Translator:
 
     def extensible(self, node: Any) -> f.Filter:
         rule = _text(node.matchingRule.value).strip().lower() if node.matchingRule else None
-        name = _name(node.type) if node.type else None
+        name = attribute_name(node.type) if node.type else None
         value = node.matchValue.value
         if name is None:
             return UNDEFINED  # rule-only assertions over every attribute: not supported
@@ -398,15 +435,15 @@ def _static(node: Any, values: dict[str, list[str]]) -> bool | None:
         inner = _static(node.value, values)
         return None if inner is None else not inner
     if isinstance(node, pureldap.LDAPFilter_present):
-        name = _name(node).lower()
+        name = attribute_name(node).lower()
         return name == "objectclass" or name in values
     if isinstance(node, (pureldap.LDAPFilter_equalityMatch, pureldap.LDAPFilter_approxMatch)):
-        name = _name(node.attributeDesc).lower()
+        name = attribute_name(node.attributeDesc).lower()
         if name not in values:
             return None
         return _text(node.assertionValue.value).casefold() in values[name]
     if isinstance(node, pureldap.LDAPFilter_substrings):
-        name = _name(node.type).lower()
+        name = attribute_name(node.type).lower()
         if name not in values:
             return None
         initial, any_, final = substring_parts(node, str.casefold)
@@ -439,7 +476,7 @@ def to_text(node: Any) -> str:
     if isinstance(node, pureldap.LDAPFilter_not):
         return "(!" + to_text(node.value) + ")"
     if isinstance(node, pureldap.LDAPFilter_present):
-        return f"({_name(node)}=*)"
+        return f"({attribute_name(node)}=*)"
     if isinstance(node, pureldap.LDAPFilter_substrings):
         initial, final, any_ = "", "", []
         for part in node.substrings:
@@ -449,10 +486,10 @@ def to_text(node: Any) -> str:
                 final = _esc(part.value)
             else:
                 any_.append(_esc(part.value))
-        return f"({_name(node.type)}={initial}*" + "".join(a + "*" for a in any_) + \
+        return f"({attribute_name(node.type)}={initial}*" + "".join(a + "*" for a in any_) + \
             f"{final})"
     if isinstance(node, pureldap.LDAPFilter_extensibleMatch):
-        name = _name(node.type) if node.type else ""
+        name = attribute_name(node.type) if node.type else ""
         dn = ":dn" if node.dnAttributes and node.dnAttributes.value else ""
         rule = f":{_text(node.matchingRule.value)}" if node.matchingRule else ""
         return f"({name}{dn}{rule}:={_esc(node.matchValue.value)})"
@@ -460,5 +497,5 @@ def to_text(node: Any) -> str:
            pureldap.LDAPFilter_greaterOrEqual: ">=", pureldap.LDAPFilter_lessOrEqual: "<="}
     for cls, op in ops.items():
         if isinstance(node, cls):
-            return f"({_name(node.attributeDesc)}{op}{_esc(node.assertionValue.value)})"
+            return f"({attribute_name(node.attributeDesc)}{op}{_esc(node.assertionValue.value)})"
     return "(?)"

@@ -27,8 +27,8 @@ from idm_facade.access.clients import Client
 from idm_facade.directory import filters as f
 from idm_facade.directory.limits import NO_DEADLINE, Deadline, Limits, TooComplex
 from idm_facade.directory.view import ClientView
-from idm_facade.ldap import controls, dit, syntax
-from idm_facade.ldap.filters import Translator, matches_static, shape
+from idm_facade.ldap import controls, dit, filtershape, syntax
+from idm_facade.ldap.filters import shape
 from schemas.attributes import ATTRIBUTES, normalise
 
 SUCCESS, OPERATIONS_ERROR, PROTOCOL_ERROR, TIME_LIMIT, SIZE_LIMIT = 0, 1, 2, 3, 4
@@ -208,7 +208,8 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
     """(static entries, [(view, entry)], sort response control) for a search of ``norm``
     (the parsed base DN) by ``client`` (None when anonymous) reading through ``seen``;
     past ``ends`` it stops with :class:`~idm_facade.directory.limits.TooLong`."""
-    statics, views = _regions(q, seen, layout, norm, client)
+    shaped = filtershape.shape_of(q.filter)
+    statics, views = _regions(q, seen, layout, norm, client, shaped)
     sort_attr: dict[str, str | None] = {}
     sort_ctrl = b""
     descending = False
@@ -226,7 +227,7 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
             sort_ctrl = controls.sort_response(SUCCESS)
     per_view = []
     for view, region in views:
-        translated = Translator(layout, view, seen)(q.filter)
+        translated = filtershape.translate(q.filter, layout, view, seen, shaped)
         if translated == f.FALSE or region == f.FALSE:
             continue
         parts = [p for p in (region, translated) if p != f.TRUE]
@@ -247,7 +248,8 @@ def plan(q: SearchRequest, parsed: controls.SearchControls, seen: ClientView,
 
 
 def _regions(q: SearchRequest, seen: ClientView, layout: dit.Layout, norm: syntax.NormDN,
-             client: Client | None) -> tuple[list, list[tuple[str, f.Filter]]]:
+             client: Client | None, shaped: tuple[tuple, tuple] | None
+             ) -> tuple[list, list[tuple[str, f.Filter]]]:
     """The fixed entries that match, and the (view, region filter) pairs to search, for the
     base DN and scope. One branch per kind of base: the naming context, a container
     (``ou=people`` ...), or an entry below one; the branches are the DIT's shape, so the
@@ -264,7 +266,7 @@ def _regions(q: SearchRequest, seen: ClientView, layout: dit.Layout, norm: synta
 
     def add_static(which: str) -> None:
         dn, attrs = dit.static_entry(layout, which, client.name if client else None)
-        if matches_static(q.filter, attrs):
+        if filtershape.static_match(q.filter, which, attrs, layout, shaped):
             statics.append((dn, attrs))
 
     def client_entry() -> None:
