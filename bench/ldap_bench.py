@@ -2,8 +2,12 @@
 
 The demo municipality is generated into a SQLite store, served by ``idm-facade serve``, and
 exported as LDIF through the facade's own DIT code (bench/ldap_ldif.py), which slapd loads
-with ``slapadd``. Then, against both servers in one run:
+with ``slapadd``. Then, in ``--rounds`` rounds, every server is measured on every row, one
+after the other (alternating), and each row reports the median and the range of its rounds
+with the facade's share of slapd and #20's target where it has one:
 
+- a full ``ou=people`` pull (all user attributes) just after the server started (cold), at
+  the start of each round (every server is restarted for it), and once more (warm);
 - equality search by uid: 1/2/4 python-ldap client processes, persistent connection each,
   random uids of the data set (repeats: after warm-up the facade answers most from its
   answer cache), and 4 processes whose every request is distinct (no cache hits);
@@ -11,12 +15,16 @@ with ``slapadd``. Then, against both servers in one run:
   draw values from a list, so it runs on ``employeeNumber``, also an indexed equality, when
   the numbers are numeric);
 - simple binds per second (2 processes; slapd binds its rootdn, the facade a service account);
-- a full ``ou=people`` pull (all user attributes), and point-search latency while pulls run.
+- point-search latency (p99) while another client pulls ``ou=people`` again and again.
 
-usage: python bench/ldap_bench.py [--size M] [--seconds 8] [--ldclt PATH] [--workers 1 2]
+**Floor: slapd** on the same data, same machine, same run. The facade runs with its access
+log as shipped (``[audit] sync = "normal"``) and, with ``--full-sync``, also with
+``sync = "full"``.
+
+usage: python -m bench.ldap_bench [--size M] [--seconds 6] [--rounds 3] [--ldclt PATH]
+       [--workers 1 2] [--full-sync]
 ``--workers`` is passed to ``idm-facade serve``; with several counts every facade variant runs
-once per count (all up at the same time, measured one after the other).
-Servers listen on 127.0.0.1 only and are stopped by PID at the end.
+once per count. Servers listen on 127.0.0.1 only and are stopped at the end.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -118,7 +128,8 @@ def _pct(lat: list[float], p: float) -> float:
     return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
 
 
-def run_searches(url, bind, base, values, attr, procs, seconds, distinct=False) -> str:
+def run_searches(url, bind, base, values, attr, procs, seconds, distinct=False) -> float:
+    """Searches per second from ``procs`` client processes (an error aborts the bench)."""
     q: mp.Queue = mp.Queue()
     ps = [mp.Process(target=_search_worker,
                      args=(url, bind, base, values, attr, seconds, i, q, distinct))
@@ -128,14 +139,14 @@ def run_searches(url, bind, base, values, attr, procs, seconds, distinct=False) 
     res = [q.get() for _ in ps]
     for p in ps:
         p.join()
-    n = sum(r[0] for r in res)
     errors = sum(r[1] for r in res)
-    lat = [x for r in res for x in r[2]]
-    return (f"procs={procs} rate={n / seconds:,.0f}/s errors={errors} "
-            f"p50={_pct(lat, .5):.2f}ms p99={_pct(lat, .99):.2f}ms")
+    if errors:
+        raise SystemExit(f"{url}: {errors} searches did not find exactly one entry")
+    return sum(r[0] for r in res) / seconds
 
 
-def run_binds(url, bind, procs, seconds) -> str:
+def run_binds(url, bind, procs, seconds) -> float:
+    """Simple binds per second from ``procs`` client processes."""
     q: mp.Queue = mp.Queue()
     ps = [mp.Process(target=_bind_worker, args=(url, bind, seconds, q)) for _ in range(procs)]
     for p in ps:
@@ -143,18 +154,20 @@ def run_binds(url, bind, procs, seconds) -> str:
     n = sum(q.get()[0] for _ in ps)
     for p in ps:
         p.join()
-    return f"procs={procs} binds={n / seconds:,.0f}/s"
+    return n / seconds
 
 
-def full_pull(url, bind, base) -> str:
+def full_pull(url, bind, base) -> float:
+    """Seconds for one client to read every entry below ``base`` (one level)."""
     conn = ldap.initialize(url)
     conn.simple_bind_s(*bind)
     t0 = time.perf_counter()
-    found = conn.search_s(base, ldap.SCOPE_ONELEVEL, "(objectClass=*)")
-    return f"entries={len(found)} seconds={time.perf_counter() - t0:.2f}"
+    conn.search_s(base, ldap.SCOPE_ONELEVEL, "(objectClass=*)")
+    return time.perf_counter() - t0
 
 
-def point_during_pull(url, bind, people, base, values, attr, seconds) -> str:
+def point_during_pull(url, bind, people, base, values, attr, seconds) -> float:
+    """p99 (ms) of point searches while another client pulls ``people`` again and again."""
     q: mp.Queue = mp.Queue()
     stop_at = time.perf_counter() + seconds
     puller = mp.Process(target=_pull_worker, args=(url, bind, people, stop_at, q))
@@ -164,40 +177,135 @@ def point_during_pull(url, bind, people, base, values, attr, seconds) -> str:
     point = mp.Process(target=_search_worker,
                        args=(url, bind, base, values, attr, seconds - 0.5, 7, q2))
     point.start()
-    n, errors, lat = q2.get()
-    pulls = q.get()
+    _n, _errors, lat = q2.get()
+    q.get()
     point.join()
     puller.join()
-    return (f"pulls={len(pulls)} pull_avg={sum(pulls) / max(1, len(pulls)):.2f}s | point "
-            f"searches={n} p50={_pct(lat, .5):.2f}ms p99={_pct(lat, .99):.2f}ms "
-            f"max={max(lat) * 1000:.1f}ms")
+    return _pct(lat, .99)
 
 
 def ldclt(path: str, port: int, base: str, bind: tuple[str, str], low: int, high: int,
-          digits: int) -> str:
+          digits: int) -> float:
+    """Searches per second of ldclt with 4 threads (its global average)."""
     out = subprocess.run(
         [path, "-h", "127.0.0.1", "-p", str(port), "-D", bind[0], "-w", bind[1], "-b", base,
          "-f", "employeeNumber=" + "X" * digits, "-e", "esearch,random", "-r", str(low),
          "-R", str(high), "-n", "4", "-N", "2"], capture_output=True, text=True, timeout=120)
     found = re.search(r"Global average rate:\s*([\d.]+)/thr\s*\(([\d.]+)/sec\)",
                       out.stdout + out.stderr)
-    return f"4 threads: {float(found.group(2)):,.0f}/s" if found else \
-        f"ldclt failed: {(out.stdout + out.stderr)[-300:]}"
+    if not found:
+        raise SystemExit(f"ldclt failed: {(out.stdout + out.stderr)[-300:]}")
+    return float(found.group(2))
+
+
+# ------------------------------------------------------------------ servers
+
+
+class Server:
+    """One server under test: how to start it, and where it listens once started."""
+
+    def __init__(self, name: str, bind: tuple[str, str], command: list[str],
+                 port_line: str | None = None, pidfile: Path | None = None,
+                 port: int | None = None) -> None:
+        self.name, self.bind, self.command = name, bind, command
+        self.port_line, self.pidfile, self.port = port_line, pidfile, port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.pidfile is not None:  # slapd daemonises and writes its pid file
+            subprocess.run(self.command, check=True)
+            for _ in range(100):
+                try:
+                    ldap.initialize(self.url).simple_bind_s(*self.bind)
+                    return
+                except ldap.SERVER_DOWN:
+                    time.sleep(0.1)
+            raise SystemExit(f"{self.name} did not start")
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        while True:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise SystemExit(f"{self.name} did not start")
+            found = re.match(self.port_line or "", line)
+            if found:
+                self.port = int(found.group(1))
+                return
+
+    def stop(self) -> None:
+        if self.pidfile is not None:
+            if self.pidfile.exists():
+                pid = int(self.pidfile.read_text())
+                os.kill(pid, 15)
+                for _ in range(100):
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        return
+                    time.sleep(0.1)
+            return
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
 
 
 # ------------------------------------------------------------------ main
+
+#: (row, #20's target for the facade's share of slapd, higher is better)
+TARGETS = {
+    "every request distinct, 4 processes": ("at least 60 %", True),
+    "ldclt, 4 threads": ("at least 75 %", True),
+    "simple binds, 2 processes": ("at least 50 %", True),
+    "full ou=people pull, cold (s)": ("at most 2x", False),
+    "point-search p99 beside a pulling client (ms)": ("at most 3x", False),
+}
+
+
+def report(results: dict[str, dict[str, list[float]]], servers: list[Server]) -> None:
+    """One Markdown table: per row, each server's median (range), and the facade's ratio."""
+    names = [s.name for s in servers]
+    print("\n| workload | " + " | ".join(f"{n}: median (range)" for n in names)
+          + " | idm-facade vs slapd | #20's target |")
+    print("|---" * (len(names) + 3) + "|")
+    for row, per_server in results.items():
+        cells, medians = [], {}
+        for name in names:
+            values = per_server.get(name, [])
+            if not values:
+                cells.append("–")
+                continue
+            medians[name] = statistics.median(values)
+            fmt = "{:,.2f}" if "(s)" in row or "(ms)" in row else "{:,.0f}"
+            cells.append(f"{fmt.format(medians[name])} ({fmt.format(min(values))}-"
+                         f"{fmt.format(max(values))})")
+        target, higher = TARGETS.get(row, ("–", "(s)" not in row and "(ms)" not in row))
+        ratio = "–"
+        facade = next((n for n in names if n.startswith("idm-facade")), None)
+        if facade in medians and medians.get("slapd"):
+            value = medians[facade] / medians["slapd"]
+            ratio = f"{value:.0%}" if higher else f"{value:.1f}x"
+        print(f"| {row} | " + " | ".join(cells) + f" | {ratio} | {target} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="M")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ldclt", default=shutil.which("ldclt") or "var/bench/389/usr/bin/ldclt")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="idm-facade serve --workers; several counts in the same run")
+    parser.add_argument("--full-sync", action="store_true",
+                        help='also run the facade with [audit] sync = "full"')
     args = parser.parse_args()
 
+    from bench.datasets import machine
     from bench.ldap_ldif import export_ldif
     from idm_facade.access.clients import ClientRegistry
     from idm_facade.config import Config
@@ -216,9 +324,9 @@ def main() -> None:
     clients = ClientRegistry(engine, config)
     secret = clients.add("bench", "ldap", "default")
     facade_bind = (clients.bind_dn_of("bench"), secret)
-    directory = Directory(engine)
-    snapshot = directory.snapshot
+    snapshot = Directory(engine).snapshot
     base = clients.base
+    engine.dispose()
     (work / "idm.toml").write_text(f'[directory]\nstate_dir = "{work}"\n')
 
     # LDIF + schema for slapd, rendered by the facade's DIT code.
@@ -234,92 +342,80 @@ def main() -> None:
                     str(work / "data.ldif")], check=True)
     print(f"# slapadd {time.perf_counter() - t0:.2f}s", flush=True)
     slapd_port = free_port()
-    subprocess.run(["slapd", "-h", f"ldap://127.0.0.1:{slapd_port}", "-f",
-                    str(work / "slapd.conf")], check=True)
-    time.sleep(1)
-    slapd_pid = int((work / "slapd.pid").read_text())
+    servers = [Server("slapd", (f"cn=admin,{base}", "secret"),
+                      ["slapd", "-h", f"ldap://127.0.0.1:{slapd_port}", "-f",
+                       str(work / "slapd.conf")], pidfile=work / "slapd.pid", port=slapd_port)]
 
-    # The facade twice: with its access log as configured by default (SQLite beside the
-    # store, ``[audit] sync = "normal"``: committed to the OS before each answer, on disk
-    # within a second; the reactor commits its records itself) and with ``sync = "full"``
-    # (on disk before each answer: an fsync per group commit, in the log's writer thread).
+    # The facade with its access log as configured by default (SQLite beside the store,
+    # ``[audit] sync = "normal"``: committed to the OS before each answer, on disk within a
+    # second; the reactor commits its records itself) and, with --full-sync, with
+    # ``sync = "full"`` (on disk before each answer: an fsync per group commit).
     (work / "idm-full.toml").write_text(
         f'[directory]\nstate_dir = "{work}"\n[audit]\nsync = "full"\n'
         f'db = "sqlite:///{work}/audit-full.db"\n')
     exe = Path(sys.executable).with_name("idm-facade")
-    servers_procs, facade_ports = [], []
-    variants = [(workers, conf) for workers in args.workers
-                for conf in ("idm.toml", "idm-full.toml")]
-    for workers, conf in variants:
-        proc = subprocess.Popen([str(exe), "serve", "--db", db, "--scim-port", "0",
-                                 "--ldap-port", "0", "--config", str(work / conf),
-                                 "--workers", str(workers)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        servers_procs.append(proc)
-        port = None
-        while port is None:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise SystemExit("idm-facade serve did not start")
-            found = re.match(r"LDAP\s+127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        facade_ports.append(port)
+    for workers in args.workers:
+        for conf in ("idm.toml", "idm-full.toml") if args.full_sync else ("idm.toml",):
+            name = "idm-facade" + ("" if args.workers == [1] else f" --workers {workers}") + (
+                " (audit sync = full)" if conf == "idm-full.toml" else "")
+            servers.append(Server(name, facade_bind,
+                                  [str(exe), "serve", "--db", db, "--scim-port", "0",
+                                   "--ldap-port", "0", "--config", str(work / conf),
+                                   "--workers", str(workers)],
+                                  port_line=r"LDAP\s+127\.0\.0\.1:(\d+)"))
 
     accounts = [e for e in snapshot.entries if e.kind == "account"]
     uids = [str(e.first("userName")) for e in accounts]
     numbers = [e.first("employeeNumber") for e in accounts if e.first("employeeNumber")]
-    servers = {"slapd": (f"ldap://127.0.0.1:{slapd_port}", (f"cn=admin,{base}", "secret"),
-                         slapd_port)}
-    for (workers, conf), port in zip(variants, facade_ports, strict=True):
-        name = "idm-facade" + ("" if args.workers == [1] else f" --workers {workers}") + (
-            " (audit sync = full)" if conf == "idm-full.toml" else "")
-        servers[name] = (f"ldap://127.0.0.1:{port}", facade_bind, port)
     people = f"ou=people,{base}"
+    use_ldclt = bool(numbers) and all(str(n).isdigit() for n in numbers) and \
+        os.path.exists(args.ldclt)
+    digits = len(str(numbers[0])) if numbers else 0
+    low, high = (min(int(n) for n in numbers), max(int(n) for n in numbers)) if use_ldclt \
+        else (0, 0)
+    sec = args.seconds
+    rows: list[tuple[str, Callable[[Server], float]]] = [
+        ("full ou=people pull, warm (s)", lambda s: full_pull(s.url, s.bind, people)),
+        *[(f"uid equality, {n} process{'es' if n > 1 else ''} (answer cache)",
+           lambda s, n=n: run_searches(s.url, s.bind, base, uids, "uid", n, sec))
+          for n in (1, 2, 4)],
+        ("every request distinct, 4 processes",
+         lambda s: run_searches(s.url, s.bind, base, uids, "uid", 4, sec, True)),
+        *([("ldclt, 4 threads",
+            lambda s: ldclt(args.ldclt, s.port, base, s.bind, low, high, digits))]
+          if use_ldclt else []),
+        ("simple binds, 2 processes", lambda s: run_binds(s.url, s.bind, 2, sec / 2)),
+        ("point-search p99 beside a pulling client (ms)",
+         lambda s: point_during_pull(s.url, s.bind, people, base, uids, "uid", sec)),
+    ]
+    results: dict[str, dict[str, list[float]]] = {
+        "full ou=people pull, cold (s)": {}, **{row: {} for row, _ in rows}}
+    load = os.getloadavg()
+    print(f"# machine: {machine()}; load average at the start {load[0]:.2f} / {load[1]:.2f} "
+          f"/ {load[2]:.2f}")
+    print(f"# data: size {args.size}, {len(accounts)} accounts, {len(snapshot)} directory "
+          f"entries, {count} LDIF entries"
+          + (f"; ldclt over employeeNumber {low}-{high} ({len(numbers) / (high - low + 1):.0%}"
+             " hits)" if use_ldclt else "; no ldclt"))
+    print(f"# {args.rounds} rounds of {sec:.0f}s per row and server, servers one after the "
+          "other; each round starts every server afresh (the cold pull)", flush=True)
     try:
-        nproc = os.cpu_count()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                    if ln.startswith("model name")), "?")
-        mem = next((ln.split()[1] for ln in open("/proc/meminfo")
-                    if ln.startswith("MemTotal")), "0")
-        print(f"# machine: nproc={nproc} cpu={cpu} ram={int(mem) // 1024 // 1024} GiB")
-        print(f"# data: size {args.size}, {len(accounts)} accounts, {len(snapshot)} directory "
-              f"entries, {count} LDIF entries")
-        # Warm the facade's rendering cache once (first-touch costs are reported apart).
-        print("## full ou=people pull (first = cold cache on the facade)")
-        for name, (url, bind, _) in servers.items():
-            print(f"{name}: first {full_pull(url, bind, people)}; "
-                  f"second {full_pull(url, bind, people)}", flush=True)
-        print("## equality search by uid, python-ldap processes, all attributes")
-        for procs in (1, 2, 4):
-            for name, (url, bind, _) in servers.items():
-                print(f"{name}: {run_searches(url, bind, base, uids, 'uid', procs, args.seconds)}",
-                      flush=True)
-        print("## same, 4 processes, every request distinct (no answer-cache hits)")
-        for name, (url, bind, _) in servers.items():
-            print(f"{name}: "
-                  f"{run_searches(url, bind, base, uids, 'uid', 4, args.seconds, True)}",
-                  flush=True)
-        if numbers and all(str(n).isdigit() for n in numbers) and os.path.exists(args.ldclt):
-            digits = len(str(numbers[0]))
-            low, high = min(int(n) for n in numbers), max(int(n) for n in numbers)
-            hit = len(numbers) / (high - low + 1)
-            print(f"## ldclt (employeeNumber equality, range {low}-{high}, hit ratio "
-                  f"{hit:.0%})")
-            for name, (_url, bind, port) in servers.items():
-                print(f"{name}: {ldclt(args.ldclt, port, base, bind, low, high, digits)}",
-                      flush=True)
-        print("## simple binds, 2 processes")
-        for name, (url, bind, _) in servers.items():
-            print(f"{name}: {run_binds(url, bind, 2, args.seconds / 2)}", flush=True)
-        print("## point searches (uid) while one client pulls ou=people repeatedly")
-        for name, (url, bind, _) in servers.items():
-            result = point_during_pull(url, bind, people, base, uids, "uid", args.seconds)
-            print(f"{name}: {result}", flush=True)
+        for number in range(args.rounds):
+            for server in servers:
+                server.stop()
+                server.start()
+                results["full ou=people pull, cold (s)"].setdefault(server.name, []).append(
+                    full_pull(server.url, server.bind, people))
+            for row, measure in rows:
+                for server in servers:
+                    value = measure(server)
+                    results[row].setdefault(server.name, []).append(value)
+                    print(f"round {number + 1} | {row} | {server.name}: {value:,.2f}",
+                          flush=True)
+        report(results, servers)
     finally:
-        for proc in servers_procs:
-            proc.terminate()
-            proc.wait(timeout=30)
-        os.kill(slapd_pid, 15)
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":
