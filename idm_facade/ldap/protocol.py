@@ -36,7 +36,7 @@ from idm_facade import metrics, requestlog
 from idm_facade.access.audit import AccessRecord, AuditUnavailable
 from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.clients import PERSON, Client
-from idm_facade.ldap import ber, controls, subschema
+from idm_facade.ldap import ber, controls, decoding, subschema
 from idm_facade.ldap.persons import Verdict
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
@@ -241,16 +241,18 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 key = self._cached_search(pdu, head)
                 if key is True:
                     continue
-            try:
-                msg, used = pureber.berDecodeObject(self.berdecoder, pdu)
-                if msg is None or used != len(pdu) or not isinstance(
-                        msg, pureldap.LDAPMessage) or not isinstance(
-                        msg.value, pureldap.LDAPProtocolRequest):
-                    raise ValueError("not an LDAP request")
-            except Exception as exc:  # ldaptor raises many kinds on bad input
-                log.info("LDAP: undecodable message from %s: %s", self._peer(), exc)
-                self._disconnect(PROTOCOL_ERROR, "undecodable LDAP message")
-                return
+            msg = decoding.request(pdu, head)  # simple binds and plain searches
+            if msg is None:
+                try:
+                    msg, used = pureber.berDecodeObject(self.berdecoder, pdu)
+                    if msg is None or used != len(pdu) or not isinstance(
+                            msg, pureldap.LDAPMessage) or not isinstance(
+                            msg.value, pureldap.LDAPProtocolRequest):
+                        raise ValueError("not an LDAP request")
+                except Exception as exc:  # ldaptor raises many kinds on bad input
+                    log.info("LDAP: undecodable message from %s: %s", self._peer(), exc)
+                    self._disconnect(PROTOCOL_ERROR, "undecodable LDAP message")
+                    return
             if self._held:
                 self._queued.append(msg)
                 continue
