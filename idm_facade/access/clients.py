@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -90,7 +91,18 @@ def _dn_from_org_key(user_key: str | None) -> str:
 def normalise_dn(dn: str) -> str:
     """A DN in comparison form: attribute names and values case-folded, spaces around ``=``
     and ``,`` removed, escapes kept. ``CN = X , ou=Clients,DC=a`` == ``cn=x,ou=clients,dc=a``.
-    """
+    Memoised for DNs of ordinary length: a service account binds with the same DN again and
+    again, and reading it character by character was about 4 % of a cached bind's time in
+    the event loop (long ones are not kept, so nobody can fill memory with them)."""
+    return _normalised(dn) if len(dn) <= 256 else _normalise(dn)
+
+
+@lru_cache(maxsize=4096)
+def _normalised(dn: str) -> str:
+    return _normalise(dn)
+
+
+def _normalise(dn: str) -> str:
     parts: list[str] = []
     current: list[str] = []
     escaped = False
