@@ -190,3 +190,29 @@ def test_ldap_dn_valued_assertions_resolve_to_entry_ids(layout_and_snapshot: tup
         f.Eq("memberOf", group_id)
     assert _ldap(f"(memberOf=cn=nobody,ou=groups,{layout.base})", dit.PEOPLE,
                  layout_and_snapshot) == f.FALSE
+
+
+CHEAP = [  # (filter, planned in the event loop below one entry, over a whole container)
+    ("(uid=a)", True, True),
+    ("(objectClass=*)", True, False),  # a pull of everything: the thread pool
+    ("(&(objectClass=posixAccount)(uid=a))", True, True),
+    ("(&(objectClass=*)(uid=*))", True, False),
+    ("(|(uid=a)(mail=b))", True, True),
+    ("(|(uid=a)(mail=*))", True, False),
+    ("(uid=a*)", False, False),
+    ("(!(uid=a))", False, False),
+]
+
+
+@pytest.mark.parametrize(("text", "below", "whole"), CHEAP, ids=[t for t, _, _ in CHEAP])
+def test_which_searches_are_planned_in_the_event_loop(text: str, below: bool,
+                                                      whole: bool) -> None:
+    from idm_facade.ldap.filters import cheap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from ldaptor import ldapfilter
+
+        parsed = ldapfilter.parseFilter(text)
+    assert cheap(parsed) is below
+    assert cheap(parsed, whole_container=True) is whole

@@ -369,14 +369,21 @@ def shape(node: Any) -> tuple[int, int]:
 _CHEAP_LEAVES = (pureldap.LDAPFilter_equalityMatch, pureldap.LDAPFilter_present)
 
 
-def cheap(node: Any) -> bool:
+def cheap(node: Any, whole_container: bool = False) -> bool:
     """Is this a point look-up (an equality or presence test, or an and/or of at most four),
-    worth planning in the event loop rather than handing to a thread?"""
+    worth planning in the event loop rather than handing to a thread? Over a whole container
+    or the naming context (``whole_container``) presence tests alone select everything
+    (``(objectClass=*)`` is a pull): then an equality must narrow it."""
     if isinstance(node, _CHEAP_LEAVES):
-        return True
+        return not whole_container or isinstance(node, pureldap.LDAPFilter_equalityMatch)
     if isinstance(node, (pureldap.LDAPFilter_and, pureldap.LDAPFilter_or)):
-        return 0 < len(node.data) <= 4 and all(isinstance(p, _CHEAP_LEAVES)
-                                               for p in node.data)
+        if not (0 < len(node.data) <= 4 and all(isinstance(p, _CHEAP_LEAVES)
+                                                for p in node.data)):
+            return False
+        if not whole_container:
+            return True
+        equalities = [isinstance(p, pureldap.LDAPFilter_equalityMatch) for p in node.data]
+        return any(equalities) if isinstance(node, pureldap.LDAPFilter_and) else all(equalities)
     return False
 
 

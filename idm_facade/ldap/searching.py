@@ -155,7 +155,10 @@ class SearchHandling:
             return
         ends = planning_deadline(q, self.factory.settings.time_limit, self.factory.limits)
         client = self.client
-        if cheap(q.filter) and is_projected(snapshot, policy):
+        # A search of the naming context or a container (not of one entry below it) with
+        # presence tests alone is a pull: planned in the thread pool like other long ones.
+        whole = len(norm) <= len(layout.base_norm) + 1 and q.scope != SCOPE_BASE
+        if cheap(q.filter, whole) and is_projected(snapshot, policy):
             result = self._plan(q, parsed, snapshot, layout, policy, norm, client, ends)
             self._planned(q, parsed, signed, snapshot, layout, policy, None, result)
             return
