@@ -88,13 +88,15 @@ def _search_worker(url, bind, base, values, attr, seconds, seed, q, distinct=Fal
     rnd = random.Random(seed)
     n = errors = 0
     lat = []
+    # distinct: a different (never reached) size limit makes every request's bytes new, so
+    # the facade's answer cache never hits (its rendered entries still do); the offset is
+    # new in every run, so a second run against the same server repeats nothing either.
+    first = 1000 + random.SystemRandom().randrange(10**9) + seed * 10_000_000
     end = time.perf_counter() + seconds
     while (t0 := time.perf_counter()) < end:
         value = rnd.choice(values)
-        # distinct: a different (never reached) size limit makes every request's bytes new,
-        # so the facade's answer cache never hits; its rendered entries still do.
         r = conn.search_ext_s(base, ldap.SCOPE_SUBTREE, f"({attr}={value})",
-                              sizelimit=1000 + seed * 10_000_000 + n if distinct else 0)
+                              sizelimit=first + n if distinct else 0)
         lat.append(time.perf_counter() - t0)
         n += 1
         errors += len(r) != 1
