@@ -141,11 +141,12 @@ def test_kept_translation_equals_fresh_translation(world: tuple, data: Any) -> N
             kinds = dit.VIEW_KINDS[view]
             assert [e.id for e in seen.search(kept, kinds=kinds)] == \
                 [e.id for e in seen.search(fresh, kinds=kinds)]
-    for which in STATICS:
-        _, attrs = dit.static_entry(layout, which)
+    for which, owner in [(w, None) for w in STATICS] + [(dit.CLIENTS + ":self", "app"),
+                                                        (dit.CLIENTS + ":self", "other")]:
+        _, attrs = dit.static_entry(layout, which, owner)
         for node, shaped in ((first, shaped_first), (second, shaped_second)):
-            assert filtershape.static_match(node, which, attrs, layout, shaped) == \
-                matches_static(node, attrs), (which, node)
+            assert filtershape.static_match(node, which, attrs, layout, shaped, owner) == \
+                matches_static(node, attrs), (which, owner, node)
 
 
 def test_a_kept_translation_meets_values_it_was_not_made_with(world: tuple) -> None:

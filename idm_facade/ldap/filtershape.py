@@ -131,14 +131,16 @@ def _compile(shape: tuple, translator: Translator) -> Kept:
 
 
 def static_match(node: Any, which: str, attrs: list[tuple[str, list[str], bool]],
-                 layout: dit.Layout, shaped: tuple[tuple, Values] | None) -> bool:
-    """Does the fixed entry ``which`` (with ``attrs``) match ``node``? Kept per shape when
-    the filter asserts values only of attributes the entry lacks, which no value can
-    change: ``(uid=?)`` never matches the base or a container."""
-    if shaped is None or which == dit.CLIENTS + ":self":  # a client's own entry: not kept
+                 layout: dit.Layout, shaped: tuple[tuple, Values] | None,
+                 owner: str | None = None) -> bool:
+    """Does the fixed entry ``which`` (with ``attrs``; ``owner`` names the client whose own
+    entry it is) match ``node``? Kept per shape when the filter asserts values only of
+    attributes the entry lacks, which no value can change: ``(uid=?)`` never matches the
+    base or a container."""
+    if shaped is None:
         return matches_static(node, attrs)
     shape = shaped[0]
-    key = ("static", which, shape)
+    key = ("static", which, owner, shape)
     table = layout.filters
     found = table.get(key)
     if found is None:

@@ -265,8 +265,9 @@ def _regions(q: SearchRequest, seen: ClientView, layout: dit.Layout, norm: synta
     root_units = f.Eq("ancestor", layout.line_root) if layout.line_root else f.FALSE
 
     def add_static(which: str) -> None:
-        dn, attrs = dit.static_entry(layout, which, client.name if client else None)
-        if filtershape.static_match(q.filter, which, attrs, layout, shaped):
+        owner = client.name if client else None
+        dn, attrs = dit.static_entry(layout, which, owner)
+        if filtershape.static_match(q.filter, which, attrs, layout, shaped, owner):
             statics.append((dn, attrs))
 
     def client_entry() -> None:
