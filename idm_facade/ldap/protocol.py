@@ -89,6 +89,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.active: dict[int, bool] = {}  # msgid -> still wanted (False once abandoned)
         self.pages: controls.PagedSearches | None = None
         self._held = False
+        self._holds = 0
         self._queued: list = []
         #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
         self._answer_key: tuple | None = None
@@ -337,11 +338,19 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def hold(self) -> None:
         """Queue further requests until :meth:`release` (a bind is in progress: RFC 4511
-        §4.2.1 says nothing else may run meanwhile)."""
+        §4.2.1 says nothing else may run meanwhile). Holds count: a search planned in a
+        thread may hold again for its disclosures before the planning's hold is released,
+        and the next request must wait for both."""
+        self._holds += 1
         self._held = True
 
     def release(self) -> None:
-        """Run the requests that arrived during a bind (or a plan in a thread)."""
+        """Run the requests that arrived during a bind (or a plan in a thread), once no
+        hold is left."""
+        self._holds -= 1
+        if self._holds > 0:
+            return
+        self._holds = 0
         self._held = False
         while self._queued and not self._held and not self.closing:
             self._dispatch_safely(self._queued.pop(0))

@@ -56,8 +56,13 @@ if TYPE_CHECKING:
 #: (BENCHMARKS.md, LDAP).
 CHUNK = 50
 #: Answers of at most this many entries are small: sent in one write (and kept for repeats
-#: when complete), with what they disclose worked out in the event loop.
+#: when complete).
 SMALL = 200
+#: Answers of more entries than this have what they disclose worked out in a pool thread,
+#: and pulls (presence tests alone over a container) of a directory larger than this are
+#: planned there: each costs the event loop about 6 ms per 1,000 entries, which every other
+#: client would wait for. Below it the hop to a thread costs more than it saves.
+LARGE = 1000
 #: Finished answers kept per snapshot (see :class:`~idm_facade.ldap.search.Answer`); the
 #: table is emptied when full.
 ANSWER_CACHE_ENTRIES = 50_000
@@ -157,7 +162,8 @@ class SearchHandling:
         client = self.client
         # A search of the naming context or a container (not of one entry below it) with
         # presence tests alone is a pull: planned in the thread pool like other long ones.
-        whole = len(norm) <= len(layout.base_norm) + 1 and q.scope != SCOPE_BASE
+        whole = len(norm) <= len(layout.base_norm) + 1 and q.scope != SCOPE_BASE and \
+            len(layout.account_dn) + len(layout.group_dn) + len(layout.unit_dn) > LARGE
         if cheap(q.filter, whole) and is_projected(snapshot, policy):
             result = self._plan(q, parsed, snapshot, layout, policy, norm, client, ends)
             self._planned(q, parsed, signed, snapshot, layout, policy, None, result)
@@ -231,7 +237,7 @@ class SearchHandling:
         request) when it is small and complete, else a chunk per reactor turn."""
         status = "success" if page.code == SUCCESS else f"{page.code}"
         key = self._answer_key
-        if len(page.page) > SMALL:
+        if len(page.page) > LARGE:
             # What a large answer discloses (every person, and each one's manager) takes about
             # 6 microseconds an entry: 30 ms for a full pull of 5,000 people, which the event
             # loop would owe every other client. It is worked out in a pool thread, and the
