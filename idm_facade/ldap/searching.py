@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from idm_facade.ldap.server import LDAPFactory
 
 #: Entries sent per reactor turn. Point searches beside a pulling client wait for at most one
-#: chunk: 50 gave them a p99 about a third lower than 200 did, and the pull no slower
-#: (BENCHMARKS.md, LDAP).
+#: chunk: in one run of three rounds, 50 gave them a p99 of 1.5-2.7 ms against 2.8-3.6 ms
+#: with 200, and the pull was no slower (BENCHMARKS.md, LDAP).
 CHUNK = 50
 #: Answers of at most this many entries are small: sent in one write (and kept for repeats
 #: when complete).
