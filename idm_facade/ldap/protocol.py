@@ -88,7 +88,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.closing = False
         self.active: dict[int, bool] = {}  # msgid -> still wanted (False once abandoned)
         self.pages: controls.PagedSearches | None = None
-        self._held = False
+        #: Holds in force (:meth:`hold`); requests are queued while there is one.
         self._holds = 0
         self._queued: list = []
         #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
@@ -217,7 +217,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         pos = 0
         max_pdu = self.factory.settings.max_pdu
         while not self.closing and not self._out_paused:
-            if self._held and len(self._queued) >= MAX_QUEUED:
+            if self._holds and len(self._queued) >= MAX_QUEUED:
                 self._reading(False)  # read on when the bind or plan in progress is done
                 break
             try:
@@ -238,7 +238,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             pdu = bytes(buf[pos:end])
             pos = end
             key = None
-            if not self._held:
+            if not self._holds:
                 key = self._cached_search(pdu, head)
                 if key is True:
                     continue
@@ -254,7 +254,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                     log.info("LDAP: undecodable message from %s: %s", self._peer(), exc)
                     self._disconnect(PROTOCOL_ERROR, "undecodable LDAP message")
                     return
-            if self._held:
+            if self._holds:
                 self._queued.append(msg)
                 continue
             self._answer_key = key
@@ -342,19 +342,16 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         thread may hold again for its disclosures before the planning's hold is released,
         and the next request must wait for both."""
         self._holds += 1
-        self._held = True
 
     def release(self) -> None:
         """Run the requests that arrived during a bind (or a plan in a thread), once no
         hold is left."""
-        self._holds -= 1
-        if self._holds > 0:
+        self._holds = max(0, self._holds - 1)
+        if self._holds:
             return
-        self._holds = 0
-        self._held = False
-        while self._queued and not self._held and not self.closing:
+        while self._queued and not self._holds and not self.closing:
             self._dispatch_safely(self._queued.pop(0))
-        if not self._held and not self._out_paused and not self.closing and self.connected:
+        if not self._holds and not self._out_paused and not self.closing and self.connected:
             self._reading(True)
             self._go_on()
 
