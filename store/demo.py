@@ -575,10 +575,14 @@ class _Builder:
         if rng.random() < 0.15:
             surname = rng.choice(SURNAMES) + " " + surname
         ref_date = self.ref.date()
+        # The CPR number is drawn from its own generator, seeded by one fixed-size draw from
+        # the main one: how many tries it takes depends on the birth date, so on the reference
+        # day, and the rest of the municipality must not (tests pick people from it on any day).
+        cpr_rng = random.Random(rng.getrandbits(64))
         while True:
-            born = ref_date - timedelta(days=rng.randint(18 * 365 + 5, 66 * 365))
-            digit7 = rng.choice(digit7_for(born.year))
-            cpr = (f"{born:%d%m}{born.year % 100:02d}{digit7}{rng.randrange(10)}"
+            born = ref_date - timedelta(days=cpr_rng.randint(18 * 365 + 5, 66 * 365))
+            digit7 = cpr_rng.choice(digit7_for(born.year))
+            cpr = (f"{born:%d%m}{born.year % 100:02d}{digit7}{cpr_rng.randrange(10)}"
                    + SYNTHETIC_CPR_SUFFIX["female" if female else "male"])
             if cpr not in self.cprs and not _mod11_ok(cpr):
                 break
@@ -1116,11 +1120,13 @@ class _Builder:
                     "id": self.uid(), "person_id": person["id"], "kle_number_id": topic,
                     "aspect_id": aspects[rng.choice(("UDFOERENDE", "INDSIGT"))],
                     "valid_from": person["valid_from"], "valid_to": None})
-        # A manager substitute for about 10 % of the managed units.
+        # A manager substitute for about 10 % of the managed units, and for at least one
+        # (the role API serves them, so every demo has one to show).
         for manager in self.doc["managers"]:
             members = [p for p in self.unit_members.get(manager["org_unit_id"], [])
                        if p != manager["person_id"]]
-            if manager["person_id"] is None or not members or rng.random() >= 0.1:
+            if manager["person_id"] is None or not members or (
+                    rng.random() >= 0.1 and self.doc["manager_substitutes"]):
                 continue
             self.doc["manager_substitutes"].append({
                 "id": self.uid(), "person_id": rng.choice(members),

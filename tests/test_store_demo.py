@@ -58,6 +58,28 @@ def test_same_seed_same_bytes_different_seed_different() -> None:
     assert later != one
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T[0-9:.]+Z?)?")
+
+
+def _undated(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """The document with every date (and the CPR numbers, which encode a birth date) left
+    out: what is left must not depend on the reference day."""
+    return {key: [_DATE.sub("D", repr(sorted((k, v) for k, v in row.items() if k != "cpr")))
+                  for row in rows]
+            for key, rows in doc.items() if isinstance(rows, list)}
+
+
+@pytest.mark.parametrize("days", [1, 2, 31, 183, 400, -95])
+def test_the_municipality_is_the_same_on_every_reference_day(
+        small: dict[str, Any], days: int) -> None:
+    """Tests build the demo for the day they run and pick people, accounts and units from
+    it; if the reference day changed who is who, a test could pass today and fail next week
+    (the suite must pass with the clock moved by months). Only dates may move."""
+    other = demo.generate("S", seed=1, reference=REF + timedelta(days=days))
+    assert _undated(other) == _undated(small)
+    assert [p["cpr"] for p in other["persons"]] != [p["cpr"] for p in small["persons"]]
+
+
 def test_same_seed_gives_identical_exports(sqlite_url: str, tmp_path: Path) -> None:
     exports = []
     for url in (sqlite_url, f"sqlite:///{tmp_path / 'twin.db'}"):
