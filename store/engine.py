@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import changelog
@@ -47,12 +47,28 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
     kwargs: dict = {}
     if url.startswith("postgresql"):
         kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = postgres_timeouts(url)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         Base.metadata.create_all(engine)
     return engine
+
+
+#: libpq's limits on a PostgreSQL that does not answer, unless the URL sets them: seconds to
+#: connect (libpq waits as long as TCP does, minutes, without it) and milliseconds that sent
+#: data may stay unacknowledged before the connection counts as broken (a partition). Some
+#: store reads run where a hang would stall every request of a process (a client's
+#: credentials re-checked in the event loop), and a store away is handled; one that hangs is
+#: not.
+POSTGRES_TIMEOUTS = {"connect_timeout": 5, "tcp_user_timeout": 10_000}
+
+
+def postgres_timeouts(url: str) -> dict[str, int]:
+    """The :data:`POSTGRES_TIMEOUTS` that the URL's query does not set itself."""
+    query = make_url(url).query
+    return {key: value for key, value in POSTGRES_TIMEOUTS.items() if key not in query}
 
 
 def missing_columns(engine: Engine) -> dict[str, list[str]]:

@@ -12,7 +12,6 @@ RFC 4513 §5.1.2.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from idm_facade.directory.entries import ACCOUNT
 from store.engine import make_engine
 from store.models import Engagement
 from tests.serving import StoreCopy, copy_store, ldap_bind, served_copy
+from tests.silent import Silent
 from tests.upstream_ldap import BASE, UpstreamDirectory
 
 UPN = "kommune.test"
@@ -206,31 +206,6 @@ def test_lockout_answers_like_a_wrong_password_and_expires(
         assert statuses == ["49 wrong password"] * 3 + ["49 locked out", "success"]
 
 
-class _Silent:
-    """A TCP listener that accepts connections and never answers (a hung upstream)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
 def test_upstream_away_fails_closed_and_recovers(people: People, upstream: UpstreamDirectory,
                                                  tmp_path: Path) -> None:
     with socket.socket() as s:
@@ -255,7 +230,7 @@ def test_upstream_away_fails_closed_and_recovers(people: People, upstream: Upstr
         audit.close()
         assert statuses == ["success", "52 upstream unavailable", "52 upstream unavailable",
                             "success", "49 wrong password"]
-    silent = _Silent()
+    silent = Silent()
     try:
         with _serve(people, tmp_path / "hung",
                     _config([f"ldap://127.0.0.1:{silent.port}"])) as copy:
