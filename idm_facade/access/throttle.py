@@ -11,14 +11,45 @@ The counts live in the process. Each replica behind a load balancer (and each wo
 ``serve --workers``) counts on its own, so N replicas allow up to N times the attempts
 before every one has locked the account; the upstream directory's own lockout (AD's) still
 applies across all of them.
+
+Whoever can reach the port can make keys (every unknown name typed is counted, so that an
+unknown name behaves exactly like a known one), so their cost is bounded: a key longer than
+:data:`MAX_KEY` characters is kept as its SHA-256, and at most :data:`MAX_KEYS` keys are
+kept; beyond that the ones whose last failure is oldest are forgotten first, in constant time
+per failure. Source addresses are counted per :func:`address_key`: an IPv6 client holds a
+whole /64 (its interface identifier is its own choice), so the /64 is the key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+#: Keys longer than this are kept as their SHA-256 (a bind name can be as long as a message).
+MAX_KEY = 256
+
+#: Keys kept at most; past it, the ones whose last failure is oldest are forgotten first.
+MAX_KEYS = 100_000
+
+
+def address_key(host: str) -> str:
+    """The key a source address is counted under: an IPv4 address (also when written as an
+    IPv4-mapped IPv6 address) as it is, an IPv6 address as its /64 network, anything else
+    (not an IP address) as it is."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class ThrottleConfigError(ValueError):
@@ -68,10 +99,22 @@ class Throttle:
     """Failure counts per key, with the delay and lockout they earn."""
 
     def __init__(self, settings: ThrottleSettings,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS) -> None:
         self.settings = settings
         self.clock = clock
-        self._counts: dict[str, _Count] = {}
+        self.max_keys = max_keys
+        #: Ordered by last failure, oldest first (a failure moves its key to the end).
+        self._counts: OrderedDict[str, _Count] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Keys counted now (expired ones included until they are pruned)."""
+        return len(self._counts)
+
+    @staticmethod
+    def _key(key: str) -> str:
+        if len(key) <= MAX_KEY:
+            return key
+        return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _current(self, key: str) -> _Count | None:
         count = self._counts.get(key)
@@ -82,12 +125,12 @@ class Throttle:
 
     def locked(self, key: str) -> bool:
         """Is ``key`` locked out now?"""
-        count = self._current(key)
+        count = self._current(self._key(key))
         return count is not None and count.failures >= self.settings.lockout_after
 
     def delay(self, key: str) -> float:
         """Seconds to wait before answering the next attempt for ``key``."""
-        count = self._current(key)
+        count = self._current(self._key(key))
         s = self.settings
         if count is None or count.failures < s.delay_after:
             return 0.0
@@ -95,6 +138,7 @@ class Throttle:
 
     def failed(self, key: str) -> None:
         """Count one more failure for ``key``."""
+        key = self._key(key)
         count = self._current(key)
         now = self.clock()
         if count is None:
@@ -102,11 +146,16 @@ class Throttle:
         else:
             count.failures += 1
             count.last = now
-        if len(self._counts) > 100_000:  # bounded: forget what has expired
-            for stale in [k for k, c in self._counts.items()
-                          if now - c.last >= self.settings.lockout_seconds]:
-                del self._counts[stale]
+            self._counts.move_to_end(key)
+        # Expired keys are at the front; so are the first to go when there are too many.
+        counts = self._counts
+        while counts:
+            oldest = next(iter(counts.values()))
+            if len(counts) <= self.max_keys and \
+                    now - oldest.last < self.settings.lockout_seconds:
+                break
+            counts.popitem(last=False)
 
     def succeeded(self, key: str) -> None:
         """Clear ``key``'s count."""
-        self._counts.pop(key, None)
+        self._counts.pop(self._key(key), None)

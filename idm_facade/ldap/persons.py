@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from idm_facade.access.clients import PERSON, Client, ClientRegistry
-from idm_facade.access.throttle import Throttle
+from idm_facade.access.throttle import Throttle, address_key
 from idm_facade.directory.policy import TRUSTED
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit
@@ -158,6 +158,7 @@ class PersonBinds:
         def refused(reason: str) -> Verdict:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
 
+        address = address_key(address)
         if self.addresses.locked(address) or self.accounts.locked(account_key):
             return defer.succeed(refused("locked out"))
         wait = max(self.addresses.delay(address), self.accounts.delay(account_key))
