@@ -28,8 +28,8 @@ from idm_facade.directory import Directory
 from idm_facade.directory.entries import ACCOUNT
 from store.engine import make_engine
 from store.models import Engagement
+from tests.netfaults import Silent, SlowProxy
 from tests.serving import StoreCopy, copy_store, ldap_bind, served_copy
-from tests.silent import Silent
 from tests.upstream_ldap import BASE, UpstreamDirectory
 
 UPN = "kommune.test"
@@ -181,6 +181,41 @@ def test_person_reads_through_the_person_policy(people: People, upstream: Upstre
         assert person.search_s(base, ldap.SCOPE_SUBTREE, f"(title={title})", ["uid"]) == []
         person.unbind_s()
         hr.unbind_s()
+
+
+def test_refusals_decided_by_the_facade_take_as_long_as_a_check(
+        people: People, upstream: UpstreamDirectory, tmp_path: Path) -> None:
+    """An unknown name, a leaver and a locked account are refused by the facade without
+    asking the upstream whether the password is right; answered at once, their speed would
+    tell an attacker what the common message hides. Each costs an upstream round trip
+    instead (an anonymous bind). With the upstream 0.3 s away (a proxy holding every answer),
+    every refusal takes at least that: a lower bound, which a slow machine cannot break."""
+    slow = SlowProxy("127.0.0.1", int(upstream.url.rsplit(":", 1)[1]), 0.3)
+    persons = "account_delay_after = 100\naccount_lockout_after = 1\n"
+    try:
+        with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{slow.port}"],
+                                              persons=persons)) as copy:
+            url = copy.serving.ldap_url
+            user, locked = people.active[0], people.active[1]
+            took = {}
+            for why, name, password in (
+                    ("right password", user, people.passwords[user]),
+                    ("wrong password", locked, "wrong"),  # and now it is locked
+                    ("locked", locked, people.passwords[locked]),
+                    ("leaver", people.leaver, people.passwords[people.leaver]),
+                    ("unknown", "nobody-here", "whatever")):
+                started = time.monotonic()
+                code = _code(url, f"{name}@{UPN}", password)
+                took[why] = time.monotonic() - started
+                assert code == (0 if why == "right password" else 49), why
+            assert min(took.values()) >= 0.3, took
+            audit = AuditLog(make_engine(copy.db))
+            statuses = [r.status for r in audit.query() if r.operation == "bind"]
+            audit.close()
+            assert {"49 locked out", "49 no current engagement", "49 unknown account"} \
+                <= set(statuses)
+    finally:
+        slow.close()
 
 
 def test_lockout_answers_like_a_wrong_password_and_expires(

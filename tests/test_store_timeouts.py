@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from store.engine import POSTGRES_TIMEOUTS, postgres_timeouts
-from tests.silent import Silent
+from tests.netfaults import Silent
 
 _CONNECT = """
 import sys, time

@@ -160,14 +160,14 @@ class PersonBinds:
 
         address = address_key(address)
         if self.addresses.locked(address) or self.accounts.locked(account_key):
-            return defer.succeed(refused("locked out"))
+            return self._as_if_checked(refused("locked out"))
         wait = max(self.addresses.delay(address), self.accounts.delay(account_key))
 
         def check(_: Any = None) -> Any:
             if entry is None or username is None:
-                return Outcome.REFUSED, "unknown account"
+                return self._as_if_checked((Outcome.REFUSED, "unknown account"))
             if view.first(entry, "active") is not True:
-                return Outcome.REFUSED, "no current engagement"
+                return self._as_if_checked((Outcome.REFUSED, "no current engagement"))
             d = self.pool.verify(username, password)
             d.addCallback(lambda outcome: (outcome, "wrong password"))
             return d
@@ -193,6 +193,15 @@ class PersonBinds:
         d = task.deferLater(self.reactor, wait, check) if wait else defer.maybeDeferred(check)
         d.addCallback(decide)
         return d
+
+    def _as_if_checked(self, result: Any) -> defer.Deferred:
+        """Fires with ``result`` (a refusal decided here: unknown name, leaver, lockout)
+        after one round trip to the upstream directory, as a password check has. Answered
+        at once, such a refusal would tell by its speed what its message hides: that the
+        name is not an active account of the municipality, or that it is locked. (A pause
+        as long as recent checks took cannot match them: the reactor's timers are a
+        millisecond coarse, and a nearby upstream answers faster than that.)"""
+        return self.pool.round_trip().addCallback(lambda _: result)
 
     def current(self, client: Client, snapshot: Any, layout: dit.Layout) -> Client | None:
         """The bound person as they stand now: None once the account is no longer active

@@ -379,6 +379,21 @@ class UpstreamPool:
 
         return d.addCallbacks(answered, failed)
 
+    def round_trip(self) -> defer.Deferred[None]:
+        """One request and answer to the upstream, as a password check has, without a
+        password: an anonymous bind (RFC 4511 §4.2) on a pooled connection, which checks
+        nothing and leaves no failed logon in the upstream's logs. Fires None, whatever
+        happens (a refusal decided by the facade takes as long as a check this way)."""
+        d = self._acquire()
+
+        def bind(client: Any) -> Any:
+            done = self._within(client.bind_code("", ""))
+            done.addCallbacks(lambda _: self._give_back(client, True),
+                              lambda _: self._give_back(client, False))
+            return done
+
+        return d.addCallback(bind).addBoth(lambda _: None)
+
     @staticmethod
     def _outcome(code: int) -> Outcome:
         if code == 0:
