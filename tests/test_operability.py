@@ -210,6 +210,98 @@ def test_the_store_going_away_under_load(tmp_path: Path) -> None:
         cluster_cm.__exit__(None, None, None)
 
 
+def _hang(cluster, signal_number: int) -> None:  # noqa: ANN001 - a tests.pg.Cluster
+    """Stop (SIGSTOP) or continue (SIGCONT) every process of ``cluster``: its kernel still
+    accepts and acknowledges, its server answers nothing, as a hung database host does."""
+    import os
+    import subprocess
+
+    main = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True,
+                              text=True).stdout.split()
+    for pid in [main, *map(int, children)]:
+        try:
+            os.kill(pid, signal_number)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_hung_store_does_not_stall_ldap(tmp_path: Path) -> None:
+    """PostgreSQL hangs (its processes stopped: connections stay open, nothing answers, no
+    timeout of TCP's fires) while LDAP clients work. A client's credentials are looked at
+    again every second; that look must not stall the event loop, or every connection of
+    the process would wait as long as the database hangs. Bound connections go on searching,
+    and a new connection binds with credentials verified before (nobody can revoke them
+    while the store is away). When the store is back, a revoke takes effect again."""
+    import signal
+
+    from idm_facade.ldap.protocol import STORE_WAIT
+    from store.demo import generate
+    from store.exchange import import_document
+    from tests.conftest import DEMO_REFERENCE
+    from tests.pg import create_database
+
+    try:
+        cluster_cm = postgres_cluster()
+        cluster = cluster_cm.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL is needed for this test: {exc}")
+    serving = None
+    try:
+        url = create_database(cluster.url, "hung")
+        engine = make_engine(url)
+        import_document(engine, generate("S", seed=3, reference=DEMO_REFERENCE), actor="t")
+        from idm_facade.access.clients import ClientRegistry
+        from idm_facade.config import load_config
+
+        config = tmp_path / "idm.toml"
+        config.write_text(f'[directory]\nstate_dir = "{tmp_path}"\n'
+                          f'[audit]\ndb = "sqlite:///{tmp_path / "audit.db"}"\n')
+        registry = ClientRegistry(engine, load_config(config))
+        secret = registry.add("app", "ldap", "default")
+        dn = registry.bind_dn_of("app")
+        serving = start_serve(url, config)
+        base = dn.split(",", 2)[2]
+        bound = ldap_bind(serving.ldap_url, dn, secret, timeout=20, network_timeout=20)
+        assert bound.search_s(base, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+        _hang(cluster, signal.SIGSTOP)
+        try:
+            answered = []
+            deadline = time.monotonic() + 4  # past the one-second re-check, several times
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                found = bound.search_ext_s(base, ldap.SCOPE_ONELEVEL, "(objectClass=*)",
+                                           ["1.1"], timeout=20)
+                answered.append(time.monotonic() - started)
+                assert found
+                time.sleep(0.3)
+            again = ldap_bind(serving.ldap_url, dn, secret, timeout=20, network_timeout=20)
+            assert again.whoami_s() == f"dn:{dn}"
+            again.unbind_s()
+        finally:
+            _hang(cluster, signal.SIGCONT)
+        # Each answered at once: the look at the client's row waits in a thread. (Waiting in
+        # the event loop took 5 s, libpq's connect timeout, or for ever on a connection
+        # already open; the bound is far from both and from any machine's noise.)
+        assert len(answered) >= 5 and max(answered) < STORE_WAIT + 0.5, answered
+        # Back: a revoke reaches the bound connection within the re-check.
+        registry.revoke("app")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                bound.search_ext_s(base, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"],
+                                   timeout=20)
+            except ldap.LDAPError:
+                break
+            assert time.monotonic() < deadline, "the revoke never took effect"
+            time.sleep(0.3)
+        engine.dispose()
+    finally:
+        if serving is not None:
+            serving.stop()
+        cluster_cm.__exit__(None, None, None)
+
+
 def test_a_posix_search_while_posix_is_off_is_explained(demo_db: str, tmp_path: Path) -> None:
     """nslcd's `getent passwd` searches (objectClass=posixAccount); with ``[ldap] posix`` off
     nothing matches, and the operator is told why instead of seeing an empty list."""

@@ -52,6 +52,9 @@ PERSON = "person"
 TOKEN_PREFIX = "idmf"
 #: How long a cached successful verification is trusted before the row is looked at again.
 RECHECK_SECONDS = 1.0
+#: An event loop hands a client's check to a thread this long before its re-check falls due,
+#: so a check it makes in the same turn never waits on the store in the loop.
+LOOP_MARGIN = 0.1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CACHE_LIMIT = 10_000
 
@@ -223,6 +226,9 @@ class ClientRegistry:
         self._epoch = 0
         #: name -> when its row was last looked at for :meth:`current`.
         self._live: dict[str, float] = {}
+        #: Names whose row is being looked at now: nobody else waits on the store for them
+        #: meanwhile (a hung store holds up one request per client, not every one).
+        self._rechecking: set[str] = set()
         self._away_logged = -1e9
         AuthBase.metadata.create_all(engine)
 
@@ -457,6 +463,8 @@ class ClientRegistry:
             return None
         now = time.monotonic()
         if now - hit.checked > RECHECK_SECONDS:
+            if not self._start_recheck(hit.name):
+                return self._client(hit.name)  # being looked at: as verified before
             try:
                 with Session(self.engine) as session:
                     row = session.get(ClientRow, hit.name)
@@ -465,9 +473,13 @@ class ClientRegistry:
                     meta = (row.kind, row.policy, row.generation) if row is not None else None
             except SQLAlchemyError as exc:
                 # The store is away: nobody can revoke or rotate meanwhile (that is a write
-                # to the same store), so a verification made before stays good.
+                # to the same store), so a verification made before stays good; looked at
+                # again a second later, not on every request.
                 self._store_away(exc)
+                hit.checked = now
                 return self._client(hit.name)
+            finally:
+                self._end_recheck(hit.name)
             with self._lock:
                 if not fresh or meta is None:
                     self._cache.pop(key, None)
@@ -478,6 +490,32 @@ class ClientRegistry:
                     self._clients.pop(hit.name, None)
                     self._epoch += 1
         return self._client(hit.name)
+
+    def _start_recheck(self, name: str) -> bool:
+        """Claim the look at ``name``'s row; False when another caller is at it."""
+        with self._lock:
+            if name in self._rechecking:
+                return False
+            self._rechecking.add(name)
+            return True
+
+    def _end_recheck(self, name: str) -> None:
+        with self._lock:
+            self._rechecking.discard(name)
+
+    def _fresh(self, checked: float | None, name: str) -> bool:
+        """May an event loop use what it knows of ``name`` without the store: checked
+        lately enough that no re-check falls due this turn, or being re-checked now."""
+        return (checked is not None and
+                time.monotonic() - checked <= RECHECK_SECONDS - LOOP_MARGIN) \
+            or name in self._rechecking
+
+    def needs_recheck(self, client: Client) -> bool:
+        """Would :meth:`current` look at the store for ``client`` now? An event loop then
+        calls it in a thread (a store that hangs must not hang the loop)."""
+        with self._lock:
+            return client.name not in self._meta or \
+                not self._fresh(self._live.get(client.name), client.name)
 
     def _store_away(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -531,6 +569,8 @@ class ClientRegistry:
             seen = self._live.get(client.name)
             meta = self._meta.get(client.name)
         if seen is None or now - seen > RECHECK_SECONDS or meta is None:
+            if not self._start_recheck(client.name):
+                return client  # being looked at: as it stood
             try:
                 with Session(self.engine) as session:
                     row = session.get(ClientRow, client.name)
@@ -538,7 +578,11 @@ class ClientRegistry:
                         if row is not None and row.revoked is None else None
             except SQLAlchemyError as exc:
                 self._store_away(exc)  # see _cached: the bound session stays as it was
+                with self._lock:
+                    self._live[client.name] = now
                 return client
+            finally:
+                self._end_recheck(client.name)
             with self._lock:
                 if meta is None:
                     self._live.pop(client.name, None)
@@ -574,22 +618,29 @@ class ClientRegistry:
         return self._remember(key, row)
 
     def verified_recently(self, token: str) -> bool:
-        """Whether bearer ``token`` was verified lately (its check is in the cache): then
-        :meth:`authenticate_token` costs no slow hash, at most one look at its row."""
+        """Whether bearer ``token`` was verified lately (its check is in the cache, and its
+        row needs no look now): then :meth:`authenticate_token` costs no slow hash and does
+        not wait on the store, so an event loop may call it."""
         key = _token_key(token)
         if key is None:
             return False
         with self._lock:
-            return key in self._cache
+            hit = self._cache.get(key)
+            return hit is not None and self._fresh(hit.checked, hit.name)
 
     def bind_from_cache(self, dn: str, password: str) -> Client | None:
-        """The client of a bind whose check is cached, with no slow hash (at most one look
-        at the client's row), so an event loop may call it; None when only
-        :meth:`authenticate_bind` can tell (not cached: a wrong password never is; or no
-        longer valid, which it then says)."""
+        """The client of a bind whose check is cached, with no slow hash and no wait on the
+        store, so an event loop may call it; None when only :meth:`authenticate_bind` can
+        tell (not cached: a wrong password never is; its row is due to be looked at again;
+        or no longer valid, which it then says)."""
         if not dn or not password:
             return None
-        return self._cached(_bind_key(normalise_dn(dn), password))
+        key = _bind_key(normalise_dn(dn), password)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is None or not self._fresh(hit.checked, hit.name):
+                return None  # not cached, or its re-check falls due: a thread looks
+        return self._cached(key)
 
     def authenticate_bind(self, dn: str, password: str) -> Client | None:
         """The LDAP client binding as ``dn`` with ``password``, or None."""

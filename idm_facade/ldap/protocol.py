@@ -61,6 +61,13 @@ log = logging.getLogger(__name__)
 #: Requests decoded and queued while a bind or a plan runs before reading stops.
 MAX_QUEUED = 64
 
+#: Seconds a request waits for a look at its client's row in the store (the bound client's
+#: re-check, a bind's check) before it goes on without: as verified before, or 51 for a
+#: bind never verified. A hung store then holds up requests this long, not for as long as
+#: it hangs.
+STORE_WAIT = 2.0
+BIND_WAIT = 10.0
+
 _WRITE_RESPONSES = {
     "LDAPAddRequest": ber.ADD_RESPONSE,
     "LDAPModifyRequest": ber.MODIFY_RESPONSE,
@@ -277,8 +284,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         if not 1 <= n <= 4 or len(pdu) < pos + 3 + n or pdu[pos + 2 + n] != 0x63:
             return None
         msgid = int.from_bytes(pdu[pos + 2:pos + 2 + n], "big", signed=True)
-        if msgid <= 0:
-            return None
+        if msgid <= 0 or self._recheck_due():
+            return None  # (a look at the client's row is due: the usual path does it)
         self._arrived(msgid)
         self._refresh_client()
         key = (pdu[pos + 2 + n:], self.client)
@@ -318,6 +325,41 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             self._person_checked = snapshot
         else:
             fresh = self.factory.facade.clients.current(self.client)
+        self._refreshed(fresh)
+
+    def _refresh_in_thread(self, msg: Any) -> bool:
+        """Look at the bound client's row in a thread, then run ``msg``; False (nothing
+        done) when no look is due. The store may hang: after :data:`STORE_WAIT` the request
+        goes on with the client as it stood, as when the store is away (nobody can revoke
+        meanwhile); the look goes on in its thread, and nobody else waits for it."""
+        if not self._recheck_due():
+            return False
+        client = self.client
+        clients = self.factory.facade.clients
+        self.hold()
+        looked = self.factory.in_thread(clients.current, client)
+        looked.addTimeout(STORE_WAIT, self.factory.reactor)
+
+        def go_on(fresh: Any) -> None:
+            if self.client is client:
+                self._refreshed(client if isinstance(fresh, Failure) else fresh)
+            self._dispatch_now(msg)
+
+        looked.addBoth(go_on)
+        looked.addErrback(lambda f: log.error("LDAP: %s", f.getTraceback()))
+        looked.addBoth(lambda _: self.release())
+        return True
+
+    def _recheck_due(self) -> bool:
+        """Is a look at the bound client's row in the store due (a service account's, once
+        a second)?"""
+        client = self.client
+        return client is not None and client.kind != PERSON and \
+            self.factory.facade.clients.needs_recheck(client)
+
+    def _refreshed(self, fresh: Client | None) -> None:
+        if self.client is None:
+            return
         if fresh is None:
             log.info("LDAP: %s was revoked, rotated or left; connection from %s unbound",
                      self.client.name, self._peer())
@@ -329,6 +371,10 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     def _dispatch_safely(self, msg: Any) -> None:
         if isinstance(msg.id, int):
             self._arrived(msg.id)
+        if not self._refresh_in_thread(msg):
+            self._dispatch_now(msg)
+
+    def _dispatch_now(self, msg: Any) -> None:
         try:
             self._refresh_client()
             self.dispatch(msg)
@@ -536,7 +582,17 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                     verdict = defer.succeed(check(cached))
                 else:
                     verdict = self.factory.in_thread(clients.authenticate_bind, dn, secret)
-                    verdict.addCallback(check)
+                    verdict.addTimeout(BIND_WAIT, self.factory.reactor)
+
+                    def store_hung(failure: Failure) -> Verdict:
+                        failure.trap(defer.TimeoutError)
+                        meanwhile = clients.bind_from_cache(dn, secret)
+                        if meanwhile is not None:  # its look is under way: as verified
+                            return check(meanwhile)
+                        return Verdict(BUSY, "the credentials cannot be checked now; try "
+                                       "again", None, "anonymous", f"{BUSY} store timeout")
+
+                    verdict.addCallbacks(check, store_hung)
         self.hold()
 
         def audited(ok: bool, result: Verdict) -> None:
