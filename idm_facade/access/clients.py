@@ -53,7 +53,8 @@ TOKEN_PREFIX = "idmf"
 #: How long a cached successful verification is trusted before the row is looked at again.
 RECHECK_SECONDS = 1.0
 #: An event loop hands a client's check to a thread this long before its re-check falls due,
-#: so a check it makes in the same turn never waits on the store in the loop.
+#: so a check it makes in the same turn never waits on the store in the loop; in that thread
+#: the re-check is due from then on (else the request would have hopped for nothing).
 LOOP_MARGIN = 0.1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CACHE_LIMIT = 10_000
@@ -229,6 +230,8 @@ class ClientRegistry:
         #: Names whose row is being looked at now: nobody else waits on the store for them
         #: meanwhile (a hung store holds up one request per client, not every one).
         self._rechecking: set[str] = set()
+        #: Threads running an event loop (:meth:`mark_event_loop`).
+        self._loops: set[int] = set()
         self._away_logged = -1e9
         AuthBase.metadata.create_all(engine)
 
@@ -462,7 +465,7 @@ class ClientRegistry:
         if hit is None:
             return None
         now = time.monotonic()
-        if now - hit.checked > RECHECK_SECONDS:
+        if self._due(now - hit.checked):
             if not self._start_recheck(hit.name):
                 return self._client(hit.name)  # being looked at: as verified before
             try:
@@ -502,6 +505,18 @@ class ClientRegistry:
     def _end_recheck(self, name: str) -> None:
         with self._lock:
             self._rechecking.discard(name)
+
+    def mark_event_loop(self) -> None:
+        """Say that the calling thread runs an event loop, which may use what is known of
+        a client until :data:`RECHECK_SECONDS` (having asked :meth:`needs_recheck`,
+        :meth:`verified_recently` or :meth:`bind_from_cache` first); other threads look
+        at the store :data:`LOOP_MARGIN` earlier."""
+        self._loops.add(threading.get_ident())
+
+    def _due(self, age: float) -> bool:
+        if threading.get_ident() in self._loops:
+            return age > RECHECK_SECONDS
+        return age > RECHECK_SECONDS - LOOP_MARGIN
 
     def _fresh(self, checked: float | None, name: str) -> bool:
         """May an event loop use what it knows of ``name`` without the store: checked
@@ -568,7 +583,7 @@ class ClientRegistry:
         with self._lock:
             seen = self._live.get(client.name)
             meta = self._meta.get(client.name)
-        if seen is None or now - seen > RECHECK_SECONDS or meta is None:
+        if seen is None or self._due(now - seen) or meta is None:
             if not self._start_recheck(client.name):
                 return client  # being looked at: as it stood
             try:

@@ -226,6 +226,7 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
     if callable(close):
         reactor.addSystemEventTrigger("after", "shutdown", close)
     (announce or announce_listening)(listening)
+    facade.clients.mark_event_loop()  # the reactor runs in this thread
     reactor.run()
 
 
