@@ -58,10 +58,9 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
 
 #: libpq's limits on a PostgreSQL that does not answer, unless the URL sets them: seconds to
 #: connect (libpq waits as long as TCP does, minutes, without it) and milliseconds that sent
-#: data may stay unacknowledged before the connection counts as broken (a partition). Some
-#: store reads run where a hang would stall every request of a process (a client's
-#: credentials re-checked in the event loop), and a store away is handled; one that hangs is
-#: not.
+#: data may stay unacknowledged before the connection counts as broken (a partition). A
+#: store that is away is handled everywhere (answers go on from the snapshot); one that
+#: hangs holds whatever waits on it for as long as libpq waits.
 POSTGRES_TIMEOUTS = {"connect_timeout": 5, "tcp_user_timeout": 10_000}
 
 

@@ -387,7 +387,11 @@ class UpstreamPool:
         d = self._acquire()
 
         def bind(client: Any) -> Any:
-            done = self._within(client.bind_code("", ""))
+            try:
+                done = self._within(client.bind_code("", ""))
+            except Exception:  # lost between being handed out and now
+                self._give_back(client, False)
+                raise
             done.addCallbacks(lambda _: self._give_back(client, True),
                               lambda _: self._give_back(client, False))
             return done
