@@ -21,6 +21,7 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -154,7 +155,7 @@ def main() -> None:
         print(f"| {labels[name]} | {rate:,.0f} ({low:,.0f}-{high:,.0f}) | {errors} | "
               f"{p50:.2f} | {p99:.2f} |")
     print(f"\nCPU of the one facade process per person bind: "
-          f"{sorted(cpu)[len(cpu) // 2] * 1e6:.0f} us (median of the rounds)")
+          f"{statistics.median(cpu) * 1e6:.0f} us (median of the rounds)")
     for name in ("facade", "facade2"):
         ratio = median[name][0] / median["direct"][0]
         print(f"{labels[name]} / direct binds per second: {ratio:.2f} (target >= 0.5; "

@@ -29,7 +29,7 @@ from idm_facade.directory.entries import ACCOUNT
 from store.engine import make_engine
 from store.models import Engagement
 from tests.netfaults import Silent, SlowProxy
-from tests.serving import StoreCopy, copy_store, ldap_bind, served_copy
+from tests.serving import StoreCopy, copy_store, ending_engagements, ldap_bind, served_copy
 from tests.upstream_ldap import BASE, UpstreamDirectory
 
 UPN = "kommune.test"
@@ -328,9 +328,6 @@ def test_search_then_bind_and_address_lockout(people: People, upstream: Upstream
 def test_a_leaver_is_unbound_on_an_open_connection(people: People,
                                                    upstream: UpstreamDirectory,
                                                    tmp_path: Path) -> None:
-    from store.engine import session_factory
-    from store.validity import utcnow
-
     with _serve(people, tmp_path, _config([upstream.url])) as copy:
         url = copy.serving.ldap_url
         user = people.active[3]
@@ -338,19 +335,10 @@ def test_a_leaver_is_unbound_on_an_open_connection(people: People,
         base = f"ou=people,{copy.base}"
         assert len(conn.search_s(base, ldap.SCOPE_SUBTREE, f"(uid={user})", ["uid"])) == 1
         engine = make_engine(copy.db)
-        with session_factory(engine)() as session:
-            session.info["actor"] = "test"
-            rows = session.query(Engagement).all()
-            entry = next(e for e in Directory(engine).snapshot.entries
-                         if e.kind == ACCOUNT and e.first("userName") == user)
-            person_id = entry.first("personId")
-            now = utcnow()
-            for row in rows:
-                if row.person_id == person_id and row.valid_from <= now and (
-                        row.valid_to is None or row.valid_to > now):
-                    row.valid_to = now
-            session.commit()
+        entry = next(e for e in Directory(engine).snapshot.entries
+                     if e.kind == ACCOUNT and e.first("userName") == user)
         engine.dispose()
+        copy.write(ending_engagements(str(entry.first("personId"))))
         deadline = time.monotonic() + 30
         while True:
             try:
