@@ -1149,7 +1149,7 @@ class _Builder:
                 "id": self.uid(), "account_id": account["id"], "job_role_id": delegated["id"],
                 "role_group_id": None, "valid_from": account["valid_from"], "valid_to": None})
         # The last SAML system is access-blocked: catalogued and assigned (to a few accounts
-        # directly, whatever else the day's demo assigns), never handed out.
+        # directly, whatever else the demo assigns), never handed out.
         saml = [s for s in self.systems if s["system_type"] == "SAML"]
         if saml:
             saml[-1]["access_blocked"] = True

@@ -194,7 +194,7 @@ def test_has_user_role_by_numeric_id(contract: Contract) -> None:
                     contract.data.job_roles[r].it_system_id].access_blocked]
 
     # an account holding a role in a system that is not access-blocked (which one that is
-    # depends on the demo data, generated as of the day the suite runs)
+    # depends on the demo's seed)
     entry = next(e for e in contract.accounts() if open_roles(e))
     user = entry.first("userName")
     held = open_roles(entry)[0]
@@ -323,7 +323,7 @@ def test_read_itsystem_assignments(contract: Contract) -> None:
     UserReadRoleSystemRole, UserReadDTO: direct assignments unless ``indirectRoles=true``;
     ``assignedThrough`` DIRECT/ROLEGROUP/ORGUNIT; computed constraint values shown as
     ``*** DYNAMIC ***``; a bad boolean is 400, an unknown system 404."""
-    # the system whose roles are held both directly and through units (the day's demo
+    # the system whose roles are held both directly and through units (the demo's seed
     # decides which)
     kinds: dict[str, set[str]] = {}
     for entry in contract.accounts():
