@@ -12,6 +12,12 @@ and the facade's own service-account binds (no upstream) show what the upstream 
 The CPU time of the one-process facade per person bind is printed too: with the machine's
 cores shared by clients, slapd and the facade, it is what bounds the rate.
 
+Direct binds are the issue's floor, but nothing in the path can match them: every hop adds
+two loopback crossings and two wake-ups to a bind that slapd answers in 60 us. So two
+floors that sit in the path are measured as well (bench/proxies.py): OpenLDAP doing the
+facade's job (slapd's ``remoteauth`` overlay: a local entry per user, the password checked
+by the same upstream), and HAProxy copying TCP, the cost of the hop alone.
+
 usage: python -m bench.person_bind_bench [--size S] [--seconds 5] [--procs 2] [--rounds 3]
 """
 
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldap  # noqa: E402
 
 from bench.datasets import demo_store, machine  # noqa: E402
+from bench.proxies import REMOTEAUTH_BASE, haproxy_tcp, slapd_remoteauth  # noqa: E402
 from tests.serving import served_copy  # noqa: E402
 from tests.upstream_ldap import BASE, UpstreamDirectory  # noqa: E402
 
@@ -104,7 +111,7 @@ def main() -> None:
     print(f"# machine: {machine()}")
     print(f"# load average at the start: {os.getloadavg()[0]:.2f}")
     print(f"# {args.size}: {len(users)} active accounts, each a user of the upstream slapd")
-    rows = ("client", "direct", "facade", "facade2")
+    rows = ("client", "direct", "haproxy", "remoteauth", "facade", "facade2")
     results: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in rows}
     cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -112,6 +119,11 @@ def main() -> None:
         upstream = UpstreamDirectory(folder / "upstream", passwords)
         upstream.start()
         stack.callback(upstream.stop)
+        remoteauth = stack.enter_context(slapd_remoteauth(
+            folder / "remoteauth", upstream.url,
+            {u: f"uid={u},ou=people,{BASE}" for u in passwords}))
+        haproxy = stack.enter_context(haproxy_tcp(folder / "haproxy", "127.0.0.1",
+                                                  upstream.port))
         config = (f'[ldap.upstream]\nurls = ["{upstream.url}"]\n'
                   f'dn_template = "uid={{username}},ou=people,{BASE}"\n'
                   f'[ldap.persons]\nupn_suffixes = ["{SUFFIX}"]\n'
@@ -126,6 +138,7 @@ def main() -> None:
         assert one is not None
         via = [(f"{u}@{SUFFIX}", p) for u, p in passwords.items()]
         direct = [(f"uid={u},ou=people,{BASE}", p) for u, p in passwords.items()]
+        local = [(f"uid={u},ou=people,{REMOTEAUTH_BASE}", p) for u, p in passwords.items()]
         for copy in servers.values():
             assert copy.serving is not None
             run(copy.serving.ldap_url, via, args.procs, 1.0)  # warm-up: the pool fills
@@ -133,6 +146,8 @@ def main() -> None:
         for _ in range(args.rounds):
             results["client"].append(run(one.ldap_url, service, args.procs, args.seconds))
             results["direct"].append(run(upstream.url, direct, args.procs, args.seconds))
+            results["haproxy"].append(run(haproxy, direct, args.procs, args.seconds))
+            results["remoteauth"].append(run(remoteauth, local, args.procs, args.seconds))
             before = _cpu_seconds(one.proc.pid)
             results["facade"].append(run(one.ldap_url, via, args.procs, args.seconds))
             cpu.append((_cpu_seconds(one.proc.pid) - before)
@@ -146,7 +161,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     labels = {"facade": "idm-facade person bind (user@suffix, checked upstream)",
               "facade2": "the same, `serve --workers 2`",
-              "direct": "slapd direct (user DN; the floor)",
+              "direct": "slapd direct (user DN; the issue's floor)",
+              "haproxy": "through HAProxy, TCP mode (user DN; the hop alone)",
+              "remoteauth": "slapd remoteauth, checked by the same upstream (local DN)",
               "client": "idm-facade service-account bind (no upstream)"}
     median = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
     for name in rows:
@@ -160,6 +177,9 @@ def main() -> None:
         ratio = median[name][0] / median["direct"][0]
         print(f"{labels[name]} / direct binds per second: {ratio:.2f} (target >= 0.5; "
               f"floor: slapd direct binds, the upstream itself)")
+    for name in ("haproxy", "remoteauth"):
+        print(f"{labels[name]} / direct: {median[name][0] / median['direct'][0]:.2f}; "
+              f"the facade's person bind / it: {median['facade'][0] / median[name][0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Ordinary proxies in front of an LDAP server, as floors for anything that sits between a
+client and the directory that checks its password (bench/person_bind_bench.py).
+
+- :func:`slapd_remoteauth`: OpenLDAP's answer to the same job as the facade's person bind
+  (slapd with the ``remoteauth`` overlay, slapo-remoteauth(5): "Delegate authentication
+  requests to remote directories, e.g. Active Directory"). A bind names a local entry; slapd
+  binds to the remote directory as the DN that entry holds and answers as it answered. It is
+  written in C and is what an LDAP administrator would set up without us. It opens a new
+  connection to the remote directory for every bind (``remoteauth_bind`` in
+  servers/slapd/overlays/remoteauth.c calls ``ldap_initialize`` and ``ldap_connect`` each
+  time), where the facade keeps a pool.
+- :func:`haproxy_tcp`: HAProxy in TCP mode, copying bytes without reading them: the cost of
+  one more hop on the path and nothing else, an upper bound for any proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.upstream_ldap import free_port
+
+REMOTEAUTH_CONF = """include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload remoteauth
+pidfile {dir}/slapd.pid
+argsfile {dir}/slapd.args
+loglevel none
+database mdb
+suffix "{base}"
+directory {dir}/db
+maxsize 104857600
+access to * by * read
+overlay remoteauth
+remoteauth_dn_attribute seeAlso
+remoteauth_domain_attribute associatedDomain
+remoteauth_default_domain upstream
+remoteauth_default_realm {remote}
+remoteauth_retry_count 1
+"""
+
+#: The local entries of :func:`slapd_remoteauth`: ``uid=<username>,ou=people,<REMOTEAUTH_BASE>``.
+REMOTEAUTH_BASE = "dc=remoteauth,dc=test"
+
+HAPROXY_CONF = """global
+  maxconn 1000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend ldap
+  bind 127.0.0.1:{port}
+  default_backend upstream
+backend upstream
+  server upstream {host}:{remote_port}
+"""
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def slapd_remoteauth(folder: Path, remote_url: str, remote_dns: dict[str, str]
+                     ) -> Iterator[str]:
+    """A slapd with one local entry per username of ``remote_dns`` ({username: DN in the
+    remote directory}) whose binds are checked by ``remote_url``; yields its ldap:// URL."""
+    (folder / "db").mkdir(parents=True, exist_ok=True)
+    conf = folder / "slapd.conf"
+    conf.write_text(REMOTEAUTH_CONF.format(dir=folder, base=REMOTEAUTH_BASE,
+                                           remote=remote_url))
+    entries = [f"dn: {REMOTEAUTH_BASE}\nobjectClass: dcObject\nobjectClass: organization\n"
+               f"dc: remoteauth\no: remoteauth\n",
+               f"dn: ou=people,{REMOTEAUTH_BASE}\nobjectClass: organizationalUnit\n"
+               f"ou: people\n"]
+    entries += [f"dn: uid={user},ou=people,{REMOTEAUTH_BASE}\nobjectClass: inetOrgPerson\n"
+                f"uid: {user}\ncn: {user}\nsn: {user}\nseeAlso: {dn}\n"
+                for user, dn in remote_dns.items()]
+    ldif = folder / "entries.ldif"
+    ldif.write_text("\n".join(entries))
+    subprocess.run(["slapadd", "-q", "-f", str(conf), "-l", str(ldif)], check=True,
+                   capture_output=True)
+    port = free_port()
+    subprocess.run(["slapd", "-h", f"ldap://127.0.0.1:{port}/", "-f", str(conf)],
+                   check=True, capture_output=True)
+    _wait_listening(port)
+    pid = int((folder / "slapd.pid").read_text())
+    try:
+        yield f"ldap://127.0.0.1:{port}"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+@contextmanager
+def haproxy_tcp(folder: Path, remote_host: str, remote_port: int) -> Iterator[str]:
+    """HAProxy copying TCP to ``remote_host:remote_port``; yields its ldap:// URL."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = folder / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, host=remote_host, remote_port=remote_port))
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)
+        yield f"ldap://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
