@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DB ?= sqlite:///var/idm.db
 SIZE ?= S
+DAYS ?=
 SCIM_PORT ?= 8080
 LDAP_PORT ?= 3389
 LDAPS_PORT ?= 3636
@@ -43,7 +44,7 @@ test: os-packages venv
 
 # The suite again with the machine's date moved by about 1, 6, 13 and 25 months (libfaketime).
 test-dates: os-packages venv
-	bash scripts/test-dates.sh
+	bash scripts/test-dates.sh $(DAYS)
 
 bench: os-packages venv
 	bash scripts/bench-packages.sh
