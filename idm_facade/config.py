@@ -51,6 +51,7 @@ SCHEMA: dict[str, Any] = {
                      "search_filter": str, "bind_dn": str, "bind_password": str,
                      "ca_file": str, "starttls": bool, "timeout": _NUMBER, "pool_size": int},
         "persons": {"policy": str, "upn_suffixes": _STRINGS, "domains": _STRINGS,
+                    "require_tls": bool,
                     **{f"{who}_{name}": kind for who in ("account", "address")
                        for name, kind in (("delay_after", int), ("first_delay", _NUMBER),
                                           ("max_delay", _NUMBER), ("lockout_after", int),

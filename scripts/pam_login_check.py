@@ -7,7 +7,8 @@ What runs, all on loopback:
 - ``idm-facade serve`` over a copy of the S demo store with ``[ldap] posix = true`` and
   ``[ldap.upstream]`` pointing at that slapd;
 - nslcd (from libnss-ldapd/libpam-ldapd) configured against the facade, with a facade service
-  account to look users up; pam_ldap asks nslcd, nslcd binds to the facade as the person;
+  account to look users up, over StartTLS (person binds need TLS); pam_ldap asks nslcd,
+  nslcd binds to the facade as the person;
 - ``pamtester idm-facade-check <user> authenticate``.
 
 Needs root: it writes /etc/nslcd.conf and /etc/pam.d/idm-facade-check (the originals are put
@@ -81,10 +82,14 @@ def main() -> int:
             with served_copy(db, folder / "facade", config,
                              (("nslcd", "ldap", "default"),)) as copy:
                 assert copy.serving is not None
+                # Person binds need TLS (the default): StartTLS, trusting the certificate
+                # the facade made for itself at its first start.
+                cert = folder / "facade" / "ldap-selfsigned.crt"
                 NSLCD_CONF.write_text(
                     f"uid nslcd\ngid nslcd\nuri {copy.serving.ldap_url}/\nbase {copy.base}\n"
                     f"binddn {copy.bind_dn('nslcd')}\nbindpw {copy.secrets['nslcd']}\n"
-                    f"base passwd ou=people,{copy.base}\n")
+                    f"base passwd ou=people,{copy.base}\n"
+                    f"ssl start_tls\ntls_reqcert demand\ntls_cacertfile {cert}\n")
                 os.chmod(NSLCD_CONF, 0o640)
                 PAM_SERVICE.write_text("auth required pam_ldap.so minimum_uid=0\n"
                                        "account required pam_permit.so\n")

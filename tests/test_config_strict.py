@@ -45,6 +45,8 @@ def _short(result: subprocess.CompletedProcess) -> str:
      ":2: [ldap] max_connections must be an integer, not 'many'"),
     ("[ldap.upstream]\nurl = [\"ldap://x\"]\n", ":2: unknown key 'url' in [ldap.upstream]"),
     ("[ldap]\nposix = 1\n", ":2: [ldap] posix must be true or false"),
+    ("[ldap.persons]\nrequire_tls = \"no\"\n",
+     ":2: [ldap.persons] require_tls must be true or false"),
     ("[ldap\nposix = true\n", ": not valid TOML: "),
 ])
 def test_configuration_errors_name_file_line_and_key(tmp_path: Path, demo_db: str, toml: str,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import ldap
 import pytest
@@ -81,25 +82,30 @@ def upstream(people: People, tmp_path_factory: pytest.TempPathFactory
 
 
 def _config(urls: list[str], *, extra_upstream: str = "", persons: str = "",
-            more: str = "") -> str:
+            more: str = "", require_tls: bool = False) -> str:
+    """Person binds against ``urls``; over plain LDAP unless ``require_tls`` (these tests
+    talk over loopback; the default, TLS required, has a test of its own)."""
     quoted = ", ".join(f'"{u}"' for u in urls)
     return (f'[ldap.upstream]\nurls = [{quoted}]\n'
             f'dn_template = "uid={{username}},ou=people,{BASE}"\ntimeout = 2\n'
             f'{extra_upstream}\n'
             f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n{persons}\n'
-            f'{more}')
+            f'require_tls = {str(require_tls).lower()}\n{more}')
 
 
 def _serve(people: People, folder: Path, config: str,
-           clients: tuple[tuple[str, str, str], ...] = ()) -> Iterator[StoreCopy]:
+           clients: tuple[tuple[str, str, str], ...] = (), **start_kw: Any
+           ) -> Iterator[StoreCopy]:
     folder.mkdir(parents=True, exist_ok=True)
-    return served_copy(people.db, folder, config, clients)  # type: ignore[return-value]
+    return served_copy(people.db, folder, config, clients,  # type: ignore[return-value]
+                       **start_kw)
 
 
-def _code(url: str, name: str, password: str) -> int:
+def _code(url: str, name: str, password: str, *, starttls: bool = False) -> int:
     """The result code of a bind (0 on success)."""
     try:
-        ldap_bind(url, name, password, timeout=20, network_timeout=20).unbind_s()
+        ldap_bind(url, name, password, timeout=20, network_timeout=20,
+                  starttls=starttls).unbind_s()
         return 0
     except ldap.LDAPError as exc:
         return int(exc.args[0].get("result", -1))
@@ -157,6 +163,50 @@ def test_person_binds_in_every_form_and_refusals(people: People, upstream: Upstr
         log_text = copy.serving.output()
         for password in people.passwords.values():
             assert password.encode() not in dump and password not in log_text
+        audit.close()
+
+
+def test_person_binds_need_tls_by_default(people: People, upstream: UpstreamDirectory,
+                                          tmp_path: Path) -> None:
+    """A person's password is their AD password: by default the facade takes it only over
+    LDAPS or after StartTLS, and answers a bind in clear with confidentialityRequired (13),
+    which is slapd's answer under ``security simple_bind=`` (slapd.conf(5)) and RFC 4513's
+    advice for simple binds without confidentiality (§5.1.3, §6.3.1). Nothing is checked or
+    counted for such a bind; the record names whose password crossed the network in clear.
+    Service accounts bind in clear as before."""
+    config = _config([upstream.url]).replace("require_tls = false\n", "")
+    assert "require_tls" not in config
+    with _serve(people, tmp_path, config, (("app", "ldap", "default"),), ldaps=True) as copy:
+        url = copy.serving.ldap_url
+        ldaps = f"ldaps://127.0.0.1:{copy.serving.ldap_ports[1]}"
+        user = people.active[0]
+        secret = people.passwords[user]
+        for name in (_person_dn(copy, user), f"{user}@{UPN}", f"{DOMAIN}\\{user}"):
+            with pytest.raises(ldap.CONFIDENTIALITY_REQUIRED) as refused:
+                ldap_bind(url, name, secret, timeout=20)
+            assert "TLS" in refused.value.args[0]["info"], name
+        # The same for a wrong password and an unknown name: the answer tells nothing.
+        assert _code(url, f"{user}@{UPN}", "wrong") == ldap.CONFIDENTIALITY_REQUIRED.errnum
+        assert _code(url, f"nobody@{UPN}", "x") == ldap.CONFIDENTIALITY_REQUIRED.errnum
+        # Nothing was counted: more binds in clear than the account lockout (10) allows, and
+        # the right password over TLS still binds.
+        for _ in range(12):
+            assert _code(url, f"{user}@{UPN}", "guess") == ldap.CONFIDENTIALITY_REQUIRED.errnum
+        conn = ldap_bind(url, f"{user}@{UPN}", secret, timeout=20, starttls=True)
+        assert conn.whoami_s() == f"dn:{_person_dn(copy, user)}"
+        conn.unbind_s()
+        conn = ldap_bind(ldaps, f"{DOMAIN}\\{user}", secret, timeout=20)
+        assert conn.whoami_s() == f"dn:{_person_dn(copy, user)}"
+        conn.unbind_s()
+        assert _code(url, f"{user}@{UPN}", "wrong", starttls=True) == \
+            ldap.INVALID_CREDENTIALS.errnum
+        # Service accounts are not person binds: unchanged.
+        ldap_bind(url, copy.bind_dn("app"), copy.secrets["app"]).unbind_s()
+        audit = AuditLog(make_engine(copy.db))
+        statuses = [r.status for r in audit.query(client=f"person:{user}")
+                    if r.operation == "bind"]
+        assert statuses.count("13 no TLS") == 3 + 1 + 12
+        assert statuses[-3:] == ["success", "success", "49 wrong password"]
         audit.close()
 
 
@@ -308,17 +358,18 @@ def test_search_then_bind_and_address_lockout(people: People, upstream: Upstream
               f'bind_dn = "{ADMIN}"\nbind_password = "{ADMIN_PASSWORD}"\n'
               f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n'
               f'address_delay_after = 100\naddress_lockout_after = 4\n'
-              f'account_delay_after = 100\n')
+              f'account_delay_after = 100\n')  # TLS required, as by default: StartTLS
     with _serve(people, tmp_path, search) as copy:
         url = copy.serving.ldap_url
         first, second = people.active[0], people.active[1]
-        assert _code(url, f"{first}@{UPN}", people.passwords[first]) == 0
-        assert _code(url, f"{DOMAIN}\\{second}", people.passwords[second]) == 0
+        assert _code(url, f"{first}@{UPN}", people.passwords[first], starttls=True) == 0
+        assert _code(url, f"{DOMAIN}\\{second}", people.passwords[second], starttls=True) == 0
         # Guessing across accounts from one address: after 4 failures the address is locked,
         # and even a right password from it is refused like a wrong one.
         for user in people.active:
-            assert _code(url, f"{user}@{UPN}", "spray-1") == ldap.INVALID_CREDENTIALS.errnum
-        assert _code(url, f"{first}@{UPN}", people.passwords[first]) == \
+            assert _code(url, f"{user}@{UPN}", "spray-1", starttls=True) == \
+                ldap.INVALID_CREDENTIALS.errnum
+        assert _code(url, f"{first}@{UPN}", people.passwords[first], starttls=True) == \
             ldap.INVALID_CREDENTIALS.errnum
         audit = AuditLog(make_engine(copy.db))
         assert audit.query(client=f"person:{first}")[-1].status == "49 locked out"

@@ -90,6 +90,9 @@ class PersonSettings:
     policy: str = "person"
     upn_suffixes: tuple[str, ...] | None = None
     domains: tuple[str, ...] | None = None
+    #: Refuse person binds on connections without TLS (the password is the person's AD
+    #: password); false only where the path cannot be listened to, such as loopback.
+    require_tls: bool = True
     account: ThrottleSettings = ThrottleSettings()
     address: ThrottleSettings = ThrottleSettings(delay_after=10, lockout_after=50)
 
@@ -112,6 +115,9 @@ class PersonSettings:
                 {"address_delay_after": 10, "address_lockout_after": 50, **table}, "address_")
         except ThrottleConfigError as exc:
             raise PersonsConfigError(f"[ldap.persons] {exc}") from None
+        require_tls = table.get("require_tls", cls.require_tls)
+        if not isinstance(require_tls, bool):
+            raise PersonsConfigError("[ldap.persons] require_tls must be true or false")
         return cls(policy=str(table.get("policy", cls.policy)),
                    upn_suffixes=lists["upn_suffixes"], domains=lists["domains"],
-                   account=account, address=address)
+                   require_tls=require_tls, account=account, address=address)

@@ -37,7 +37,13 @@ from idm_facade.directory.policy import TRUSTED
 from idm_facade.directory.view import ClientView
 from idm_facade.ldap import dit
 from idm_facade.ldap.bind_settings import PersonSettings, UpstreamSettings
-from idm_facade.ldap.search import BUSY, INVALID_CREDENTIALS, SUCCESS, UNAVAILABLE
+from idm_facade.ldap.search import (
+    BUSY,
+    CONFIDENTIALITY_REQUIRED,
+    INVALID_CREDENTIALS,
+    SUCCESS,
+    UNAVAILABLE,
+)
 from idm_facade.ldap.syntax import InvalidDN, parse_dn
 from idm_facade.ldap.upstream import Outcome, UpstreamPool
 
@@ -147,12 +153,20 @@ class PersonBinds:
     # ------------------------------------------------------------------ binds
 
     def bind(self, name: str, password: str, address: str, snapshot: Any,
-             layout: dit.Layout) -> defer.Deferred:
-        """Fires with the :class:`Verdict` of one person bind; never fails."""
+             layout: dit.Layout, tls: bool) -> defer.Deferred:
+        """Fires with the :class:`Verdict` of one person bind (``tls``: did it come over
+        LDAPS or after StartTLS?); never fails."""
         dn, entry = self.account_of(name, snapshot, layout)
         view = ClientView.of(snapshot, TRUSTED)
         username = str(view.first(entry, "userName")) if entry is not None else None
         who = f"person:{(username or name)[:56]}"
+        if self.settings.require_tls and not tls:
+            # Refused before anything is checked: the same answer for every name, nothing
+            # counted, and the password goes no further. It has crossed the network in
+            # clear already; the record names whose password that was.
+            return defer.succeed(Verdict(
+                CONFIDENTIALITY_REQUIRED, "person binds need TLS: use LDAPS or StartTLS",
+                None, who, f"{CONFIDENTIALITY_REQUIRED} no TLS"))
         account_key = (username or name).casefold()
 
         def refused(reason: str) -> Verdict:

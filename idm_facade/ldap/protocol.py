@@ -566,7 +566,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             snapshot, layout = self.factory.current()
             if persons is not None and dn and persons.is_person_dn(dn, layout):
                 bound_in = snapshot
-                verdict = persons.bind(dn, secret, self._host(), snapshot, layout)
+                verdict = persons.bind(dn, secret, self._host(), snapshot, layout,
+                                       self.tls_active)
             else:
                 def check(client: Client | None) -> Verdict:
                     if client is None:
