@@ -66,7 +66,8 @@ USERS = {"anna": "Anna's upstream pw", "bo": "Bo's upstream pw"}
 
 #: Run in a child process (the reactor runs once per process): password checks through the
 #: pool against the real slapd, then the same with the connection's message IDs about to
-#: pass maxInt. Prints the outcomes and the message IDs used, as JSON.
+#: pass maxInt, and the check :meth:`UpstreamPool.round_trip` makes. Prints the outcomes and
+#: the message IDs used, as JSON.
 _SCRIPT = """
 import json, sys
 from twisted.internet import defer, task
@@ -88,6 +89,9 @@ def main(reactor):
     for name, pw in list(users.items()) * 2:
         out["wrapped"].append((yield pool.verify(name, pw)).value)
         out["ids"].append(client._last_id)
+    # What a refusal decided by the facade costs: a check of a name no account has.
+    out["nobody"] = (yield pool.verify(*pool._nobody)).value
+    out["round_trip"] = yield pool.round_trip()
     out["connects"] = pool.connects
     pool.close()
     print(json.dumps(out))
@@ -117,4 +121,5 @@ def test_a_real_slapd_answers_our_binds_and_ids_wrap(upstream: UpstreamDirectory
     # MAX-1 was the last ID used: the next are MAX, then 1, 2, 3 on the same connection.
     assert out["wrapped"] == ["ok"] * 4
     assert out["ids"] == [MAX_MESSAGE_ID, 1, 2, 3]
+    assert out["nobody"] == "refused" and out["round_trip"] is None
     assert out["connects"] == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import secrets
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,10 @@ class UpstreamPool:
         self._trust: Any = None
         #: Connections opened so far (a test checks that one serves many checks).
         self.connects = 0
+        #: Whom :meth:`round_trip` checks: a name no account has (random, so not one the
+        #: upstream could hold) and a random password.
+        self._nobody = ("idm-facade-no-such-account-" + secrets.token_hex(12),
+                        secrets.token_urlsafe(18))
 
     # ------------------------------------------------------------------ connections
 
@@ -313,6 +318,12 @@ class UpstreamPool:
         return self.settings.dn_template.replace("{username}", escape_value(username))
 
     @defer.inlineCallbacks
+    def _absent_dn(self) -> str:
+        """A DN under the search base that no entry has (the random name of
+        :attr:`_nobody`, hex digits only, so nothing to escape)."""
+        base = self.settings.search_base
+        return f"cn={self._nobody[0]},{base}" if base else f"cn={self._nobody[0]}"
+
     def _dn_for(self, client: Any, username: str) -> Any:
         """The upstream DN of ``username`` (None when the search finds not exactly one)."""
         s = self.settings
@@ -378,23 +389,13 @@ class UpstreamPool:
         return d.addCallbacks(answered, failed)
 
     def round_trip(self) -> defer.Deferred[None]:
-        """One request and answer to the upstream, as a password check has, without a
-        password: an anonymous bind (RFC 4511 §4.2) on a pooled connection, which checks
-        nothing and leaves no failed logon in the upstream's logs. Fires None, whatever
-        happens (a refusal decided by the facade takes as long as a check this way)."""
-        d = self._acquire()
-
-        def bind(client: Any) -> Any:
-            try:
-                done = self._bind(client, "", "")
-            except Exception:  # lost between being handed out and now
-                self._give_back(client, False)
-                raise
-            done.addCallbacks(lambda _: self._give_back(client, True),
-                              lambda _: self._give_back(client, False))
-            return done
-
-        return d.addCallback(bind).addBoth(lambda _: None)
+        """A password check of a name no account has (:attr:`_nobody`), made exactly as
+        :meth:`verify` checks a person's: the same code, the same bind on a pooled
+        connection, and upstream the same work, a name looked up and refused. (An anonymous
+        bind took measurably less: the upstream answers it without looking anything up.) No
+        real account gets a failed logon. Fires None, whatever happens (a refusal decided by
+        the facade takes as long as a check this way)."""
+        return self.verify(*self._nobody).addCallback(lambda _: None)
 
     @staticmethod
     def _outcome(code: int) -> Outcome:
@@ -420,6 +421,10 @@ class UpstreamPool:
             try:
                 dn = yield self._dn_for(client, username)
                 if dn is None:
+                    # Nobody found: refused, after the bind a found name gets, so that a
+                    # name the upstream lacks (or a refusal the facade decided, see
+                    # round_trip) takes the same three round trips as a wrong password.
+                    yield self._bind(client, self._absent_dn(), password)
                     return Outcome.REFUSED
                 code = yield self._bind(client, dn, password)
             except defer.TimeoutError:
