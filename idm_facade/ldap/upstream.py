@@ -317,13 +317,13 @@ class UpstreamPool:
         assert self.settings.dn_template is not None
         return self.settings.dn_template.replace("{username}", escape_value(username))
 
-    @defer.inlineCallbacks
     def _absent_dn(self) -> str:
         """A DN under the search base that no entry has (the random name of
         :attr:`_nobody`, hex digits only, so nothing to escape)."""
         base = self.settings.search_base
         return f"cn={self._nobody[0]},{base}" if base else f"cn={self._nobody[0]}"
 
+    @defer.inlineCallbacks
     def _dn_for(self, client: Any, username: str) -> Any:
         """The upstream DN of ``username`` (None when the search finds not exactly one)."""
         s = self.settings
