@@ -18,6 +18,9 @@ floors that sit in the path are measured as well (bench/proxies.py): OpenLDAP do
 facade's job (slapd's ``remoteauth`` overlay: a local entry per user, the password checked
 by the same upstream), and HAProxy copying TCP, the cost of the hop alone.
 
+Person binds need TLS by default, so the facade and slapd are measured over LDAPS too (the
+connections stay open: one handshake, then each record encrypted).
+
 usage: python -m bench.person_bind_bench [--size S] [--seconds 5] [--procs 2] [--rounds 3]
 """
 
@@ -49,6 +52,8 @@ SUFFIX = "kommune.test"
 def _worker(url: str, names: list[tuple[str, str]], seconds: float, seed: int,
             q: mp.Queue) -> None:
     rng = random.Random(seed)
+    if url.startswith("ldaps://"):  # the facade's self-signed certificate, the test CA's
+        ldap.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_NEVER)
     conn = ldap.initialize(url)
     conn.protocol_version = 3
     lat: list[float] = []
@@ -111,7 +116,8 @@ def main() -> None:
     print(f"# machine: {machine()}")
     print(f"# load average at the start: {os.getloadavg()[0]:.2f}")
     print(f"# {args.size}: {len(users)} active accounts, each a user of the upstream slapd")
-    rows = ("client", "direct", "haproxy", "remoteauth", "facade", "facade2")
+    rows = ("client", "direct", "haproxy", "remoteauth", "facade", "facade2", "direct_tls",
+            "facade_tls")
     results: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in rows}
     cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -135,7 +141,8 @@ def main() -> None:
         for label, workers in (("facade", 1), ("facade2", 2)):
             (folder / label).mkdir()
             servers[label] = stack.enter_context(served_copy(
-                db, folder / label, config, (("bench", "ldap", "default"),), workers=workers))
+                db, folder / label, config, (("bench", "ldap", "default"),), workers=workers,
+                ldaps=True))
         one = servers["facade"].serving
         assert one is not None
         via = [(f"{u}@{SUFFIX}", p) for u, p in passwords.items()]
@@ -157,6 +164,10 @@ def main() -> None:
             two = servers["facade2"].serving
             assert two is not None
             results["facade2"].append(run(two.ldap_url, via, args.procs, args.seconds))
+            results["direct_tls"].append(run(upstream.ldaps_url, direct, args.procs,
+                                             args.seconds))
+            results["facade_tls"].append(run(f"ldaps://127.0.0.1:{one.ldap_ports[1]}", via,
+                                             args.procs, args.seconds))
     print(f"\n{args.procs} client processes, persistent connections, {args.seconds:.0f} s "
           f"per round, {args.rounds} rounds alternating; median (range) of the rounds\n")
     print("| target | binds/s | errors | p50 ms | p99 ms |")
@@ -166,7 +177,9 @@ def main() -> None:
               "direct": "slapd direct (user DN; the issue's floor)",
               "haproxy": "through HAProxy, TCP mode (user DN; the hop alone)",
               "remoteauth": "slapd remoteauth, checked by the same upstream (local DN)",
-              "client": "idm-facade service-account bind (no upstream)"}
+              "client": "idm-facade service-account bind (no upstream)",
+              "direct_tls": "slapd direct over LDAPS",
+              "facade_tls": "idm-facade person bind over LDAPS (upstream in clear)"}
     median = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
     for name in rows:
         rate, errors, p50, p99 = median[name]
@@ -179,6 +192,8 @@ def main() -> None:
         ratio = median[name][0] / median["direct"][0]
         print(f"{labels[name]} / direct binds per second: {ratio:.2f} (target >= 0.5; "
               f"floor: slapd direct binds, the upstream itself)")
+    print(f"{labels['facade_tls']} / {labels['direct_tls']}: "
+          f"{median['facade_tls'][0] / median['direct_tls'][0]:.2f}")
     for name in ("haproxy", "remoteauth"):
         print(f"{labels[name]} / direct: {median[name][0] / median['direct'][0]:.2f}; "
               f"the facade's person bind / it: {median['facade'][0] / median[name][0]:.2f}")
