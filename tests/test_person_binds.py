@@ -318,15 +318,23 @@ def test_upstream_away_fails_closed_and_recovers(people: People, upstream: Upstr
         try:
             assert _code(url, name, people.passwords[user]) == ldap.UNAVAILABLE.errnum
             assert _code(url, name, "wrong") == ldap.UNAVAILABLE.errnum
+            # Names the facade refuses itself get the same answer meanwhile: an outage
+            # does not tell an active account from a leaver or an unknown name.
+            assert _code(url, f"{people.leaver}@{UPN}", "x") == ldap.UNAVAILABLE.errnum
+            assert _code(url, f"nobody-here@{UPN}", "x") == ldap.UNAVAILABLE.errnum
         finally:
             upstream.start()
         assert _code(url, name, people.passwords[user]) == 0
         assert _code(url, name, "wrong") == ldap.INVALID_CREDENTIALS.errnum
+        assert _code(url, f"nobody-here@{UPN}", "x") == ldap.INVALID_CREDENTIALS.errnum
         audit = AuditLog(make_engine(copy.db))
         statuses = [r.status for r in audit.query(client=f"person:{user}")]
-        audit.close()
         assert statuses == ["success", "52 upstream unavailable", "52 upstream unavailable",
                             "success", "49 wrong password"]
+        # The record keeps why the facade refused.
+        assert [r.status for r in audit.query(client="person:nobody-here@kommune.test")] == \
+            ["52 upstream unavailable (unknown account)", "49 unknown account"]
+        audit.close()
     silent = Silent()
     try:
         with _serve(people, tmp_path / "hung",

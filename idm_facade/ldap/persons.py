@@ -173,49 +173,61 @@ class PersonBinds:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
 
         address = address_key(address)
-        if self.addresses.locked(address) or self.accounts.locked(account_key):
-            return self._as_if_checked(refused("locked out"))
-        wait = max(self.addresses.delay(address), self.accounts.delay(account_key))
+        locked = self.addresses.locked(address) or self.accounts.locked(account_key)
+        wait = 0.0 if locked else max(self.addresses.delay(address),
+                                      self.accounts.delay(account_key))
 
         def check(_: Any = None) -> Any:
+            if locked:
+                return self._as_if_checked("locked out")
             if entry is None or username is None:
-                return self._as_if_checked((Outcome.REFUSED, "unknown account"))
+                return self._as_if_checked("unknown account")
             if view.first(entry, "active") is not True:
-                return self._as_if_checked((Outcome.REFUSED, "no current engagement"))
+                return self._as_if_checked("no current engagement")
             d = self.pool.verify(username, password)
-            d.addCallback(lambda outcome: (outcome, "wrong password"))
+            d.addCallback(lambda outcome: (outcome, None))
             return d
 
-        def decide(result: tuple[Outcome, str]) -> Verdict:
-            outcome, reason = result
-            if outcome is Outcome.OK:
+        def decide(result: tuple[Outcome, str | None]) -> Verdict:
+            outcome, decided = result  # decided: why the facade refused, None for a check
+            if outcome is Outcome.OK and decided is None:
                 self.accounts.succeeded(account_key)
                 policy = self.clients.policy(self.settings.policy)
                 client = Client(who, PERSON, policy, dn, 0)
                 return Verdict(SUCCESS, "", client, who, "success")
+            aside = f" ({decided})" if decided else ""
             if outcome is Outcome.BUSY:
                 return Verdict(BUSY, "the password could not be checked in time; try again",
-                               None, who, "51 upstream timeout")
+                               None, who, f"51 upstream timeout{aside}")
             if outcome is Outcome.UNAVAILABLE:
                 return Verdict(UNAVAILABLE, "the password cannot be checked now: the "
                                "upstream directory is unavailable", None, who,
-                               "52 upstream unavailable")
-            self.accounts.failed(account_key)
-            self.addresses.failed(address)
-            return refused(reason)
+                               f"52 upstream unavailable{aside}")
+            if decided != "locked out":  # a lockout is not prolonged by more attempts
+                self.accounts.failed(account_key)
+                self.addresses.failed(address)
+            return refused(decided or "wrong password")
 
         d = task.deferLater(self.reactor, wait, check) if wait else defer.maybeDeferred(check)
         d.addCallback(decide)
         return d
 
-    def _as_if_checked(self, result: Any) -> defer.Deferred:
-        """Fires with ``result`` (a refusal decided here: unknown name, leaver, lockout)
-        after one round trip to the upstream directory, as a password check has. Answered
-        at once, such a refusal would tell by its speed what its message hides: that the
-        name is not an active account of the municipality, or that it is locked. (A pause
-        as long as recent checks took cannot match them: the reactor's timers are a
-        millisecond coarse, and a nearby upstream answers faster than that.)"""
-        return self.pool.round_trip().addCallback(lambda _: result)
+    def _as_if_checked(self, reason: str) -> defer.Deferred:
+        """Fires with (outcome, ``reason``) for a refusal decided here (unknown name, leaver,
+        lockout), after a check upstream like a password check (of a name no account has,
+        :meth:`UpstreamPool.round_trip`). Answered at once, such a refusal would tell by its
+        speed what its message hides: that the name is not an active account of the
+        municipality, or that it is locked. (A pause as long as recent checks took cannot
+        match them: the reactor's timers are a millisecond coarse, and a nearby upstream
+        answers faster than that.) The outcome is REFUSED, or 51's or 52's when the upstream
+        could not answer, as a check would have got: an outage must not tell the names
+        apart either."""
+        def answered(outcome: Outcome) -> tuple[Outcome, str]:
+            if outcome is Outcome.BUSY or outcome is Outcome.UNAVAILABLE:
+                return outcome, reason
+            return Outcome.REFUSED, reason  # never OK, whatever the upstream said
+
+        return self.pool.round_trip().addCallback(answered)
 
     def current(self, client: Client, snapshot: Any, layout: dit.Layout) -> Client | None:
         """The bound person as they stand now: None once the account is no longer active
