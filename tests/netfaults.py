@@ -1,6 +1,7 @@
 """Peers that misbehave on the network, for the tests of what the facade does then: one that
-accepts TCP connections and never answers (a hung upstream directory or database), and a
-proxy that delays every answer (an upstream far away)."""
+accepts TCP connections and never answers (a hung upstream directory or database), a proxy
+that delays every answer (an upstream far away), and an Active Directory that refuses right
+passwords that must be changed first."""
 
 from __future__ import annotations
 
@@ -76,3 +77,70 @@ class SlowProxy(_Listener):
                 end.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class FakeAD(_Listener):
+    """An LDAP server on loopback that answers simple binds as Active Directory does, with
+    the sub-code of a refusal in the diagnostic message ("... AcceptSecurityContext error,
+    data 532, v4563"), which AD gives only to whoever typed the right password (52e is the
+    answer to a wrong one). ``users`` is {DN: (password, sub-code for the right password or
+    None for success)}. Requests are decoded, and answers encoded, by ldaptor, not by the
+    code under test. Anything but a bind is answered with protocolError."""
+
+    def __init__(self, users: dict[str, tuple[str, str | None]]) -> None:
+        self.users = users
+        super().__init__()
+
+    @staticmethod
+    def refusal(subcode: str) -> str:
+        """AD's diagnostic message for a refused simple bind with ``subcode``."""
+        return (f"80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+                f"data {subcode}, v4563")
+
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _answer(self, request: object) -> tuple[int, str]:
+        from ldaptor.protocols import pureldap
+
+        if not isinstance(request, pureldap.LDAPBindRequest):
+            return 2, "only binds here"
+        dn, password = request.dn.decode(), request.auth.decode()
+        if not dn and not password:
+            return 0, ""
+        known = self.users.get(dn)
+        if known is None or known[0] != password:
+            return 49, self.refusal("52e")
+        return (0, "") if known[1] is None else (49, self.refusal(known[1]))
+
+    def _serve(self, conn: socket.socket) -> None:
+        from ldaptor.protocols import pureber, pureldap
+
+        decoder = pureldap.LDAPBERDecoderContext_TopLevel(
+            inherit=pureldap.LDAPBERDecoderContext_LDAPMessage(
+                fallback=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext()),
+                inherit=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext())))
+        buffer = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            while buffer:
+                try:
+                    message, used = pureber.berDecodeObject(decoder, buffer)
+                except pureber.BERExceptionInsufficientData:
+                    break
+                if message is None:
+                    break
+                buffer = buffer[used:]
+                if isinstance(message.value, pureldap.LDAPUnbindRequest):
+                    conn.close()
+                    return
+                code, text = self._answer(message.value)
+                answer = pureldap.LDAPMessage(pureldap.LDAPBindResponse(
+                    resultCode=code, errorMessage=text.encode()), id=message.id)
+                conn.sendall(answer.toWire())

@@ -11,6 +11,7 @@ RFC 4513 §5.1.2.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from idm_facade.directory import Directory
 from idm_facade.directory.entries import ACCOUNT
 from store.engine import make_engine
 from store.models import Engagement
-from tests.netfaults import Silent, SlowProxy
+from tests.netfaults import FakeAD, Silent, SlowProxy
 from tests.serving import StoreCopy, copy_store, ending_engagements, ldap_bind, served_copy
 from tests.upstream_ldap import BASE, UpstreamDirectory
 
@@ -208,6 +209,55 @@ def test_person_binds_need_tls_by_default(people: People, upstream: UpstreamDire
         assert statuses.count("13 no TLS") == 3 + 1 + 12
         assert statuses[-3:] == ["success", "success", "49 wrong password"]
         audit.close()
+
+
+def test_a_right_password_that_must_be_changed_is_told_so(people: People,
+                                                          tmp_path: Path) -> None:
+    """Active Directory refuses a right password that has expired (sub-code 532) or must be
+    changed after a reset (773), and says so in the diagnostic message only to whoever typed
+    it (a wrong one gets 52e). The facade passes that on as "data 532"/"data 773", which
+    AD-aware clients read with Spring Security's pattern (``SUB_ERROR_CODE`` in
+    ldap/.../ad/ActiveDirectoryLdapAuthenticationProvider.java, which raises
+    CredentialsExpiredException for 532), and does not count it as a guess. Other sub-codes
+    (533 disabled) stay a plain "invalid credentials"."""
+    expired, reset, disabled, fine = people.active[:4]
+    dn = f"uid={{}},ou=people,{BASE}".format
+    fake = FakeAD({dn(expired): ("old-pw", "532"), dn(reset): ("temp-pw", "773"),
+                   dn(disabled): ("pw", "533"), dn(fine): ("pw", None)})
+    persons = "account_delay_after = 100\naccount_lockout_after = 3\n"
+    try:
+        with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{fake.port}"],
+                                              persons=persons)) as copy:
+            url = copy.serving.ldap_url
+
+            def info(user: str, password: str) -> str:
+                with pytest.raises(ldap.INVALID_CREDENTIALS) as refused:
+                    ldap_bind(url, f"{user}@{UPN}", password, timeout=20)
+                return str(refused.value.args[0].get("info", ""))
+
+            ldap_bind(url, f"{fine}@{UPN}", "pw", timeout=20).unbind_s()
+            spring = re.compile(r".*data\s([0-9a-f]{3,4}).*")
+            for _ in range(4):  # more than the lockout allows: never counted
+                said = info(expired, "old-pw")
+                assert "expired" in said and spring.match(said).group(1) == "532", said
+            said = info(reset, "temp-pw")
+            assert "changed" in said and spring.match(said).group(1) == "773", said
+            assert info(disabled, "pw") == "invalid credentials"
+            assert info(expired, "wrong") == "invalid credentials"
+            # Guesses are counted as before: locked after 3, and then even the right
+            # (expired) password gets the lockout's plain answer.
+            assert info(expired, "wrong") == "invalid credentials"
+            assert info(expired, "wrong") == "invalid credentials"
+            assert info(expired, "old-pw") == "invalid credentials"
+            audit = AuditLog(make_engine(copy.db))
+            statuses = [r.status for r in audit.query(client=f"person:{expired}")]
+            assert statuses == ["49 password expired upstream"] * 4 + \
+                ["49 wrong password"] * 3 + ["49 locked out"]
+            assert [r.status for r in audit.query(client=f"person:{reset}")] == \
+                ["49 password must be changed upstream"]
+            audit.close()
+    finally:
+        fake.close()
 
 
 def test_person_reads_through_the_person_policy(people: People, upstream: UpstreamDirectory,

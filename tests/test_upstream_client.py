@@ -45,7 +45,7 @@ def test_bind_response_reads_what_ldaptor_reads(msgid: int, code: int, matched: 
     frame = pureldap.LDAPMessage(pureldap.LDAPBindResponse(
         resultCode=code, matchedDN=matched.encode(), errorMessage=message.encode()),
         id=msgid, controls=controls).toWire()
-    assert bind_response(frame) == (msgid, code)
+    assert bind_response(frame) == (msgid, code, message)
     # Cut anywhere or with bytes after it, it is not read as an answer.
     for cut in range(0, len(frame), max(1, len(frame) // 7)):
         assert bind_response(frame[:cut]) is None

@@ -52,6 +52,17 @@ log = logging.getLogger(__name__)
 #: What every refused person bind is told, whatever the reason (the reason is logged).
 REFUSED = "invalid credentials"
 
+#: Refusals of a right password that must be changed first: (message, access-log status).
+#: The messages carry AD's sub-code as "data NNN", which AD-aware clients read from a failed
+#: bind's message (Spring Security's ActiveDirectoryLdapAuthenticationProvider raises
+#: CredentialsExpiredException for 532).
+_CHANGE_FIRST = {
+    Outcome.EXPIRED: ("the password has expired: change it, then log in again (data 532)",
+                      "49 password expired upstream"),
+    Outcome.MUST_CHANGE: ("the password must be changed before it is used (data 773)",
+                          "49 password must be changed upstream"),
+}
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -195,6 +206,12 @@ class PersonBinds:
                 policy = self.clients.policy(self.settings.policy)
                 client = Client(who, PERSON, policy, dn, 0)
                 return Verdict(SUCCESS, "", client, who, "success")
+            if decided is None and outcome in _CHANGE_FIRST:
+                # The right password, which AD will not take until it is changed: said so
+                # (only whoever typed it learns it), in words AD-aware clients read, and
+                # not counted as a guess.
+                message, status = _CHANGE_FIRST[outcome]
+                return Verdict(INVALID_CREDENTIALS, message, None, who, status)
             aside = f" ({decided})" if decided else ""
             if outcome is Outcome.BUSY:
                 return Verdict(BUSY, "the password could not be checked in time; try again",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import secrets
 from collections import deque
 from pathlib import Path
@@ -50,6 +51,11 @@ class Outcome(enum.Enum):
     OK = "ok"
     #: The upstream refused the credentials (wrong password, unknown, disabled, locked).
     REFUSED = "refused"
+    #: The password is right but has expired (AD: ``data 532``) ...
+    EXPIRED = "expired"
+    #: ... or must be changed before it is used (AD: ``data 773``, after a reset). AD says
+    #: so only to whoever typed the right password.
+    MUST_CHANGE = "must change"
     #: No answer in time: the facade answers 51 (busy).
     BUSY = "busy"
     #: No upstream could be reached, or it answered with an error: 52 (unavailable).
@@ -60,6 +66,12 @@ class Outcome(enum.Enum):
 #: wrong password, a disabled or a locked account; 50/53 for accounts it will not bind).
 _REFUSALS = {32, 34, 48, 49, 50, 53}
 
+
+#: AD's sub-codes of a refused bind, in its diagnostic message ("80090308: LdapErr: ...,
+#: comment: AcceptSecurityContext error, data 532, v4563"), read with the pattern AD-aware
+#: clients use (Spring Security's ActiveDirectoryLdapAuthenticationProvider, SUB_ERROR_CODE).
+_AD_SUBCODE = re.compile(r".*data\s([0-9a-f]{3,4}).*", re.DOTALL)
+_AD_OUTCOMES = {0x532: Outcome.EXPIRED, 0x773: Outcome.MUST_CHANGE}
 
 #: The largest LDAP message ID (RFC 4511 §4.1.1: ``MessageID ::= INTEGER (0 .. maxInt)``).
 MAX_MESSAGE_ID = 2**31 - 1
@@ -72,10 +84,10 @@ def bind_request(msgid: int, dn: str, password: str) -> bytes:
                                       + ber.octets(password.encode(), 0x80)))
 
 
-def bind_response(frame: bytes) -> tuple[int, int] | None:
-    """(message ID, result code) when ``frame`` is exactly one LDAPMessage carrying a
-    BindResponse; None when it is anything else or malformed (ldaptor then reads, and fails,
-    it as it always did)."""
+def bind_response(frame: bytes) -> tuple[int, int, str] | None:
+    """(message ID, result code, diagnostic message) when ``frame`` is exactly one
+    LDAPMessage carrying a BindResponse; None when it is anything else or malformed (ldaptor
+    then reads, and fails, it as it always did)."""
     try:
         tag, message, end = ber.read_tlv(frame)
         if tag != 0x30 or end != len(frame):
@@ -86,12 +98,14 @@ def bind_response(frame: bytes) -> tuple[int, int] | None:
         tag, op, _ = ber.read_tlv(message, pos)
         if tag != ber.BIND_RESPONSE:
             return None
-        tag, code, _ = ber.read_tlv(op)
+        tag, code, pos = ber.read_tlv(op)
+        matched_tag, _, pos = ber.read_tlv(op, pos)
+        message_tag, message, _ = ber.read_tlv(op, pos)
     except ber.BERError:
         return None
-    if tag != 0x0A or not raw_id or not code:
+    if tag != 0x0A or not raw_id or not code or matched_tag != 0x04 or message_tag != 0x04:
         return None
-    return ber.read_int(raw_id), ber.read_int(code)
+    return ber.read_int(raw_id), ber.read_int(code), message.decode("utf-8", "replace")
 
 
 class _Client(LDAPClient):
@@ -109,8 +123,8 @@ class _Client(LDAPClient):
         super().__init__()
         self._last_id = 0
         self._pending = b""
-        #: Binds sent here, by message ID: the Deferred fires with the result code.
-        self._binds: dict[int, defer.Deferred[int]] = {}
+        #: Binds sent here, by message ID: the Deferred fires with (result code, message).
+        self._binds: dict[int, defer.Deferred[tuple[int, str]]] = {}
 
     def _next_id(self) -> int:
         while True:
@@ -132,12 +146,12 @@ class _Client(LDAPClient):
         write_now(self.transport, msg.toWire(), self.tls)
         return d
 
-    def bind_code(self, dn: str, password: str) -> defer.Deferred[int]:
-        """Send a simple bind; fires with the answer's result code."""
+    def bind_code(self, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
+        """Send a simple bind; fires with the answer's (result code, diagnostic message)."""
         if not self.connected:
             raise LDAPClientConnectionLostException()
         msgid = self._next_id()
-        d: defer.Deferred[int] = defer.Deferred()
+        d: defer.Deferred[tuple[int, str]] = defer.Deferred()
         self._binds[msgid] = d
         write_now(self.transport, bind_request(msgid, dn, password), self.tls)
         return d
@@ -171,7 +185,7 @@ class _Client(LDAPClient):
         d = self._binds.pop(answer[0], None)
         if d is None:
             return False
-        d.callback(answer[1])
+        d.callback(answer[1:])
         return True
 
     def connectionLost(self, reason: Any = connectionDone) -> None:
@@ -309,8 +323,9 @@ class UpstreamPool:
 
     # ------------------------------------------------------------------ checks
 
-    def _bind(self, client: Any, dn: str, password: str) -> defer.Deferred[int]:
-        """One bind on ``client``; fires with its result code, or fails on timeout."""
+    def _bind(self, client: Any, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
+        """One bind on ``client``; fires with its (result code, diagnostic message), or fails
+        on timeout."""
         return self._within(client.bind_code(dn, password))
 
     def _template_dn(self, username: str) -> str:
@@ -329,7 +344,7 @@ class UpstreamPool:
         s = self.settings
         if s.dn_template is not None:
             return self._template_dn(username)
-        code = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
+        code, _ = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
         if code != 0:
             log.error("LDAP upstream: the search account's bind was refused (%d)", code)
             raise _Unavailable(f"search bind refused ({code})")
@@ -375,9 +390,9 @@ class UpstreamPool:
             return self._verify(username, password, (1, 2))
         d = self._bind(client, self._template_dn(username), password)
 
-        def answered(code: int) -> Outcome:
+        def answered(answer: tuple[int, str]) -> Outcome:
             self._give_back(client, True)
-            return self._outcome(code)
+            return self._outcome(*answer)
 
         def failed(failure: Any) -> Any:
             self._give_back(client, False)
@@ -399,10 +414,13 @@ class UpstreamPool:
         return self.verify(*self._nobody)
 
     @staticmethod
-    def _outcome(code: int) -> Outcome:
+    def _outcome(code: int, message: str) -> Outcome:
         if code == 0:
             return Outcome.OK
         if code in _REFUSALS:
+            found = _AD_SUBCODE.match(message) if code == 49 else None
+            if found is not None:
+                return _AD_OUTCOMES.get(int(found.group(1), 16), Outcome.REFUSED)
             return Outcome.REFUSED
         log.warning("LDAP upstream answered a bind with result code %d", code)
         return Outcome.UNAVAILABLE
@@ -427,7 +445,7 @@ class UpstreamPool:
                     # round_trip) takes the same three round trips as a wrong password.
                     yield self._bind(client, self._absent_dn(), password)
                     return Outcome.REFUSED
-                code = yield self._bind(client, dn, password)
+                answer = yield self._bind(client, dn, password)
             except defer.TimeoutError:
                 usable = False
                 log.warning("LDAP upstream: no answer within %.1f s", self.settings.timeout)
@@ -446,7 +464,7 @@ class UpstreamPool:
                 return Outcome.UNAVAILABLE
             finally:
                 self._give_back(client, usable)
-            return self._outcome(code)
+            return self._outcome(*answer)
         return Outcome.UNAVAILABLE
 
     def close(self) -> None:
