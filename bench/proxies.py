@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.upstream_ldap import free_port
+from tests.ports import free_port, wait_listening
 
 REMOTEAUTH_CONF = """include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -68,14 +66,8 @@ backend upstream
 
 
 def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+    if not wait_listening(port):
+        raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @contextmanager

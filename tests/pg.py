@@ -12,10 +12,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.ports import wait_listening
 
 
 class PostgresUnavailable(RuntimeError):
@@ -108,14 +109,8 @@ def temporary_postgres() -> Iterator[str]:
 
 
 def _wait_ready(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise PostgresUnavailable(f"PostgreSQL did not listen on port {port}")
+    if not wait_listening(port, timeout):
+        raise PostgresUnavailable(f"PostgreSQL did not listen on port {port}")
 
 
 def create_database(admin_url: str, name: str) -> str:

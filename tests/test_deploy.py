@@ -18,8 +18,8 @@ import httpx
 import ldap
 import pytest
 
+from tests.ports import free_port
 from tests.serving import Serving, ldap_bind, start_serve
-from tests.upstream_ldap import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -14,10 +14,11 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.ports import free_port, wait_listening
 
 SLAPD_CONF = """include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -43,12 +44,6 @@ access to * by * read
 BASE = "dc=ad,dc=test"
 ADMIN = f"cn=admin,{BASE}"
 ADMIN_PASSWORD = "upstream-admin-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_ca(folder: Path, name: str = "idm-facade test CA") -> tuple[Path, object, object]:
@@ -147,14 +142,7 @@ class UpstreamDirectory:
         urls = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
         subprocess.run(["slapd", "-h", urls, "-f", str(self.conf)], check=True,
                        capture_output=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
+        if not wait_listening(self.port):
             raise RuntimeError("slapd did not start listening")
         self.pid = int((self.dir / "slapd.pid").read_text())
 
