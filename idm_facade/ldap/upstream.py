@@ -344,9 +344,11 @@ class UpstreamPool:
         s = self.settings
         if s.dn_template is not None:
             return self._template_dn(username)
-        code, _ = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
+        code, message = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
         if code != 0:
-            log.error("LDAP upstream: the search account's bind was refused (%d)", code)
+            # AD's message says why ("data 532": the search account's password expired)
+            log.error("LDAP upstream: the search account's bind was refused (%d): %s",
+                      code, message[:200])
             raise _Unavailable(f"search bind refused ({code})")
         found: list[str] = []
         done: defer.Deferred = defer.Deferred()
