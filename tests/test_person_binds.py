@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,6 +113,40 @@ def _code(url: str, name: str, password: str, *, starttls: bool = False) -> int:
         return int(exc.args[0].get("result", -1))
 
 
+def _starttls_then_bind(port: int, name: str, password: str) -> list[tuple[str, int]]:
+    """Send a StartTLS request and a bind in one write, as a client that does not wait for
+    the StartTLS response would; the (operation, result code) of the two answers, read by
+    ldaptor."""
+    from ldaptor.protocols import pureber, pureldap
+
+    requests = (pureldap.LDAPMessage(pureldap.LDAPStartTLSRequest(), id=1).toWire()
+                + pureldap.LDAPMessage(pureldap.LDAPBindRequest(
+                    dn=name.encode(), auth=password.encode()), id=2).toWire())
+    decoder = pureldap.LDAPBERDecoderContext_TopLevel(
+        inherit=pureldap.LDAPBERDecoderContext_LDAPMessage(
+            fallback=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext()),
+            inherit=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext())))
+    answers: list[tuple[str, int]] = []
+    buffer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(requests)
+        while len(answers) < 2:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while buffer:
+                try:
+                    message, used = pureber.berDecodeObject(decoder, buffer)
+                except pureber.BERExceptionInsufficientData:
+                    break
+                if message is None:
+                    break
+                buffer = buffer[used:]
+                answers.append((type(message.value).__name__, message.value.resultCode))
+    return answers
+
+
 def _person_dn(copy: StoreCopy, username: str) -> str:
     return f"uid={username},ou=people,{copy.base}"
 
@@ -201,13 +236,18 @@ def test_person_binds_need_tls_by_default(people: People, upstream: UpstreamDire
         conn.unbind_s()
         assert _code(url, f"{user}@{UPN}", "wrong", starttls=True) == \
             ldap.INVALID_CREDENTIALS.errnum
+        # A bind sent behind StartTLS before TLS is up was sent in clear: StartTLS is refused
+        # (operationsError) and the bind answered as one in clear, 13 (the STARTTLS command
+        # injection of CVE-2011-0411; RFC 4511 §4.14.1).
+        assert _starttls_then_bind(copy.serving.ldap_ports[0], f"{user}@{UPN}", secret) == \
+            [("LDAPExtendedResponse", 1), ("LDAPBindResponse", 13)]
         # Service accounts are not person binds: unchanged.
         ldap_bind(url, copy.bind_dn("app"), copy.secrets["app"]).unbind_s()
         audit = AuditLog(make_engine(copy.db))
         statuses = [r.status for r in audit.query(client=f"person:{user}")
                     if r.operation == "bind"]
-        assert statuses.count("13 no TLS") == 3 + 1 + 12
-        assert statuses[-3:] == ["success", "success", "49 wrong password"]
+        assert statuses.count("13 no TLS") == 3 + 1 + 12 + 1
+        assert statuses[-4:] == ["success", "success", "49 wrong password", "13 no TLS"]
         audit.close()
 
 
@@ -338,10 +378,20 @@ def test_lockout_answers_like_a_wrong_password_and_expires(
         url = copy.serving.ldap_url
         user = people.active[2]
         name = f"{user}@{UPN}"
-        for _ in range(3):
-            assert _code(url, name, "guess") == ldap.INVALID_CREDENTIALS.errnum
+
+        def forms(username: str) -> list[str]:
+            return [f"{DOMAIN}\\{username}", f"{username}@{UPN}", _person_dn(copy, username)]
+
+        # Failures count per account whichever form names it ...
+        for typed in forms(user):
+            assert _code(url, typed, "guess") == ldap.INVALID_CREDENTIALS.errnum
         # Locked: the right password is refused exactly like a wrong one.
         assert _code(url, name, people.passwords[user]) == ldap.INVALID_CREDENTIALS.errnum
+        # ... and so do they for a name no account has: counted apart, an unknown name would
+        # never be locked, and the delays and lockouts would tell it from a real one.
+        for typed in forms("no-such-person"):
+            assert _code(url, typed, "guess") == ldap.INVALID_CREDENTIALS.errnum
+        assert _code(url, f"no-such-person@{UPN}", "guess") == ldap.INVALID_CREDENTIALS.errnum
         # Another account is not locked by it.
         other = people.active[1]
         assert _code(url, f"{other}@{UPN}", people.passwords[other]) == 0
@@ -349,8 +399,19 @@ def test_lockout_answers_like_a_wrong_password_and_expires(
         assert _code(url, name, people.passwords[user]) == 0
         audit = AuditLog(make_engine(copy.db))
         statuses = [r.status for r in audit.query(client=f"person:{user}")]
-        audit.close()
         assert statuses == ["49 wrong password"] * 3 + ["49 locked out", "success"]
+        assert audit.query(client=f"person:no-such-person@{UPN}")[-1].status == \
+            "49 locked out"
+        audit.close()
+        # /metrics answers anyone: it counts person binds by the code the client saw, never
+        # by the facade's reason (which would tell who is employed).
+        with urllib.request.urlopen(f"{copy.serving.scim_base}/metrics", timeout=20) as reply:
+            scrape = reply.read().decode()
+        failures = [line for line in scrape.splitlines()
+                    if line.startswith("idm_facade_auth_failures_total{")]
+        assert any('reason="person 49"' in line for line in failures), failures
+        for why in ("wrong password", "unknown account", "locked out", "engagement"):
+            assert not any(why in line for line in failures), failures
 
 
 def test_upstream_away_fails_closed_and_recovers(people: People, upstream: UpstreamDirectory,

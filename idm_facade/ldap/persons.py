@@ -143,7 +143,10 @@ class PersonBinds:
     def account_of(self, name: str, snapshot: Any, layout: dit.Layout
                    ) -> tuple[str | None, Any]:
         """(the canonical DN, the account entry) the bind name names, or (None, None)."""
-        key = self._uid_key(name, layout)
+        return self._lookup(self._uid_key(name, layout), snapshot, layout)
+
+    @staticmethod
+    def _lookup(key: str | None, snapshot: Any, layout: dit.Layout) -> tuple[str | None, Any]:
         found = layout.account_by_uid.get(key) if key is not None else None
         entry = ClientView.of(snapshot, TRUSTED).get(found) if found is not None else None
         if entry is None:
@@ -167,7 +170,8 @@ class PersonBinds:
              layout: dit.Layout, tls: bool) -> defer.Deferred:
         """Fires with the :class:`Verdict` of one person bind (``tls``: did it come over
         LDAPS or after StartTLS?); never fails."""
-        dn, entry = self.account_of(name, snapshot, layout)
+        key = self._uid_key(name, layout)
+        dn, entry = self._lookup(key, snapshot, layout)
         view = ClientView.of(snapshot, TRUSTED)
         username = str(view.first(entry, "userName")) if entry is not None else None
         who = f"person:{(username or name)[:56]}"
@@ -178,7 +182,10 @@ class PersonBinds:
             return defer.succeed(Verdict(
                 CONFIDENTIALITY_REQUIRED, "person binds need TLS: use LDAPS or StartTLS",
                 None, who, f"{CONFIDENTIALITY_REQUIRED} no TLS"))
-        account_key = (username or name).casefold()
+        # Failures count per username, whichever form names it, for unknown names too: were
+        # "DOMAIN\\bob" and "bob@suffix" counted apart only when bob does not exist, the
+        # delays would tell which names do. (A name in none of our forms counts as typed.)
+        account_key = key if key is not None else name.casefold()
 
         def refused(reason: str) -> Verdict:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")

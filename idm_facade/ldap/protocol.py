@@ -98,6 +98,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         #: Holds in force (:meth:`hold`); requests are queued while there is one.
         self._holds = 0
         self._queued: list = []
+        #: Where the unread bytes of ``_buf`` begin while a request is being handled.
+        self._unread_from = 0
         #: Answer-cache key of the request being dispatched from :meth:`dataReceived`.
         self._answer_key: tuple | None = None
         #: The client stopped reading: the transport's buffer is full (see pauseProducing).
@@ -265,11 +267,13 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 self._queued.append(msg)
                 continue
             self._answer_key = key
+            self._unread_from = end
             try:
                 self._dispatch_safely(msg)
             finally:
                 self._answer_key = None
         del buf[:pos]
+        self._unread_from = 0
 
     def _cached_search(self, pdu: bytes, head: int) -> Any:
         """Answer a search request from the answer cache without decoding it.
@@ -601,8 +605,12 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
             else:
                 if result.code != SUCCESS and result.code != UNWILLING:
-                    metrics.AUTH_FAILURES.labels(
-                        "ldap", result.status.split(" ", 1)[-1][:40]).inc()
+                    # A person's refusal is counted by the code the client saw: why the
+                    # facade refused (unknown name, leaver, lockout) is for the access log
+                    # only, and /metrics answers anyone who reaches the port.
+                    reason = f"person {result.code}" if result.who.startswith("person:") \
+                        else result.status.split(" ", 1)[-1][:40]
+                    metrics.AUTH_FAILURES.labels("ldap", reason).inc()
                 if result.code == SUCCESS:
                     self.client = result.client
                     self._person_checked = bound_in
@@ -647,6 +655,15 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             if self.factory.tls is None:
                 self.send(msgid, ber.extended_response(UNAVAILABLE, "TLS is not configured",
                                                        name=oid))
+                return
+            if self._queued or len(self._buf) > self._unread_from:
+                # Requests sent after StartTLS before TLS is up were sent in clear: taken as
+                # protected they would let a password in clear past require_tls (the
+                # STARTTLS command injection of CVE-2011-0411). RFC 4511 §4.14.1: the
+                # client sends nothing more until the response. They are answered in clear.
+                self.send(msgid, ber.extended_response(
+                    OPERATIONS_ERROR, "StartTLS must be the last request before TLS starts",
+                    name=oid))
                 return
             self.send(msgid, ber.extended_response(SUCCESS, name=oid))
             self.transport.startTLS(self.factory.tls)
