@@ -84,11 +84,14 @@ class FakeAD(_Listener):
     the sub-code of a refusal in the diagnostic message ("... AcceptSecurityContext error,
     data 532, v4563"), which AD gives only to whoever typed the right password (52e is the
     answer to a wrong one). ``users`` is {DN: (password, sub-code for the right password or
-    None for success)}. Requests are decoded, and answers encoded, by ldaptor, not by the
-    code under test. Anything but a bind is answered with protocolError."""
+    None for success)}; with ``accept_all`` every bind with a password succeeds (a
+    misconfigured directory). Requests are decoded, and answers encoded, by ldaptor, not by
+    the code under test. Anything but a bind is answered with protocolError."""
 
-    def __init__(self, users: dict[str, tuple[str, str | None]]) -> None:
+    def __init__(self, users: dict[str, tuple[str, str | None]],
+                 accept_all: bool = False) -> None:
         self.users = users
+        self.accept_all = accept_all
         super().__init__()
 
     @staticmethod
@@ -106,7 +109,7 @@ class FakeAD(_Listener):
         if not isinstance(request, pureldap.LDAPBindRequest):
             return 2, "only binds here"
         dn, password = request.dn.decode(), request.auth.decode()
-        if not dn and not password:
+        if not dn and not password or self.accept_all and password:
             return 0, ""
         known = self.users.get(dn)
         if known is None or known[0] != password:

@@ -300,6 +300,33 @@ def test_a_right_password_that_must_be_changed_is_told_so(people: People,
         fake.close()
 
 
+def test_an_upstream_that_accepts_anything_lets_no_refused_name_in(people: People,
+                                                                   tmp_path: Path) -> None:
+    """The facade's own refusals (unknown name, leaver, lockout) stand whatever the upstream
+    answers the check they cost: against a directory that takes any password, an active
+    account binds (the upstream decides its password), the rest are still refused."""
+    fake = FakeAD({}, accept_all=True)
+    persons = "account_delay_after = 100\naccount_lockout_after = 2\n"
+    try:
+        with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{fake.port}"],
+                                              persons=persons)) as copy:
+            url = copy.serving.ldap_url
+            user = people.active[0]
+            assert _code(url, f"{user}@{UPN}", "anything") == 0
+            assert _code(url, f"{people.leaver}@{UPN}", "anything") == \
+                ldap.INVALID_CREDENTIALS.errnum
+            assert _code(url, f"nobody-here@{UPN}", "anything") == \
+                ldap.INVALID_CREDENTIALS.errnum
+            for _ in range(2):  # a lockout, counted from the refused leaver's attempts
+                _code(url, f"{people.leaver}@{UPN}", "anything")
+            audit = AuditLog(make_engine(copy.db))
+            statuses = [r.status for r in audit.query(client=f"person:{people.leaver}")]
+            audit.close()
+            assert statuses == ["49 no current engagement"] * 2 + ["49 locked out"]
+    finally:
+        fake.close()
+
+
 def test_person_reads_through_the_person_policy(people: People, upstream: UpstreamDirectory,
                                                 tmp_path: Path) -> None:
     more = '[policies.person]\nattributes = ["displayName", "emails"]\n'
@@ -420,11 +447,15 @@ def test_upstream_away_fails_closed_and_recovers(people: People, upstream: Upstr
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens here
     # URLs are tried in order: the dead one first.
-    with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{dead}", upstream.url])) as copy:
+    persons = "account_delay_after = 100\naccount_lockout_after = 2\n"
+    with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{dead}", upstream.url],
+                                          persons=persons)) as copy:
         url = copy.serving.ldap_url
-        user = people.active[0]
+        user, locked = people.active[0], people.active[1]
         name = f"{user}@{UPN}"
         assert _code(url, name, people.passwords[user]) == 0
+        for _ in range(2):
+            assert _code(url, f"{locked}@{UPN}", "guess") == ldap.INVALID_CREDENTIALS.errnum
         upstream.stop()
         try:
             assert _code(url, name, people.passwords[user]) == ldap.UNAVAILABLE.errnum
@@ -433,6 +464,7 @@ def test_upstream_away_fails_closed_and_recovers(people: People, upstream: Upstr
             # does not tell an active account from a leaver or an unknown name.
             assert _code(url, f"{people.leaver}@{UPN}", "x") == ldap.UNAVAILABLE.errnum
             assert _code(url, f"nobody-here@{UPN}", "x") == ldap.UNAVAILABLE.errnum
+            assert _code(url, f"{locked}@{UPN}", "x") == ldap.UNAVAILABLE.errnum
         finally:
             upstream.start()
         assert _code(url, name, people.passwords[user]) == 0

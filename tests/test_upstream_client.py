@@ -52,6 +52,15 @@ def test_bind_response_reads_what_ldaptor_reads(msgid: int, code: int, matched: 
     assert bind_response(frame + b"\x00") is None
 
 
+def test_a_bind_response_without_its_text_fields_is_read() -> None:
+    """matchedDN and diagnosticMessage are required (RFC 4511 §4.1.9), but an upstream that
+    leaves them out was answered before the facade read them, and still is."""
+    code_only = bytes.fromhex("3008 020107 6103 0a0100")
+    assert bind_response(code_only) == (7, 0, "")
+    with_dn_only = bytes.fromhex("300a 020107 6105 0a0131 0400")
+    assert bind_response(with_dn_only) == (7, 49, "")
+
+
 @pytest.mark.parametrize("op", [
     pureldap.LDAPSearchResultDone(resultCode=0),
     pureldap.LDAPExtendedResponse(resultCode=0, responseName=b"1.3.6.1.4.1.1466.20037"),

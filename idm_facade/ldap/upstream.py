@@ -99,13 +99,19 @@ def bind_response(frame: bytes) -> tuple[int, int, str] | None:
         if tag != ber.BIND_RESPONSE:
             return None
         tag, code, pos = ber.read_tlv(op)
-        matched_tag, _, pos = ber.read_tlv(op, pos)
-        message_tag, message, _ = ber.read_tlv(op, pos)
+        # matchedDN and diagnosticMessage: required by RFC 4511, read leniently (an upstream
+        # that leaves them out was answered before they were read, and still is)
+        diagnostic = b""
+        if pos < len(op):
+            _, _, pos = ber.read_tlv(op, pos)
+            if pos < len(op):
+                text_tag, text, _ = ber.read_tlv(op, pos)
+                diagnostic = text if text_tag == 0x04 else b""
     except ber.BERError:
         return None
-    if tag != 0x0A or not raw_id or not code or matched_tag != 0x04 or message_tag != 0x04:
+    if tag != 0x0A or not raw_id or not code:
         return None
-    return ber.read_int(raw_id), ber.read_int(code), message.decode("utf-8", "replace")
+    return ber.read_int(raw_id), ber.read_int(code), diagnostic.decode("utf-8", "replace")
 
 
 class _Client(LDAPClient):
@@ -334,7 +340,7 @@ class UpstreamPool:
 
     def _absent_dn(self) -> str:
         """A DN under the search base that no entry has (the random name of
-        :attr:`_nobody`, hex digits only, so nothing to escape)."""
+        :attr:`_nobody`: letters, digits and hyphens, so nothing to escape)."""
         base = self.settings.search_base
         return f"cn={self._nobody[0]},{base}" if base else f"cn={self._nobody[0]}"
 
