@@ -44,16 +44,20 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert "RestartPreventExitStatus=2 3" in service
 
 
-def _haproxy_config(http: int, ldap_port: int, replicas: list[Serving]) -> str:
+def _haproxy_config(http: int, ldap_port: int, ldaps_port: int, replicas: list[Serving]
+                    ) -> str:
     text = (DEPLOY / "haproxy.cfg").read_text()
     text = text.replace("bind :8080", f"bind 127.0.0.1:{http}")
     text = text.replace("bind :389", f"bind 127.0.0.1:{ldap_port}")
+    text = text.replace("bind :636", f"bind 127.0.0.1:{ldaps_port}")
     for number, replica in enumerate(replicas, 1):
         assert replica.scim_base is not None
         scim = int(replica.scim_base.rsplit(":", 1)[1])
         text = text.replace(f"10.0.0.1{number}:8080", f"127.0.0.1:{scim}")
         text = text.replace(f"10.0.0.1{number}:389 check port 8080",
                             f"127.0.0.1:{replica.ldap_ports[0]} check port {scim}")
+        text = text.replace(f"10.0.0.1{number}:636 check port 8080",
+                            f"127.0.0.1:{replica.ldap_ports[1]} check port {scim}")
     assert "10.0.0." not in text
     return text
 
@@ -86,10 +90,10 @@ def test_two_replicas_behind_haproxy(postgres_url: str, tmp_path: Path) -> None:
                 token = registry.add("sync", "scim", "default")
                 password = registry.add("legacy", "ldap", "default")
                 bind_dn, base = registry.bind_dn_of("legacy"), registry.base
-            replicas.append(start_serve(postgres_url, config))
-        http_port, ldap_port = free_port(), free_port()
+            replicas.append(start_serve(postgres_url, config, ldaps=True))
+        http_port, ldap_port, ldaps_port = free_port(), free_port(), free_port()
         cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(_haproxy_config(http_port, ldap_port, replicas))
+        cfg.write_text(_haproxy_config(http_port, ldap_port, ldaps_port, replicas))
         proxy = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
         base_url = f"http://127.0.0.1:{http_port}"
@@ -128,6 +132,10 @@ def test_two_replicas_behind_haproxy(postgres_url: str, tmp_path: Path) -> None:
         conn = ldap_bind(f"ldap://127.0.0.1:{ldap_port}", bind_dn, password, timeout=20)
         found = conn.search_s(f"ou=people,{base}", ldap.SCOPE_ONELEVEL, "(uid=*)", ["uid"])
         assert len(found) == total
+        conn.unbind_s()
+        # LDAPS passes through too: TLS ends at the facade.
+        conn = ldap_bind(f"ldaps://127.0.0.1:{ldaps_port}", bind_dn, password, timeout=20)
+        assert conn.whoami_s() == f"dn:{bind_dn}"
         conn.unbind_s()
         # The access records of the pull name the replica that answered each page.
         from idm_facade.access.audit import AuditLog
