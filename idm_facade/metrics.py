@@ -97,6 +97,9 @@ REQUESTS = _Requests()
 REGISTRY.register(REQUESTS)
 AUTH_FAILURES = Counter("idm_facade_auth_failures", "Refused authentications, by protocol "
                         "and reason.", ["protocol", "reason"], registry=REGISTRY)
+CACHE_BYTES = Gauge("idm_facade_cache_bytes", "Bytes kept by the caches of rendered entries "
+                    "(ldap_render, scim_render) and finished LDAP answers (ldap_answer), each "
+                    "bounded (docs/operations.md).", ["cache"], registry=REGISTRY)
 LDAP_CONNECTIONS = Gauge("idm_facade_ldap_connections", "Open LDAP connections.",
                          registry=REGISTRY)
 AUDIT_COMMIT = Histogram("idm_facade_access_log_commit_seconds", "Time of one access-log "

@@ -76,3 +76,32 @@ def test_unknown_paths_and_methods_answer_json(served, method: str, path: str,
     assert response.status_code in (status, 404, 405, 501), response.text
     assert response.headers["content-type"].startswith("application/json"), response.text
     assert response.json()["status"] == response.status_code
+
+
+def test_distinct_hosts_and_selections_cannot_grow_the_render_cache(demo_db, tmp_path
+                                                                    ) -> None:
+    """Rendered SCIM resources are cached per attribute selection and per base URL, which
+    comes from the Host header: both the client's choice. Counted by entries, the cache let
+    a client grow the server without bound (at M, one 5,000-member group read under 2,000
+    Host names grew it from 211 to 2,011 MB). Bounded by bytes (``[scim] render_cache_mb``,
+    shown by ``idm_facade_cache_bytes{cache="scim_render"}``), it stays within its bound."""
+    with served_copy(demo_db, tmp_path, "[scim]\nrender_cache_mb = 0.25\n",
+                     (("edges", "scim", "default"),), ldap=False) as copy:
+        assert copy.serving is not None
+        base = f"{copy.serving.scim_base}/scim/v2"
+        headers = {"Authorization": f"Bearer {copy.secrets['edges']}"}
+        with httpx.Client(timeout=30) as client:
+            groups = client.get(f"{base}/Groups", headers=headers,
+                                params={"count": 1000, "attributes": "members"}).json()
+            big = max(groups["Resources"], key=lambda g: len(g.get("members", [])))
+            sent = 0
+            for i in range(300):
+                reply = client.get(f"{base}/Groups/{big['id']}",
+                                   headers={**headers, "Host": f"h{i}.example"})
+                assert reply.status_code == 200 and f"h{i}.example" in reply.text
+                sent += len(reply.content)
+            assert sent > 4 * (1 << 20)  # unbounded, the cache would hold several MB
+            scrape = client.get(f"{copy.serving.scim_base}/metrics").text
+        held = [float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines()
+                if line.startswith('idm_facade_cache_bytes{cache="scim_render"}')]
+        assert len(held) == 1 and 0 < held[0] <= 0.25 * (1 << 20), held

@@ -157,3 +157,38 @@ def test_the_server_wide_ceiling_holds_with_every_connection_not_reading(
         for sock, buf in zip(socks, bufs, strict=True):
             _read_until_done(sock, buf, {10 + i for i in range(UNREAD)})
             sock.close()
+
+
+def test_distinct_requests_cannot_grow_the_caches_past_their_bounds(demo_db, tmp_path
+                                                                    ) -> None:
+    """Encoded entries are cached per attribute selection and finished answers per request,
+    both of which a client chooses freely. Counted by entries, the caches let any client
+    grow the server without bound: at M, the same 5,000-member group read with 4,000
+    different attribute lists grew it from 210 to 1,186 MB, linearly. Bounded by bytes
+    (``[ldap] render_cache_mb``, ``answer_cache_mb``; shown by ``idm_facade_cache_bytes``),
+    they stay within their bounds whatever is asked."""
+    import urllib.request
+
+    import ldap
+
+    from tests.serving import ldap_bind
+
+    config = "[ldap]\nrender_cache_mb = 0.25\nanswer_cache_mb = 0.25\n"
+    with served_copy(demo_db, tmp_path, config, (("reader", "ldap", "default"),)) as copy:
+        assert copy.serving is not None
+        conn = ldap_bind(copy.serving.ldap_url, copy.bind_dn("reader"),
+                         copy.secrets["reader"], timeout=30)
+        groups = conn.search_s(copy.base, ldap.SCOPE_SUBTREE, "(member=*)", ["member"])
+        dn, _ = max(groups, key=lambda g: len(g[1].get("member", [])))
+        asked = 0
+        for i in range(600):
+            found = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["member", f"x{i}"])
+            asked += sum(len(v) for v in found[0][1]["member"])
+        conn.unbind_s()
+        assert asked > 4 * (1 << 20)  # unbounded, the caches would hold several MB each
+        with urllib.request.urlopen(f"{copy.serving.scim_base}/metrics", timeout=20) as reply:
+            scrape = reply.read().decode()
+        held = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines()
+                if line.startswith("idm_facade_cache_bytes{")}
+        for cache in ("ldap_render", "ldap_answer"):
+            assert 0 < held[cache] <= 0.25 * (1 << 20), held

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
 
+from idm_facade import metrics
+from idm_facade.directory.caches import BoundedDict
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.snapshot import CacheKey, Snapshot
 from idm_facade.directory.view import ClientView
@@ -98,6 +100,9 @@ class LdapOptions:
     units_root: str | None = None
     member_attributes: tuple[str, ...] = ("member", "uniqueMember", "memberUid")
     posix: bool = False
+    #: Bytes of encoded entries kept per snapshot (``[ldap] render_cache_mb``, default 512);
+    #: the cache is emptied when the next one would pass it.
+    render_cache_bytes: int = 512 << 20
 
 
 #: Extra LDAP names per view that the attribute map cannot say by itself (one directory
@@ -208,7 +213,8 @@ class Layout:
     group_dn: dict[str, str] = field(default_factory=dict)
     group_by_cn: dict[str, str] = field(default_factory=dict)
     line_root: str | None = None
-    cache: dict[tuple, Any] = field(default_factory=dict)
+    #: Encoded entries (bounded by the options' ``render_cache_bytes``) and static ones.
+    cache: BoundedDict = field(default_factory=lambda: BoundedDict(512 << 20, 400_000))
     #: Filters translated once per shape (:mod:`idm_facade.ldap.filtershape`).
     filters: dict[tuple, Any] = field(default_factory=dict)
     lock: Lock = field(default_factory=Lock)
@@ -277,6 +283,7 @@ def options_from(config: Any, snapshot: Snapshot) -> LdapOptions:
         units_root=section.get("units_root"),
         member_attributes=tuple(members),
         posix=bool(section.get("posix", False)),
+        render_cache_bytes=int(float(section.get("render_cache_mb", 512)) * (1 << 20)),
     )
 
 
@@ -317,7 +324,8 @@ def _pick_root(snapshot: Snapshot, roots: list[Entry], wanted: str | None) -> st
 def build_layout(snapshot: Snapshot, options: LdapOptions) -> Layout:
     """Compute every DN of one snapshot."""
     base = options.base_dn
-    layout = Layout(options=options, base=base, base_norm=parse_dn(base))
+    layout = Layout(options=options, base=base, base_norm=parse_dn(base),
+                    cache=BoundedDict(options.render_cache_bytes, 400_000))
     people = f"ou={PEOPLE},{base}"
     groups = f"ou={GROUPS},{base}"
     units_top = f"ou={UNITS},{base}"
@@ -455,6 +463,9 @@ def render_attributes(layout: Layout, view: str, entry: Entry, seen: ClientView
     return [a for a in out if a[1]]
 
 
+_RENDER_BYTES = metrics.CACHE_BYTES.labels("ldap_render")
+
+
 def encode_entry(layout: Layout, view: str, entry: Entry, seen: ClientView,
                  selection: Selection) -> Rendered:
     """The encoded SearchResultEntry (cached per snapshot, entry, view, policy, selection)."""
@@ -483,9 +494,9 @@ def encode_entry(layout: Layout, view: str, entry: Entry, seen: ClientView,
                                    managers=managers_sent and shown))
     dn = layout.dn_of(view, entry.id) or ""
     rendered = Rendered(ber.search_entry(dn.encode(), pairs), subjects, cpr)
-    if len(layout.cache) > 400_000:
-        layout.cache.clear()
-    layout.cache[key] = rendered
+    # bytes: the entry, and roughly its key, the Rendered and the subjects' tuple
+    layout.cache.keep(key, rendered, len(rendered.op) + 200)
+    _RENDER_BYTES.set(layout.cache.size)
     return rendered
 
 

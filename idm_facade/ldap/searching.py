@@ -63,10 +63,8 @@ SMALL = 200
 #: planned there: each costs the event loop about 6 ms per 1,000 entries, which every other
 #: client would wait for. Below it the hop to a thread costs more than it saves.
 LARGE = 1000
-#: Finished answers kept per snapshot (see :class:`~idm_facade.ldap.search.Answer`); the
-#: table is emptied when full.
-ANSWER_CACHE_ENTRIES = 50_000
-#: Answers larger than this many bytes are not kept.
+#: Answers larger than this many bytes are not kept (see
+#: :meth:`~idm_facade.ldap.server.LDAPServerFactory.keep_answer` for the whole table's bound).
 ANSWER_CACHE_MAX_BYTES = 64 << 10
 
 
@@ -258,11 +256,9 @@ class SearchHandling:
             finished = Answer(ops, ber.result(ber.SEARCH_DONE, page.code, page.message),
                               ber.controls(page.done_ctrls) if page.done_ctrls else b"",
                               q.query_text(), status, tuple(subjects), tuple(sensitive))
-            if sum(map(len, ops)) <= ANSWER_CACHE_MAX_BYTES:
-                answers = self.factory.answers_for(layout)
-                if len(answers) >= ANSWER_CACHE_ENTRIES:
-                    answers.clear()
-                answers[key] = finished
+            size = sum(map(len, ops))
+            if size <= ANSWER_CACHE_MAX_BYTES:
+                self.factory.keep_answer(layout, key, finished, size)
             self._send_answer(q.msgid, finished)
             return
         self._answer_in_chunks(q, page, status, seen, layout, subjects, sensitive)

@@ -19,8 +19,10 @@ from typing import Any
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IListeningPort
 
+from idm_facade import metrics
 from idm_facade.access.audit.turnlog import turn_log
 from idm_facade.access.facade import Facade
+from idm_facade.directory.caches import BoundedDict
 from idm_facade.directory.limits import Limits
 from idm_facade.directory.snapshot import Snapshot
 from idm_facade.ldap import dit
@@ -47,6 +49,9 @@ class Settings:
     #: Open connections per listener; one more is told "busy" (51) and closed, so what
     #: connections hold (RELIABILITY.md: about 1.5 MB each at most) stays bounded.
     max_connections: int = 1000
+    #: Bytes of finished answers kept for repeats (``answer_cache_mb``; see
+    #: :meth:`LDAPFactory.keep_answer`).
+    answer_cache_bytes: int = 64 << 20
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -59,7 +64,11 @@ class Settings:
             page_ttl=float(section.get("page_ttl", cls.page_ttl)),
             max_pages=int(section.get("max_paged_searches", cls.max_pages)),
             max_connections=int(section.get("max_connections", cls.max_connections)),
+            answer_cache_bytes=int(float(section.get("answer_cache_mb", 64)) * (1 << 20)),
         )
+
+
+_ANSWER_BYTES = metrics.CACHE_BYTES.labels("ldap_answer")
 
 
 class LDAPFactory(protocol.ServerFactory):
@@ -100,7 +109,7 @@ class LDAPFactory(protocol.ServerFactory):
         self._watch: Any = None
         #: Finished answers of small searches of the served layout: {(request bytes after the
         #: message id, client): Answer}; see :meth:`answers_for`.
-        self._answers: dict[tuple, Answer] = {}
+        self._answers = self._new_answers()
         self._answers_layout: dit.Layout | None = None
         #: Access-log outcomes handed over by the log's writer thread, fired in the reactor
         #: by one call per burst (see :meth:`submit_record`).
@@ -206,13 +215,24 @@ class LDAPFactory(protocol.ServerFactory):
         d.addErrback(self._layout_failed, latest)
         return served
 
-    def answers_for(self, layout: dit.Layout) -> dict[tuple, Answer]:
+    def answers_for(self, layout: dit.Layout) -> BoundedDict:
         """The answer cache of ``layout`` (emptied when the served layout changes, so an
         answer is never sent from another snapshot than the one that computed it)."""
         if self._answers_layout is not layout:
-            self._answers = {}
+            self._answers = self._new_answers()
             self._answers_layout = layout
         return self._answers
+
+    def _new_answers(self) -> BoundedDict:
+        # Keyed by the request as sent, which a client chooses freely: bounded in bytes
+        # (idm_facade.directory.caches), and to 50,000 answers.
+        return BoundedDict(self.settings.answer_cache_bytes, 50_000)
+
+    def keep_answer(self, layout: dit.Layout, key: tuple, answer: Answer, size: int) -> None:
+        """Keep ``answer`` (``size`` bytes of entries) for repeats of the same request."""
+        answers = self.answers_for(layout)
+        answers.keep(key, answer, size + 300)  # + the key, the Answer and its fields
+        _ANSWER_BYTES.set(answers.size)
 
     def _swap(self, layout: dit.Layout, snapshot: Snapshot, gen: int) -> None:
         if self._building is snapshot:

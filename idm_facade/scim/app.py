@@ -38,6 +38,7 @@ from idm_facade.directory import filters as f
 from idm_facade.directory.limits import Limits, TooComplex, TooLong, text_shape
 from idm_facade.directory.snapshot import CacheKey
 from idm_facade.directory.view import ClientView
+from idm_facade.scim import render as render_module
 from idm_facade.scim import schema as s
 from idm_facade.scim.discovery import Discovery
 from idm_facade.scim.errors import (
@@ -165,6 +166,7 @@ class ScimService:
         section = facade.config.section("scim")
         self.cache_bytes = int(float(section.get("response_cache_mb",
                                                  DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
+        render_module.configure(int(float(section.get("render_cache_mb", 512)) * 1024 * 1024))
         self._bases: dict[tuple, str] = {}
         self.limits = Limits.from_config(facade.config)
         from idm_facade.access.audit import AccessRecord, AuditUnavailable

@@ -20,6 +20,8 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
+from idm_facade import metrics
+from idm_facade.directory.caches import BoundedDict
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.snapshot import CacheKey
 from idm_facade.directory.view import ClientView
@@ -28,8 +30,22 @@ from idm_facade.scim.errors import invalid_value
 from schemas.attributes import ACCOUNT, ATTRIBUTES, BOOLEAN, DATETIME, MUNICIPAL_GROUP
 
 #: Rendered resources of one snapshot: {(id, version, policy, selection, base): Rendered}.
-_CACHE_KEY: CacheKey[dict[tuple, Rendered]] = CacheKey("scim.render")
+#: The selection and the base (from the Host header) are the client's choice, so the cache
+#: is bounded in bytes (idm_facade.directory.caches): ``[scim] render_cache_mb``, see
+#: :func:`configure`.
+_CACHE_KEY: CacheKey[BoundedDict] = CacheKey("scim.render")
 _CACHE_LIMIT = 200_000
+_cache_bytes = 512 << 20
+
+
+_RENDER_BYTES = metrics.CACHE_BYTES.labels("scim_render")
+
+
+def configure(render_cache_bytes: int) -> None:
+    """Bound the rendered-resource cache of the snapshots made from now on (the SCIM service
+    sets it from ``[scim] render_cache_mb`` when it starts)."""
+    global _cache_bytes
+    _cache_bytes = render_cache_bytes
 
 
 @dataclass(frozen=True)
@@ -343,7 +359,7 @@ def etag(entry: Entry) -> str:
 
 def render(view: ClientView, entry: Entry, base: str, sel: Selection) -> Rendered:
     """Render (or fetch from the per-snapshot cache) one resource as the client sees it."""
-    cache = view.cached(_CACHE_KEY, dict)
+    cache = view.cached(_CACHE_KEY, lambda: BoundedDict(_cache_bytes, _CACHE_LIMIT))
     key = (entry.id, entry.version, view.policy, sel.key, base)
     found = cache.get(key)
     if found is not None:
@@ -353,7 +369,7 @@ def render(view: ClientView, entry: Entry, base: str, sel: Selection) -> Rendere
     rendered = Rendered(json.dumps(doc, separators=(",", ":"), ensure_ascii=False),
                         tuple(sorted(ctx.subjects)), tuple(sorted(ctx.sensitive)),
                         etag(entry))
-    if len(cache) >= _CACHE_LIMIT:
-        cache.clear()
-    cache[key] = rendered
+    # bytes: the JSON (str: about one byte a character here) and roughly the rest
+    cache.keep(key, rendered, len(rendered.json) + 64 * len(rendered.subjects) + 300)
+    _RENDER_BYTES.set(cache.size)
     return rendered
