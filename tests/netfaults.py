@@ -117,12 +117,8 @@ class FakeAD(_Listener):
         return (0, "") if known[1] is None else (49, self.refusal(known[1]))
 
     def _serve(self, conn: socket.socket) -> None:
-        from ldaptor.protocols import pureber, pureldap
+        from ldaptor.protocols import pureldap
 
-        decoder = pureldap.LDAPBERDecoderContext_TopLevel(
-            inherit=pureldap.LDAPBERDecoderContext_LDAPMessage(
-                fallback=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext()),
-                inherit=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext())))
         buffer = b""
         while True:
             try:
@@ -131,15 +127,8 @@ class FakeAD(_Listener):
                 return
             if not data:
                 return
-            buffer += data
-            while buffer:
-                try:
-                    message, used = pureber.berDecodeObject(decoder, buffer)
-                except pureber.BERExceptionInsufficientData:
-                    break
-                if message is None:
-                    break
-                buffer = buffer[used:]
+            messages, buffer = ldap_messages(buffer + data)
+            for message in messages:
                 if isinstance(message.value, pureldap.LDAPUnbindRequest):
                     conn.close()
                     return
@@ -147,3 +136,25 @@ class FakeAD(_Listener):
                 answer = pureldap.LDAPMessage(pureldap.LDAPBindResponse(
                     resultCode=code, errorMessage=text.encode()), id=message.id)
                 conn.sendall(answer.toWire())
+
+
+def ldap_messages(buffer: bytes) -> tuple[list, bytes]:
+    """The whole LDAPMessages at the start of ``buffer``, decoded by ldaptor (as its server
+    and client decode them), and the bytes after them."""
+    from ldaptor.protocols import pureber, pureldap
+
+    decoder = pureldap.LDAPBERDecoderContext_TopLevel(
+        inherit=pureldap.LDAPBERDecoderContext_LDAPMessage(
+            fallback=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext()),
+            inherit=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext())))
+    messages = []
+    while buffer:
+        try:
+            message, used = pureber.berDecodeObject(decoder, buffer)
+        except pureber.BERExceptionInsufficientData:
+            break
+        if message is None:
+            break
+        messages.append(message)
+        buffer = buffer[used:]
+    return messages, buffer

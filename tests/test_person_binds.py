@@ -31,7 +31,7 @@ from idm_facade.directory import Directory
 from idm_facade.directory.entries import ACCOUNT
 from store.engine import make_engine
 from store.models import Engagement
-from tests.netfaults import FakeAD, Silent, SlowProxy
+from tests.netfaults import FakeAD, Silent, SlowProxy, ldap_messages
 from tests.serving import StoreCopy, copy_store, ending_engagements, ldap_bind, served_copy
 from tests.upstream_ldap import BASE, UpstreamDirectory
 
@@ -117,15 +117,11 @@ def _starttls_then_bind(port: int, name: str, password: str) -> list[tuple[str, 
     """Send a StartTLS request and a bind in one write, as a client that does not wait for
     the StartTLS response would; the (operation, result code) of the two answers, read by
     ldaptor."""
-    from ldaptor.protocols import pureber, pureldap
+    from ldaptor.protocols import pureldap
 
     requests = (pureldap.LDAPMessage(pureldap.LDAPStartTLSRequest(), id=1).toWire()
                 + pureldap.LDAPMessage(pureldap.LDAPBindRequest(
                     dn=name.encode(), auth=password.encode()), id=2).toWire())
-    decoder = pureldap.LDAPBERDecoderContext_TopLevel(
-        inherit=pureldap.LDAPBERDecoderContext_LDAPMessage(
-            fallback=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext()),
-            inherit=pureldap.LDAPBERDecoderContext(fallback=pureber.BERDecoderContext())))
     answers: list[tuple[str, int]] = []
     buffer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
@@ -134,16 +130,8 @@ def _starttls_then_bind(port: int, name: str, password: str) -> list[tuple[str, 
             data = sock.recv(65536)
             if not data:
                 break
-            buffer += data
-            while buffer:
-                try:
-                    message, used = pureber.berDecodeObject(decoder, buffer)
-                except pureber.BERExceptionInsufficientData:
-                    break
-                if message is None:
-                    break
-                buffer = buffer[used:]
-                answers.append((type(message.value).__name__, message.value.resultCode))
+            messages, buffer = ldap_messages(buffer + data)
+            answers += [(type(m.value).__name__, m.value.resultCode) for m in messages]
     return answers
 
 
