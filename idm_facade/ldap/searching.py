@@ -64,7 +64,7 @@ SMALL = 200
 #: client would wait for. Below it the hop to a thread costs more than it saves.
 LARGE = 1000
 #: Answers larger than this many bytes are not kept (see
-#: :meth:`~idm_facade.ldap.server.LDAPServerFactory.keep_answer` for the whole table's bound).
+#: :meth:`~idm_facade.ldap.server.LDAPFactory.keep_answer` for the whole table's bound).
 ANSWER_CACHE_MAX_BYTES = 64 << 10
 
 

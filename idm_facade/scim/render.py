@@ -36,8 +36,6 @@ from schemas.attributes import ACCOUNT, ATTRIBUTES, BOOLEAN, DATETIME, MUNICIPAL
 _CACHE_KEY: CacheKey[BoundedDict] = CacheKey("scim.render")
 _CACHE_LIMIT = 200_000
 _cache_bytes = 512 << 20
-
-
 _RENDER_BYTES = metrics.CACHE_BYTES.labels("scim_render")
 
 
