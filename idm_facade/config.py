@@ -45,7 +45,7 @@ SCHEMA: dict[str, Any] = {
         "base_dn": str, "anonymous": bool, "anonymous_policy": str, "posix": bool,
         "tls_cert": str, "tls_key": str, "tls_hostname": str, "member_attributes": _STRINGS,
         "units_root": str, "max_pdu": int, "idle_timeout": _NUMBER, "size_limit": int,
-        "render_cache_mb": _NUMBER, "answer_cache_mb": _NUMBER,
+        "render_cache_mb": _NUMBER, "answer_cache_mb": _NUMBER, "require_tls": bool,
         "time_limit": _NUMBER, "page_ttl": _NUMBER, "max_paged_searches": int,
         "max_connections": int, "threads": int,
         "upstream": {"urls": _STRINGS, "dn_template": str, "search_base": str,

@@ -381,6 +381,34 @@ def test_starttls_ldaps_and_whoami(server):
     assert c3.start_tls() and c3.bind()
 
 
+def test_require_tls_refuses_service_account_binds_in_clear(demo_db, tmp_path):
+    """``[ldap] require_tls``: a service account's secret only over LDAPS or after StartTLS
+    (for a client whose policy shows CPR numbers, say); in clear its bind gets 13
+    confidentialityRequired, as slapd's ``security simple_bind=`` answers, before the secret
+    is checked. Off by default."""
+    from tests.serving import ldap_bind, served_copy
+
+    with served_copy(demo_db, tmp_path, "[ldap]\nrequire_tls = true\n",
+                     (("app", "ldap", "default"),), ldaps=True) as copy:
+        assert copy.serving is not None
+        url, dn, secret = copy.serving.ldap_url, copy.bind_dn("app"), copy.secrets["app"]
+        with pytest.raises(ldap.CONFIDENTIALITY_REQUIRED):
+            ldap_bind(url, dn, secret, timeout=20)
+        with pytest.raises(ldap.CONFIDENTIALITY_REQUIRED):
+            ldap_bind(url, dn, "wrong", timeout=20)  # the same answer: nothing checked
+        conn = ldap_bind(url, dn, secret, timeout=20, starttls=True)
+        assert conn.whoami_s() == f"dn:{dn}"
+        conn.unbind_s()
+        conn = ldap_bind(f"ldaps://127.0.0.1:{copy.serving.ldap_ports[1]}", dn, secret,
+                         timeout=20)
+        assert conn.whoami_s() == f"dn:{dn}"
+        conn.unbind_s()
+        audit = AuditLog(make_engine(copy.db))
+        statuses = [r.status for r in audit.query() if r.operation == "bind"]
+        audit.close()
+        assert statuses == ["13 no TLS", "13 no TLS", "success", "success"], statuses
+
+
 def test_garbage_and_tls_hello_close_the_connection(server):
     for junk in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"x" * 64,
                  b"GET / HTTP/1.0\r\n\r\n", b"\x30\x84\x7f\xff\xff\xff" + b"\x00" * 32):

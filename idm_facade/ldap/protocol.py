@@ -41,6 +41,7 @@ from idm_facade.ldap.persons import Verdict
 from idm_facade.ldap.search import (
     AUTH_METHOD_NOT_SUPPORTED,
     BUSY,
+    CONFIDENTIALITY_REQUIRED,
     INVALID_CREDENTIALS,
     OPERATIONS_ERROR,
     OTHER,
@@ -572,6 +573,10 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 bound_in = snapshot
                 verdict = persons.bind(dn, secret, self._host(), snapshot, layout,
                                        self.tls_active)
+            elif self.factory.settings.clients_require_tls and not self.tls_active:
+                # a service account's secret, refused in clear before it is checked
+                verdict = plain(CONFIDENTIALITY_REQUIRED, "binds need TLS here: use LDAPS or "
+                                "StartTLS", f"{CONFIDENTIALITY_REQUIRED} no TLS")
             else:
                 def check(client: Client | None) -> Verdict:
                     if client is None:

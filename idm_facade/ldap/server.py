@@ -52,6 +52,9 @@ class Settings:
     #: Bytes of finished answers kept for repeats (``answer_cache_mb``; see
     #: :meth:`LDAPFactory.keep_answer`).
     answer_cache_bytes: int = 64 << 20
+    #: Refuse service-account binds without TLS with 13 (``[ldap] require_tls``; person
+    #: binds have their own setting, on by default: ``[ldap.persons] require_tls``).
+    clients_require_tls: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -65,6 +68,7 @@ class Settings:
             max_pages=int(section.get("max_paged_searches", cls.max_pages)),
             max_connections=int(section.get("max_connections", cls.max_connections)),
             answer_cache_bytes=int(float(section.get("answer_cache_mb", 64)) * (1 << 20)),
+            clients_require_tls=bool(section.get("require_tls", False)),
         )
 
 
