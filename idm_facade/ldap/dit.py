@@ -214,10 +214,13 @@ class Layout:
     group_by_cn: dict[str, str] = field(default_factory=dict)
     line_root: str | None = None
     #: Encoded entries (bounded by the options' ``render_cache_bytes``) and static ones.
-    cache: BoundedDict = field(default_factory=lambda: BoundedDict(512 << 20, 400_000))
+    cache: BoundedDict = field(init=False)
     #: Filters translated once per shape (:mod:`idm_facade.ldap.filtershape`).
     filters: dict[tuple, Any] = field(default_factory=dict)
     lock: Lock = field(default_factory=Lock)
+
+    def __post_init__(self) -> None:
+        self.cache = BoundedDict(self.options.render_cache_bytes, 400_000)
 
     @property
     def containers(self) -> dict[str, str]:
@@ -283,7 +286,8 @@ def options_from(config: Any, snapshot: Snapshot) -> LdapOptions:
         units_root=section.get("units_root"),
         member_attributes=tuple(members),
         posix=bool(section.get("posix", False)),
-        render_cache_bytes=int(float(section.get("render_cache_mb", 512)) * (1 << 20)),
+        render_cache_bytes=int(float(section.get(
+            "render_cache_mb", LdapOptions.render_cache_bytes >> 20)) * (1 << 20)),
     )
 
 
@@ -324,8 +328,7 @@ def _pick_root(snapshot: Snapshot, roots: list[Entry], wanted: str | None) -> st
 def build_layout(snapshot: Snapshot, options: LdapOptions) -> Layout:
     """Compute every DN of one snapshot."""
     base = options.base_dn
-    layout = Layout(options=options, base=base, base_norm=parse_dn(base),
-                    cache=BoundedDict(options.render_cache_bytes, 400_000))
+    layout = Layout(options=options, base=base, base_norm=parse_dn(base))
     people = f"ou={PEOPLE},{base}"
     groups = f"ou={GROUPS},{base}"
     units_top = f"ou={UNITS},{base}"

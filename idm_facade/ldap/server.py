@@ -67,7 +67,8 @@ class Settings:
             page_ttl=float(section.get("page_ttl", cls.page_ttl)),
             max_pages=int(section.get("max_paged_searches", cls.max_pages)),
             max_connections=int(section.get("max_connections", cls.max_connections)),
-            answer_cache_bytes=int(float(section.get("answer_cache_mb", 64)) * (1 << 20)),
+            answer_cache_bytes=int(float(section.get(
+                "answer_cache_mb", cls.answer_cache_bytes >> 20)) * (1 << 20)),
             clients_require_tls=bool(section.get("require_tls", False)),
         )
 

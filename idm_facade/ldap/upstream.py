@@ -415,7 +415,7 @@ class UpstreamPool:
         """A password check of a name no account has (:attr:`_nobody`), made exactly as
         :meth:`verify` checks a person's: the same code, the same bind on a pooled
         connection, and upstream the same work, a name looked up and refused. (An anonymous
-        bind took measurably less: the upstream answers it without looking anything up.) No
+        bind would take measurably less: the upstream looks nothing up for it.) No
         real account gets a failed logon. Fires with the check's :class:`Outcome` (REFUSED,
         or BUSY or UNAVAILABLE when the upstream cannot answer); never fails. A refusal
         decided by the facade takes as long as a check this way."""

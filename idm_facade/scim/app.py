@@ -166,7 +166,8 @@ class ScimService:
         section = facade.config.section("scim")
         self.cache_bytes = int(float(section.get("response_cache_mb",
                                                  DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
-        render_module.configure(int(float(section.get("render_cache_mb", 512)) * 1024 * 1024))
+        render_module.configure(int(float(section.get(
+            "render_cache_mb", render_module.RENDER_CACHE_BYTES >> 20)) * 1024 * 1024))
         self._bases: dict[tuple, str] = {}
         self.limits = Limits.from_config(facade.config)
         from idm_facade.access.audit import AccessRecord, AuditUnavailable

@@ -35,7 +35,9 @@ from schemas.attributes import ACCOUNT, ATTRIBUTES, BOOLEAN, DATETIME, MUNICIPAL
 #: :func:`configure`.
 _CACHE_KEY: CacheKey[BoundedDict] = CacheKey("scim.render")
 _CACHE_LIMIT = 200_000
-_cache_bytes = 512 << 20
+#: Default of ``[scim] render_cache_mb``, in bytes.
+RENDER_CACHE_BYTES = 512 << 20
+_cache_bytes = RENDER_CACHE_BYTES
 _RENDER_BYTES = metrics.CACHE_BYTES.labels("scim_render")
 
 
