@@ -50,7 +50,8 @@ SCHEMA: dict[str, Any] = {
         "max_connections": int, "threads": int,
         "upstream": {"urls": _STRINGS, "dn_template": str, "search_base": str,
                      "search_filter": str, "bind_dn": str, "bind_password": str,
-                     "ca_file": str, "starttls": bool, "timeout": _NUMBER, "pool_size": int},
+                     "ca_file": str, "starttls": bool, "timeout": _NUMBER, "pool_size": int,
+                     "require_tls": bool},
         "persons": {"policy": str, "upn_suffixes": _STRINGS, "domains": _STRINGS,
                     "require_tls": bool,
                     **{f"{who}_{name}": kind for who in ("account", "address")

@@ -5,7 +5,7 @@ What runs, all on loopback:
 
 - a slapd playing the municipality's AD, holding the person's password (tests/upstream_ldap.py);
 - ``idm-facade serve`` over a copy of the S demo store with ``[ldap] posix = true`` and
-  ``[ldap.upstream]`` pointing at that slapd;
+  ``[ldap.upstream]`` pointing at that slapd over LDAPS (its test CA);
 - nslcd (from libnss-ldapd/libpam-ldapd) configured against the facade, with a facade service
   account to look users up, over StartTLS (person binds need TLS); pam_ldap asks nslcd,
   nslcd binds to the facade as the person;
@@ -76,7 +76,9 @@ def main() -> int:
         upstream = UpstreamDirectory(folder / "upstream", {user: password})
         upstream.start()
         (folder / "facade").mkdir()
-        config = (f'[ldap]\nposix = true\n[ldap.upstream]\nurls = ["{upstream.url}"]\n'
+        # The facade checks the password over LDAPS, trusting the upstream's test CA.
+        config = (f'[ldap]\nposix = true\n[ldap.upstream]\nurls = ["{upstream.ldaps_url}"]\n'
+                  f'ca_file = "{upstream.ca_file}"\n'
                   f'dn_template = "uid={{username}},ou=people,{BASE}"\n')
         try:
             with served_copy(db, folder / "facade", config,

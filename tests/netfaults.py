@@ -85,13 +85,21 @@ class FakeAD(_Listener):
     data 532, v4563"), which AD gives only to whoever typed the right password (52e is the
     answer to a wrong one). ``users`` is {DN: (password, sub-code for the right password or
     None for success)}; with ``accept_all`` every bind with a password succeeds (a
-    misconfigured directory). Requests are decoded, and answers encoded, by ldaptor, not by
+    misconfigured directory); with ``signing_required`` every simple bind with a password
+    gets strongerAuthRequired, as from a domain controller that requires LDAP signing and
+    is reached without TLS. Requests are decoded, and answers encoded, by ldaptor, not by
     the code under test. Anything but a bind is answered with protocolError."""
 
+    #: What such a domain controller says (its DSID and version part vary by build).
+    SIGNING_REQUIRED = ("00002028: LdapErr: DSID-0C090259, comment: The server requires "
+                        "binds to turn on integrity checking if SSL\\TLS are not already "
+                        "active on the connection, data 0, v4563")
+
     def __init__(self, users: dict[str, tuple[str, str | None]],
-                 accept_all: bool = False) -> None:
+                 accept_all: bool = False, signing_required: bool = False) -> None:
         self.users = users
         self.accept_all = accept_all
+        self.signing_required = signing_required
         super().__init__()
 
     @staticmethod
@@ -109,6 +117,8 @@ class FakeAD(_Listener):
         if not isinstance(request, pureldap.LDAPBindRequest):
             return 2, "only binds here"
         dn, password = request.dn.decode(), request.auth.decode()
+        if self.signing_required and password:
+            return 8, self.SIGNING_REQUIRED
         if not dn and not password or self.accept_all and password:
             return 0, ""
         known = self.users.get(dn)

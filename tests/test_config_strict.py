@@ -181,3 +181,27 @@ def test_named_tables_need_good_unique_names() -> None:
             read(twice)
         assert [t.name for t in read(Config({"provisioning": {key: [
             {"name": "a", **extra}, {"name": "b.c", **extra}]}}))] == ["a", "b.c"]
+
+
+_DC = '[ldap.upstream]\ndn_template = "uid={username},ou=people,dc=kommune,dc=test"\n'
+
+
+def test_an_upstream_in_clear_is_refused_at_start(tmp_path: Path, demo_db: str) -> None:
+    """Every person's password goes to the upstream as typed: an ``ldap://`` URL without
+    StartTLS is refused at start, naming the URL and the ways out (one of them, for a path
+    nobody can listen on, ``require_tls = false``); TLS either way is taken."""
+    from idm_facade.ldap.bind_settings import UpstreamSettings
+
+    path = tmp_path / "idm.toml"
+    path.write_text(_DC + 'urls = ["ldaps://dc1.kommune.test", "ldap://dc2.kommune.test"]\n')
+    result = _serve("--db", copy_store(demo_db, tmp_path / "s.db"), "--config", str(path))
+    assert result.returncode == 2
+    text = _short(result)
+    assert "[ldap.upstream] urls: 'ldap://dc2.kommune.test' would send persons' passwords " \
+           "to the upstream in clear: use ldaps:// or starttls = true" in text, text
+    for table in ('urls = ["ldaps://dc1", "ldaps://dc2"]\n',
+                  'urls = ["ldap://dc1"]\nstarttls = true\n',
+                  'urls = ["ldap://127.0.0.1:3890"]\nrequire_tls = false\n'):
+        path.write_text(_DC + table)
+        settings = UpstreamSettings.from_config(load_config(path, env={}))
+        assert settings is not None and settings.urls[0].startswith("ldap")

@@ -86,10 +86,12 @@ def upstream(people: People, tmp_path_factory: pytest.TempPathFactory
 def _config(urls: list[str], *, extra_upstream: str = "", persons: str = "",
             more: str = "", require_tls: bool = False) -> str:
     """Person binds against ``urls``; over plain LDAP unless ``require_tls`` (these tests
-    talk over loopback; the default, TLS required, has a test of its own)."""
+    talk over loopback; the default, TLS required, has a test of its own), and to the
+    upstream in clear where ``urls`` say so (TLS to it has a test of its own too)."""
     quoted = ", ".join(f'"{u}"' for u in urls)
     return (f'[ldap.upstream]\nurls = [{quoted}]\n'
             f'dn_template = "uid={{username}},ou=people,{BASE}"\ntimeout = 2\n'
+            f'require_tls = false\n'
             f'{extra_upstream}\n'
             f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n{persons}\n'
             f'require_tls = {str(require_tls).lower()}\n{more}')
@@ -197,8 +199,10 @@ def test_person_binds_need_tls_by_default(people: People, upstream: UpstreamDire
     which is slapd's answer under ``security simple_bind=`` (slapd.conf(5)) and RFC 4513's
     advice for simple binds without confidentiality (§5.1.3, §6.3.1). Nothing is checked or
     counted for such a bind; the record names whose password crossed the network in clear.
-    Service accounts bind in clear as before."""
-    config = _config([upstream.url]).replace("require_tls = false\n", "")
+    Service accounts bind in clear as before. Both hops as by default: the facade checks
+    the password over LDAPS (TLS to the upstream is required by default too)."""
+    config = _config([upstream.ldaps_url], extra_upstream=f'ca_file = "{upstream.ca_file}"\n'
+                     ).replace("require_tls = false\n", "")
     assert "require_tls" not in config
     with _serve(people, tmp_path, config, (("app", "ldap", "default"),), ldaps=True) as copy:
         url = copy.serving.ldap_url
@@ -311,6 +315,38 @@ def test_an_upstream_that_accepts_anything_lets_no_refused_name_in(people: Peopl
             statuses = [r.status for r in audit.query(client=f"person:{people.leaver}")]
             audit.close()
             assert statuses == ["49 no current engagement"] * 2 + ["49 locked out"]
+    finally:
+        fake.close()
+
+
+def test_an_upstream_that_takes_binds_only_over_tls_is_named_in_the_log(
+        people: People, tmp_path: Path) -> None:
+    """Domain controllers that require LDAP signing, the default of new Windows Server 2025
+    forests ("LDAP signing for Active Directory Domain Services" and "Domain controller:
+    LDAP server signing requirements" on learn.microsoft.com: "If signing is required, then
+    LDAP simple binds not using SSL are rejected"), answer a simple bind in clear with
+    strongerAuthRequired (8) and "00002028 ... requires binds to turn on integrity
+    checking". Persons then get 52, a known name as an unknown one, and the log tells the
+    administrator what to change; the facade starts with such a URL only under
+    ``require_tls = false``, so this is a deployment that said it knew better."""
+    user = people.active[0]
+    fake = FakeAD({f"uid={user},ou=people,{BASE}": ("pw", None)}, signing_required=True)
+    try:
+        with _serve(people, tmp_path, _config([f"ldap://127.0.0.1:{fake.port}"])) as copy:
+            url = copy.serving.ldap_url
+            assert _code(url, f"{user}@{UPN}", "pw") == ldap.UNAVAILABLE.errnum
+            assert _code(url, f"nobody-here@{UPN}", "pw") == ldap.UNAVAILABLE.errnum
+            deadline = time.monotonic() + 10
+            while "starttls = true" not in copy.serving.output() and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+            said = copy.serving.output()
+            assert "result code 8: 00002028" in said, said
+            assert "use an ldaps:// URL or starttls = true in [ldap.upstream]" in said, said
+            audit = AuditLog(make_engine(copy.db))
+            assert audit.query(client=f"person:{user}")[-1].status == \
+                "52 upstream unavailable"
+            audit.close()
     finally:
         fake.close()
 
@@ -504,7 +540,10 @@ def test_search_then_bind_and_address_lockout(people: People, upstream: Upstream
                                               tmp_path: Path) -> None:
     from tests.upstream_ldap import ADMIN, ADMIN_PASSWORD
 
-    search = (f'[ldap.upstream]\nurls = ["{upstream.url}"]\nsearch_base = "{BASE}"\n'
+    # The search account's password and the persons' go to the upstream over StartTLS.
+    url = upstream.url.replace("127.0.0.1", "localhost")
+    search = (f'[ldap.upstream]\nurls = ["{url}"]\nsearch_base = "{BASE}"\n'
+              f'starttls = true\nca_file = "{upstream.ca_file}"\n'
               f'search_filter = "(&(objectClass=inetOrgPerson)(uid={{username}}))"\n'
               f'bind_dn = "{ADMIN}"\nbind_password = "{ADMIN_PASSWORD}"\n'
               f'[ldap.persons]\nupn_suffixes = ["{UPN}"]\ndomains = ["{DOMAIN}"]\n'

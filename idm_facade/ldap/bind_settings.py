@@ -31,6 +31,10 @@ class UpstreamSettings:
     starttls: bool = False
     timeout: float = 5.0
     pool_size: int = 8
+    #: Refuse, at start, an upstream reached in clear (an ``ldap://`` URL without StartTLS):
+    #: every person's password, and the search account's, would cross the network as typed.
+    #: False only where nobody can listen on the path, such as loopback.
+    require_tls: bool = True
 
     @classmethod
     def from_config(cls, config: Any) -> UpstreamSettings | None:
@@ -64,6 +68,15 @@ class UpstreamSettings:
         ca_file = table.get("ca_file")
         if ca_file is not None and not Path(str(ca_file)).is_file():
             raise UpstreamConfigError(f"[ldap.upstream] ca_file {ca_file!r} does not exist")
+        starttls = bool(table.get("starttls", False))
+        clear = [u for u in urls if urlsplit(u).scheme == "ldap"] if not starttls else []
+        if clear and table.get("require_tls", cls.require_tls):
+            # Windows Server 2025 domain controllers refuse such binds by default anyway
+            # (strongerAuthRequired): LDAP signing is required on new forests.
+            raise UpstreamConfigError(
+                f"[ldap.upstream] urls: {clear[0]!r} would send persons' passwords to the "
+                f"upstream in clear: use ldaps:// or starttls = true (require_tls = false "
+                f"allows it where nobody can listen on the path, such as loopback)")
         try:
             timeout = float(table.get("timeout", cls.timeout))
             pool_size = int(table.get("pool_size", cls.pool_size))
@@ -75,8 +88,8 @@ class UpstreamSettings:
                    search_base=str(base) if base else None, search_filter=search_filter,
                    bind_dn=table.get("bind_dn"), bind_password=table.get("bind_password"),
                    ca_file=str(ca_file) if ca_file else None,
-                   starttls=bool(table.get("starttls", False)), timeout=timeout,
-                   pool_size=pool_size)
+                   starttls=starttls, timeout=timeout, pool_size=pool_size,
+                   require_tls=bool(table.get("require_tls", cls.require_tls)))
 
 
 class PersonsConfigError(ValueError):

@@ -72,6 +72,11 @@ _REFUSALS = {32, 34, 48, 49, 50, 53}
 #: clients use (Spring Security's ActiveDirectoryLdapAuthenticationProvider, SUB_ERROR_CODE).
 _AD_SUBCODE = re.compile(r".*data\s([0-9a-f]{3,4}).*", re.DOTALL)
 _AD_OUTCOMES = {0x532: Outcome.EXPIRED, 0x773: Outcome.MUST_CHANGE}
+#: Said with strongerAuthRequired (8) or confidentialityRequired (13): the upstream takes
+#: simple binds only over TLS, as domain controllers that require LDAP signing do (the
+#: default of new Windows Server 2025 forests). The person gets 52 until it is fixed.
+_NEEDS_TLS = (" (the upstream takes binds only over TLS: use an ldaps:// URL or "
+              "starttls = true in [ldap.upstream])")
 
 #: The largest LDAP message ID (RFC 4511 §4.1.1: ``MessageID ::= INTEGER (0 .. maxInt)``).
 MAX_MESSAGE_ID = 2**31 - 1
@@ -353,8 +358,8 @@ class UpstreamPool:
         code, message = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
         if code != 0:
             # AD's message says why ("data 532": the search account's password expired)
-            log.error("LDAP upstream: the search account's bind was refused (%d): %s",
-                      code, message[:200])
+            log.error("LDAP upstream: the search account's bind was refused (%d): %s%s",
+                      code, message[:200], _NEEDS_TLS if code in (8, 13) else "")
             raise _Unavailable(f"search bind refused ({code})")
         found: list[str] = []
         done: defer.Deferred = defer.Deferred()
@@ -430,7 +435,9 @@ class UpstreamPool:
             if found is not None:
                 return _AD_OUTCOMES.get(int(found.group(1), 16), Outcome.REFUSED)
             return Outcome.REFUSED
-        log.warning("LDAP upstream answered a bind with result code %d", code)
+        hint = _NEEDS_TLS if code in (8, 13) else ""
+        log.warning("LDAP upstream answered a bind with result code %d: %s%s", code,
+                    message[:200] or "(no message)", hint)
         return Outcome.UNAVAILABLE
 
     @defer.inlineCallbacks
