@@ -19,7 +19,9 @@ facade's job (slapd's ``remoteauth`` overlay: a local entry per user, the passwo
 by the same upstream), and HAProxy copying TCP, the cost of the hop alone.
 
 Person binds need TLS by default, so the facade and slapd are measured over LDAPS too (the
-connections stay open: one handshake, then each record encrypted).
+connections stay open: one handshake, then each record encrypted); and the facade as it runs
+by default, with TLS on both hops (LDAPS from the client, LDAPS to the upstream, whose pooled
+connections keep their sessions).
 
 usage: python -m bench.person_bind_bench [--size S] [--seconds 5] [--procs 2] [--rounds 3]
 """
@@ -117,7 +119,7 @@ def main() -> None:
     print(f"# load average at the start: {os.getloadavg()[0]:.2f}")
     print(f"# {args.size}: {len(users)} active accounts, each a user of the upstream slapd")
     rows = ("client", "direct", "haproxy", "remoteauth", "facade", "facade2", "direct_tls",
-            "facade_tls")
+            "facade_tls", "facade_tls2")
     results: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in rows}
     cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -139,11 +141,15 @@ def main() -> None:
                   f'address_lockout_after = 1000000\n'
                   # in clear on loopback, as the direct binds it is compared with
                   f'require_tls = false\n')
+        # The defaults: LDAPS to the upstream too (checked against its test CA).
+        both = config.replace(f'["{upstream.url}"]', f'["{upstream.ldaps_url}"]').replace(
+            "require_tls = false\n", f'ca_file = "{upstream.ca_file}"\n', 1)
         servers = {}
-        for label, workers in (("facade", 1), ("facade2", 2)):
+        for label, workers, text in (("facade", 1, config), ("facade2", 2, config),
+                                     ("facade_tls2", 1, both)):
             (folder / label).mkdir()
             servers[label] = stack.enter_context(served_copy(
-                db, folder / label, config, (("bench", "ldap", "default"),), workers=workers,
+                db, folder / label, text, (("bench", "ldap", "default"),), workers=workers,
                 ldaps=True))
         one = servers["facade"].serving
         assert one is not None
@@ -170,6 +176,10 @@ def main() -> None:
                                              args.seconds))
             results["facade_tls"].append(run(f"ldaps://127.0.0.1:{one.ldap_ports[1]}", via,
                                              args.procs, args.seconds))
+            tls2 = servers["facade_tls2"].serving
+            assert tls2 is not None
+            results["facade_tls2"].append(run(f"ldaps://127.0.0.1:{tls2.ldap_ports[1]}", via,
+                                              args.procs, args.seconds))
     print(f"\n{args.procs} client processes, persistent connections, {args.seconds:.0f} s "
           f"per round, {args.rounds} rounds alternating; median (range) of the rounds\n")
     print("| target | binds/s | errors | p50 ms | p99 ms |")
@@ -181,7 +191,8 @@ def main() -> None:
               "remoteauth": "slapd remoteauth, checked by the same upstream (local DN)",
               "client": "idm-facade service-account bind (no upstream)",
               "direct_tls": "slapd direct over LDAPS",
-              "facade_tls": "idm-facade person bind over LDAPS (upstream in clear)"}
+              "facade_tls": "idm-facade person bind over LDAPS (upstream in clear)",
+              "facade_tls2": "idm-facade person bind, LDAPS on both hops (the defaults)"}
     median = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
     for name in rows:
         rate, errors, p50, p99 = median[name]
@@ -194,8 +205,9 @@ def main() -> None:
         ratio = median[name][0] / median["direct"][0]
         print(f"{labels[name]} / direct binds per second: {ratio:.2f} (target >= 0.5; "
               f"floor: slapd direct binds, the upstream itself)")
-    print(f"{labels['facade_tls']} / {labels['direct_tls']}: "
-          f"{median['facade_tls'][0] / median['direct_tls'][0]:.2f}")
+    for name in ("facade_tls", "facade_tls2"):
+        print(f"{labels[name]} / {labels['direct_tls']}: "
+              f"{median[name][0] / median['direct_tls'][0]:.2f}")
     for name in ("haproxy", "remoteauth"):
         print(f"{labels[name]} / direct: {median[name][0] / median['direct'][0]:.2f}; "
               f"the facade's person bind / it: {median['facade'][0] / median[name][0]:.2f}")

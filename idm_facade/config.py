@@ -53,7 +53,7 @@ SCHEMA: dict[str, Any] = {
                      "ca_file": str, "starttls": bool, "timeout": _NUMBER, "pool_size": int,
                      "require_tls": bool},
         "persons": {"policy": str, "upn_suffixes": _STRINGS, "domains": _STRINGS,
-                    "require_tls": bool,
+                    "require_tls": bool, "address_exempt": _STRINGS,
                     **{f"{who}_{name}": kind for who in ("account", "address")
                        for name, kind in (("delay_after", int), ("first_delay", _NUMBER),
                                           ("max_delay", _NUMBER), ("lockout_after", int),

@@ -566,6 +566,36 @@ def test_search_then_bind_and_address_lockout(people: People, upstream: Upstream
         audit.close()
 
 
+@pytest.mark.parametrize("exempt", [False, True])
+def test_a_system_that_logs_people_in_is_not_locked_for_their_typos(
+        people: People, upstream: UpstreamDirectory, tmp_path: Path, exempt: bool) -> None:
+    """Nextcloud, GitLab or a terminal server's nslcd bind as everyone who logs in through
+    them, all from one address. Counted per address, everyone's typos together slow down
+    and then lock every login through such a system. Listed in ``address_exempt``, its
+    failures count per account only: one typo each from four people leaves the next login
+    through it working, and an account is still locked by its own failures. Unlisted (the
+    control), the same four typos lock the address."""
+    persons = ("address_delay_after = 100\naddress_lockout_after = 3\n"
+               "account_delay_after = 100\naccount_lockout_after = 3\n"
+               + ('address_exempt = ["10.9.8.0/24", "127.0.0.0/8"]\n' if exempt else ""))
+    with _serve(people, tmp_path, _config([upstream.url], persons=persons)) as copy:
+        url = copy.serving.ldap_url
+        first, second = people.active[0], people.active[1]
+        for user in people.active:
+            assert _code(url, f"{user}@{UPN}", "typo") == ldap.INVALID_CREDENTIALS.errnum
+        assert _code(url, f"{first}@{UPN}", people.passwords[first]) == \
+            (0 if exempt else ldap.INVALID_CREDENTIALS.errnum)
+        if exempt:
+            for _ in range(2):  # the second person's own third failure locks their account
+                assert _code(url, f"{DOMAIN}\\{second}", "typo") == \
+                    ldap.INVALID_CREDENTIALS.errnum
+            assert _code(url, f"{second}@{UPN}", people.passwords[second]) == \
+                ldap.INVALID_CREDENTIALS.errnum
+            audit = AuditLog(make_engine(copy.db))
+            assert audit.query(client=f"person:{second}")[-1].status == "49 locked out"
+            audit.close()
+
+
 def test_a_leaver_is_unbound_on_an_open_connection(people: People,
                                                    upstream: UpstreamDirectory,
                                                    tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ code would start Twisted's reactor in the parent, whose epoll the workers would 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,23 @@ class PersonSettings:
     require_tls: bool = True
     account: ThrottleSettings = ThrottleSettings()
     address: ThrottleSettings = ThrottleSettings(delay_after=10, lockout_after=50)
+    #: Addresses whose failures count per account only: systems that log people in on their
+    #: behalf (Nextcloud, GitLab, a terminal server's nslcd). Counted per address, every
+    #: typo of everyone logging in through one would slow, then lock, all their logins.
+    address_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def exempt(self, host: str) -> bool:
+        """Are failures from ``host`` (a peer address as the transport gives it) left
+        uncounted per address?"""
+        if not self.address_exempt:
+            return False
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.address_exempt)
 
     @classmethod
     def from_config(cls, config: Any) -> PersonSettings:
@@ -131,6 +149,15 @@ class PersonSettings:
         require_tls = table.get("require_tls", cls.require_tls)
         if not isinstance(require_tls, bool):
             raise PersonsConfigError("[ldap.persons] require_tls must be true or false")
+        exempt = []
+        for value in table.get("address_exempt", []):
+            try:
+                exempt.append(ipaddress.ip_network(str(value), strict=False))
+            except ValueError:
+                raise PersonsConfigError(
+                    f"[ldap.persons] address_exempt: {value!r} is not an IP address or "
+                    f"network (such as 10.0.5.10 or 10.0.5.0/24)") from None
         return cls(policy=str(table.get("policy", cls.policy)),
                    upn_suffixes=lists["upn_suffixes"], domains=lists["domains"],
-                   require_tls=require_tls, account=account, address=address)
+                   require_tls=require_tls, account=account, address=address,
+                   address_exempt=tuple(exempt))

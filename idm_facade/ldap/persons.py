@@ -190,10 +190,14 @@ class PersonBinds:
         def refused(reason: str) -> Verdict:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
 
-        address = address_key(address)
-        locked = self.addresses.locked(address) or self.accounts.locked(account_key)
-        wait = 0.0 if locked else max(self.addresses.delay(address),
-                                      self.accounts.delay(account_key))
+        # A system that logs many people in (settings.address_exempt) is not slowed or
+        # locked for their typos together: its failures count per account only.
+        source = None if self.settings.exempt(address) else address_key(address)
+        locked = self.accounts.locked(account_key) or \
+            source is not None and self.addresses.locked(source)
+        wait = 0.0 if locked else max(
+            self.addresses.delay(source) if source is not None else 0.0,
+            self.accounts.delay(account_key))
 
         def check(_: Any = None) -> Any:
             if locked:
@@ -229,7 +233,8 @@ class PersonBinds:
                                f"52 upstream unavailable{aside}")
             if decided != "locked out":  # a lockout is not prolonged by more attempts
                 self.accounts.failed(account_key)
-                self.addresses.failed(address)
+                if source is not None:
+                    self.addresses.failed(source)
             return refused(decided or "wrong password")
 
         d = task.deferLater(self.reactor, wait, check) if wait else defer.maybeDeferred(check)
