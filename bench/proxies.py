@@ -9,21 +9,24 @@ client and the directory that checks its password (bench/person_bind_bench.py).
   connection to the remote directory for every bind (``remoteauth_bind`` in
   servers/slapd/overlays/remoteauth.c calls ``ldap_initialize`` and ``ldap_connect`` each
   time), where the facade keeps a pool.
-- :func:`haproxy_tcp`: HAProxy in TCP mode, copying bytes without reading them: the cost of
-  one more hop on the path and nothing else, an upper bound for any proxy.
+- :func:`haproxy_tcp` (from tests/balancer.py): HAProxy in TCP mode, copying bytes without
+  reading them: the cost of one more hop on the path and nothing else, an upper bound for any
+  proxy.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.balancer import haproxy_tcp
 from tests.ports import free_port, wait_listening
+
+__all__ = ["REMOTEAUTH_BASE", "haproxy_tcp", "slapd_remoteauth"]
 
 REMOTEAUTH_CONF = """include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -46,6 +49,9 @@ remoteauth_default_domain upstream
 remoteauth_default_realm {remote}
 remoteauth_retry_count 1
 """
+
+#: The local entries of :func:`slapd_remoteauth`: ``uid=<username>,ou=people,<REMOTEAUTH_BASE>``.
+REMOTEAUTH_BASE = "dc=remoteauth,dc=test"
 
 #: The local entries of :func:`slapd_remoteauth`: ``uid=<username>,ou=people,<REMOTEAUTH_BASE>``.
 REMOTEAUTH_BASE = "dc=remoteauth,dc=test"
@@ -99,21 +105,3 @@ def slapd_remoteauth(folder: Path, remote_url: str, remote_dns: dict[str, str]
         yield f"ldap://127.0.0.1:{port}"
     finally:
         os.kill(pid, signal.SIGTERM)
-
-
-@contextmanager
-def haproxy_tcp(folder: Path, remote_host: str, remote_port: int) -> Iterator[str]:
-    """HAProxy copying TCP to ``remote_host:remote_port``; yields its ldap:// URL."""
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = folder / "haproxy.cfg"
-    conf.write_text(HAPROXY_CONF.format(port=port, host=remote_host, remote_port=remote_port))
-    proc = subprocess.Popen([haproxy, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(port)
-        yield f"ldap://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

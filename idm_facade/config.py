@@ -47,7 +47,7 @@ SCHEMA: dict[str, Any] = {
         "units_root": str, "max_pdu": int, "idle_timeout": _NUMBER, "size_limit": int,
         "render_cache_mb": _NUMBER, "answer_cache_mb": _NUMBER, "require_tls": bool,
         "time_limit": _NUMBER, "page_ttl": _NUMBER, "max_paged_searches": int,
-        "max_connections": int, "threads": int,
+        "max_connections": int, "threads": int, "proxy_protocol_from": _STRINGS,
         "upstream": {"urls": _STRINGS, "dn_template": str, "search_base": str,
                      "search_filter": str, "bind_dn": str, "bind_password": str,
                      "ca_file": str, "starttls": bool, "timeout": _NUMBER, "pool_size": int,

@@ -207,11 +207,17 @@ def test_an_upstream_in_clear_is_refused_at_start(tmp_path: Path, demo_db: str) 
         assert settings is not None and settings.urls[0].startswith("ldap")
 
 
-def test_an_exempt_address_that_is_not_one_is_named(tmp_path: Path, demo_db: str) -> None:
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('[ldap.persons]\naddress_exempt = ["10.0.5.0/24", "nextcloud"]\n',
+     "[ldap.persons] address_exempt: 'nextcloud' is not an IP address or network"),
+    ('[ldap]\nproxy_protocol_from = ["haproxy.kommune.test"]\n',
+     "[ldap] proxy_protocol_from: 'haproxy.kommune.test' is not an IP address or network"),
+])
+def test_an_address_that_is_not_one_is_named(tmp_path: Path, demo_db: str, toml: str,
+                                             expected: str) -> None:
     path = tmp_path / "idm.toml"
-    path.write_text('[ldap.persons]\naddress_exempt = ["10.0.5.0/24", "nextcloud"]\n')
+    path.write_text(toml)
     result = _serve("--db", copy_store(demo_db, tmp_path / "s.db"), "--config", str(path))
     assert result.returncode == 2
     text = _short(result)
-    assert "[ldap.persons] address_exempt: 'nextcloud' is not an IP address or network" \
-        in text, text
+    assert expected in text, text

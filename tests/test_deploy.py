@@ -54,10 +54,12 @@ def _haproxy_config(http: int, ldap_port: int, ldaps_port: int, replicas: list[S
         assert replica.scim_base is not None
         scim = int(replica.scim_base.rsplit(":", 1)[1])
         text = text.replace(f"10.0.0.1{number}:8080", f"127.0.0.1:{scim}")
-        text = text.replace(f"10.0.0.1{number}:389 check port 8080",
-                            f"127.0.0.1:{replica.ldap_ports[0]} check port {scim}")
-        text = text.replace(f"10.0.0.1{number}:636 check port 8080",
-                            f"127.0.0.1:{replica.ldap_ports[1]} check port {scim}")
+        text = text.replace(f"10.0.0.1{number}:389 send-proxy-v2 check port 8080",
+                            f"127.0.0.1:{replica.ldap_ports[0]} send-proxy-v2 check port "
+                            f"{scim}")
+        text = text.replace(f"10.0.0.1{number}:636 send-proxy-v2 check port 8080",
+                            f"127.0.0.1:{replica.ldap_ports[1]} send-proxy-v2 check port "
+                            f"{scim}")
     assert "10.0.0." not in text
     return text
 
@@ -84,7 +86,9 @@ def test_two_replicas_behind_haproxy(postgres_url: str, tmp_path: Path) -> None:
             config = state / "idm.toml"
             config.write_text(f'[directory]\nstate_dir = "{state}"\n'
                               f'[scim]\ncursor_secret = "shared by the replicas"\n'
-                              f'[audit]\nreplica = "facade{number}"\n')
+                              f'[audit]\nreplica = "facade{number}"\n'
+                              # HAProxy, from loopback, sends the PROXY header (send-proxy-v2)
+                              f'[ldap]\nproxy_protocol_from = ["127.0.0.1"]\n')
             if number == 1:
                 registry = ClientRegistry(engine, load_config(config))
                 token = registry.add("sync", "scim", "default")
@@ -145,6 +149,14 @@ def test_two_replicas_behind_haproxy(postgres_url: str, tmp_path: Path) -> None:
         audit.close()
         names = {re.search(r"@(facade\d)/", s).group(1) for s in sources}  # type: ignore[union-attr]
         assert names == {"facade1", "facade2"}, sources
+        # The LDAP records name the client's connection, which HAProxy's PROXY header gave
+        # (without the header, from a balancer listed in proxy_protocol_from, the
+        # connections above would have been closed).
+        audit = AuditLog(engine)
+        ldap_sources = {r.source.split("@")[0] for r in audit.query(client="legacy")}
+        audit.close()
+        assert ldap_sources and all(s.startswith("ldap:127.0.0.1:") for s in ldap_sources), \
+            ldap_sources
     finally:
         if proxy is not None:
             proxy.terminate()

@@ -596,6 +596,86 @@ def test_a_system_that_logs_people_in_is_not_locked_for_their_typos(
             audit.close()
 
 
+def test_behind_a_balancer_each_client_is_counted_and_recorded_by_its_own_address(
+        people: People, upstream: UpstreamDirectory, tmp_path: Path) -> None:
+    """Through HAProxy in TCP mode every connection comes from the balancer: its failures
+    would be one address's, so a few typos anywhere would lock every login through it, and
+    the access records would name the balancer. With ``send-proxy-v2`` (deploy/haproxy.cfg)
+    and ``[ldap] proxy_protocol_from`` naming the balancer, the facade counts and records the
+    client's address: here the balancer connects from 127.0.0.2, one client from 127.0.0.3
+    (ldap3's ``source_address``) and one from 127.0.0.1. The header is believed only from
+    the balancer: another client that sends one claims nothing, and a connection from the
+    balancer without one is closed."""
+    from ldap3 import Connection, Server, Tls
+
+    from tests.balancer import haproxy_tcp
+
+    persons = "address_delay_after = 100\naddress_lockout_after = 3\n"
+    config = _config([upstream.url], persons=persons, require_tls=True) + \
+        '[ldap]\nproxy_protocol_from = ["127.0.0.2"]\n'
+    with _serve(people, tmp_path / "facade", config, ldaps=True) as copy:
+        port, ldaps_port = copy.serving.ldap_ports
+        with haproxy_tcp(tmp_path / "lb", "127.0.0.1", port,
+                         "source 127.0.0.2 send-proxy-v2") as balanced, \
+                haproxy_tcp(tmp_path / "lbs", "127.0.0.1", ldaps_port,
+                            "source 127.0.0.2 send-proxy-v2") as stack_balancer:
+            ldaps = stack_balancer.replace("ldap://", "ldaps://")
+            first, second = people.active[0], people.active[1]
+
+            def from_3(password: str) -> bool:
+                """A person bind from 127.0.0.3 through the balancer, after StartTLS."""
+                host, lb_port = balanced.removeprefix("ldap://").split(":")
+                conn = Connection(Server(host, int(lb_port), tls=Tls(validate=0)),
+                                  f"{first}@{UPN}", password, source_address="127.0.0.3",
+                                  receive_timeout=20)
+                conn.open()
+                conn.start_tls()
+                ok = bool(conn.bind())
+                conn.unbind()
+                return ok
+
+            for _ in range(3):  # 127.0.0.3's address is locked after 3 failures
+                assert not from_3("typo")
+            assert not from_3(people.passwords[first])
+            # 127.0.0.1 through the same balancer is another address: not locked.
+            assert _code(balanced, f"{second}@{UPN}", people.passwords[second],
+                         starttls=True) == 0
+            assert _code(ldaps, f"{second}@{UPN}", people.passwords[second]) == 0
+            audit = AuditLog(make_engine(copy.db))
+            records = audit.query(client=f"person:{first}") + \
+                audit.query(client=f"person:{second}")
+            audit.close()
+            hosts = sorted({r.source.split("@")[0].rsplit(":", 1)[0] for r in records})
+            assert hosts == ["ldap:127.0.0.1", "ldap:127.0.0.3"], hosts
+            assert [r.status for r in records[:4]] == ["49 wrong password"] * 3 + \
+                ["49 locked out"]
+        # Anyone else's header claims nothing: not LDAP, the connection is closed.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"PROXY TCP4 6.6.6.6 127.0.0.1 4242 389\r\n")
+            sock.settimeout(10)
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+        # From the balancer's address without a header: closed before any answer.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.2", 0))
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(bytes.fromhex("300c020101600702010304008000"))  # anonymous bind
+            try:
+                assert sock.recv(4096) == b""
+            except ConnectionResetError:
+                pass
+        assert _code(copy.serving.ldap_url, f"{second}@{UPN}", people.passwords[second],
+                     starttls=True) == 0  # the server goes on
+        audit = AuditLog(make_engine(copy.db))
+        assert not [r for r in audit.query() if "6.6.6.6" in r.source or
+                    r.source.startswith("ldap:127.0.0.2:")]
+        audit.close()
+
+
 def test_a_leaver_is_unbound_on_an_open_connection(people: People,
                                                    upstream: UpstreamDirectory,
                                                    tmp_path: Path) -> None:

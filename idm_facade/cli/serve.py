@@ -53,13 +53,16 @@ def _serve_or_fail(facade: Facade | None, host: str, scim_port: int, ldap_port: 
 
 def _check_listener_settings(config: object) -> None:
     """Read the tables otherwise read only when a listener or worker starts (person binds,
-    provisioning targets and feeds), so their errors are one line here, not a dying worker."""
+    load balancers, provisioning targets and feeds), so their errors are one line here, not
+    a dying worker."""
+    from idm_facade.access.addresses import proxy_networks
     from idm_facade.feed.settings import feeds
     from idm_facade.ldap.bind_settings import PersonSettings, UpstreamSettings
     from idm_facade.provisioning.targets import targets
 
     UpstreamSettings.from_config(config)
     PersonSettings.from_config(config)
+    proxy_networks(config)
     targets(config)
     feeds(config)
 

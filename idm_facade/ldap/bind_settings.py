@@ -5,12 +5,12 @@ code would start Twisted's reactor in the parent, whose epoll the workers would 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from idm_facade.access.addresses import Network, contains, networks
 from idm_facade.access.throttle import ThrottleConfigError, ThrottleSettings
 
 
@@ -112,20 +112,12 @@ class PersonSettings:
     #: Addresses whose failures count per account only: systems that log people in on their
     #: behalf (Nextcloud, GitLab, a terminal server's nslcd). Counted per address, every
     #: typo of everyone logging in through one would slow, then lock, all their logins.
-    address_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    address_exempt: tuple[Network, ...] = ()
 
     def exempt(self, host: str) -> bool:
         """Are failures from ``host`` (a peer address as the transport gives it) left
         uncounted per address?"""
-        if not self.address_exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.address_exempt)
+        return contains(self.address_exempt, host)
 
     @classmethod
     def from_config(cls, config: Any) -> PersonSettings:
@@ -149,15 +141,11 @@ class PersonSettings:
         require_tls = table.get("require_tls", cls.require_tls)
         if not isinstance(require_tls, bool):
             raise PersonsConfigError("[ldap.persons] require_tls must be true or false")
-        exempt = []
-        for value in table.get("address_exempt", []):
-            try:
-                exempt.append(ipaddress.ip_network(str(value), strict=False))
-            except ValueError:
-                raise PersonsConfigError(
-                    f"[ldap.persons] address_exempt: {value!r} is not an IP address or "
-                    f"network (such as 10.0.5.10 or 10.0.5.0/24)") from None
+        try:
+            exempt = networks(table.get("address_exempt"), "address_exempt")
+        except ValueError as exc:
+            raise PersonsConfigError(f"[ldap.persons] {exc}") from None
         return cls(policy=str(table.get("policy", cls.policy)),
                    upn_suffixes=lists["upn_suffixes"], domains=lists["domains"],
                    require_tls=require_tls, account=account, address=address,
-                   address_exempt=tuple(exempt))
+                   address_exempt=exempt)

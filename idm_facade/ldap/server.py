@@ -261,29 +261,44 @@ class _LDAPSFactory(LDAPFactory):
 
 
 def factories(reactor: Any, facade: Facade, ldap: bool, ldaps: bool
-              ) -> tuple[Any, LDAPFactory | None, LDAPFactory | None]:
-    """The TLS context and the factories of the plain and the LDAPS listener (None when not
-    wanted); shared by :func:`listen` and ``serve --workers``, which adopts listening sockets."""
+              ) -> tuple[Any | None, Any | None]:
+    """The factories of the plain and the LDAPS listener (None when not wanted), each to
+    listen with on a TCP port: LDAPS's wraps the LDAP factory in TLS, and each is wrapped
+    for the PROXY protocol when ``[ldap] proxy_protocol_from`` names load balancers (the
+    header comes before TLS). Shared by :func:`listen` and ``serve --workers``, which adopts
+    listening sockets."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from idm_facade.access.addresses import proxy_networks
     from idm_facade.ldap import tls
+    from idm_facade.ldap.proxied import ProxyProtocolFactory
 
     context = tls.context_factory(facade.config)
     persons = PersonBinds.from_config(facade.config, facade.clients, reactor)
     if persons is not None:
         reactor.addSystemEventTrigger("before", "shutdown", persons.close)
-    return (context, LDAPFactory(facade, reactor, context, persons) if ldap else None,
-            _LDAPSFactory(facade, reactor, context, persons) if ldaps else None)
+    balancers = proxy_networks(facade.config)
+
+    def front(factory: Any) -> Any:
+        return ProxyProtocolFactory(factory, balancers) if balancers else factory
+
+    plain = LDAPFactory(facade, reactor, context, persons) if ldap else None
+    secure = _LDAPSFactory(facade, reactor, context, persons) if ldaps else None
+    return (front(plain) if plain is not None else None,
+            # mypy cannot see zope's @implementer declarations on these two classes.
+            front(TLSMemoryBIOFactory(context, False, secure))  # type: ignore[arg-type]
+            if secure is not None else None)
 
 
 def listen(reactor: Any, facade: Facade, host: str, port: int | None,
            ldaps_port: int | None = None) -> list[IListeningPort]:
     """Start the LDAP listener (and LDAPS when ``ldaps_port`` is given) on ``host``."""
-    context, plain, secure = factories(reactor, facade, port is not None,
-                                       ldaps_port is not None)
+    plain, secure = factories(reactor, facade, port is not None, ldaps_port is not None)
     ports = []
     if plain is not None:
         ports.append(reactor.listenTCP(port, plain, interface=host))
     if secure is not None:
-        ports.append(reactor.listenSSL(ldaps_port, secure, context, interface=host))
+        ports.append(reactor.listenTCP(ldaps_port, secure, interface=host))
     for p in ports:
         address = p.getHost()
         log.info("LDAP listening on %s:%s", address.host, address.port)

@@ -33,8 +33,9 @@ _POLL = 0.05
 def _ldap_factories(ports: list[Any]) -> list[Any]:
     found = []
     for port in ports:
-        factory = getattr(port, "factory", None)
-        factory = getattr(factory, "wrappedFactory", factory)  # LDAPS: inside the TLS factory
+        factory: Any = getattr(port, "factory", None)
+        while hasattr(factory, "wrappedFactory"):  # inside TLS and the PROXY protocol
+            factory = factory.wrappedFactory
         if hasattr(factory, "open_connections"):
             found.append(factory)
     return found

@@ -104,21 +104,16 @@ class Sockets:
         return reactor.adoptStreamPort(self.http.fileno(), self.family, site)
 
     def adopt_ldap(self, reactor: Any, facade: Facade) -> list[Any]:
-        """Serve LDAP (and LDAPS, TLS in memory) on the shared sockets (in a worker)."""
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
+        """Serve LDAP (and LDAPS) on the shared sockets (in a worker)."""
         from idm_facade.ldap import server as ldap_server
 
-        context, plain, secure = ldap_server.factories(
+        plain, secure = ldap_server.factories(
             reactor, facade, self.ldap is not None, self.ldaps is not None)
         ports = []
         if plain is not None and self.ldap is not None:
             ports.append(reactor.adoptStreamPort(self.ldap.fileno(), self.family, plain))
         if secure is not None and self.ldaps is not None:
-            ports.append(reactor.adoptStreamPort(
-                self.ldaps.fileno(), self.family,
-                # mypy cannot see zope's @implementer(IProtocolFactory) on ServerFactory.
-                TLSMemoryBIOFactory(context, False, secure)))  # type: ignore[arg-type]
+            ports.append(reactor.adoptStreamPort(self.ldaps.fileno(), self.family, secure))
         return ports
 
     def close(self) -> None:

@@ -1,0 +1,51 @@
+"""Networks named in the configuration, and whether a client's address is in one.
+
+Two settings list addresses: the systems whose person-bind failures count per account only
+(``[ldap.persons] address_exempt``) and the load balancers whose PROXY protocol header is
+believed (``[ldap] proxy_protocol_from``). Both are matched here, against the address a
+connection comes from as Twisted gives it (an IPv4-mapped IPv6 address as its IPv4 one).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(values: Any, setting: str) -> tuple[Network, ...]:
+    """The networks of a list of addresses and networks (``10.0.5.10``, ``10.0.6.0/24``,
+    ``fd00::/64``); ValueError naming ``setting`` and the value that is neither."""
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        raise ValueError(f"{setting} must be a list of IP addresses or networks")
+    found = []
+    for value in values:
+        try:
+            found.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            raise ValueError(f"{setting}: {value!r} is not an IP address or network (such "
+                             f"as 10.0.5.10 or 10.0.5.0/24)") from None
+    return tuple(found)
+
+
+def contains(within: tuple[Network, ...], host: str) -> bool:
+    """Is ``host`` (an address as a transport gives it; anything else is in no network) in
+    one of ``within``?"""
+    if not within:
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in within)
+
+
+def proxy_networks(config: Any) -> tuple[Network, ...]:
+    """``[ldap] proxy_protocol_from``: the load balancers whose PROXY header is believed."""
+    section = config.section("ldap") if config is not None else {}
+    return networks(section.get("proxy_protocol_from"), "[ldap] proxy_protocol_from")
