@@ -110,8 +110,8 @@ class PersonSettings:
     account: ThrottleSettings = ThrottleSettings()
     address: ThrottleSettings = ThrottleSettings(delay_after=10, lockout_after=50)
     #: Addresses whose failures count per account only: systems that log people in on their
-    #: behalf (Nextcloud, GitLab, a terminal server's nslcd). Counted per address, every
-    #: typo of everyone logging in through one would slow, then lock, all their logins.
+    #: behalf through a login form (Nextcloud, GitLab). Counted per address, every typo of
+    #: everyone logging in through one would slow, then lock, all their logins.
     address_exempt: tuple[Network, ...] = ()
 
     def exempt(self, host: str) -> bool:
