@@ -53,23 +53,6 @@ remoteauth_retry_count 1
 #: The local entries of :func:`slapd_remoteauth`: ``uid=<username>,ou=people,<REMOTEAUTH_BASE>``.
 REMOTEAUTH_BASE = "dc=remoteauth,dc=test"
 
-#: The local entries of :func:`slapd_remoteauth`: ``uid=<username>,ou=people,<REMOTEAUTH_BASE>``.
-REMOTEAUTH_BASE = "dc=remoteauth,dc=test"
-
-HAPROXY_CONF = """global
-  maxconn 1000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend ldap
-  bind 127.0.0.1:{port}
-  default_backend upstream
-backend upstream
-  server upstream {host}:{remote_port}
-"""
-
 
 def _wait_listening(port: int) -> None:
     if not wait_listening(port):
