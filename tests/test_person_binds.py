@@ -596,8 +596,9 @@ def test_a_system_that_logs_people_in_is_not_locked_for_their_typos(
             audit.close()
 
 
+@pytest.mark.parametrize("header", ["send-proxy-v2", "send-proxy"])
 def test_behind_a_balancer_each_client_is_counted_and_recorded_by_its_own_address(
-        people: People, upstream: UpstreamDirectory, tmp_path: Path) -> None:
+        people: People, upstream: UpstreamDirectory, tmp_path: Path, header: str) -> None:
     """Through HAProxy in TCP mode every connection comes from the balancer: its failures
     would be one address's, so a few typos anywhere would lock every login through it, and
     the access records would name the balancer. With ``send-proxy-v2`` (deploy/haproxy.cfg)
@@ -616,9 +617,9 @@ def test_behind_a_balancer_each_client_is_counted_and_recorded_by_its_own_addres
     with _serve(people, tmp_path / "facade", config, ldaps=True) as copy:
         port, ldaps_port = copy.serving.ldap_ports
         with haproxy_tcp(tmp_path / "lb", "127.0.0.1", port,
-                         "source 127.0.0.2 send-proxy-v2") as balanced, \
+                         f"source 127.0.0.2 {header}") as balanced, \
                 haproxy_tcp(tmp_path / "lbs", "127.0.0.1", ldaps_port,
-                            "source 127.0.0.2 send-proxy-v2") as stack_balancer:
+                            f"source 127.0.0.2 {header}") as stack_balancer:
             ldaps = stack_balancer.replace("ldap://", "ldaps://")
             first, second = people.active[0], people.active[1]
 

@@ -24,10 +24,16 @@ def networks(values: Any, setting: str) -> tuple[Network, ...]:
     found = []
     for value in values:
         try:
-            found.append(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
+            # strict: "10.0.0.5/8" is a typo for an address or for 10.0.0.0/8, not either
+            network = ipaddress.ip_network(str(value), strict=True)
+        except ValueError as exc:
             raise ValueError(f"{setting}: {value!r} is not an IP address or network (such "
-                             f"as 10.0.5.10 or 10.0.5.0/24)") from None
+                             f"as 10.0.5.10 or 10.0.5.0/24): {exc}") from None
+        mapped = network.network_address.ipv4_mapped \
+            if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 else None
+        if mapped is not None:  # ::ffff:10.0.0.5 is matched as the IPv4 address it is
+            network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+        found.append(network)
     return tuple(found)
 
 
