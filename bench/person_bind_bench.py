@@ -16,7 +16,8 @@ Direct binds are the issue's floor, but nothing in the path can match them: ever
 two loopback crossings and two wake-ups to a bind that slapd answers in 60 us. So two
 floors that sit in the path are measured as well (bench/proxies.py): OpenLDAP doing the
 facade's job (slapd's ``remoteauth`` overlay: a local entry per user, the password checked
-by the same upstream), and HAProxy copying TCP, the cost of the hop alone.
+by the same upstream), HAProxy copying TCP, the cost of the hop alone, and a byte relay on
+the facade's own stack (bench/relay.py), the cost of a hop written in Python on Twisted.
 
 Person binds need TLS by default, so the facade and slapd are measured over LDAPS too (the
 connections stay open: one handshake, then each record encrypted); and the facade as it runs
@@ -44,7 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldap  # noqa: E402
 
 from bench.datasets import demo_store, machine  # noqa: E402
-from bench.proxies import REMOTEAUTH_BASE, haproxy_tcp, slapd_remoteauth  # noqa: E402
+from bench.proxies import (  # noqa: E402
+    REMOTEAUTH_BASE,
+    haproxy_tcp,
+    slapd_remoteauth,
+    twisted_relay,
+)
 from tests.serving import served_copy  # noqa: E402
 from tests.upstream_ldap import BASE, UpstreamDirectory  # noqa: E402
 
@@ -118,8 +124,8 @@ def main() -> None:
     print(f"# machine: {machine()}")
     print(f"# load average at the start: {os.getloadavg()[0]:.2f}")
     print(f"# {args.size}: {len(users)} active accounts, each a user of the upstream slapd")
-    rows = ("client", "direct", "haproxy", "remoteauth", "facade", "facade2", "direct_tls",
-            "facade_tls", "facade_tls2")
+    rows = ("client", "direct", "haproxy", "relay", "remoteauth", "facade", "facade2",
+            "direct_tls", "facade_tls", "facade_tls2")
     results: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in rows}
     cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -132,6 +138,8 @@ def main() -> None:
             {u: f"uid={u},ou=people,{BASE}" for u in passwords}))
         haproxy = stack.enter_context(haproxy_tcp(folder / "haproxy", "127.0.0.1",
                                                   upstream.port))
+        relay, relay_pid = stack.enter_context(twisted_relay("127.0.0.1", upstream.port))
+        relay_cpu: list[float] = []
         config = (f'[ldap.upstream]\nurls = ["{upstream.url}"]\n'
                   f'dn_template = "uid={{username}},ou=people,{BASE}"\n'
                   # the upstream in clear on loopback, as the other rows reach it
@@ -164,6 +172,10 @@ def main() -> None:
             results["client"].append(run(one.ldap_url, service, args.procs, args.seconds))
             results["direct"].append(run(upstream.url, direct, args.procs, args.seconds))
             results["haproxy"].append(run(haproxy, direct, args.procs, args.seconds))
+            before = _cpu_seconds(relay_pid)
+            results["relay"].append(run(relay, direct, args.procs, args.seconds))
+            relay_cpu.append((_cpu_seconds(relay_pid) - before)
+                             / max(1.0, results["relay"][-1][0] * args.seconds))
             results["remoteauth"].append(run(remoteauth, local, args.procs, args.seconds))
             before = _cpu_seconds(one.proc.pid)
             results["facade"].append(run(one.ldap_url, via, args.procs, args.seconds))
@@ -188,6 +200,7 @@ def main() -> None:
               "facade2": "the same, `serve --workers 2`",
               "direct": "slapd direct (user DN; the issue's floor)",
               "haproxy": "through HAProxy, TCP mode (user DN; the hop alone)",
+              "relay": "through a Twisted byte relay (user DN; the hop on our stack)",
               "remoteauth": "slapd remoteauth, checked by the same upstream (local DN)",
               "client": "idm-facade service-account bind (no upstream)",
               "direct_tls": "slapd direct over LDAPS",
@@ -200,7 +213,8 @@ def main() -> None:
         print(f"| {labels[name]} | {rate:,.0f} ({low:,.0f}-{high:,.0f}) | {errors} | "
               f"{p50:.2f} | {p99:.2f} |")
     print(f"\nCPU of the one facade process per person bind: "
-          f"{statistics.median(cpu) * 1e6:.0f} us (median of the rounds)")
+          f"{statistics.median(cpu) * 1e6:.0f} us (median of the rounds); of the Twisted "
+          f"relay per bind: {statistics.median(relay_cpu) * 1e6:.0f} us")
     for name in ("facade", "facade2"):
         ratio = median[name][0] / median["direct"][0]
         print(f"{labels[name]} / direct binds per second: {ratio:.2f} (target >= 0.5; "
@@ -208,7 +222,7 @@ def main() -> None:
     for name in ("facade_tls", "facade_tls2"):
         print(f"{labels[name]} / {labels['direct_tls']}: "
               f"{median[name][0] / median['direct_tls'][0]:.2f}")
-    for name in ("haproxy", "remoteauth"):
+    for name in ("haproxy", "relay", "remoteauth"):
         print(f"{labels[name]} / direct: {median[name][0] / median['direct'][0]:.2f}; "
               f"the facade's person bind / it: {median['facade'][0] / median[name][0]:.2f}")
 

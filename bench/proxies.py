@@ -12,6 +12,9 @@ client and the directory that checks its password (bench/person_bind_bench.py).
 - :func:`haproxy_tcp` (from tests/balancer.py): HAProxy in TCP mode, copying bytes without
   reading them: the cost of one more hop on the path and nothing else, an upper bound for any
   proxy.
+- :func:`twisted_relay`: the same written on the facade's own stack (bench/relay.py, Python
+  and Twisted, bytes sent at once as the facade sends them): an upper bound for any hop
+  written in it, before it decodes, decides or records anything.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 from tests.balancer import haproxy_tcp
 from tests.ports import free_port, wait_listening
 
-__all__ = ["REMOTEAUTH_BASE", "haproxy_tcp", "slapd_remoteauth"]
+__all__ = ["REMOTEAUTH_BASE", "haproxy_tcp", "slapd_remoteauth", "twisted_relay"]
 
 REMOTEAUTH_CONF = """include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -88,3 +92,19 @@ def slapd_remoteauth(folder: Path, remote_url: str, remote_dns: dict[str, str]
         yield f"ldap://127.0.0.1:{port}"
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+@contextmanager
+def twisted_relay(remote_host: str, remote_port: int) -> Iterator[tuple[str, int]]:
+    """bench/relay.py copying to ``remote_host:remote_port``; yields (its ldap:// URL, its
+    process id)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.relay", remote_host,
+                             str(remote_port), str(port)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        _wait_listening(port)
+        yield f"ldap://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
