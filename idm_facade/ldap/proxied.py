@@ -16,8 +16,9 @@ is served as it comes.
 Where the header gives no client address (version 1 ``UNKNOWN``, which HAProxy sends for a
 client that came over a unix socket; version 2 ``LOCAL``, its health checks; a unix-socket
 source), the connection counts as the balancer's, as the specification says it must.
-Twisted's own PROXY wrapper refuses ``UNKNOWN``, a header split before its 16th byte, and
-does not check that a version 1 address is one; hence this module.
+Twisted's own PROXY wrapper refuses the short ``PROXY UNKNOWN`` line and a header split
+before its 16th byte, closes a connection without a word in the log, and takes any text for
+a version 1 address; hence this module.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class _ProxiedConnection(policies.ProtocolWrapper):
     def __init__(self, factory: Any, wrapped: Any) -> None:
         super().__init__(factory, wrapped)
         self._head = b""
-        self._done = False
+        self._done = False  # the header is read: bytes go to the wrapped protocol
+        self._refused = False  # it was not a header: nothing more is read
         self._client: IPv4Address | IPv6Address | None = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -115,6 +117,8 @@ class _ProxiedConnection(policies.ProtocolWrapper):
         transport: Any = self.transport
         if self._done:
             wrapped.dataReceived(data)
+            return
+        if self._refused:
             return
         self._head += data
         try:
@@ -124,7 +128,7 @@ class _ProxiedConnection(policies.ProtocolWrapper):
             log.warning("LDAP: closing a connection from the load balancer %s: %s (is "
                         "send-proxy-v2 set on its server lines?)",
                         getattr(balancer, "host", balancer), exc)
-            self._done = True
+            self._refused, self._head = True, b""
             transport.loseConnection()
             return
         if found is None:
