@@ -132,6 +132,14 @@ def test_a_header_from_anyone_else_claims_nothing(served: StoreCopy, tmp_path: P
     answers = _send(served, [header + _bind(served)], source="127.0.0.1")
     assert all(int(getattr(m.value, "resultCode", 0)) != 0 for m in answers)
     assert _sources(served) == before
+    # An administrator who forgot to list a balancer is told what the bytes were.
+    assert served.serving is not None
+    hint = "a PROXY protocol header: if this is a load balancer of yours, list it in " \
+           "[ldap] proxy_protocol_from"
+    deadline = time.monotonic() + 10
+    while hint not in served.serving.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hint in served.serving.output()
     answers = _send(served, [_bind(served)], source="127.0.0.1")  # plain LDAP still works
     assert [int(m.value.resultCode) for m in answers] == [0]
     assert _sources(served)[-1].startswith("ldap:127.0.0.1:")

@@ -59,6 +59,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How a PROXY protocol header begins (versions 1 and 2): from an address not listed in
+#: ``[ldap] proxy_protocol_from`` it is not read, and the log says what to do if it is a
+#: load balancer of ours.
+_PROXY_STARTS = (b"PROXY ", b"\r\n\r\n\x00\r")
+_PROXY_HINT = (" (a PROXY protocol header: if this is a load balancer of yours, list it in "
+               "[ldap] proxy_protocol_from)")
+
 #: Requests decoded and queued while a bind or a plan runs before reading stops.
 MAX_QUEUED = 64
 
@@ -233,7 +240,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             try:
                 header = ber.pdu_length(buf, pos)
             except ber.BERError:
-                log.info("LDAP: closing connection from %s: not LDAP", self._peer())
+                log.info("LDAP: closing connection from %s: not LDAP%s", self._peer(),
+                         _PROXY_HINT if pos == 0 and buf[:6] in _PROXY_STARTS else "")
                 self._disconnect(PROTOCOL_ERROR, "malformed LDAP message")
                 return
             if header is None:
