@@ -94,7 +94,10 @@ def test_two_replicas_behind_haproxy(postgres_url: str, tmp_path: Path) -> None:
                 token = registry.add("sync", "scim", "default")
                 password = registry.add("legacy", "ldap", "default")
                 bind_dn, base = registry.bind_dn_of("legacy"), registry.base
-            replicas.append(start_serve(postgres_url, config, ldaps=True))
+            # The survivor runs two workers, which adopt the listening sockets (and wrap
+            # them for the PROXY protocol) themselves.
+            replicas.append(start_serve(postgres_url, config, ldaps=True,
+                                        workers=1 if number == 1 else 2))
         http_port, ldap_port, ldaps_port = free_port(), free_port(), free_port()
         cfg = tmp_path / "haproxy.cfg"
         cfg.write_text(_haproxy_config(http_port, ldap_port, ldaps_port, replicas))
