@@ -92,6 +92,12 @@ class ConfigError(ValueError):
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 
 
+def megabytes(section: Mapping[str, Any], key: str, default: int) -> int:
+    """The bytes a ``..._mb`` setting of ``section`` names (``default``, in bytes, when it is
+    not set); the schema has checked it is a number."""
+    return int(float(section.get(key, default / (1 << 20))) * (1 << 20))
+
+
 def named_tables(config: Any, section: str, key: str) -> Iterator[tuple[str, str, dict]]:
     """``(where, name, table)`` of each table of ``[[section.key]]``, in file order, once the
     name is known good and not used twice; ``where`` names the table in error messages."""

@@ -30,6 +30,7 @@ from threading import Lock
 from typing import Any
 
 from idm_facade import metrics
+from idm_facade.config import megabytes
 from idm_facade.directory.caches import BoundedDict
 from idm_facade.directory.entries import Entry
 from idm_facade.directory.snapshot import CacheKey, Snapshot
@@ -286,8 +287,8 @@ def options_from(config: Any, snapshot: Snapshot) -> LdapOptions:
         units_root=section.get("units_root"),
         member_attributes=tuple(members),
         posix=bool(section.get("posix", False)),
-        render_cache_bytes=int(float(section.get(
-            "render_cache_mb", LdapOptions.render_cache_bytes >> 20)) * (1 << 20)),
+        render_cache_bytes=megabytes(section, "render_cache_mb",
+                                     LdapOptions.render_cache_bytes),
     )
 
 

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IListeningPort
 from idm_facade import metrics
 from idm_facade.access.audit.turnlog import turn_log
 from idm_facade.access.facade import Facade
+from idm_facade.config import megabytes
 from idm_facade.directory.caches import BoundedDict
 from idm_facade.directory.limits import Limits
 from idm_facade.directory.snapshot import Snapshot
@@ -67,8 +68,7 @@ class Settings:
             page_ttl=float(section.get("page_ttl", cls.page_ttl)),
             max_pages=int(section.get("max_paged_searches", cls.max_pages)),
             max_connections=int(section.get("max_connections", cls.max_connections)),
-            answer_cache_bytes=int(float(section.get(
-                "answer_cache_mb", cls.answer_cache_bytes >> 20)) * (1 << 20)),
+            answer_cache_bytes=megabytes(section, "answer_cache_mb", cls.answer_cache_bytes),
             clients_require_tls=bool(section.get("require_tls", False)),
         )
 

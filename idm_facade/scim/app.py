@@ -34,6 +34,7 @@ from idm_facade.access.audit.record import source as audit_source
 from idm_facade.access.audit.turnlog import HOLD_KEY
 from idm_facade.access.clients import Client, bearer_token
 from idm_facade.access.facade import Facade
+from idm_facade.config import megabytes
 from idm_facade.directory import filters as f
 from idm_facade.directory.limits import Limits, TooComplex, TooLong, text_shape
 from idm_facade.directory.snapshot import CacheKey
@@ -164,10 +165,10 @@ class ScimService:
         self.pager = Pager(self.paging)
         self.discovery = Discovery(self.paging)
         section = facade.config.section("scim")
-        self.cache_bytes = int(float(section.get("response_cache_mb",
-                                                 DEFAULT_RESPONSE_CACHE_MB)) * 1024 * 1024)
-        render_module.configure(int(float(section.get(
-            "render_cache_mb", render_module.RENDER_CACHE_BYTES >> 20)) * 1024 * 1024))
+        self.cache_bytes = megabytes(section, "response_cache_mb",
+                                     DEFAULT_RESPONSE_CACHE_MB << 20)
+        render_module.configure(megabytes(section, "render_cache_mb",
+                                          render_module.RENDER_CACHE_BYTES))
         self._bases: dict[tuple, str] = {}
         self.limits = Limits.from_config(facade.config)
         from idm_facade.access.audit import AccessRecord, AuditUnavailable
