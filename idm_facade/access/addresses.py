@@ -37,18 +37,23 @@ def networks(values: Any, setting: str) -> tuple[Network, ...]:
     return tuple(found)
 
 
-def contains(within: tuple[Network, ...], host: str) -> bool:
-    """Is ``host`` (an address as a transport gives it; anything else is in no network) in
-    one of ``within``?"""
-    if not within:
-        return False
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``host`` (as a transport gives it) is, an IPv4-mapped IPv6 address as
+    its IPv4 one; None when it is no IP address."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in within)
+        return address.ipv4_mapped
+    return address
+
+
+def contains(within: tuple[Network, ...], host: str) -> bool:
+    """Is ``host`` (an address as a transport gives it; anything else is in no network) in
+    one of ``within``?"""
+    address = ip_of(host) if within else None
+    return address is not None and any(address in network for network in within)
 
 
 def proxy_networks(config: Any) -> tuple[Network, ...]:

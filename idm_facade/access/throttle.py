@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from idm_facade.access.addresses import ip_of
+
 #: Keys longer than this are kept as their SHA-256 (a bind name can be as long as a message).
 MAX_KEY = 256
 
@@ -41,13 +43,10 @@ def address_key(host: str) -> str:
     """The key a source address is counted under: an IPv4 address (also when written as an
     IPv4-mapped IPv6 address) as it is, an IPv6 address as its /64 network, anything else
     (not an IP address) as it is."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    address = ip_of(host)
+    if address is None:
         return host
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
