@@ -9,6 +9,7 @@ messages.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sqlite3
 import subprocess
@@ -212,3 +213,38 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def access_records(db: str, until: Callable[[list], bool], *, timeout: float = 10.0,
+                   **query: Any) -> list:
+    """The access log's records (``AuditLog.query(**query)``) once ``until(records)`` holds,
+    or as they are after ``timeout`` seconds. A bind's record may be committed up to
+    ``[audit] bind_record_delay`` (10 ms by default) after its answer (docs/access-control.md,
+    "Bind records"), so a test that reads the log right after a bind waits for what it
+    expects instead of reading once."""
+    from idm_facade.access.audit import AuditLog
+    from store.engine import make_engine
+
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = AuditLog(make_engine(db))
+        try:
+            records = audit.query(**query)
+        finally:
+            audit.close()
+        if until(records) or time.monotonic() > deadline:
+            return list(records)
+        time.sleep(0.02)
+
+
+def ldap_source(conn: Any) -> str:
+    """How access records name a python-ldap connection's end (``ldap:127.0.0.1:<port> ``):
+    a test on a shared server picks its own connection's records by it, whatever other
+    tests' records (a bind's may land just after its answer) come before or between."""
+    import socket
+
+    import ldap
+
+    with socket.socket(fileno=os.dup(conn.get_option(ldap.OPT_DESC))) as sock:
+        host, port = sock.getsockname()[:2]
+    return f"ldap:{host}:{port} "

@@ -26,10 +26,10 @@ by dots), ``domains`` (NetBIOS names; default: the first ``dc`` label), and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
-
-from twisted.internet import defer, task
 
 from idm_facade.access.clients import PERSON, Client, ClientRegistry
 from idm_facade.access.throttle import Throttle, address_key
@@ -76,13 +76,15 @@ class Verdict:
     status: str
 
 
-def _dc_labels(base: str) -> list[str]:
+@lru_cache(maxsize=8)
+def _dc_labels(base: str) -> tuple[str, ...]:
+    """The base DN's ``dc`` values, outermost last (read once per base: every bind asks)."""
     try:
         rdns = parse_dn(base)
     except InvalidDN:
-        return []
+        return ()
     labels = [value for rdn in reversed(rdns) for type_, value in rdn if type_ == "dc"]
-    return list(reversed(labels))
+    return tuple(reversed(labels))
 
 
 class PersonBinds:
@@ -97,6 +99,9 @@ class PersonBinds:
         self.pool = UpstreamPool(upstream, reactor)
         self.accounts = Throttle(settings.account)
         self.addresses = Throttle(settings.address)
+        #: {peer address: the key its failures count under, None when exempt}: worked out
+        #: once per address, not per bind.
+        self._sources: dict[str, str | None] = {}
         clients.policy(settings.policy)  # an unknown policy is an error at start
 
     @classmethod
@@ -119,7 +124,7 @@ class PersonBinds:
             if "\\" in name:
                 domain, _, user = name.partition("\\")
                 allowed = self.settings.domains if self.settings.domains is not None else \
-                    tuple(labels[:1])
+                    labels[:1]
                 ok = domain.casefold() in allowed
             elif "@" in name:
                 user, _, suffix = name.rpartition("@")
@@ -167,9 +172,10 @@ class PersonBinds:
     # ------------------------------------------------------------------ binds
 
     def bind(self, name: str, password: str, address: str, snapshot: Any,
-             layout: dit.Layout, tls: bool) -> defer.Deferred:
-        """Fires with the :class:`Verdict` of one person bind (``tls``: did it come over
-        LDAPS or after StartTLS?); never fails."""
+             layout: dit.Layout, tls: bool, answer: Callable[[Verdict], None]) -> None:
+        """Call ``answer`` once with the :class:`Verdict` of one person bind (``tls``: did
+        it come over LDAPS or after StartTLS?), at once or when the upstream has answered.
+        Plain callbacks, no Deferreds: this is the path of every login."""
         key = self._uid_key(name, layout)
         dn, entry = self._lookup(key, snapshot, layout)
         view = ClientView.of(snapshot, TRUSTED)
@@ -179,9 +185,10 @@ class PersonBinds:
             # Refused before anything is checked: the same answer for every name, nothing
             # counted, and the password goes no further. It has crossed the network in
             # clear already; the record names whose password that was.
-            return defer.succeed(Verdict(
+            answer(Verdict(
                 CONFIDENTIALITY_REQUIRED, "person binds need TLS: use LDAPS or StartTLS",
                 None, who, f"{CONFIDENTIALITY_REQUIRED} no TLS"))
+            return
         # Failures count per username, whichever form names it, for unknown names too: were
         # "DOMAIN\\bob" and "bob@suffix" counted apart only when bob does not exist, the
         # delays would tell which names do. (A name in none of our forms counts as typed.)
@@ -190,28 +197,28 @@ class PersonBinds:
         def refused(reason: str) -> Verdict:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
 
-        # A system that logs many people in (settings.address_exempt) is not slowed or
-        # locked for their typos together: its failures count per account only.
-        source = None if self.settings.exempt(address) else address_key(address)
+        source = self._source(address)
         locked = self.accounts.locked(account_key) or \
             source is not None and self.addresses.locked(source)
         wait = 0.0 if locked else max(
             self.addresses.delay(source) if source is not None else 0.0,
             self.accounts.delay(account_key))
 
-        def check(_: Any = None) -> Any:
+        def check() -> None:
             if locked:
-                return self._as_if_checked("locked out")
-            if entry is None or username is None:
-                return self._as_if_checked("unknown account")
-            if view.first(entry, "active") is not True:
-                return self._as_if_checked("no current engagement")
-            d = self.pool.verify(username, password)
-            d.addCallback(lambda outcome: (outcome, None))
-            return d
+                decided: str | None = "locked out"
+            elif entry is None or username is None:
+                decided = "unknown account"
+            elif view.first(entry, "active") is not True:
+                decided = "no current engagement"
+            else:
+                self.pool.check(username, password,
+                                lambda outcome: answer(decide(outcome, None)))
+                return
+            self._as_if_checked(lambda outcome: answer(decide(outcome, decided)))
 
-        def decide(result: tuple[Outcome, str | None]) -> Verdict:
-            outcome, decided = result  # decided: why the facade refused, None for a check
+        def decide(outcome: Outcome, decided: str | None) -> Verdict:
+            # decided: why the facade refused, None for a password check
             if outcome is Outcome.OK and decided is None:
                 self.accounts.succeeded(account_key)
                 policy = self.clients.policy(self.settings.policy)
@@ -237,12 +244,26 @@ class PersonBinds:
                     self.addresses.failed(source)
             return refused(decided or "wrong password")
 
-        d = task.deferLater(self.reactor, wait, check) if wait else defer.maybeDeferred(check)
-        d.addCallback(decide)
-        return d
+        if wait:
+            self.reactor.callLater(wait, check)
+        else:
+            check()
 
-    def _as_if_checked(self, reason: str) -> defer.Deferred:
-        """Fires with (outcome, ``reason``) for a refusal decided here (unknown name, leaver,
+    def _source(self, address: str) -> str | None:
+        """The key failures from ``address`` count under, None when they count per account
+        only: a system that logs many people in (``address_exempt``) is not slowed or locked
+        for their typos together."""
+        sources = self._sources
+        if address in sources:
+            return sources[address]
+        if len(sources) >= 4096:
+            sources.clear()
+        key = sources[address] = None if self.settings.exempt(address) else \
+            address_key(address)
+        return key
+
+    def _as_if_checked(self, answer: Callable[[Outcome], None]) -> None:
+        """Call ``answer`` with the outcome of a refusal decided here (unknown name, leaver,
         lockout), after a check upstream like a password check (of a name no account has,
         :meth:`UpstreamPool.round_trip`). Answered at once, such a refusal would tell by its
         speed what its message hides: that the name is not an active account of the
@@ -251,12 +272,13 @@ class PersonBinds:
         answers faster than that.) The outcome is REFUSED, or 51's or 52's when the upstream
         could not answer, as a check would have got: an outage must not tell the names
         apart either."""
-        def answered(outcome: Outcome) -> tuple[Outcome, str]:
+        def answered(outcome: Outcome) -> None:
             if outcome is Outcome.BUSY or outcome is Outcome.UNAVAILABLE:
-                return outcome, reason
-            return Outcome.REFUSED, reason  # never OK, whatever the upstream said
+                answer(outcome)
+            else:
+                answer(Outcome.REFUSED)  # never OK, whatever the upstream said
 
-        return self.pool.round_trip().addCallback(answered)
+        self.pool.round_trip(answered)
 
     def current(self, client: Client, snapshot: Any, layout: dit.Layout) -> Client | None:
         """The bound person as they stand now: None once the account is no longer active

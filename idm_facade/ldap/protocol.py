@@ -480,11 +480,13 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     def _audit(self, operation: str, query: str, status: str, subjects: list[str],
                sensitive: list[str], client: Client | None = None,
                done: Callable[[bool], None] | None = None, who: str | None = None,
-               msgid: int | None = None) -> defer.Deferred | None:
+               msgid: int | None = None, wait: bool = True) -> defer.Deferred | None:
         """Record one access (submitted to the log without blocking the reactor; the answer
         waits until the record is durable, and concurrent records share one commit); fires
         True, or False when the log is unavailable (the caller then answers 80 and
-        discloses nothing)."""
+        discloses nothing). ``wait=False`` (binds): fires True at once where the log commits
+        in the event loop and its last commit succeeded; the record follows within
+        milliseconds, before any later disclosure's (:mod:`idm_facade.access.audit.turnlog`)."""
         audit = self.factory.facade.audit
         if audit is None:
             if done is not None:
@@ -520,12 +522,18 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 d = defer.Deferred()
                 done = d.callback
 
+            answered = False
+
             def outcome(error: Any) -> None:
                 ok = True if error is None else failed(Failure(error))
-                counted(ok)
-                done(ok)
+                if not answered:
+                    counted(ok)
+                    done(ok)
 
-            self.factory.submit_record(audit, rec, outcome)
+            if self.factory.submit_record(audit, rec, outcome, wait):
+                answered = True
+                counted(True)
+                done(True)
             return d
         d = self.factory.in_thread(audit.record, rec)
         d.addCallbacks(lambda _: True, failed)
@@ -554,7 +562,9 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.client = None  # a bind, even a failed one, starts from anonymous
         self.unbound_by_revoke = False
         password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
-        verdict: defer.Deferred[Any]
+        verdict: defer.Deferred[Any] | None = None
+        #: A person's bind: the arguments of PersonBinds.bind (which answers by callback).
+        person: tuple[str, str, str, Any, Any, bool] | None = None
         #: The snapshot a person's account was found active in (no need to look again
         #: before the next request while it is served).
         bound_in: Any = None
@@ -579,8 +589,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             snapshot, layout = self.factory.current()
             if persons is not None and dn and persons.is_person_dn(dn, layout):
                 bound_in = snapshot
-                verdict = persons.bind(dn, secret, self._host(), snapshot, layout,
-                                       self.tls_active)
+                person = (dn, secret, self._host(), snapshot, layout, self.tls_active)
             elif self.factory.settings.clients_require_tls and not self.tls_active:
                 # a service account's secret, refused in clear before it is checked
                 verdict = plain(CONFIDENTIALITY_REQUIRED, "binds need TLS here: use LDAPS or "
@@ -614,9 +623,11 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.hold()
 
         def audited(ok: bool, result: Verdict) -> None:
-            if not ok:
-                self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
-            else:
+            try:
+                if not ok:
+                    self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER,
+                                                "access log unavailable"))
+                    return
                 if result.code != SUCCESS and result.code != UNWILLING:
                     # A person's refusal is counted by the code the client saw: why the
                     # facade refused (unknown name, leaver, lockout) is for the access log
@@ -629,17 +640,40 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                     self._person_checked = bound_in
                 self._write_now(ber.message(msgid, ber.result(ber.BIND_RESPONSE, result.code,
                                                               result.message)))
+            except Exception:
+                self._internal_error(Failure(), msgid, ber.BIND_RESPONSE)
+            finally:
+                self.release()
 
-        def decided(result: Verdict) -> defer.Deferred | None:
-            d = self._audit("bind", query, result.status, [], [], client=result.client,
-                            who=result.who, msgid=msgid)
-            assert d is not None  # no ``done`` given: the Deferred is returned
-            d.addCallback(audited, result)
-            return d
+        def decided(result: Verdict) -> None:
+            # A bind's record need not be committed before its answer (it discloses nothing
+            # of anyone); see _audit.
+            self._audit("bind", query, result.status, [], [], client=result.client,
+                        done=lambda ok: audited(ok, result), who=result.who, msgid=msgid,
+                        wait=False)
 
-        verdict.addCallback(decided)
-        verdict.addErrback(self._internal_error, msgid, ber.BIND_RESPONSE)
-        verdict.addBoth(lambda _: self.release())
+        def failed(failure: Failure) -> None:
+            try:
+                self._internal_error(failure, msgid, ber.BIND_RESPONSE)
+            finally:
+                self.release()
+
+        if verdict is not None:
+            verdict.addCallback(decided)
+            verdict.addErrback(failed)
+            return
+
+        def decided_safely(result: Verdict) -> None:
+            try:
+                decided(result)
+            except Exception:
+                failed(Failure())
+
+        assert persons is not None and person is not None
+        try:
+            persons.bind(*person, decided_safely)
+        except Exception:
+            failed(Failure())
 
     def _internal_error(self, failure: Any, msgid: int, tag: int) -> None:
         log.error("LDAP: internal error: %s", failure.getTraceback())

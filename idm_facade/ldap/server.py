@@ -145,9 +145,12 @@ class LDAPFactory(protocol.ServerFactory):
             self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
 
-    def submit_record(self, audit: Any, rec: Any, done: Callable[[Any], None]) -> None:
+    def submit_record(self, audit: Any, rec: Any, done: Callable[[Any], None],
+                      wait: bool = True) -> bool:
         """Append an access record without a pool thread; ``done`` is called in the reactor
-        with None once the record is committed, or with the AuditUnavailable error.
+        with None once the record is committed, or with the AuditUnavailable error. True when
+        the caller need not wait for ``done`` to answer (``wait=False``, a bind's record,
+        taken by the reactor's turn writer: see :mod:`idm_facade.access.audit.turnlog`).
 
         A log whose commits wait for the disk (``[audit] sync = "full"``) writes in its own
         thread and calls back there; outcomes are queued and fired by one ``callFromThread``
@@ -161,8 +164,8 @@ class LDAPFactory(protocol.ServerFactory):
         turns = self._turns if audit is self.facade.audit else turn_log(self.reactor, audit)
         if turns is None:
             audit.submit(rec, lambda error: self._outcome(done, error))
-        else:
-            turns.add(rec, done)
+            return False
+        return turns.add(rec, done, wait)
 
     def _outcome(self, done: Callable[[Any], None], error: Any) -> None:  # any thread
         self._outcomes.append((done, error))

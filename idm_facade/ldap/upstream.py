@@ -26,6 +26,7 @@ import logging
 import re
 import secrets
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ from ldaptor.protocols.ldap import ldaperrors
 from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLostException
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from idm_facade.ldap import ber
 from idm_facade.ldap.bind_settings import UpstreamSettings
@@ -129,13 +131,21 @@ class _Client(LDAPClient):
     would pass maxInt after two billion requests, which the upstream would refuse."""
 
     tls = False
+    #: Set by the pool: the reactor that times answers, and how long one may take.
+    reactor: Any = None
+    timeout = 5.0
 
     def __init__(self) -> None:
         super().__init__()
         self._last_id = 0
         self._pending = b""
-        #: Binds sent here, by message ID: the Deferred fires with (result code, message).
-        self._binds: dict[int, defer.Deferred[tuple[int, str]]] = {}
+        #: Binds sent here, by message ID: called with (result code, message), or with a
+        #: Failure when the connection was lost or the answer did not come in time.
+        self._binds: dict[int, Callable[[Any], None]] = {}
+        #: When the latest bind sent times out, and the one timer that watches it: re-armed
+        #: when it fires, not made and cancelled for every bind (see :meth:`_check_time`).
+        self._deadline = 0.0
+        self._timer: Any = None
 
     def _next_id(self) -> int:
         while True:
@@ -157,15 +167,41 @@ class _Client(LDAPClient):
         write_now(self.transport, msg.toWire(), self.tls)
         return d
 
-    def bind_code(self, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
-        """Send a simple bind; fires with the answer's (result code, diagnostic message)."""
+    def bind_then(self, dn: str, password: str, answered: Callable[[Any], None]) -> None:
+        """Send a simple bind; ``answered`` is called once, with the answer's (result code,
+        diagnostic message), or with a Failure: the connection was lost, or no answer came
+        within :attr:`timeout` (``defer.TimeoutError``; the connection is then closed)."""
         if not self.connected:
             raise LDAPClientConnectionLostException()
         msgid = self._next_id()
+        request = bind_request(msgid, dn, password)
+        self._binds[msgid] = answered
+        reactor = self.reactor
+        if reactor is not None:
+            self._deadline = reactor.seconds() + self.timeout
+            if self._timer is None:
+                self._timer = reactor.callLater(self.timeout, self._check_time)
+        write_now(self.transport, request, self.tls)
+
+    def bind_code(self, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
+        """:meth:`bind_then` as a Deferred."""
         d: defer.Deferred[tuple[int, str]] = defer.Deferred()
-        self._binds[msgid] = d
-        write_now(self.transport, bind_request(msgid, dn, password), self.tls)
+        self.bind_then(dn, password, lambda answer: d.errback(answer)
+                       if isinstance(answer, Failure) else d.callback(answer))
         return d
+
+    def _check_time(self) -> None:
+        """The timer fired: fail the binds waiting when the latest is overdue (all of them:
+        the connection is closed), else watch again until the latest one's deadline."""
+        self._timer = None
+        if not self._binds:
+            return
+        left = self._deadline - self.reactor.seconds()
+        if left > 0:
+            self._timer = self.reactor.callLater(left, self._check_time)
+            return
+        self._fail_binds(Failure(defer.TimeoutError()))
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Answers to our binds are read here; every other message goes to ldaptor whole."""
@@ -193,17 +229,23 @@ class _Client(LDAPClient):
         answer = bind_response(frame)
         if answer is None:
             return False
-        d = self._binds.pop(answer[0], None)
-        if d is None:
+        answered = self._binds.pop(answer[0], None)
+        if answered is None:
             return False
-        d.callback(answer[1:])
+        answered(answer[1:])
         return True
+
+    def _fail_binds(self, failure: Failure) -> None:
+        while self._binds:
+            _, answered = self._binds.popitem()
+            answered(failure)
 
     def connectionLost(self, reason: Any = connectionDone) -> None:
         super().connectionLost(reason)
-        while self._binds:
-            _, d = self._binds.popitem()
-            d.errback(reason)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._fail_binds(reason if isinstance(reason, Failure) else Failure(reason))
 
 
 class _Unavailable(Exception):
@@ -248,6 +290,7 @@ class UpstreamPool:
             endpoint = endpoints.wrapClientTLS(self._tls_options(host), endpoint)
         client = yield self._within(endpoints.connectProtocol(endpoint, _Client()))
         client.tls = parts.scheme == "ldaps"
+        client.reactor, client.timeout = self.reactor, self.settings.timeout
         if parts.scheme == "ldap" and self.settings.starttls:
             try:
                 yield self._within(client.startTLS(self._tls_options(host)))
@@ -334,10 +377,11 @@ class UpstreamPool:
 
     # ------------------------------------------------------------------ checks
 
-    def _bind(self, client: Any, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
+    @staticmethod
+    def _bind(client: Any, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
         """One bind on ``client``; fires with its (result code, diagnostic message), or fails
         on timeout."""
-        return self._within(client.bind_code(dn, password))
+        return client.bind_code(dn, password)
 
     def _template_dn(self, username: str) -> str:
         assert self.settings.dn_template is not None
@@ -386,45 +430,61 @@ class UpstreamPool:
             return None
         return found[0]
 
-    def verify(self, username: str, password: str) -> defer.Deferred[Outcome]:
-        """Fires with the :class:`Outcome` of binding as ``username`` with ``password``;
-        never fails. A connection that broke while idle is replaced once.
+    def check(self, username: str, password: str, answer: Callable[[Outcome], None]) -> None:
+        """Call ``answer`` once with the :class:`Outcome` of binding as ``username`` with
+        ``password`` (at once, or when the upstream has answered). A connection that broke
+        while idle is replaced once; whatever goes wrong, the outcome is never OK.
 
         The usual case (a DN from the template, an open idle connection) is one bind on
-        that connection, with plain callbacks: the general path's generators cost more
-        than the bind's own encoding and decoding."""
+        that connection with plain callbacks: it is the path of every login, and Deferreds
+        and a timer made and cancelled per bind cost more than the bind's own encoding and
+        decoding. Everything else takes the general path (:meth:`_verify`)."""
         if not password:
-            return defer.succeed(Outcome.REFUSED)
-        if self.settings.dn_template is None or not self._idle:
-            return self._verify(username, password, (1, 2))
-        client = self._idle.popleft()
-        if not client.connected:
-            self._open -= 1
-            return self._verify(username, password, (1, 2))
-        d = self._bind(client, self._template_dn(username), password)
+            answer(Outcome.REFUSED)
+            return
+        client = None
+        if self.settings.dn_template is not None and self._idle:
+            client = self._idle.popleft()
+            if not client.connected:
+                self._open -= 1
+                client = None
+        if client is None:
+            self._verify(username, password, (1, 2)).addCallback(answer)
+            return
 
-        def answered(answer: tuple[int, str]) -> Outcome:
-            self._give_back(client, True)
-            return self._outcome(*answer)
-
-        def failed(failure: Any) -> Any:
+        def answered(result: Any) -> None:
+            if not isinstance(result, Failure):
+                self._give_back(client, True)
+                answer(self._outcome(*result))
+                return
             self._give_back(client, False)
-            if failure.check(defer.TimeoutError):
+            if result.check(defer.TimeoutError):
                 log.warning("LDAP upstream: no answer within %.1f s", self.settings.timeout)
-                return Outcome.BUSY
-            return self._verify(username, password, (2,))  # closed while idle: a new one
+                answer(Outcome.BUSY)
+                return
+            # closed while idle: a new connection
+            self._verify(username, password, (2,)).addCallback(answer)
 
-        return d.addCallbacks(answered, failed)
+        try:
+            client.bind_then(self._template_dn(username), password, answered)
+        except Exception:  # noqa: BLE001 - lost as it was taken: the general path
+            answered(Failure())
 
-    def round_trip(self) -> defer.Deferred[Outcome]:
+    def verify(self, username: str, password: str) -> defer.Deferred[Outcome]:
+        """:meth:`check` as a Deferred."""
+        d: defer.Deferred[Outcome] = defer.Deferred()
+        self.check(username, password, d.callback)
+        return d
+
+    def round_trip(self, answer: Callable[[Outcome], None]) -> None:
         """A password check of a name no account has (:attr:`_nobody`), made exactly as
-        :meth:`verify` checks a person's: the same code, the same bind on a pooled
+        :meth:`check` checks a person's: the same code, the same bind on a pooled
         connection, and upstream the same work, a name looked up and refused. (An anonymous
         bind would take measurably less: the upstream looks nothing up for it.) No
-        real account gets a failed logon. Fires with the check's :class:`Outcome` (REFUSED,
-        or BUSY or UNAVAILABLE when the upstream cannot answer); never fails. A refusal
-        decided by the facade takes as long as a check this way."""
-        return self.verify(*self._nobody)
+        real account gets a failed logon. Calls ``answer`` with the check's
+        :class:`Outcome` (REFUSED, or BUSY or UNAVAILABLE when the upstream cannot answer).
+        A refusal decided by the facade takes as long as a check this way."""
+        self.check(*self._nobody, answer)
 
     @staticmethod
     def _outcome(code: int, message: str) -> Outcome:

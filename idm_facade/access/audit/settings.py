@@ -162,6 +162,9 @@ class AuditSettings:
     #: a file made on first use (:func:`anchor_key`).
     anchor_key: str | None = None
     anchor_key_file: Path | None = None
+    #: Seconds an LDAP bind's record may be committed after the bind's answer (0: before
+    #: it, as every other record); see :mod:`idm_facade.access.audit.turnlog`.
+    bind_record_delay: float = 0.01
 
     @classmethod
     def read(cls, config: Config, engine: Engine, *, timeout: float | None = None,
@@ -194,9 +197,13 @@ class AuditSettings:
         if write_timeout <= 0:
             raise ValueError("[audit] write_timeout must be above 0")
         key = config.get("audit", "anchor_key")
+        delay = config.get("audit", "bind_record_delay", 0.01)
+        if not 0 <= float(delay) <= 1:
+            raise ValueError(f"[audit] bind_record_delay = {delay!r}: use a number of seconds "
+                             "from 0 (each bind's record before its answer) to 1")
         return cls(str(url), sync, sync_interval, timeout, retention, index_interval,
                    index_records, write_timeout, str(key) if key else None,
-                   Path(config.state_dir) / "audit-anchor.key")
+                   Path(config.state_dir) / "audit-anchor.key", float(delay))
 
 
 def anchor_key(settings: AuditSettings, create: bool) -> bytes | None:

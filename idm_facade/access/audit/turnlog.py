@@ -10,6 +10,16 @@ right after the turn, and each request's answer leaves only when its record is c
 
 One TurnLog per (reactor, access log), shared by every listener of the process, so LDAP and
 HTTP records of the same turn share one commit.
+
+**Bind records** do not hold their answer (``add(..., wait=False)``): a bind discloses nothing
+of anyone, and a commit before each bind's answer was about 40 % of a person bind's time. They
+are committed with the next record that does hold an answer, or within ``[audit]
+bind_record_delay`` seconds (default 0.01), whichever comes first, in the order they were
+added. So every disclosure's record, and the record of the bind that let its client in, are
+durable before the disclosure leaves; a crash can lose the bind records of that last moment,
+and a stop commits them first. "No record, no answer" still holds for binds where it can
+matter: until the first commit succeeds, once one has failed, and while the log refuses
+records, bind records hold their answers (80 when they cannot be written).
 """
 
 from __future__ import annotations
@@ -34,25 +44,72 @@ _TURN_LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class TurnLog:
     """Collects the records of one reactor turn and commits them together after it."""
 
+    #: Records waiting at most, before they are committed at the end of the turn anyway.
+    MAX_WAITING = 256
+
     def __init__(self, reactor: Any, audit: Any) -> None:
         self.reactor = reactor
         self.audit = audit
+        #: Seconds a record that holds no answer (a bind's) may wait for a commit
+        #: (``[audit] bind_record_delay``; 0: it holds its answer like every record).
+        self.later = float(getattr(getattr(audit, "settings", None), "bind_record_delay",
+                                   0.01))
         self._turn: list[tuple[Any, Callable[[BaseException | None], None]]] = []
+        #: A commit is due at the end of this turn / within ``later`` seconds.
+        self._soon = False
+        self._later = False
+        #: The last commit succeeded. Until the first one, and after a failed one, every
+        #: record holds its answer, so a log that cannot be written stops binds too.
+        self.trusted = False
+        #: Shutting down: nothing waits for a timer that may never fire.
+        self._stopping = False
+        if hasattr(reactor, "addSystemEventTrigger"):
+            reactor.addSystemEventTrigger("before", "shutdown", self._stop)
 
-    def add(self, rec: Any, done: Callable[[BaseException | None], None]) -> None:
+    def add(self, rec: Any, done: Callable[[BaseException | None], None],
+            wait: bool = True) -> bool:
         """Queue ``rec`` (reactor thread only); ``done(None)`` runs in the reactor once it
-        is committed, ``done(error)`` when the commit failed."""
+        is committed, ``done(error)`` when the commit failed.
+
+        ``wait=False`` (a bind's record): the caller may answer before the commit, and True
+        is returned, unless no commit has succeeded yet, the last one failed, the log
+        refuses records or the process is stopping (then False: wait for ``done`` as for any
+        record)."""
         self._turn.append((rec, done))
-        if len(self._turn) == 1:
-            self.reactor.callLater(0, self._write)
+        later = not wait and self.later > 0 and self.trusted and not self._stopping and \
+            len(self._turn) < self.MAX_WAITING and self.audit.problem is None
+        if later:
+            if not self._later and not self._soon:
+                self._later = True
+                self.reactor.callLater(self.later, self._write_later)
+        elif not self._soon:
+            self._soon = True
+            self.reactor.callLater(0, self._write_soon)
+        return later
+
+    def _write_soon(self) -> None:
+        self._soon = False
+        self._write()
+
+    def _write_later(self) -> None:
+        self._later = False
+        self._write()
+
+    def _stop(self) -> None:
+        """Commit what waits, before the reactor stops running its timers."""
+        self._stopping = True
+        self._write()
 
     def _write(self) -> None:
         turn, self._turn = self._turn, []
+        if not turn:
+            return
         error: BaseException | None = None
         try:
             self.audit.record_many([rec for rec, _ in turn])
         except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
             error = exc
+        self.trusted = error is None
         for _, done in turn:
             try:
                 done(error)
