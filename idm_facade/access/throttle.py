@@ -122,18 +122,27 @@ class Throttle:
             return None
         return count
 
+    def standing(self, key: str) -> tuple[bool, float]:
+        """(is ``key`` locked out now, seconds to wait before answering it): :meth:`locked`
+        and :meth:`delay` in one look, for a path that asks both on every attempt."""
+        count = self._current(self._key(key))
+        if count is None:
+            return False, 0.0
+        s = self.settings
+        if count.failures >= s.lockout_after:
+            return True, 0.0
+        if count.failures < s.delay_after:
+            return False, 0.0
+        return False, min(s.max_delay, s.first_delay * 2 ** (count.failures - s.delay_after))
+
     def locked(self, key: str) -> bool:
         """Is ``key`` locked out now?"""
-        count = self._current(self._key(key))
-        return count is not None and count.failures >= self.settings.lockout_after
+        return self.standing(key)[0]
 
     def delay(self, key: str) -> float:
-        """Seconds to wait before answering the next attempt for ``key``."""
-        count = self._current(self._key(key))
-        s = self.settings
-        if count is None or count.failures < s.delay_after:
-            return 0.0
-        return min(s.max_delay, s.first_delay * 2 ** (count.failures - s.delay_after))
+        """Seconds to wait before answering the next attempt for ``key`` (0 once locked: a
+        lockout is answered at once)."""
+        return self.standing(key)[1]
 
     def failed(self, key: str) -> None:
         """Count one more failure for ``key``."""

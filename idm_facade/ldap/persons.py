@@ -198,11 +198,11 @@ class PersonBinds:
             return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
 
         source = self._source(address)
-        locked = self.accounts.locked(account_key) or \
-            source is not None and self.addresses.locked(source)
-        wait = 0.0 if locked else max(
-            self.addresses.delay(source) if source is not None else 0.0,
-            self.accounts.delay(account_key))
+        locked, wait = self.accounts.standing(account_key)
+        if source is not None:
+            address_locked, address_wait = self.addresses.standing(source)
+            locked = locked or address_locked
+            wait = 0.0 if locked else max(wait, address_wait)
 
         def check() -> None:
             if locked:

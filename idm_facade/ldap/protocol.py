@@ -66,6 +66,9 @@ _PROXY_STARTS = (b"PROXY ", b"\r\n\r\n\x00\r")
 _PROXY_HINT = (" (a PROXY protocol header: if this is a load balancer of yours, list it in "
                "[ldap] proxy_protocol_from)")
 
+#: The BindResponse of every successful bind.
+_BIND_OK = ber.result(ber.BIND_RESPONSE, SUCCESS, "")
+
 #: Requests decoded and queued while a bind or a plan runs before reading stops.
 MAX_QUEUED = 64
 
@@ -638,8 +641,9 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 if result.code == SUCCESS:
                     self.client = result.client
                     self._person_checked = bound_in
-                self._write_now(ber.message(msgid, ber.result(ber.BIND_RESPONSE, result.code,
-                                                              result.message)))
+                op = _BIND_OK if result.code == SUCCESS and not result.message else \
+                    ber.result(ber.BIND_RESPONSE, result.code, result.message)
+                self._write_now(ber.message(msgid, op))
             except Exception:
                 self._internal_error(Failure(), msgid, ber.BIND_RESPONSE)
             finally:
