@@ -90,3 +90,33 @@ def test_no_delay_commits_each_bind_record_before_its_answer(demo_db: str,
         # Read right after the last answer: no timer to wait for.
         assert [r.status for r in _records(copy)] == ["success"] * 3 + [
             "49 invalid credentials"]
+
+
+def test_a_log_that_cannot_be_written_stops_binds(demo_db: str, tmp_path: Path) -> None:
+    """The log file deleted while serving (tests/test_audit_e2e.py): the first bind after it
+    may be answered before its commit fails, but from that failure on every bind waits for
+    its record and gets 80, within ``bind_record_delay`` of the first failed commit."""
+    log = tmp_path / "audit.db"
+    config = f'[audit]\ndb = "sqlite:///{log}"\nbind_record_delay = {LATE}\n'
+    with served_copy(demo_db, tmp_path, config, (("app", "ldap", "default"),)) as copy:
+        assert copy.serving is not None
+        url, dn, secret = copy.serving.ldap_url, copy.bind_dn("app"), copy.secrets["app"]
+        ldap_bind(url, dn, secret, timeout=20).unbind_s()  # the first commit succeeds
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{log}{suffix}").unlink(missing_ok=True)
+        time.sleep(0.3)  # the file is looked at at most every 0.2 s
+        codes = []
+        deadline = time.monotonic() + 3 * LATE + 5
+        while time.monotonic() < deadline:
+            try:
+                ldap_bind(url, dn, secret, timeout=20).unbind_s()
+                codes.append(0)
+            except ldap.OTHER:
+                codes.append(80)
+                break
+            time.sleep(0.1)
+        assert codes[-1] == 80, codes
+        assert codes.count(0) <= 2 + LATE / 0.1, codes  # answered only until a commit failed
+        with pytest.raises(ldap.OTHER):  # and it stays so
+            ldap_bind(url, dn, secret, timeout=20)
+        assert "access log" in copy.serving.output()

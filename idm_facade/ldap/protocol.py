@@ -528,10 +528,15 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             answered = False
 
             def outcome(error: Any) -> None:
+                if answered:
+                    if error is not None:  # the next records wait for their commits again
+                        log.error("LDAP: access log unavailable; the record of a %s "
+                                  "answered before its commit was not written: %s",
+                                  operation, error)
+                    return
                 ok = True if error is None else failed(Failure(error))
-                if not answered:
-                    counted(ok)
-                    done(ok)
+                counted(ok)
+                done(ok)
 
             if self.factory.submit_record(audit, rec, outcome, wait):
                 answered = True
