@@ -41,6 +41,7 @@ from idm_facade.ldap.search import (
     BUSY,
     CONFIDENTIALITY_REQUIRED,
     INVALID_CREDENTIALS,
+    OTHER,
     SUCCESS,
     UNAVAILABLE,
 )
@@ -205,17 +206,29 @@ class PersonBinds:
             wait = 0.0 if locked else max(wait, address_wait)
 
         def check() -> None:
-            if locked:
-                decided: str | None = "locked out"
-            elif entry is None or username is None:
-                decided = "unknown account"
-            elif view.first(entry, "active") is not True:
-                decided = "no current engagement"
-            else:
-                self.pool.check(username, password,
-                                lambda outcome: answer(decide(outcome, None)))
-                return
-            self._as_if_checked(lambda outcome: answer(decide(outcome, decided)))
+            try:
+                if locked:
+                    decided: str | None = "locked out"
+                elif entry is None or username is None:
+                    decided = "unknown account"
+                elif view.first(entry, "active") is not True:
+                    decided = "no current engagement"
+                else:
+                    self.pool.check(username, password,
+                                    lambda outcome: conclude(outcome, None))
+                    return
+                self._as_if_checked(lambda outcome: conclude(outcome, decided))
+            except Exception:  # answered all the same: the connection waits for it
+                log.exception("LDAP: a person bind failed")
+                answer(Verdict(OTHER, "internal error", None, who, f"{OTHER} internal error"))
+
+        def conclude(outcome: Outcome, decided: str | None) -> None:
+            try:
+                verdict = decide(outcome, decided)
+            except Exception:
+                log.exception("LDAP: a person bind failed")
+                verdict = Verdict(OTHER, "internal error", None, who, f"{OTHER} internal error")
+            answer(verdict)
 
         def decide(outcome: Outcome, decided: str | None) -> Verdict:
             # decided: why the facade refused, None for a password check

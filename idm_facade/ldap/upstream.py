@@ -449,7 +449,7 @@ class UpstreamPool:
                 self._open -= 1
                 client = None
         if client is None:
-            self._verify(username, password, (1, 2)).addCallback(answer)
+            self._general(username, password, (1, 2), answer)
             return
 
         def answered(result: Any) -> None:
@@ -463,12 +463,22 @@ class UpstreamPool:
                 answer(Outcome.BUSY)
                 return
             # closed while idle: a new connection
-            self._verify(username, password, (2,)).addCallback(answer)
+            self._general(username, password, (2,), answer)
 
         try:
             client.bind_then(self._template_dn(username), password, answered)
         except Exception:  # noqa: BLE001 - lost as it was taken: the general path
             answered(Failure())
+
+    def _general(self, username: str, password: str, attempts: tuple[int, ...],
+                 answer: Callable[[Outcome], None]) -> None:
+        """:meth:`_verify`, its outcome given to ``answer``; an error nobody foresaw is
+        UNAVAILABLE (never OK), and still answered."""
+        def failed(failure: Failure) -> None:
+            log.error("LDAP upstream: the password check failed: %s", failure.getTraceback())
+            answer(Outcome.UNAVAILABLE)
+
+        self._verify(username, password, attempts).addCallbacks(answer, failed)
 
     def verify(self, username: str, password: str) -> defer.Deferred[Outcome]:
         """:meth:`check` as a Deferred."""
