@@ -77,6 +77,13 @@ class Verdict:
     status: str
 
 
+def _internal_error(who: str) -> Verdict:
+    """The verdict of a person bind that failed in the facade (logged with its traceback;
+    called from an ``except`` block): 80, and still an answer."""
+    log.exception("LDAP: a person bind failed")
+    return Verdict(OTHER, "internal error", None, who, f"{OTHER} internal error")
+
+
 @lru_cache(maxsize=8)
 def _dc_labels(base: str) -> tuple[str, ...]:
     """The base DN's ``dc`` values, outermost last (read once per base: every bind asks)."""
@@ -195,9 +202,6 @@ class PersonBinds:
         # delays would tell which names do. (A name in none of our forms counts as typed.)
         account_key = key if key is not None else name.casefold()
 
-        def refused(reason: str) -> Verdict:
-            return Verdict(INVALID_CREDENTIALS, REFUSED, None, who, f"49 {reason}")
-
         source = self._source(address)
         locked, wait = self.accounts.standing(account_key)
         if source is not None:
@@ -219,15 +223,13 @@ class PersonBinds:
                     return
                 self._as_if_checked(lambda outcome: conclude(outcome, decided))
             except Exception:  # answered all the same: the connection waits for it
-                log.exception("LDAP: a person bind failed")
-                answer(Verdict(OTHER, "internal error", None, who, f"{OTHER} internal error"))
+                answer(_internal_error(who))
 
         def conclude(outcome: Outcome, decided: str | None) -> None:
             try:
                 verdict = decide(outcome, decided)
             except Exception:
-                log.exception("LDAP: a person bind failed")
-                verdict = Verdict(OTHER, "internal error", None, who, f"{OTHER} internal error")
+                verdict = _internal_error(who)
             answer(verdict)
 
         def decide(outcome: Outcome, decided: str | None) -> Verdict:
@@ -255,7 +257,8 @@ class PersonBinds:
                 self.accounts.failed(account_key)
                 if source is not None:
                     self.addresses.failed(source)
-            return refused(decided or "wrong password")
+            return Verdict(INVALID_CREDENTIALS, REFUSED, None, who,
+                           f"49 {decided or 'wrong password'}")
 
         if wait:
             self.reactor.callLater(wait, check)

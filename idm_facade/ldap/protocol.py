@@ -570,16 +570,12 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         self.client = None  # a bind, even a failed one, starts from anonymous
         self.unbound_by_revoke = False
         password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
-        verdict: defer.Deferred[Any] | None = None
-        #: A person's bind: the arguments of PersonBinds.bind (which answers by callback).
-        person: tuple[str, str, str, Any, Any, bool] | None = None
-        #: The snapshot a person's account was found active in (no need to look again
-        #: before the next request while it is served).
-        bound_in: Any = None
+        verdict: defer.Deferred[Any]
 
         def plain(code: int, message: str, status: str) -> defer.Deferred[Any]:
             return defer.succeed(Verdict(code, message, None, "anonymous", status))
 
+        self.hold()  # nothing else runs until the bind is answered (RFC 4511 §4.2.1)
         if op.version != 3:
             verdict = plain(PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
                             f"{PROTOCOL_ERROR} LDAPv{op.version}")
@@ -596,9 +592,17 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             persons = self.factory.persons
             snapshot, layout = self.factory.current()
             if persons is not None and dn and persons.is_person_dn(dn, layout):
-                bound_in = snapshot
-                person = (dn, secret, self._host(), snapshot, layout, self.tls_active)
-            elif self.factory.settings.clients_require_tls and not self.tls_active:
+                # Answered by a plain callback (the path of every login). The snapshot the
+                # account was found active in: no need to look again before the next
+                # request while it is served.
+                try:
+                    persons.bind(dn, secret, self._host(), snapshot, layout, self.tls_active,
+                                 lambda result: self._bind_decided(msgid, query, snapshot,
+                                                                   result))
+                except Exception:
+                    self._bind_failed(Failure(), msgid)
+                return
+            if self.factory.settings.clients_require_tls and not self.tls_active:
                 # a service account's secret, refused in clear before it is checked
                 verdict = plain(CONFIDENTIALITY_REQUIRED, "binds need TLS here: use LDAPS or "
                                 "StartTLS", f"{CONFIDENTIALITY_REQUIRED} no TLS")
@@ -628,61 +632,52 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                                        "again", None, "anonymous", f"{BUSY} store timeout")
 
                     verdict.addCallbacks(check, store_hung)
-        self.hold()
+        verdict.addCallbacks(lambda result: self._bind_decided(msgid, query, None, result),
+                             self._bind_failed, errbackArgs=(msgid,))
 
-        def audited(ok: bool, result: Verdict) -> None:
-            try:
-                if not ok:
-                    self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER,
-                                                "access log unavailable"))
-                    return
-                if result.code != SUCCESS and result.code != UNWILLING:
-                    # A person's refusal is counted by the code the client saw: why the
-                    # facade refused (unknown name, leaver, lockout) is for the access log
-                    # only, and /metrics answers anyone who reaches the port.
-                    reason = f"person {result.code}" if result.who.startswith("person:") \
-                        else result.status.split(" ", 1)[-1][:40]
-                    metrics.AUTH_FAILURES.labels("ldap", reason).inc()
-                if result.code == SUCCESS:
-                    self.client = result.client
-                    self._person_checked = bound_in
-                op = _BIND_OK if result.code == SUCCESS and not result.message else \
-                    ber.result(ber.BIND_RESPONSE, result.code, result.message)
-                self._write_now(ber.message(msgid, op))
-            except Exception:
-                self._internal_error(Failure(), msgid, ber.BIND_RESPONSE)
-            finally:
-                self.release()
-
-        def decided(result: Verdict) -> None:
-            # A bind's record need not be committed before its answer (it discloses nothing
-            # of anyone); see _audit.
-            self._audit("bind", query, result.status, [], [], client=result.client,
-                        done=lambda ok: audited(ok, result), who=result.who, msgid=msgid,
-                        wait=False)
-
-        def failed(failure: Failure) -> None:
-            try:
-                self._internal_error(failure, msgid, ber.BIND_RESPONSE)
-            finally:
-                self.release()
-
-        if verdict is not None:
-            verdict.addCallback(decided)
-            verdict.addErrback(failed)
-            return
-
-        def decided_safely(result: Verdict) -> None:
-            try:
-                decided(result)
-            except Exception:
-                failed(Failure())
-
-        assert persons is not None and person is not None
+    def _bind_decided(self, msgid: int, query: str, bound_in: Any, result: Verdict) -> None:
+        """Record a bind's verdict, then answer it (:meth:`_bind_answered`). A bind's record
+        need not be committed before its answer: a bind discloses nothing of anyone (see
+        :meth:`_audit`)."""
         try:
-            persons.bind(*person, decided_safely)
+            self._audit("bind", query, result.status, [], [], client=result.client,
+                        done=lambda ok: self._bind_answered(msgid, bound_in, result, ok),
+                        who=result.who, msgid=msgid, wait=False)
         except Exception:
-            failed(Failure())
+            self._bind_failed(Failure(), msgid)
+
+    def _bind_answered(self, msgid: int, bound_in: Any, result: Verdict, ok: bool) -> None:
+        """Send a bind's answer (80 when its record could not be written) and let the
+        requests queued behind it run. ``bound_in``: the snapshot a person was found active
+        in."""
+        try:
+            if not ok:
+                self.send(msgid, ber.result(ber.BIND_RESPONSE, OTHER, "access log unavailable"))
+                return
+            if result.code != SUCCESS and result.code != UNWILLING:
+                # A person's refusal is counted by the code the client saw: why the facade
+                # refused (unknown name, leaver, lockout) is for the access log only, and
+                # /metrics answers anyone who reaches the port.
+                reason = f"person {result.code}" if result.who.startswith("person:") \
+                    else result.status.split(" ", 1)[-1][:40]
+                metrics.AUTH_FAILURES.labels("ldap", reason).inc()
+            if result.code == SUCCESS:
+                self.client = result.client
+                self._person_checked = bound_in
+            op = _BIND_OK if result.code == SUCCESS and not result.message else \
+                ber.result(ber.BIND_RESPONSE, result.code, result.message)
+            self._write_now(ber.message(msgid, op))
+        except Exception:
+            self._internal_error(Failure(), msgid, ber.BIND_RESPONSE)
+        finally:
+            self.release()
+
+    def _bind_failed(self, failure: Failure, msgid: int) -> None:
+        """A bind that failed in the facade: 80, and the queued requests run."""
+        try:
+            self._internal_error(failure, msgid, ber.BIND_RESPONSE)
+        finally:
+            self.release()
 
     def _internal_error(self, failure: Any, msgid: int, tag: int) -> None:
         log.error("LDAP: internal error: %s", failure.getTraceback())

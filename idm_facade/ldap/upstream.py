@@ -131,12 +131,12 @@ class _Client(LDAPClient):
     would pass maxInt after two billion requests, which the upstream would refuse."""
 
     tls = False
-    #: Set by the pool: the reactor that times answers, and how long one may take.
-    reactor: Any = None
-    timeout = 5.0
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any, timeout: float) -> None:
         super().__init__()
+        #: The reactor that times answers, and how long one may take.
+        self.reactor = reactor
+        self.timeout = timeout
         self._last_id = 0
         self._pending = b""
         #: Binds sent here, by message ID: called with (result code, message), or with a
@@ -176,11 +176,9 @@ class _Client(LDAPClient):
         msgid = self._next_id()
         request = bind_request(msgid, dn, password)
         self._binds[msgid] = answered
-        reactor = self.reactor
-        if reactor is not None:
-            self._deadline = reactor.seconds() + self.timeout
-            if self._timer is None:
-                self._timer = reactor.callLater(self.timeout, self._check_time)
+        self._deadline = self.reactor.seconds() + self.timeout
+        if self._timer is None:
+            self._timer = self.reactor.callLater(self.timeout, self._check_time)
         write_now(self.transport, request, self.tls)
 
     def bind_code(self, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
@@ -288,9 +286,9 @@ class UpstreamPool:
                                                    timeout=self.settings.timeout)
         if parts.scheme == "ldaps":
             endpoint = endpoints.wrapClientTLS(self._tls_options(host), endpoint)
-        client = yield self._within(endpoints.connectProtocol(endpoint, _Client()))
+        client = yield self._within(endpoints.connectProtocol(
+            endpoint, _Client(self.reactor, self.settings.timeout)))
         client.tls = parts.scheme == "ldaps"
-        client.reactor, client.timeout = self.reactor, self.settings.timeout
         if parts.scheme == "ldap" and self.settings.starttls:
             try:
                 yield self._within(client.startTLS(self._tls_options(host)))
@@ -377,12 +375,6 @@ class UpstreamPool:
 
     # ------------------------------------------------------------------ checks
 
-    @staticmethod
-    def _bind(client: Any, dn: str, password: str) -> defer.Deferred[tuple[int, str]]:
-        """One bind on ``client``; fires with its (result code, diagnostic message), or fails
-        on timeout."""
-        return client.bind_code(dn, password)
-
     def _template_dn(self, username: str) -> str:
         assert self.settings.dn_template is not None
         return self.settings.dn_template.replace("{username}", escape_value(username))
@@ -399,7 +391,7 @@ class UpstreamPool:
         s = self.settings
         if s.dn_template is not None:
             return self._template_dn(username)
-        code, message = yield self._bind(client, s.bind_dn or "", s.bind_password or "")
+        code, message = yield client.bind_code(s.bind_dn or "", s.bind_password or "")
         if code != 0:
             # AD's message says why ("data 532": the search account's password expired)
             log.error("LDAP upstream: the search account's bind was refused (%d): %s%s",
@@ -512,7 +504,7 @@ class UpstreamPool:
 
     @defer.inlineCallbacks
     def _verify(self, username: str, password: str, attempts: tuple[int, ...]) -> Any:
-        """:meth:`verify` in general: a connection to make or wait for, a DN to search."""
+        """:meth:`check` in general: a connection to make or wait for, a DN to search."""
         for attempt in attempts:
             try:
                 client = yield self._acquire()
@@ -528,9 +520,9 @@ class UpstreamPool:
                     # Nobody found: refused, after the bind a found name gets, so that a
                     # name the upstream lacks (or a refusal the facade decided, see
                     # round_trip) takes the same three round trips as a wrong password.
-                    yield self._bind(client, self._absent_dn(), password)
+                    yield client.bind_code(self._absent_dn(), password)
                     return Outcome.REFUSED
-                answer = yield self._bind(client, dn, password)
+                answer = yield client.bind_code(dn, password)
             except defer.TimeoutError:
                 usable = False
                 log.warning("LDAP upstream: no answer within %.1f s", self.settings.timeout)

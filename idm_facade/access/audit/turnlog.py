@@ -52,10 +52,9 @@ class TurnLog:
         self.audit = audit
         #: Seconds a record that holds no answer (a bind's) may wait for a commit
         #: (``[audit] bind_record_delay``; 0: it holds its answer like every record).
-        self.later = float(getattr(getattr(audit, "settings", None), "bind_record_delay",
-                                   0.01))
+        self.bind_delay: float = audit.settings.bind_record_delay
         self._turn: list[tuple[Any, Callable[[BaseException | None], None]]] = []
-        #: A commit is due at the end of this turn / within ``later`` seconds.
+        #: A commit is due at the end of this turn / within ``bind_delay`` seconds.
         self._soon = False
         self._later = False
         #: The last commit succeeded. Until the first one, and after a failed one, every
@@ -76,12 +75,12 @@ class TurnLog:
         refuses records or the process is stopping (then False: wait for ``done`` as for any
         record)."""
         self._turn.append((rec, done))
-        later = not wait and self.later > 0 and self.trusted and not self._stopping and \
+        later = not wait and self.bind_delay > 0 and self.trusted and not self._stopping and \
             len(self._turn) < self.MAX_WAITING and self.audit.problem is None
         if later:
             if not self._later and not self._soon:
                 self._later = True
-                self.reactor.callLater(self.later, self._write_later)
+                self.reactor.callLater(self.bind_delay, self._write_later)
         elif not self._soon:
             self._soon = True
             self.reactor.callLater(0, self._write_soon)
