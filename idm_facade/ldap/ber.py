@@ -50,7 +50,9 @@ def octets(value: bytes, tag: int = 0x04) -> bytes:
 
 def integer(n: int, tag: int = 0x02) -> bytes:
     """INTEGER / ENUMERATED (tag 0x0A) in minimal two's complement."""
-    raw = n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
+    if 0 <= n < 0x8000:  # message IDs and result codes, mostly: one or two octets
+        return bytes((tag, 1, n)) if n < 0x80 else bytes((tag, 2, n >> 8, n & 0xFF))
+    raw = n.to_bytes(((n if n >= 0 else ~n).bit_length() + 8) // 8, "big", signed=True)
     return tlv(tag, raw)
 
 
