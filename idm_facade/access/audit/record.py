@@ -337,11 +337,11 @@ class _Row:
         fragments = _fragments(*key) if len(key[4]) <= _MEMO_SUBJECTS else \
             _fragments.__wrapped__(*key)
         self.subjects_json, self.sensitive_json, self.head, self.middle, after = fragments
-        self.tail = (f',"source":{_encode(self.source)}{after}'
-                     f'"{time.isoformat(timespec="microseconds")}"}}')
+        stamp = time.isoformat(timespec="microseconds")  # formatted once: a few us each
+        self.tail = f',"source":{_encode(self.source)}{after}"{stamp}"}}'
         # The SQLite columns between seq and prev_hash, ready here (in the caller's thread)
         # so the single writer only chains, hashes and inserts.
-        self.sqlite_columns = (time.isoformat(" ", "microseconds"), self.client, self.source,
+        self.sqlite_columns = (stamp.replace("T", " ", 1), self.client, self.source,
                                self.operation, self.query, self.status, self.subjects_json,
                                self.sensitive_json)
 
