@@ -52,6 +52,23 @@ def test_bind_response_reads_what_ldaptor_reads(msgid: int, code: int, matched: 
     assert bind_response(frame + b"\x00") is None
 
 
+@pytest.mark.parametrize("msgid", [1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0x7FFFFF, 0x800000,
+                                   MAX_MESSAGE_ID])
+def test_the_success_answer_read_whole_is_read_as_ldaptor_reads_it(msgid: int) -> None:
+    """Success with empty texts, the answer of nearly every bind, is compared whole instead
+    of parsed (message IDs of one to four octets); anything around it is not taken."""
+    frame = pureldap.LDAPMessage(pureldap.LDAPBindResponse(resultCode=0), id=msgid).toWire()
+    assert bind_response(frame) == (msgid, 0, "")
+    for cut in range(len(frame)):
+        assert bind_response(frame[:cut]) is None
+    assert bind_response(frame + b"\x00") is None
+    with_controls = pureldap.LDAPMessage(pureldap.LDAPBindResponse(resultCode=0), id=msgid,
+                                         controls=[(b"1.2.3", None, None)]).toWire()
+    assert bind_response(with_controls) == (msgid, 0, "")
+    refused = pureldap.LDAPMessage(pureldap.LDAPBindResponse(resultCode=49), id=msgid)
+    assert bind_response(refused.toWire()) == (msgid, 49, "")
+
+
 def test_a_bind_response_without_its_text_fields_is_read() -> None:
     """matchedDN and diagnosticMessage are required (RFC 4511 §4.1.9), but an upstream that
     leaves them out was answered before the facade read them, and still is."""
