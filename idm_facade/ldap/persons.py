@@ -95,6 +95,27 @@ def _dc_labels(base: str) -> tuple[str, ...]:
     return tuple(reversed(labels))
 
 
+class _Card:
+    """What one bind name stands for in one snapshot: worked out on its first bind and kept
+    for the snapshot's life (:meth:`PersonBinds._card`), since people log in again and
+    again and resolving a name is a good part of a bind's own work."""
+
+    __slots__ = ("key", "dn", "username", "who", "active", "account_key", "success")
+
+    def __init__(self, name: str, key: str | None, dn: str | None, username: str | None,
+                 active: bool) -> None:
+        #: The ``account_by_uid`` key, the account's DN and userName (None: no account).
+        self.key, self.dn, self.username = key, dn, username
+        #: The access record's client name.
+        self.who = f"person:{(username or name)[:56]}"
+        self.active = active
+        #: What failures count under: the username whichever form names it, for unknown
+        #: names too (see :meth:`PersonBinds.bind`); a name in none of our forms as typed.
+        self.account_key = key if key is not None else name.casefold()
+        #: The success verdict, made once per policy (:meth:`PersonBinds._success`).
+        self.success: Verdict | None = None
+
+
 class PersonBinds:
     """Resolves, throttles and verifies person binds for the LDAP listeners of one process
     (both listeners share it, so the plain and the LDAPS port count failures together)."""
@@ -110,6 +131,9 @@ class PersonBinds:
         #: {peer address: the key its failures count under, None when exempt}: worked out
         #: once per address, not per bind.
         self._sources: dict[str, str | None] = {}
+        #: {bind name: its :class:`_Card`} for the (snapshot, layout) pair in ``_cards_for``.
+        self._cards: dict[str, _Card] = {}
+        self._cards_for: tuple[Any, Any] = (None, None)
         clients.policy(settings.policy)  # an unknown policy is an error at start
 
     @classmethod
@@ -184,11 +208,8 @@ class PersonBinds:
         """Call ``answer`` once with the :class:`Verdict` of one person bind (``tls``: did
         it come over LDAPS or after StartTLS?), at once or when the upstream has answered.
         Plain callbacks, no Deferreds: this is the path of every login."""
-        key = self._uid_key(name, layout)
-        dn, entry = self._lookup(key, snapshot, layout)
-        view = ClientView.of(snapshot, TRUSTED)
-        username = str(view.first(entry, "userName")) if entry is not None else None
-        who = f"person:{(username or name)[:56]}"
+        card = self._card(name, snapshot, layout)
+        who = card.who
         if self.settings.require_tls and not tls:
             # Refused before anything is checked: the same answer for every name, nothing
             # counted, and the password goes no further. It has crossed the network in
@@ -200,8 +221,8 @@ class PersonBinds:
         # Failures count per username, whichever form names it, for unknown names too: were
         # "DOMAIN\\bob" and "bob@suffix" counted apart only when bob does not exist, the
         # delays would tell which names do. (A name in none of our forms counts as typed.)
-        account_key = key if key is not None else name.casefold()
-
+        account_key = card.account_key
+        username = card.username
         source = self._source(address)
         locked, wait = self.accounts.standing(account_key)
         if source is not None:
@@ -213,9 +234,9 @@ class PersonBinds:
             try:
                 if locked:
                     decided: str | None = "locked out"
-                elif entry is None or username is None:
+                elif username is None:
                     decided = "unknown account"
-                elif view.first(entry, "active") is not True:
+                elif not card.active:
                     decided = "no current engagement"
                 else:
                     self.pool.check(username, password,
@@ -236,9 +257,7 @@ class PersonBinds:
             # decided: why the facade refused, None for a password check
             if outcome is Outcome.OK and decided is None:
                 self.accounts.succeeded(account_key)
-                policy = self.clients.policy(self.settings.policy)
-                client = Client(who, PERSON, policy, dn, 0)
-                return Verdict(SUCCESS, "", client, who, "success")
+                return self._success(card)
             if decided is None and outcome in _CHANGE_FIRST:
                 # The right password, which AD will not take until it is changed: said so
                 # (only whoever typed it learns it), in words AD-aware clients read, and
@@ -264,6 +283,40 @@ class PersonBinds:
             self.reactor.callLater(wait, check)
         else:
             check()
+
+    def _card(self, name: str, snapshot: Any, layout: dit.Layout) -> _Card:
+        """The :class:`_Card` of bind name ``name`` in this snapshot. The cards of an older
+        snapshot are dropped at the first bind after a refresh, so a leaver's card is never
+        read again; at most :attr:`MAX_CARDS` are kept (names nobody has count too)."""
+        cards = self._cards
+        held = self._cards_for
+        if held[0] is not snapshot or held[1] is not layout:
+            cards = self._cards = {}
+            self._cards_for = (snapshot, layout)
+        card = cards.get(name)
+        if card is None:
+            if len(cards) >= self.MAX_CARDS:
+                cards.clear()
+            key = self._uid_key(name, layout)
+            dn, entry = self._lookup(key, snapshot, layout)
+            view = ClientView.of(snapshot, TRUSTED)
+            username = str(view.first(entry, "userName")) if entry is not None else None
+            active = entry is not None and view.first(entry, "active") is True
+            card = cards[name] = _Card(name, key, dn, username, active)
+        return card
+
+    #: Bind names whose :class:`_Card` is kept at most (about 1 KiB each).
+    MAX_CARDS = 8192
+
+    def _success(self, card: _Card) -> Verdict:
+        """The verdict of a right password for ``card``'s account: made once, and again
+        only when the ``person`` policy is not the one it holds (a configuration reload)."""
+        policy = self.clients.policy(self.settings.policy)
+        found = card.success
+        if found is None or found.client is None or found.client.policy is not policy:
+            client = Client(card.who, PERSON, policy, card.dn, 0)
+            found = card.success = Verdict(SUCCESS, "", client, card.who, "success")
+        return found
 
     def _source(self, address: str) -> str | None:
         """The key failures from ``address`` count under, None when they count per account
