@@ -118,6 +118,8 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         #: Entry chunks waiting for the client to read.
         self._waiting: list[Callable[[], None]] = []
         self._receiving = False
+        #: Reading was stopped by :meth:`_reading` (queue full, client not reading).
+        self._not_reading = False
         #: The snapshot a bound person was last found active in (see _refresh_client).
         self._person_checked: Any = None
         #: This connection's part of request ids (``<connection>.<message id>``).
@@ -177,6 +179,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             transport = getattr(transport, "transport", None)
         if transport is not None:
             (transport.startReading if on else transport.stopReading)()
+            self._not_reading = not on
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
@@ -414,12 +417,19 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         while self._queued and not self._holds and not self.closing:
             self._dispatch_safely(self._queued.pop(0))
         if not self._holds and not self._out_paused and not self.closing and self.connected:
-            self._reading(True)
+            if self._not_reading:  # stopped by _reading: the queue was full
+                self._reading(True)
             self._go_on()
 
     def _host(self) -> str:
-        """The client's address without the port (what failures are counted by)."""
-        return self._peer().rsplit(":", 1)[0]
+        """The client's address without the port (what failures are counted by; worked
+        out once per connection, as :meth:`_peer`)."""
+        found = self.__dict__.get("_host_text")
+        if found is None:
+            found = self._peer().rsplit(":", 1)[0]
+            if "_peer_text" in self.__dict__:  # not "unknown": looked at again next time
+                self.__dict__["_host_text"] = found
+        return found
 
     def _peer(self) -> str:
         """``host:port`` of the client (worked out once per connection: every access record
