@@ -100,17 +100,18 @@ class _Card:
     for the snapshot's life (:meth:`PersonBinds._card`), since people log in again and
     again and resolving a name is a good part of a bind's own work."""
 
-    __slots__ = ("key", "dn", "username", "who", "active", "account_key", "success")
+    __slots__ = ("dn", "username", "who", "active", "account_key", "success")
 
     def __init__(self, name: str, key: str | None, dn: str | None, username: str | None,
                  active: bool) -> None:
-        #: The ``account_by_uid`` key, the account's DN and userName (None: no account).
-        self.key, self.dn, self.username = key, dn, username
+        #: The account's DN and userName (None: no account).
+        self.dn, self.username = dn, username
         #: The access record's client name.
         self.who = f"person:{(username or name)[:56]}"
         self.active = active
-        #: What failures count under: the username whichever form names it, for unknown
-        #: names too (see :meth:`PersonBinds.bind`); a name in none of our forms as typed.
+        #: What failures count under: the username whichever form names it (``key``, the
+        #: ``account_by_uid`` key), for unknown names too (see :meth:`PersonBinds.bind`); a
+        #: name in none of our forms as typed.
         self.account_key = key if key is not None else name.casefold()
         #: The success verdict, made once per policy (:meth:`PersonBinds._success`).
         self.success: Verdict | None = None
@@ -176,11 +177,6 @@ class PersonBinds:
                 dn[1] != (("ou", dit.PEOPLE),) or len(dn[0]) != 1 or dn[0][0][0] != "uid":
             return None
         return dn[0][0][1]
-
-    def account_of(self, name: str, snapshot: Any, layout: dit.Layout
-                   ) -> tuple[str | None, Any]:
-        """(the canonical DN, the account entry) the bind name names, or (None, None)."""
-        return self._lookup(self._uid_key(name, layout), snapshot, layout)
 
     @staticmethod
     def _lookup(key: str | None, snapshot: Any, layout: dit.Layout) -> tuple[str | None, Any]:
@@ -354,8 +350,7 @@ class PersonBinds:
         (a leaver's open connection is unbound), a new Client when the policy changed."""
         if client.bind_dn is None:
             return None
-        _, entry = self.account_of(client.bind_dn, snapshot, layout)
-        if entry is None or ClientView.of(snapshot, TRUSTED).first(entry, "active") is not True:
+        if not self._card(client.bind_dn, snapshot, layout).active:
             return None
         policy = self.clients.policy(self.settings.policy)
         return client if policy == client.policy else replace(client, policy=policy)
