@@ -1,7 +1,8 @@
 """A byte relay on Twisted: each client connection gets its own connection to the target and
 bytes are copied both ways, sent at once as the facade sends (``write_now``), nothing
-decoded. It is the floor of any hop written on the facade's stack (Python, Twisted's epoll
-reactor): what a proxy costs before it does any work (bench/person_bind_bench.py).
+decoded, on the facade's own event loop (:mod:`idm_facade.runtime.eventloop`). It is the floor
+of any hop written on the facade's stack (Python, Twisted's epoll reactor): what a proxy costs
+before it does any work (bench/person_bind_bench.py).
 
 usage: python -m bench.relay TARGET_HOST TARGET_PORT LISTEN_PORT
 """
@@ -14,7 +15,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import protocol, reactor  # noqa: E402
+from idm_facade.runtime import eventloop  # noqa: E402
+
+reactor = eventloop.install()  # before anything imports Twisted's default reactor
+
+from twisted.internet import protocol  # noqa: E402
 
 from idm_facade.ldap.transport import write_now  # noqa: E402
 
@@ -60,8 +65,8 @@ def main() -> None:
     _Client.target = (host, port)
     factory = protocol.ServerFactory()
     factory.protocol = _Client
-    reactor.listenTCP(listen, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(listen, factory, interface="127.0.0.1")
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``idm-facade serve`` and ``idm-facade demo``: one process, one Twisted reactor.
+"""``idm-facade serve`` and ``idm-facade demo``: one process, one Twisted reactor (epoll,
+dispatching without the legacy log context: :mod:`idm_facade.runtime.eventloop`).
 
 The reactor runs every listener of the facade:
 - HTTP (SCIM at ``/scim/v2``, role lookup at ``/api``): the Flask application in
@@ -206,9 +207,9 @@ def run(facade: Facade, host: str, scim_port: int, ldap_port: int | None = None,
         announce: Callable[[Listening], None] | None = None,
         sockets: Sockets | None = None) -> None:
     """Serve until interrupted: listeners, directory refresh, then the reactor loop."""
-    from twisted.internet import reactor as global_reactor
+    from idm_facade.runtime import eventloop
 
-    reactor: Any = global_reactor  # the module's stub types it as a bare interface
+    reactor: Any = eventloop.install()
     listening = listen(reactor, facade, host, scim_port, ldap_port, ldaps_port, threads,
                        sockets)
     facade.directory.start()
