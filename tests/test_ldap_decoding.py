@@ -97,6 +97,16 @@ def _dump(o: Any) -> Any:
     return (type(o), repr(o))
 
 
+def _simple_bind_of(message: Any) -> tuple[int, int, bytes, bytes] | None:
+    """What ``decoding.simple_bind`` must give for a message ``decoding.request`` read as
+    ``message`` (None: not a simple bind without controls)."""
+    if message is None or message.controls is not None or not isinstance(
+            message.value, pureldap.LDAPBindRequest) or message.value.sasl:
+        return None
+    op = message.value
+    return message.id, op.version, op.dn, op.auth
+
+
 def _ldaptor(pdu: bytes) -> Any:
     msg, used = pureber.berDecodeObject(BaseLDAPServer.berdecoder, pdu)
     assert used == len(pdu)
@@ -120,6 +130,9 @@ def test_plain_binds_and_searches_are_decoded_as_ldaptor_decodes_them(pdu: bytes
     assert quick is not None, "a plain bind or search must take the quick path"
     assert _dump(quick) == _dump(_ldaptor(pdu))
     assert quick.toWire() == pdu
+    bind = decoding.simple_bind(pdu, _head(pdu))
+    assert bind == _simple_bind_of(quick)
+    assert (bind is not None) == isinstance(quick.value, pureldap.LDAPBindRequest)
 
 
 @settings(max_examples=300, deadline=None)
@@ -128,6 +141,7 @@ def test_other_forms_are_left_to_ldaptor_or_decoded_alike(pdu: bytes) -> None:
     quick = decoding.request(pdu, _head(pdu))
     if quick is not None:
         assert _dump(quick) == _dump(_ldaptor(pdu))
+    assert decoding.simple_bind(pdu, _head(pdu)) == _simple_bind_of(quick)
 
 
 @settings(max_examples=600, deadline=None)
@@ -146,6 +160,8 @@ def test_changed_bytes_are_never_decoded_differently(pdu: bytes, changes: list,
     if head is None:
         return  # the connection's framing refuses it before any decoder sees it
     quick = decoding.request(changed, head)
+    # the bind's own reading takes exactly the simple binds the general one takes
+    assert decoding.simple_bind(changed, head) == _simple_bind_of(quick)
     if quick is None:
         return
     try:
@@ -164,6 +180,10 @@ def test_unusual_encodings_go_to_ldaptor() -> None:
     sasl = pureldap.LDAPMessage(pureldap.LDAPBindRequest(
         dn=b"", auth=(b"EXTERNAL", None), sasl=True), id=2).toWire()
     assert decoding.request(sasl, _head(sasl)) is None
+    assert decoding.simple_bind(sasl, _head(sasl)) is None
+    with_controls = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=b"uid=a", auth=b"pw"),
+                                         controls=[(b"1.2.3", False, None)], id=4).toWire()
+    assert decoding.simple_bind(with_controls, _head(with_controls)) is None
     deep: Any = pureldap.LDAPFilter_present("uid")
     for _ in range(decoding.MAX_DEPTH + 2):
         deep = pureldap.LDAPFilter_not(deep)

@@ -99,8 +99,15 @@ def test_a_bad_escape_in_the_base_is_invalid_dn_syntax(more_ctx: Ctx) -> None:  
     conn.unbind_s()
 
 
-def test_message_id_zero_ends_the_connection_with_a_notice(more_ctx: Ctx, sock) -> None:  # noqa: F811
-    sock.sendall(_wire(0, _search(more_ctx)))
+@pytest.mark.parametrize("request_kind", ["search", "bind"])
+@pytest.mark.parametrize("msgid", [0, -1])
+def test_message_id_zero_ends_the_connection_with_a_notice(more_ctx: Ctx, sock, msgid: int,  # noqa: F811
+                                                           request_kind: str) -> None:
+    # A simple bind takes a path of its own from the bytes (protocol.py, _simple_bind_now):
+    # the same refusal there.
+    sock.sendall(_wire(msgid, _search(more_ctx) if request_kind == "search" else
+                       pureldap.LDAPBindRequest(dn=more_ctx.bind_dn.encode(),
+                                                auth=more_ctx.secret.encode())))
     msgid, op = _next(sock)
     assert msgid == 0 and isinstance(op, pureldap.LDAPExtendedResponse)
     assert op.resultCode == PROTOCOL_ERROR

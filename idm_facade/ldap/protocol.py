@@ -266,6 +266,12 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 key = self._cached_search(pdu, head)
                 if key is True:
                     continue
+                if key is None:
+                    bind = decoding.simple_bind(pdu, head)
+                    if bind is not None:  # a login: straight to the bind
+                        self._unread_from = end
+                        self._simple_bind_now(*bind)
+                        continue
             msg = decoding.request(pdu, head)  # simple binds and plain searches
             if msg is None:
                 try:
@@ -399,6 +405,20 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             self.dispatch(msg)
         except Exception:
             log.exception("LDAP: failed handling %r", type(msg.value).__name__)
+            self._disconnect(OTHER, "internal error")
+
+    def _simple_bind_now(self, msgid: int, version: int, dn: bytes, password: bytes) -> None:
+        """A simple bind without controls, read by :func:`decoding.simple_bind`: what
+        :meth:`_dispatch_now` and :meth:`dispatch` do for it, without the bound client's
+        refresh (the bind replaces that client)."""
+        if not 0 < msgid < 2**31:
+            self._disconnect(PROTOCOL_ERROR, f"message id {msgid} is not 1..2147483647")
+            return
+        self._arrived(msgid)
+        try:
+            self._answer_bind(msgid, version, dn.decode("utf-8", "replace"), password, False)
+        except Exception:
+            log.exception("LDAP: failed handling 'LDAPBindRequest'")
             self._disconnect(OTHER, "internal error")
 
     def hold(self) -> None:
@@ -571,25 +591,31 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
 
     def handle_LDAPBindRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
         dn = op.dn.decode("utf-8", "replace") if isinstance(op.dn, bytes) else str(op.dn)
-        query = f"dn={dn}"
         try:
             controls.parse(ctrls, frozenset())
         except controls.ControlError as exc:
             self.send(msgid, ber.result(ber.BIND_RESPONSE, exc.code, exc.message))
             return
+        password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
+        self._answer_bind(msgid, op.version, dn, password, op.sasl)
+
+    def _answer_bind(self, msgid: int, version: int, dn: str, password: bytes,
+                     sasl: bool) -> None:
+        """Answer a bind (its controls already read): a person's, a service account's,
+        anonymous or refused."""
+        query = f"dn={dn}"
         self.client = None  # a bind, even a failed one, starts from anonymous
         self.unbound_by_revoke = False
-        password = op.auth if isinstance(op.auth, bytes) else str(op.auth or "").encode()
         verdict: defer.Deferred[Any]
 
         def plain(code: int, message: str, status: str) -> defer.Deferred[Any]:
             return defer.succeed(Verdict(code, message, None, "anonymous", status))
 
         self.hold()  # nothing else runs until the bind is answered (RFC 4511 §4.2.1)
-        if op.version != 3:
-            verdict = plain(PROTOCOL_ERROR, f"LDAPv{op.version} is not supported",
-                            f"{PROTOCOL_ERROR} LDAPv{op.version}")
-        elif op.sasl:
+        if version != 3:
+            verdict = plain(PROTOCOL_ERROR, f"LDAPv{version} is not supported",
+                            f"{PROTOCOL_ERROR} LDAPv{version}")
+        elif sasl:
             verdict = plain(AUTH_METHOD_NOT_SUPPORTED, "SASL is not supported; use a simple "
                             "bind", f"{AUTH_METHOD_NOT_SUPPORTED} SASL")
         elif not dn and not password:
