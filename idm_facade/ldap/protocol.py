@@ -88,6 +88,18 @@ _WRITE_RESPONSES = {
 }
 
 
+def _anonymous(code: int, message: str, status: str) -> Verdict:
+    """A bind's verdict that leaves the connection anonymous."""
+    return Verdict(code, message, None, "anonymous", status)
+
+
+def _service_verdict(client: Client | None) -> Verdict:
+    """The verdict of a service account's bind: the client its name and secret found."""
+    if client is None:
+        return Verdict(INVALID_CREDENTIALS, "invalid credentials", None, "anonymous",
+                       f"{INVALID_CREDENTIALS} invalid credentials")
+    return Verdict(SUCCESS, "", client, client.name, "success")
+
 
 class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
     """One client connection."""
@@ -606,23 +618,18 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         query = f"dn={dn}"
         self.client = None  # a bind, even a failed one, starts from anonymous
         self.unbound_by_revoke = False
-        verdict: defer.Deferred[Any]
-
-        def plain(code: int, message: str, status: str) -> defer.Deferred[Any]:
-            return defer.succeed(Verdict(code, message, None, "anonymous", status))
-
         self.hold()  # nothing else runs until the bind is answered (RFC 4511 §4.2.1)
         if version != 3:
-            verdict = plain(PROTOCOL_ERROR, f"LDAPv{version} is not supported",
-                            f"{PROTOCOL_ERROR} LDAPv{version}")
+            decided = _anonymous(PROTOCOL_ERROR, f"LDAPv{version} is not supported",
+                                 f"{PROTOCOL_ERROR} LDAPv{version}")
         elif sasl:
-            verdict = plain(AUTH_METHOD_NOT_SUPPORTED, "SASL is not supported; use a simple "
-                            "bind", f"{AUTH_METHOD_NOT_SUPPORTED} SASL")
+            decided = _anonymous(AUTH_METHOD_NOT_SUPPORTED, "SASL is not supported; use a "
+                                 "simple bind", f"{AUTH_METHOD_NOT_SUPPORTED} SASL")
         elif not dn and not password:
-            verdict = plain(SUCCESS, "", "success")  # anonymous (RFC 4513 §5.1.1)
+            decided = _anonymous(SUCCESS, "", "success")  # anonymous (RFC 4513 §5.1.1)
         elif not password:
-            verdict = plain(UNWILLING, "unauthenticated bind (DN without password) is not "
-                            "allowed", f"{UNWILLING} unauthenticated bind")
+            decided = _anonymous(UNWILLING, "unauthenticated bind (DN without password) is "
+                                 "not allowed", f"{UNWILLING} unauthenticated bind")
         else:
             secret = password.decode("utf-8", "replace")
             persons = self.factory.persons
@@ -640,34 +647,33 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
                 return
             if self.factory.settings.clients_require_tls and not self.tls_active:
                 # a service account's secret, refused in clear before it is checked
-                verdict = plain(CONFIDENTIALITY_REQUIRED, "binds need TLS here: use LDAPS or "
-                                "StartTLS", f"{CONFIDENTIALITY_REQUIRED} no TLS")
+                decided = _anonymous(CONFIDENTIALITY_REQUIRED, "binds need TLS here: use "
+                                     "LDAPS or StartTLS", f"{CONFIDENTIALITY_REQUIRED} no TLS")
             else:
-                def check(client: Client | None) -> Verdict:
-                    if client is None:
-                        return Verdict(INVALID_CREDENTIALS, "invalid credentials", None,
-                                       "anonymous", f"{INVALID_CREDENTIALS} invalid "
-                                       f"credentials")
-                    return Verdict(SUCCESS, "", client, client.name, "success")
+                cached = self.factory.facade.clients.bind_from_cache(dn, secret)
+                if cached is None:
+                    self._check_in_thread(msgid, query, dn, secret)
+                    return
+                decided = _service_verdict(cached)  # verified before: no slow hash
+        self._bind_decided(msgid, query, None, decided)
 
-                clients = self.factory.facade.clients
-                cached = clients.bind_from_cache(dn, secret)
-                if cached is not None:
-                    # verified before: no slow hash to keep out of the event loop
-                    verdict = defer.succeed(check(cached))
-                else:
-                    verdict = self.factory.in_thread(clients.authenticate_bind, dn, secret)
-                    verdict.addTimeout(BIND_WAIT, self.factory.reactor)
+    def _check_in_thread(self, msgid: int, query: str, dn: str, secret: str) -> None:
+        """A service account's bind whose secret has not been verified before: its slow
+        hash is checked in a pool thread, out of the event loop."""
+        clients = self.factory.facade.clients
+        verdict: defer.Deferred[Any] = self.factory.in_thread(clients.authenticate_bind, dn,
+                                                              secret)
+        verdict.addTimeout(BIND_WAIT, self.factory.reactor)
 
-                    def store_hung(failure: Failure) -> Verdict:
-                        failure.trap(defer.TimeoutError)
-                        meanwhile = clients.bind_from_cache(dn, secret)
-                        if meanwhile is not None:  # its look is under way: as verified
-                            return check(meanwhile)
-                        return Verdict(BUSY, "the credentials cannot be checked now; try "
-                                       "again", None, "anonymous", f"{BUSY} store timeout")
+        def store_hung(failure: Failure) -> Verdict:
+            failure.trap(defer.TimeoutError)
+            meanwhile = clients.bind_from_cache(dn, secret)
+            if meanwhile is not None:  # its look is under way: as verified
+                return _service_verdict(meanwhile)
+            return Verdict(BUSY, "the credentials cannot be checked now; try again", None,
+                           "anonymous", f"{BUSY} store timeout")
 
-                    verdict.addCallbacks(check, store_hung)
+        verdict.addCallbacks(_service_verdict, store_hung)
         verdict.addCallbacks(lambda result: self._bind_decided(msgid, query, None, result),
                              self._bind_failed, errbackArgs=(msgid,))
 
