@@ -80,7 +80,9 @@ def _integer(pdu: bytes, start: int, stop: int) -> int:
     return int.from_bytes(pdu[start:stop], "big", signed=True)
 
 
-def _message(pdu: bytes, head: int) -> Any:
+def _envelope(pdu: bytes, head: int) -> tuple[int, int, int, int]:
+    """(message id, operation tag, operation content start and end) of a message without
+    controls."""
     end = len(pdu)
     tag, start, stop = _element(pdu, head, end)
     if tag != 0x02:
@@ -89,6 +91,11 @@ def _message(pdu: bytes, head: int) -> Any:
     tag, start, stop = _element(pdu, stop, end)
     if stop != end:  # controls or anything else after the operation
         raise _Unfit
+    return msgid, tag, start, stop
+
+
+def _message(pdu: bytes, head: int) -> Any:
+    msgid, tag, start, stop = _envelope(pdu, head)
     if tag == _BIND:
         op = _bind(pdu, start, stop)
     elif tag == _SEARCH:
@@ -104,13 +111,8 @@ def simple_bind(pdu: bytes, head: int) -> tuple[int, int, bytes, bytes] | None:
     anything else. The same reading as :func:`request`'s, without building ldaptor's
     objects."""
     try:
-        end = len(pdu)
-        tag, start, stop = _element(pdu, head, end)
-        if tag != 0x02:
-            return None
-        msgid = _integer(pdu, start, stop)
-        tag, start, stop = _element(pdu, stop, end)
-        if tag != _BIND or stop != end:
+        msgid, tag, start, stop = _envelope(pdu, head)
+        if tag != _BIND:
             return None
         return (msgid, *_bind_fields(pdu, start, stop))
     except _Unfit:
