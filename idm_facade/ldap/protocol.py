@@ -416,22 +416,25 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
             self._refresh_client()
             self.dispatch(msg)
         except Exception:
-            log.exception("LDAP: failed handling %r", type(msg.value).__name__)
-            self._disconnect(OTHER, "internal error")
+            self._handler_failed(type(msg.value).__name__)
+
+    def _handler_failed(self, name: str) -> None:
+        """A request's handler raised (called from its ``except`` block): logged, and the
+        connection ends with a notice, since what it answered is unknown."""
+        log.exception("LDAP: failed handling %r", name)
+        self._disconnect(OTHER, "internal error")
 
     def _simple_bind_now(self, msgid: int, version: int, dn: bytes, password: bytes) -> None:
         """A simple bind without controls, read by :func:`decoding.simple_bind`: what
         :meth:`_dispatch_now` and :meth:`dispatch` do for it, without the bound client's
         refresh (the bind replaces that client)."""
-        if not 0 < msgid < 2**31:
-            self._disconnect(PROTOCOL_ERROR, f"message id {msgid} is not 1..2147483647")
+        if self._refused_id(msgid):
             return
         self._arrived(msgid)
         try:
             self._answer_bind(msgid, version, dn.decode("utf-8", "replace"), password, False)
         except Exception:
-            log.exception("LDAP: failed handling 'LDAPBindRequest'")
-            self._disconnect(OTHER, "internal error")
+            self._handler_failed("LDAPBindRequest")
 
     def hold(self) -> None:
         """Queue further requests until :meth:`release` (a bind is in progress: RFC 4511
@@ -492,9 +495,7 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         does); write requests and compare get 53, anything else protocolError."""
         op = msg.value
         name = type(op).__name__
-        if not isinstance(msg.id, int) or not 0 < msg.id < 2**31:
-            # RFC 4511 §4.1.1.1: 0 is the unsolicited notification's, and ids are int32
-            self._disconnect(PROTOCOL_ERROR, f"message id {msg.id} is not 1..2147483647")
+        if self._refused_id(msg.id):
             return
         handler = getattr(self, f"handle_{name}", None)
         if handler is not None:
@@ -510,6 +511,15 @@ class LDAPConnection(SearchHandling, BaseLDAPServer, TimeoutMixin):
         else:
             self.send(msg.id, ber.extended_response(PROTOCOL_ERROR,
                                                     f"unsupported operation {name}"))
+
+    def _refused_id(self, msgid: Any) -> bool:
+        """True, after ending the connection with protocolError, when ``msgid`` is no
+        request's message id (RFC 4511 §4.1.1.1: 0 is the unsolicited notification's, and
+        ids are int32)."""
+        if isinstance(msgid, int) and 0 < msgid < 2**31:
+            return False
+        self._disconnect(PROTOCOL_ERROR, f"message id {msgid} is not 1..2147483647")
+        return True
 
     def handle_LDAPUnbindRequest(self, msgid: int, op: Any, ctrls: Any) -> None:
         self.closing = True
